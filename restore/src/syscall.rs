@@ -1,0 +1,239 @@
+//! Raw Linux x86-64 system calls (no libc) and the few constants the loader uses.
+//!
+//! Every wrapper returns `Result<usize, Errno>` where the error is the positive errno.
+//! Nothing here allocates or touches memory other than what the caller passes.
+
+use core::arch::asm;
+
+/// A positive errno value.
+pub type Errno = u64;
+
+pub const ENOENT: Errno = 2;
+pub const ESRCH: Errno = 3;
+pub const EIO: Errno = 5;
+pub const EEXIST: Errno = 17;
+pub const EINVAL: Errno = 22;
+pub const ERANGE: Errno = 34;
+pub const ENOTRECOVERABLE: Errno = 131;
+
+// System call numbers.
+const SYS_READ: usize = 0;
+const SYS_WRITE: usize = 1;
+const SYS_CLOSE: usize = 3;
+const SYS_FSTAT: usize = 5;
+const SYS_MMAP: usize = 9;
+const SYS_MPROTECT: usize = 10;
+const SYS_MUNMAP: usize = 11;
+const SYS_RT_SIGACTION: usize = 13;
+const SYS_RT_SIGPROCMASK: usize = 14;
+const SYS_PREAD64: usize = 17;
+const SYS_MREMAP: usize = 25;
+const SYS_PAUSE: usize = 34;
+const SYS_GETPID: usize = 39;
+const SYS_SIGALTSTACK: usize = 131;
+const SYS_PRCTL: usize = 157;
+const SYS_FUTEX: usize = 202;
+const SYS_SET_TID_ADDRESS: usize = 218;
+const SYS_EXIT_GROUP: usize = 231;
+const SYS_OPENAT: usize = 257;
+const SYS_SET_ROBUST_LIST: usize = 273;
+const SYS_RSEQ: usize = 334;
+pub const SYS_CLONE3: usize = 435;
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+
+pub const MAP_SHARED: u32 = 0x01;
+pub const MAP_PRIVATE: u32 = 0x02;
+pub const MAP_ANONYMOUS: u32 = 0x20;
+pub const MAP_GROWSDOWN: u32 = 0x100;
+pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
+
+pub const MREMAP_MAYMOVE: u32 = 1;
+pub const MREMAP_FIXED: u32 = 2;
+
+pub const O_RDONLY: u32 = 0;
+pub const O_CLOEXEC: u32 = 0o2_000_000;
+const AT_FDCWD: isize = -100;
+
+pub const SIG_SETMASK: usize = 2;
+
+pub const PR_SET_NAME: usize = 15;
+pub const PR_SET_MM: usize = 35;
+pub const PR_SET_MM_MAP: usize = 14;
+
+pub const SS_DISABLE: u64 = 2;
+
+const FUTEX_WAIT_PRIVATE: usize = 128;
+const FUTEX_WAKE_PRIVATE: usize = 1 | 128;
+
+pub const PAGE_SIZE: u64 = 4096;
+
+#[inline(always)]
+unsafe fn syscall6(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+    let ret: isize;
+    asm!(
+        "syscall",
+        inlateout("rax") n as isize => ret,
+        in("rdi") a1, in("rsi") a2, in("rdx") a3, in("r10") a4, in("r8") a5, in("r9") a6,
+        lateout("rcx") _, lateout("r11") _,
+        options(nostack),
+    );
+    ret
+}
+
+#[inline(always)]
+unsafe fn sys(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> Result<usize, Errno> {
+    let ret = syscall6(n, a1, a2, a3, a4, a5, a6);
+    if (-4095..0).contains(&ret) {
+        Err((-ret) as Errno)
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    unsafe { sys(SYS_READ, fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0) }
+}
+
+pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+    unsafe { sys(SYS_WRITE, fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0) }
+}
+
+/// pread64 into arbitrary memory (the destination is usually a freshly mapped region).
+///
+/// # Safety
+/// `[addr, addr+len)` must be writable memory that nothing in the loader uses.
+pub unsafe fn pread_raw(fd: i32, addr: u64, len: u64, off: u64) -> Result<usize, Errno> {
+    sys(SYS_PREAD64, fd as usize, addr as usize, len as usize, off as usize, 0, 0)
+}
+
+/// `path` must be NUL-terminated.
+pub fn open(path: &[u8], flags: u32) -> Result<i32, Errno> {
+    debug_assert!(path.last() == Some(&0));
+    unsafe { sys(SYS_OPENAT, AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, 0, 0, 0).map(|fd| fd as i32) }
+}
+
+pub fn close(fd: i32) -> Result<usize, Errno> {
+    unsafe { sys(SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0) }
+}
+
+/// Size in bytes of the file behind `fd` (`st_size` of fstat).
+pub fn file_size(fd: i32) -> Result<u64, Errno> {
+    // struct stat on x86-64 is 144 bytes; st_size is the i64 at offset 48.
+    let mut st = [0u64; 18];
+    unsafe { sys(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0, 0, 0, 0)? };
+    Ok(st[6])
+}
+
+/// # Safety
+/// Maps memory at a fixed address; the caller guarantees the address is meant for it.
+pub unsafe fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: i32, off: u64) -> Result<u64, Errno> {
+    sys(SYS_MMAP, addr as usize, len as usize, prot as usize, flags as usize, fd as usize, off as usize).map(|a| a as u64)
+}
+
+/// # Safety
+/// Nothing the loader still uses may live in the range.
+pub unsafe fn munmap(addr: u64, len: u64) -> Result<usize, Errno> {
+    sys(SYS_MUNMAP, addr as usize, len as usize, 0, 0, 0, 0)
+}
+
+/// # Safety
+/// Moves a mapping; nothing the loader uses may live at either place.
+pub unsafe fn mremap_fixed(old: u64, len: u64, new: u64) -> Result<u64, Errno> {
+    sys(
+        SYS_MREMAP,
+        old as usize,
+        len as usize,
+        len as usize,
+        (MREMAP_MAYMOVE | MREMAP_FIXED) as usize,
+        new as usize,
+        0,
+    )
+    .map(|a| a as u64)
+}
+
+/// # Safety
+/// Nothing the loader uses may live in the range.
+pub unsafe fn mprotect(addr: u64, len: u64, prot: u32) -> Result<usize, Errno> {
+    sys(SYS_MPROTECT, addr as usize, len as usize, prot as usize, 0, 0, 0)
+}
+
+/// Sets the signal mask of the calling thread.
+pub fn sigprocmask_set(mask: u64) -> Result<usize, Errno> {
+    unsafe { sys(SYS_RT_SIGPROCMASK, SIG_SETMASK, &mask as *const u64 as usize, 0, 8, 0, 0) }
+}
+
+/// The kernel's x86-64 `struct sigaction` (as taken by rt_sigaction).
+#[repr(C)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+pub fn rt_sigaction(signo: u64, act: &KernelSigaction) -> Result<usize, Errno> {
+    unsafe { sys(SYS_RT_SIGACTION, signo as usize, act as *const _ as usize, 0, 8, 0, 0) }
+}
+
+/// # Safety
+/// prctl with pointer arguments: the caller passes valid pointers for `option`.
+pub unsafe fn prctl(option: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> Result<usize, Errno> {
+    sys(SYS_PRCTL, option, a2, a3, a4, a5, 0)
+}
+
+pub fn getpid() -> u64 {
+    unsafe { syscall6(SYS_GETPID, 0, 0, 0, 0, 0, 0) as u64 }
+}
+
+/// Registers the robust futex list head of the calling thread (the address belongs to the
+/// restored image; the kernel only stores it).
+pub fn set_robust_list(head: u64, len: u64) -> Result<usize, Errno> {
+    unsafe { sys(SYS_SET_ROBUST_LIST, head as usize, len as usize, 0, 0, 0, 0) }
+}
+
+/// Sets clear_child_tid of the calling thread (only stored by the kernel).
+pub fn set_tid_address(addr: u64) {
+    unsafe { syscall6(SYS_SET_TID_ADDRESS, addr as usize, 0, 0, 0, 0, 0) };
+}
+
+/// The kernel's `stack_t`.
+#[repr(C)]
+pub struct StackT {
+    pub ss_sp: u64,
+    pub ss_flags: i32,
+    pub _pad: i32,
+    pub ss_size: u64,
+}
+
+pub fn sigaltstack(ss: &StackT) -> Result<usize, Errno> {
+    unsafe { sys(SYS_SIGALTSTACK, ss as *const _ as usize, 0, 0, 0, 0, 0) }
+}
+
+/// Registers an rseq area for the calling thread. The kernel writes into the area, which
+/// must be mapped and writable.
+pub fn rseq(addr: u64, len: u64, sig: u64) -> Result<usize, Errno> {
+    unsafe { sys(SYS_RSEQ, addr as usize, len as usize, 0, sig as usize, 0, 0) }
+}
+
+/// Sleeps while `*word == expected` (spurious wake-ups possible; callers loop).
+pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    unsafe { syscall6(SYS_FUTEX, word.as_ptr() as usize, FUTEX_WAIT_PRIVATE, expected as usize, 0, 0, 0) };
+}
+
+pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) {
+    unsafe { syscall6(SYS_FUTEX, word.as_ptr() as usize, FUTEX_WAKE_PRIVATE, n as usize, 0, 0, 0) };
+}
+
+pub fn pause() {
+    unsafe { syscall6(SYS_PAUSE, 0, 0, 0, 0, 0, 0) };
+}
+
+pub fn exit_group(code: i32) -> ! {
+    unsafe {
+        syscall6(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0);
+        // exit_group does not return.
+        asm!("ud2", options(noreturn));
+    }
+}

@@ -1,0 +1,207 @@
+//! The checkpoint directory (SPEC §3): one generation directory per checkpoint
+//! (`ckpt_<program>_<id>_<n>/` with `manifest.json` and one `core-<pid>.img` per
+//! process), published atomically by rename; a `latest` link to the newest complete
+//! generation; `ckpt_restart_script.sh`; at most `keep` generations.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const LATEST: &str = "latest";
+pub const RESTART_SCRIPT: &str = "ckpt_restart_script.sh";
+const PREFIX: &str = "ckpt_";
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ManifestProcess {
+    pub pid: i32,
+    pub ppid: i32,
+    pub image: String,
+    pub cmdline: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Manifest {
+    pub tool_version: String,
+    pub created_unix_ns: u64,
+    pub kernel: String,
+    pub root_pid: i32,
+    pub processes: Vec<ManifestProcess>,
+}
+
+/// A generation being written: a hidden temporary directory until `publish`.
+pub struct PendingGeneration {
+    pub dir: PathBuf,
+    ckpt_dir: PathBuf,
+    name: String,
+    published: bool,
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// The generation number in a name `ckpt_<prog>_<id>_<n>`.
+fn gen_number(name: &str) -> Option<u64> {
+    if !name.starts_with(PREFIX) {
+        return None;
+    }
+    name.rsplit('_').next()?.parse().ok()
+}
+
+/// Complete generations in `ckpt_dir`, oldest first.
+pub fn generations(ckpt_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<(u64, PathBuf)> = Vec::new();
+    let rd = match fs::read_dir(ckpt_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", ckpt_dir.display())),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = gen_number(&name) {
+            if e.path().join(MANIFEST).is_file() {
+                v.push((n, e.path()));
+            }
+        }
+    }
+    v.sort();
+    Ok(v.into_iter().map(|(_, p)| p).collect())
+}
+
+fn sanitize(s: &str) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .take(32)
+        .collect();
+    if s.is_empty() { "proc".into() } else { s }
+}
+
+impl PendingGeneration {
+    pub fn create(ckpt_dir: &Path, program: &str, id: i32) -> Result<PendingGeneration> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(ckpt_dir)
+            .with_context(|| format!("creating checkpoint directory {}", ckpt_dir.display()))?;
+        let next = generations(ckpt_dir)?
+            .iter()
+            .filter_map(|p| gen_number(&p.file_name()?.to_string_lossy()))
+            .max()
+            .map_or(1, |n| n + 1);
+        let name = format!("{PREFIX}{}_{id}_{next}", sanitize(program));
+        let dir = ckpt_dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        Ok(PendingGeneration {
+            dir,
+            ckpt_dir: ckpt_dir.to_path_buf(),
+            name,
+            published: false,
+        })
+    }
+
+    /// Write the manifest, fsync, rename into place, point `latest` at it, write the
+    /// restart script and drop generations beyond `keep`. Returns the final path.
+    pub fn publish(mut self, manifest: &Manifest, keep: usize) -> Result<PathBuf> {
+        let mpath = self.dir.join(MANIFEST);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&mpath)
+            .with_context(|| format!("creating {}", mpath.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(manifest)?)?;
+        f.sync_all()?;
+        sync_dir(&self.dir)?;
+        let fin = self.ckpt_dir.join(&self.name);
+        fs::rename(&self.dir, &fin)
+            .with_context(|| format!("publishing {}", fin.display()))?;
+        self.published = true;
+        // latest -> name, replaced atomically.
+        let tmp_link = self.ckpt_dir.join(format!(".{LATEST}.tmp.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp_link);
+        std::os::unix::fs::symlink(&self.name, &tmp_link)?;
+        fs::rename(&tmp_link, self.ckpt_dir.join(LATEST))?;
+        write_restart_script(&self.ckpt_dir)?;
+        sync_dir(&self.ckpt_dir)?;
+        prune(&self.ckpt_dir, keep, &fin)?;
+        Ok(fin)
+    }
+}
+
+impl Drop for PendingGeneration {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn prune(ckpt_dir: &Path, keep: usize, newest: &Path) -> Result<()> {
+    let gens = generations(ckpt_dir)?;
+    let keep = keep.max(1);
+    if gens.len() > keep {
+        for old in &gens[..gens.len() - keep] {
+            if old != newest {
+                fs::remove_dir_all(old)
+                    .with_context(|| format!("removing old generation {}", old.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_restart_script(ckpt_dir: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("locating the ckpt binary")?;
+    let script = format!(
+        "#!/bin/sh\n# Restores the newest complete checkpoint of this directory (written by ckpt).\n\
+         exec '{}' restore \"$(dirname \"$0\")/{LATEST}\" \"$@\"\n",
+        exe.display()
+    );
+    let tmp = ckpt_dir.join(format!(".{RESTART_SCRIPT}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&tmp)?;
+    f.write_all(script.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, ckpt_dir.join(RESTART_SCRIPT))?;
+    Ok(())
+}
+
+/// The generation to restore from `dir`: a generation itself, the target of `latest`,
+/// or the newest complete generation.
+pub fn resolve(dir: &Path) -> Result<PathBuf> {
+    if dir.join(MANIFEST).is_file() {
+        return Ok(dir.to_path_buf());
+    }
+    if !dir.exists() {
+        bail!("checkpoint directory {} does not exist", dir.display());
+    }
+    let latest = dir.join(LATEST);
+    if latest.join(MANIFEST).is_file() {
+        return Ok(fs::canonicalize(&latest)?);
+    }
+    match generations(dir)?.pop() {
+        Some(g) => Ok(g),
+        None => bail!("no complete checkpoint found in {}", dir.display()),
+    }
+}
+
+pub fn read_manifest(gen: &Path) -> Result<Manifest> {
+    let p = gen.join(MANIFEST);
+    let b = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))
+}

@@ -1,0 +1,279 @@
+//! The image file of one process (SPEC §3):
+//!
+//! ```text
+//! 0      header, 4096 bytes (layout below), with its own xxh3 checksum
+//! 4096   page data: every stored run, page-aligned, in VMA order (pages_len bytes)
+//! ...    metadata: postcard-encoded ProcessState (meta_len bytes, xxh3 in the header)
+//! ```
+//!
+//! Header fields (little-endian): magic `CKPTIMG\0` @0, format version u32 @8, header
+//! length u32 @12, header xxh3 u64 @16 (computed with this field zero), meta offset @24,
+//! meta length @32, meta xxh3 @40, pages offset @48, pages length @56, creation time in
+//! ns since the epoch @64, tool version (32 bytes, NUL-padded) @72, kernel release (64
+//! bytes) @104, pid u32 @168. The version is checked before anything else, so a future
+//! format is refused as such. Each page run carries its own xxh3 in the metadata.
+
+use anyhow::{bail, Context, Result};
+use ckpt_tracer::state::ProcessState;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+pub const MAGIC: &[u8; 8] = b"CKPTIMG\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const HEADER_LEN: u64 = 4096;
+pub const PAGE: u64 = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub version: u32,
+    pub meta_offset: u64,
+    pub meta_len: u64,
+    pub meta_hash: u64,
+    pub pages_offset: u64,
+    pub pages_len: u64,
+    pub created_ns: u64,
+    pub tool_version: String,
+    pub kernel: String,
+    pub pid: u32,
+}
+
+fn put_str(buf: &mut [u8], s: &str) {
+    let b = s.as_bytes();
+    let n = b.len().min(buf.len() - 1);
+    buf[..n].copy_from_slice(&b[..n]);
+}
+
+fn get_str(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+impl Header {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = vec![0u8; HEADER_LEN as usize];
+        b[0..8].copy_from_slice(MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        for (off, v) in [
+            (24, self.meta_offset),
+            (32, self.meta_len),
+            (40, self.meta_hash),
+            (48, self.pages_offset),
+            (56, self.pages_len),
+            (64, self.created_ns),
+        ] {
+            b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        put_str(&mut b[72..104], &self.tool_version);
+        put_str(&mut b[104..168], &self.kernel);
+        b[168..172].copy_from_slice(&self.pid.to_le_bytes());
+        let h = xxh3_64(&b);
+        b[16..24].copy_from_slice(&h.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8], path: &Path) -> Result<Header> {
+        let p = path.display();
+        if b.len() < 16 || &b[0..8] != MAGIC {
+            bail!("{p} is not a ckpt image (bad magic)");
+        }
+        let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
+        if version > FORMAT_VERSION {
+            bail!(
+                "{p} has image format version {version}, newer than this ckpt supports ({FORMAT_VERSION}); use a newer ckpt"
+            );
+        }
+        if version != FORMAT_VERSION {
+            bail!("{p} has unknown image format version {version}");
+        }
+        if (b.len() as u64) < HEADER_LEN {
+            bail!("{p} is truncated (header incomplete)");
+        }
+        let mut copy = b[..HEADER_LEN as usize].to_vec();
+        let stored = u64_at(&copy, 16);
+        copy[16..24].fill(0);
+        if xxh3_64(&copy) != stored {
+            bail!("{p} is corrupted (header checksum mismatch)");
+        }
+        Ok(Header {
+            version,
+            meta_offset: u64_at(b, 24),
+            meta_len: u64_at(b, 32),
+            meta_hash: u64_at(b, 40),
+            pages_offset: u64_at(b, 48),
+            pages_len: u64_at(b, 56),
+            created_ns: u64_at(b, 64),
+            tool_version: get_str(&b[72..104]),
+            kernel: get_str(&b[104..168]),
+            pid: u32::from_le_bytes(b[168..172].try_into().unwrap()),
+        })
+    }
+}
+
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Streams one process image to disk: pages first, then metadata, then the header.
+pub struct ImageWriter {
+    file: File,
+    path: PathBuf,
+    pos: u64,
+}
+
+impl ImageWriter {
+    pub fn create(path: &Path) -> Result<ImageWriter> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(ImageWriter {
+            file,
+            path: path.to_path_buf(),
+            pos: HEADER_LEN,
+        })
+    }
+
+    /// Current write offset (where the next page run starts).
+    pub fn pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// Append page bytes (a multiple of the page size) and feed them to `hasher`.
+    pub fn write_pages(&mut self, data: &[u8], hasher: &mut Xxh3) -> Result<()> {
+        hasher.update(data);
+        self.file
+            .write_all_at(data, self.pos)
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    /// Write metadata and header, fsync, and close.
+    pub fn finish(self, state: &ProcessState, created_ns: u64) -> Result<u64> {
+        let meta = postcard::to_allocvec(state).context("encoding image metadata")?;
+        let meta_offset = self.pos;
+        self.file
+            .write_all_at(&meta, meta_offset)
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        let header = Header {
+            version: FORMAT_VERSION,
+            meta_offset,
+            meta_len: meta.len() as u64,
+            meta_hash: xxh3_64(&meta),
+            pages_offset: HEADER_LEN,
+            pages_len: meta_offset - HEADER_LEN,
+            created_ns,
+            tool_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel: kernel_release(),
+            pid: state.pid as u32,
+        };
+        let mut f = &self.file;
+        f.write_all_at(&header.encode(), 0)?;
+        f.flush()?;
+        self.file
+            .sync_all()
+            .with_context(|| format!("syncing {}", self.path.display()))?;
+        Ok(meta_offset + meta.len() as u64)
+    }
+}
+
+/// An image opened for reading, with header and metadata checked.
+pub struct Image {
+    pub path: PathBuf,
+    pub header: Header,
+    pub state: ProcessState,
+    pub file: File,
+}
+
+impl Image {
+    pub fn open(path: &Path) -> Result<Image> {
+        let p = path.display();
+        let file = File::open(path).with_context(|| format!("opening image {p}"))?;
+        let size = file.metadata()?.len();
+        let mut head = vec![0u8; HEADER_LEN.min(size) as usize];
+        file.read_exact_at(&mut head, 0)
+            .with_context(|| format!("reading {p}"))?;
+        let header = Header::decode(&head, path)?;
+        let end = header.meta_offset.checked_add(header.meta_len);
+        if end.is_none_or(|e| e > size)
+            || header.pages_offset != HEADER_LEN
+            || header.pages_offset + header.pages_len != header.meta_offset
+        {
+            bail!("{p} is truncated or damaged (file is {size} bytes, header expects more)");
+        }
+        if end != Some(size) {
+            bail!("{p} has trailing bytes after the metadata (damaged)");
+        }
+        let mut meta = vec![0u8; header.meta_len as usize];
+        file.read_exact_at(&mut meta, header.meta_offset)
+            .with_context(|| format!("reading metadata of {p}"))?;
+        if xxh3_64(&meta) != header.meta_hash {
+            bail!("{p} is corrupted (metadata checksum mismatch)");
+        }
+        let state: ProcessState =
+            postcard::from_bytes(&meta).with_context(|| format!("decoding metadata of {p}"))?;
+        Ok(Image {
+            path: path.to_path_buf(),
+            header,
+            state,
+            file,
+        })
+    }
+
+    /// Read every page run and compare its checksum; `progress` gets byte counts.
+    pub fn verify_pages(&self, mut progress: impl FnMut(u64)) -> Result<()> {
+        let mut buf = vec![0u8; 8 << 20];
+        let limit = self.header.meta_offset;
+        for vma in &self.state.vmas {
+            for run in &vma.pages {
+                let len = run.npages * PAGE;
+                if run.file_off < HEADER_LEN || run.file_off + len > limit {
+                    bail!(
+                        "{} is damaged (page run at {:#x} lies outside the page data)",
+                        self.path.display(),
+                        run.addr
+                    );
+                }
+                let mut h = Xxh3::new();
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(buf.len() as u64) as usize;
+                    self.file.read_exact_at(&mut buf[..n], run.file_off + done)?;
+                    h.update(&buf[..n]);
+                    done += n as u64;
+                    progress(n as u64);
+                }
+                if h.digest() != run.hash {
+                    bail!(
+                        "{} is corrupted (checksum mismatch in page data of region {:#x}-{:#x})",
+                        self.path.display(),
+                        vma.start,
+                        vma.end
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.state
+            .vmas
+            .iter()
+            .flat_map(|v| v.pages.iter())
+            .map(|r| r.npages * PAGE)
+            .sum()
+    }
+}

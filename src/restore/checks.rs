@@ -1,0 +1,148 @@
+//! Everything a restore verifies before it creates a process (SPEC §6): the files the
+//! image refers to are unchanged, the original PIDs are free, the kernel and CPU can
+//! take the saved state, and nothing collides with the loader.
+
+use super::plan::layout::{LOADER_ZONE_END, LOADER_ZONE_START};
+use anyhow::{bail, Result};
+use ckpt_tracer::files::file_identity;
+use ckpt_tracer::state::{FdKind, FileIdentity, ProcessState, VmaKind};
+use std::collections::HashSet;
+use std::path::Path;
+
+fn check_identity(saved: &FileIdentity, what: &str) -> Result<()> {
+    let cur = match file_identity(Path::new(&saved.path), &saved.path) {
+        Ok(c) => c,
+        Err(e) => bail!(
+            "{what} {} is missing ({e}); restore needs the same file",
+            saved.path
+        ),
+    };
+    let differs = if cur.ino != saved.ino {
+        Some("inode")
+    } else if cur.size != saved.size {
+        Some("size")
+    } else if cur.mtime_ns != saved.mtime_ns {
+        Some("modification time")
+    } else if cur.build_id != saved.build_id {
+        Some("ELF build-id")
+    } else {
+        None
+    };
+    if let Some(d) = differs {
+        bail!(
+            "{what} {} changed since the checkpoint ({d} differs); restore needs the file as it was",
+            saved.path
+        );
+    }
+    Ok(())
+}
+
+pub fn files_unchanged(state: &ProcessState) -> Result<()> {
+    let mut seen = HashSet::new();
+    check_identity(&state.exe, "executable")?;
+    seen.insert(state.exe.path.clone());
+    for v in &state.vmas {
+        if let VmaKind::File { id } = &v.kind {
+            if seen.insert(id.path.clone()) {
+                check_identity(id, "mapped file")?;
+            }
+        }
+    }
+    for fd in &state.fds {
+        if let FdKind::File { id, .. } = &fd.kind {
+            if seen.insert(id.path.clone()) {
+                check_identity(id, &format!("file open on fd {}", fd.fd))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn pids_free(state: &ProcessState) -> Result<()> {
+    for t in &state.threads {
+        let p = format!("/proc/{}", t.tid);
+        if Path::new(&p).exists() {
+            let comm = std::fs::read_to_string(format!("{p}/comm")).unwrap_or_default();
+            bail!(
+                "PID {} is in use by another process ({}); restore needs the original PIDs free",
+                t.tid,
+                comm.trim()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn own_vdso() -> Option<(u64, u64)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;
+    let (s, e) = line.split(' ').next()?.split_once('-')?;
+    Some((
+        u64::from_str_radix(s, 16).ok()?,
+        u64::from_str_radix(e, 16).ok()?,
+    ))
+}
+
+fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv(0) is available wherever the OS enabled XSAVE (checked by the caller).
+    unsafe {
+        std::arch::asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    (hi as u64) << 32 | lo as u64
+}
+
+pub fn machine_compatible(state: &ProcessState) -> Result<()> {
+    if state.vdso_hash != 0 {
+        let Some((s, e)) = own_vdso() else {
+            bail!("this kernel has no vdso, but the checkpoint needs one");
+        };
+        // SAFETY: our own vdso is mapped readable for its whole range.
+        let bytes = unsafe { std::slice::from_raw_parts(s as *const u8, (e - s) as usize) };
+        let saved_len = state
+            .vmas
+            .iter()
+            .find(|v| v.kind == VmaKind::Vdso)
+            .map(|v| v.end - v.start);
+        if saved_len != Some(e - s) || xxhash_rust::xxh3::xxh3_64(bytes) != state.vdso_hash {
+            bail!(
+                "the kernel changed since the checkpoint (its vdso differs); restore on the kernel the checkpoint was taken on"
+            );
+        }
+    }
+    let cpu = std::arch::x86_64::__cpuid_count(1, 0);
+    let osxsave = cpu.ecx & (1 << 27) != 0;
+    if state.xfeatures != 0 {
+        if !osxsave {
+            bail!("this CPU/kernel does not enable XSAVE, which the checkpoint's register state needs");
+        }
+        let have = xgetbv0();
+        if state.xfeatures & !have != 0 {
+            bail!(
+                "this CPU lacks register state the checkpoint uses (XSAVE features {:#x}, available {:#x})",
+                state.xfeatures,
+                have
+            );
+        }
+        let size = std::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
+        if let Some(t) = state.threads.first() {
+            if t.xstate.len() != size {
+                bail!(
+                    "the CPU's register save area differs from the checkpoint's ({} bytes, checkpoint has {})",
+                    size,
+                    t.xstate.len()
+                );
+            }
+        }
+    }
+    for v in &state.vmas {
+        if v.start < LOADER_ZONE_END && v.end > LOADER_ZONE_START {
+            bail!(
+                "the checkpointed process has memory at {:#x}-{:#x}, where ckpt's loader must run; this image cannot be restored",
+                v.start,
+                v.end
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The last steps of a restore, done from the outside once the loader has parked every
+//! thread: seize them, give each its saved registers, xstate and signal mask, unmap the
+//! loader, set the exe link and close-on-exec flags, and let everything run.
+
+use super::plan::layout::Ready;
+use anyhow::{bail, Context, Result};
+use ckpt_tracer::freeze::FrozenThread;
+use ckpt_tracer::inject::Injector;
+use ckpt_tracer::ptrace::{self, Stop};
+use ckpt_tracer::state::{reg, ProcessState, VmaKind};
+use std::os::unix::fs::FileExt;
+
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP: u64 = 14;
+
+fn check(r: std::io::Result<i64>, what: &str) -> Result<i64> {
+    match r {
+        Ok(v) if (-4095..0).contains(&v) => {
+            Err(std::io::Error::from_raw_os_error(-v as i32)).with_context(|| what.to_string())
+        }
+        Ok(v) => Ok(v),
+        Err(e) => Err(e).with_context(|| what.to_string()),
+    }
+}
+
+fn seize_all(state: &ProcessState) -> Result<Vec<FrozenThread>> {
+    let mut threads = Vec::new();
+    for t in &state.threads {
+        ptrace::seize(t.tid, libc::PTRACE_O_TRACESYSGOOD as libc::c_long)
+            .with_context(|| format!("attaching to restored thread {}", t.tid))?;
+        ptrace::interrupt(t.tid)?;
+        loop {
+            match ptrace::wait(t.tid)?.1 {
+                Stop::Event | Stop::Group(_) => break,
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    bail!("restored thread {} died before it could be resumed", t.tid)
+                }
+                // Signals are blocked in the loader; anything else: keep waiting.
+                _ => ptrace::cont(t.tid, 0)?,
+            }
+        }
+        threads.push(FrozenThread {
+            tid: t.tid,
+            regs: t.regs,
+            syscall: None,
+            resend: Vec::new(),
+        });
+    }
+    Ok(threads)
+}
+
+/// `status_fd` and `exe_fd` are descriptor numbers inside the restored process.
+pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) -> Result<()> {
+    let pid = state.pid;
+    let mut threads = seize_all(state)?;
+    // The leader sits right after the `syscall` of its pause loop in loader code.
+    let loader_rip = ptrace::get_regs(pid)?[reg::RIP];
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut insn = [0u8; 2];
+    mem.read_exact_at(&mut insn, loader_rip - 2)?;
+    if insn != [0x0f, 0x05] {
+        bail!("restored process {pid} is not parked where the loader should be");
+    }
+    for (t, saved) in threads.iter().zip(&state.threads) {
+        ptrace::set_regs(t.tid, &t.regs)
+            .with_context(|| format!("setting registers of thread {}", t.tid))?;
+        ptrace::set_xstate(t.tid, &saved.xstate)
+            .with_context(|| format!("setting xstate of thread {}", t.tid))?;
+    }
+    let leader = &mut threads[0];
+    let loader = Injector::with_syscall_insn(pid, loader_rip - 2)?;
+    check(
+        loader.syscall(leader, libc::SYS_close, [status_fd as u64, 0, 0, 0, 0, 0]),
+        "closing the loader's status pipe",
+    )?;
+    check(
+        loader.syscall(
+            leader,
+            libc::SYS_munmap,
+            [ready.loader_start, ready.loader_end - ready.loader_start, 0, 0, 0, 0],
+        ),
+        "unmapping the loader",
+    )?;
+    drop(loader);
+
+    // From here on, system calls go through the process's own vdso.
+    let mut exec: Vec<(u64, u64)> = state
+        .vmas
+        .iter()
+        .filter(|v| v.kind == VmaKind::Vdso)
+        .map(|v| (v.start, v.end))
+        .collect();
+    exec.extend(
+        state
+            .vmas
+            .iter()
+            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vdso)
+            .map(|v| (v.start, v.end)),
+    );
+    let inj = Injector::new(pid, &exec)?;
+    let mm = &state.mm;
+    let mut map = Vec::with_capacity(104);
+    for v in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        0, // auxv pointer: already set by the loader
+    ] {
+        map.extend_from_slice(&v.to_le_bytes());
+    }
+    map.extend_from_slice(&0u32.to_le_bytes()); // auxv_size
+    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+    let len = map.len() as u64;
+    let r = inj.syscall_with_buf(
+        leader,
+        libc::SYS_prctl,
+        |a| [PR_SET_MM, PR_SET_MM_MAP, a, len, 0, 0],
+        &map,
+        &mut [],
+    );
+    if let Err(e) = check(r, "setting /proc/PID/exe") {
+        eprintln!("ckpt: warning: process {pid}: {e:#}; /proc/{pid}/exe names the loader");
+    }
+    check(
+        inj.syscall(leader, libc::SYS_close, [exe_fd as u64, 0, 0, 0, 0, 0]),
+        "closing the exe descriptor",
+    )?;
+    for fd in state.fds.iter().filter(|f| f.cloexec) {
+        check(
+            inj.syscall(
+                leader,
+                libc::SYS_fcntl,
+                [fd.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+            ),
+            "setting close-on-exec",
+        )?;
+    }
+    for (t, saved) in threads.iter().zip(&state.threads) {
+        ptrace::set_regs(t.tid, &t.regs)?;
+        ptrace::set_sigmask(t.tid, saved.sigmask)
+            .with_context(|| format!("setting the signal mask of thread {}", t.tid))?;
+    }
+    for t in &threads {
+        ptrace::detach(t.tid, 0).with_context(|| format!("resuming thread {}", t.tid))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Builds the restore plan the loader executes (format: restore/src/plan.rs).
+
+#[path = "../../restore/src/plan.rs"]
+#[allow(dead_code)]
+pub mod layout;
+
+use crate::image::PAGE;
+use ckpt_tracer::state::{ProcessState, VmaKind};
+use layout::*;
+use std::collections::HashMap;
+
+/// The descriptors the plan refers to, as numbers they will have in the loader.
+pub struct PlanFds {
+    pub image_fd: i32,
+    pub status_fd: i32,
+    /// fd of the file behind each file-backed VMA, by path.
+    pub map_fds: HashMap<String, i32>,
+}
+
+fn push_struct<T: Copy>(buf: &mut Vec<u8>, v: &T) {
+    // SAFETY: T is a repr(C) plain-old-data struct from layout.rs.
+    let b = unsafe {
+        std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>())
+    };
+    buf.extend_from_slice(b);
+}
+
+fn align8(buf: &mut Vec<u8>) {
+    while buf.len() % 8 != 0 {
+        buf.push(0);
+    }
+}
+
+pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
+    let mut vmas = Vec::new();
+    let mut runs = Vec::new();
+    for v in &state.vmas {
+        let (kind, fd) = match &v.kind {
+            VmaKind::Anon => (VMA_ANON_PRIVATE, -1),
+            VmaKind::SharedAnon => (VMA_ANON_SHARED, -1),
+            VmaKind::File { id } => {
+                let fd = fds.map_fds[&id.path];
+                (if v.shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, fd)
+            }
+            VmaKind::Vdso => (VMA_VDSO, -1),
+            VmaKind::Vvar => (VMA_VVAR, -1),
+            VmaKind::VvarVclock => (VMA_VVAR_VCLOCK, -1),
+        };
+        let first_run = runs.len() as u64;
+        for r in &v.pages {
+            runs.push(PlanRun {
+                addr: r.addr,
+                len: r.npages * PAGE,
+                file_off: r.file_off,
+            });
+        }
+        vmas.push(PlanVma {
+            start: v.start,
+            end: v.end,
+            prot: v.prot,
+            kind,
+            flags: if v.growsdown { VMA_F_GROWSDOWN } else { 0 },
+            fd,
+            offset: v.offset,
+            first_run,
+            nr_runs: runs.len() as u64 - first_run,
+        });
+    }
+    let threads: Vec<PlanThread> = state
+        .threads
+        .iter()
+        .map(|t| {
+            let mut name = [0u8; 16];
+            let b = t.name.as_bytes();
+            let n = b.len().min(15);
+            name[..n].copy_from_slice(&b[..n]);
+            let rseq = t.rseq.unwrap_or_default();
+            PlanThread {
+                tid: t.tid as u64,
+                robust_head: t.robust_head,
+                robust_len: t.robust_len,
+                clear_child_tid: t.clear_child_tid,
+                rseq_addr: rseq.addr,
+                rseq_len: rseq.len as u64,
+                rseq_sig: rseq.sig as u64,
+                ss_sp: t.altstack.sp,
+                // SS_ONSTACK is a state, not a setting: keep SS_DISABLE / SS_AUTODISARM.
+                ss_flags: (t.altstack.flags & !libc::SS_ONSTACK) as u32 as u64,
+                ss_size: t.altstack.size,
+                name,
+            }
+        })
+        .collect();
+    let sigactions: Vec<PlanSigaction> = state
+        .sigactions
+        .iter()
+        .filter(|s| s.signo != libc::SIGKILL && s.signo != libc::SIGSTOP)
+        .map(|s| PlanSigaction {
+            signo: s.signo as u64,
+            handler: s.handler,
+            flags: s.flags,
+            restorer: s.restorer,
+            mask: s.mask,
+        })
+        .collect();
+    let mut close_fds: Vec<i32> = fds.map_fds.values().copied().collect();
+    close_fds.sort_unstable();
+    close_fds.dedup();
+
+    let mm = PrctlMmMap {
+        start_code: state.mm.start_code,
+        end_code: state.mm.end_code,
+        start_data: state.mm.start_data,
+        end_data: state.mm.end_data,
+        start_brk: state.mm.start_brk,
+        brk: state.mm.brk,
+        start_stack: state.mm.start_stack,
+        arg_start: state.mm.arg_start,
+        arg_end: state.mm.arg_end,
+        env_start: state.mm.env_start,
+        env_end: state.mm.env_end,
+    };
+    let mut h = PlanHeader {
+        magic: PLAN_MAGIC,
+        version: PLAN_VERSION,
+        pid: state.pid as u64,
+        image_fd: fds.image_fd as i64,
+        status_fd: fds.status_fd as i64,
+        mm,
+        ..Default::default()
+    };
+    let hdr_len = std::mem::size_of::<PlanHeader>();
+    let mut body = vec![0u8; hdr_len];
+    align8(&mut body);
+    h.vmas_off = body.len() as u64;
+    h.nr_vmas = vmas.len() as u64;
+    vmas.iter().for_each(|v| push_struct(&mut body, v));
+    h.runs_off = body.len() as u64;
+    h.nr_runs = runs.len() as u64;
+    runs.iter().for_each(|v| push_struct(&mut body, v));
+    h.threads_off = body.len() as u64;
+    h.nr_threads = threads.len() as u64;
+    threads.iter().for_each(|v| push_struct(&mut body, v));
+    h.sigactions_off = body.len() as u64;
+    h.nr_sigactions = sigactions.len() as u64;
+    sigactions.iter().for_each(|v| push_struct(&mut body, v));
+    h.auxv_off = body.len() as u64;
+    h.auxv_words = state.auxv.len() as u64;
+    state.auxv.iter().for_each(|w| body.extend_from_slice(&w.to_le_bytes()));
+    h.close_fds_off = body.len() as u64;
+    h.nr_close_fds = close_fds.len() as u64;
+    close_fds.iter().for_each(|f| body.extend_from_slice(&f.to_le_bytes()));
+    align8(&mut body);
+    h.size = body.len() as u64;
+    let mut head = Vec::new();
+    push_struct(&mut head, &h);
+    body[..hdr_len].copy_from_slice(&head);
+    body
+}

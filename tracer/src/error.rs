@@ -1,0 +1,36 @@
+//! Typed errors of the tracer: the CLI turns them into one-line messages.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TraceError {
+    #[error("process {0} does not exist")]
+    NoSuchProcess(i32),
+    #[error("not allowed to trace process {pid}: {why} (tracing another user's process needs root or CAP_SYS_PTRACE)")]
+    PermissionDenied { pid: i32, why: String },
+    #[error("process {pid} fd {fd}: {kind} is not supported yet")]
+    UnsupportedFd { pid: i32, fd: i32, kind: String },
+    #[error("process {pid}: {what} is not supported yet")]
+    Unsupported { pid: i32, what: String },
+    #[error("process {pid} exited while it was being checkpointed")]
+    Exited { pid: i32 },
+    #[error("process {pid}: {what}: {source}")]
+    Io {
+        pid: i32,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, TraceError>;
+
+impl TraceError {
+    pub fn io(pid: i32, what: impl Into<String>, source: std::io::Error) -> Self {
+        TraceError::Io {
+            pid,
+            what: what.into(),
+            source,
+        }
+    }
+}

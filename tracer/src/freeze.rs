@@ -1,0 +1,232 @@
+//! Freezing a process from the outside: PTRACE_SEIZE + PTRACE_INTERRUPT on every thread,
+//! race-free against threads that appear while we attach, and the guarantee that the
+//! process runs on unharmed when we let go (explicitly, or because of an error: `Drop`).
+
+use crate::error::{Result, TraceError};
+use crate::ptrace::{self, Stop};
+use crate::state::{reg, Regs};
+use std::collections::BTreeSet;
+use std::io;
+
+pub const ERESTARTSYS: i64 = 512;
+pub const ERESTARTNOINTR: i64 = 513;
+pub const ERESTARTNOHAND: i64 = 514;
+pub const ERESTART_RESTARTBLOCK: i64 = 516;
+
+#[derive(Debug)]
+pub struct FrozenThread {
+    pub tid: i32,
+    /// Registers as the thread will resume (interrupted syscalls already turned into a
+    /// restart or -EINTR, `orig_rax` = -1). Installed in the thread at freeze time.
+    pub regs: Regs,
+    /// The syscall the thread was in when it was interrupted.
+    pub syscall: Option<i64>,
+    /// Signals that arrived while the thread was ours; sent again after we let go.
+    pub resend: Vec<i32>,
+}
+
+/// A process whose every thread is in a ptrace stop.
+pub struct Frozen {
+    pub pid: i32,
+    pub threads: Vec<FrozenThread>,
+    released: bool,
+}
+
+fn list_tasks(pid: i32) -> io::Result<BTreeSet<i32>> {
+    let mut set = BTreeSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        if let Some(t) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
+            set.insert(t);
+        }
+    }
+    Ok(set)
+}
+
+/// The kernel's state after signal handling without a handler: restartable syscalls
+/// re-execute, a restart-block syscall (nanosleep, poll with timeout...) returns -EINTR.
+pub fn fixup_interrupted_syscall(regs: &mut Regs) -> Option<i64> {
+    let nr = regs[reg::ORIG_RAX] as i64;
+    if nr < 0 {
+        return None;
+    }
+    let ret = regs[reg::RAX] as i64;
+    match -ret {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            regs[reg::RAX] = regs[reg::ORIG_RAX];
+            regs[reg::RIP] -= 2;
+        }
+        ERESTART_RESTARTBLOCK => regs[reg::RAX] = (-libc::EINTR) as i64 as u64,
+        _ => {}
+    }
+    regs[reg::ORIG_RAX] = u64::MAX;
+    Some(nr)
+}
+
+fn tgid_of(tid: i32) -> Option<i32> {
+    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+impl Frozen {
+    /// Seize and stop every thread of `pid`.
+    pub fn freeze(pid: i32) -> Result<Frozen> {
+        if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            return Err(TraceError::NoSuchProcess(pid));
+        }
+        if tgid_of(pid) != Some(pid) {
+            return Err(TraceError::NoSuchProcess(pid));
+        }
+        if pid == std::process::id() as i32 {
+            return Err(TraceError::Unsupported {
+                pid,
+                what: "checkpointing ckpt itself".into(),
+            });
+        }
+        let mut f = Frozen {
+            pid,
+            threads: Vec::new(),
+            released: false,
+        };
+        let mut seized: BTreeSet<i32> = BTreeSet::new();
+        // Seize until a pass over /proc/PID/task finds nobody new; TRACECLONE catches
+        // threads created after their parent was seized.
+        loop {
+            let tasks = list_tasks(pid).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    TraceError::NoSuchProcess(pid)
+                } else {
+                    TraceError::io(pid, "listing threads", e)
+                }
+            })?;
+            let new: Vec<i32> = tasks.difference(&seized).copied().collect();
+            if new.is_empty() {
+                break;
+            }
+            for tid in new {
+                match ptrace::seize(tid, ptrace::FREEZE_OPTIONS) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                        if tid == pid {
+                            return Err(TraceError::NoSuchProcess(pid));
+                        }
+                        continue;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        return Err(TraceError::PermissionDenied {
+                            pid,
+                            why: e.to_string(),
+                        })
+                    }
+                    Err(e) => return Err(TraceError::io(pid, format!("seizing thread {tid}"), e)),
+                }
+                seized.insert(tid);
+                f.threads.push(FrozenThread {
+                    tid,
+                    regs: [0; 27],
+                    syscall: None,
+                    resend: Vec::new(),
+                });
+                let _ = ptrace::interrupt(tid);
+                f.wait_stopped(tid, &mut seized)?;
+            }
+        }
+        // Keep the leader first.
+        f.threads.sort_by_key(|t| (t.tid != pid, t.tid));
+        for t in &mut f.threads {
+            let mut regs = ptrace::get_regs(t.tid)
+                .map_err(|e| TraceError::io(pid, format!("reading registers of {}", t.tid), e))?;
+            t.syscall = fixup_interrupted_syscall(&mut regs);
+            ptrace::set_regs(t.tid, &regs)
+                .map_err(|e| TraceError::io(pid, format!("writing registers of {}", t.tid), e))?;
+            t.regs = regs;
+        }
+        Ok(f)
+    }
+
+    /// Wait until `tid` sits in its interrupt stop, passing real signals on and adopting
+    /// threads cloned meanwhile.
+    fn wait_stopped(&mut self, tid: i32, seized: &mut BTreeSet<i32>) -> Result<()> {
+        loop {
+            let (_, stop) = ptrace::wait(tid)
+                .map_err(|e| TraceError::io(self.pid, format!("waiting for thread {tid}"), e))?;
+            match stop {
+                Stop::Event | Stop::Group(_) => return Ok(()),
+                Stop::Signal(sig) => {
+                    // Deliver it now; the pending interrupt stops the thread right after.
+                    let _ = ptrace::cont(tid, sig);
+                }
+                Stop::NewTask(child) => {
+                    if tgid_of(child) == Some(self.pid) && seized.insert(child) {
+                        self.threads.push(FrozenThread {
+                            tid: child,
+                            regs: [0; 27],
+                            syscall: None,
+                            resend: Vec::new(),
+                        });
+                        // A seized clone starts in an event stop.
+                        self.wait_stopped(child, seized)?;
+                    } else if !seized.contains(&child) {
+                        // Another process (clone without CLONE_THREAD): let it go.
+                        let _ = ptrace::wait(child);
+                        let _ = ptrace::detach(child, 0);
+                    }
+                    let _ = ptrace::cont(tid, 0);
+                }
+                Stop::Syscall | Stop::OtherEvent(_) => {
+                    let _ = ptrace::cont(tid, 0);
+                }
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    self.threads.retain(|t| t.tid != tid);
+                    if tid == self.pid {
+                        return Err(TraceError::Exited { pid: self.pid });
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    pub fn thread(&self, tid: i32) -> &FrozenThread {
+        self.threads.iter().find(|t| t.tid == tid).expect("frozen thread")
+    }
+
+    /// Let every thread run on, exactly where it was (interrupted syscalls restart).
+    pub fn release(mut self) {
+        self.release_all();
+    }
+
+    /// Kill the process (SIGKILL) while we still hold it, then let go.
+    pub fn kill(mut self) {
+        // SAFETY: plain kill(2).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        self.released = true;
+        for t in &self.threads {
+            let _ = ptrace::detach(t.tid, 0);
+        }
+    }
+
+    fn release_all(&mut self) {
+        if self.released {
+            return;
+        }
+        self.released = true;
+        for t in &self.threads {
+            let _ = ptrace::set_regs(t.tid, &t.regs);
+            let _ = ptrace::detach(t.tid, 0);
+        }
+        for t in &self.threads {
+            for &sig in &t.resend {
+                // SAFETY: plain tgkill(2).
+                unsafe { libc::syscall(libc::SYS_tgkill, self.pid, t.tid, sig) };
+            }
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.release_all();
+    }
+}

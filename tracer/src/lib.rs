@@ -1,0 +1,21 @@
+//! ckpt-tracer: attach to a live Linux x86-64 process from the outside (ptrace +
+//! /proc), freeze it, and read everything a restore needs.
+//!
+//! - [`freeze`]: seize and stop every thread, and let them go unharmed.
+//! - [`inject`]: run system calls inside a frozen thread.
+//! - [`maps`] / [`files`] / [`procinfo`]: what /proc shows.
+//! - [`read`]: puts it together into a [`state::ProcessState`].
+//! - [`state`]: the serde types of a checkpointed process.
+
+pub mod error;
+pub mod files;
+pub mod freeze;
+pub mod inject;
+pub mod maps;
+pub mod procinfo;
+pub mod ptrace;
+pub mod read;
+pub mod state;
+
+pub use error::{Result, TraceError};
+pub use freeze::Frozen;

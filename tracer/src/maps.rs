@@ -1,0 +1,233 @@
+//! The address space of a process: /proc/PID/smaps (regions and their VmFlags) and
+//! /proc/PID/pagemap (which pages hold data worth storing).
+
+use crate::error::{Result, TraceError};
+use crate::files::IdentityCache;
+use crate::state::{PageRun, Vma, VmaKind};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+pub const PAGE: u64 = 4096;
+
+/// One line of /proc/PID/maps plus its VmFlags.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: [u8; 4],
+    pub offset: u64,
+    pub dev: (u32, u32),
+    pub inode: u64,
+    pub name: String,
+    pub vmflags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn prot(&self) -> u32 {
+        let mut p = 0;
+        if self.perms[0] == b'r' {
+            p |= libc::PROT_READ as u32;
+        }
+        if self.perms[1] == b'w' {
+            p |= libc::PROT_WRITE as u32;
+        }
+        if self.perms[2] == b'x' {
+            p |= libc::PROT_EXEC as u32;
+        }
+        p
+    }
+    pub fn shared(&self) -> bool {
+        self.perms[3] == b's'
+    }
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vmflags.iter().any(|v| v == f)
+    }
+}
+
+fn parse_map_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?;
+    let inode: u64 = it.next()?.parse().ok()?;
+    let name = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        perms: [perms[0], perms[1], perms[2], perms[3]],
+        offset,
+        dev: (
+            u32::from_str_radix(maj, 16).ok()?,
+            u32::from_str_radix(min, 16).ok()?,
+        ),
+        inode,
+        name,
+        vmflags: Vec::new(),
+    })
+}
+
+fn is_header(line: &str) -> bool {
+    let first = line.split(' ').next().unwrap_or("");
+    first.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && a.bytes().all(|c| c.is_ascii_hexdigit())
+            && b.bytes().all(|c| c.is_ascii_hexdigit())
+    })
+}
+
+/// Regions of the process from /proc/PID/smaps, in address order.
+pub fn read_maps(pid: i32) -> io::Result<Vec<MapEntry>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.vmflags = flags.split_whitespace().map(str::to_string).collect();
+            }
+        } else if is_header(line) {
+            if let Some(e) = parse_map_line(line) {
+                out.push(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Decide how a region is saved; refuse what cannot be restored faithfully.
+pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Option<VmaKind>> {
+    let unsupported = |what: String| TraceError::Unsupported { pid, what };
+    match m.name.as_str() {
+        "[vsyscall]" => return Ok(None),
+        "[vdso]" => return Ok(Some(VmaKind::Vdso)),
+        "[vvar]" => return Ok(Some(VmaKind::Vvar)),
+        "[vvar_vclock]" => return Ok(Some(VmaKind::VvarVclock)),
+        _ => {}
+    }
+    if m.has_flag("ht") {
+        return Err(unsupported(format!(
+            "hugetlb mapping at {:#x} ({})",
+            m.start, m.name
+        )));
+    }
+    if m.has_flag("io") || m.has_flag("pf") {
+        return Err(unsupported(format!(
+            "device mapping at {:#x} ({})",
+            m.start, m.name
+        )));
+    }
+    if m.inode == 0 {
+        if m.shared() {
+            return Err(unsupported(format!(
+                "shared mapping at {:#x} ({})",
+                m.start, m.name
+            )));
+        }
+        if m.name.starts_with('[')
+            && !matches!(m.name.as_str(), "[heap]" | "[stack]")
+            && !m.name.starts_with("[anon:")
+            && !m.name.starts_with("[stack:")
+        {
+            return Err(unsupported(format!(
+                "special mapping {} at {:#x}",
+                m.name, m.start
+            )));
+        }
+        return Ok(Some(VmaKind::Anon));
+    }
+    if m.shared() && (m.name == "/dev/zero (deleted)" || m.name.starts_with("/dev/zero")) {
+        return Ok(Some(VmaKind::SharedAnon));
+    }
+    if m.name.starts_with("/memfd:") {
+        return Err(unsupported(format!("memfd mapping {} at {:#x}", m.name, m.start)));
+    }
+    if m.name.starts_with("/SYSV") {
+        return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
+    }
+    if m.name.ends_with(" (deleted)") {
+        return Err(unsupported(format!(
+            "mapping of deleted file {} at {:#x}",
+            m.name, m.start
+        )));
+    }
+    if !m.name.starts_with('/') {
+        return Err(unsupported(format!("mapping of {} at {:#x}", m.name, m.start)));
+    }
+    let id = ids
+        .identity(&m.name)
+        .map_err(|e| TraceError::io(pid, format!("reading mapped file {}", m.name), e))?;
+    if id.ino != m.inode {
+        return Err(unsupported(format!(
+            "mapping of {} at {:#x}: the file was replaced after it was mapped",
+            m.name, m.start
+        )));
+    }
+    let meta = std::fs::metadata(&m.name)
+        .map_err(|e| TraceError::io(pid, format!("reading mapped file {}", m.name), e))?;
+    if !meta.file_type().is_file() {
+        return Err(unsupported(format!(
+            "mapping of non-regular file {} at {:#x}",
+            m.name, m.start
+        )));
+    }
+    Ok(Some(VmaKind::File { id }))
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// The runs of pages of a region whose content must be stored: for private mappings the
+/// pages that are anonymous (present and not file pages, or swapped); for shared
+/// anonymous memory every page.
+pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut push = |addr: u64| match runs.last_mut() {
+        Some(r) if r.addr + r.npages * PAGE == addr => r.npages += 1,
+        _ => runs.push(PageRun {
+            addr,
+            npages: 1,
+            file_off: 0,
+            hash: 0,
+        }),
+    };
+    match vma.kind {
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => return Ok(runs),
+        VmaKind::File { .. } if vma.shared => return Ok(runs),
+        VmaKind::SharedAnon => {
+            let mut a = vma.start;
+            while a < vma.end {
+                push(a);
+                a += PAGE;
+            }
+            return Ok(runs);
+        }
+        _ => {}
+    }
+    let is_file = matches!(vma.kind, VmaKind::File { .. });
+    const CHUNK: u64 = 64 * 1024; // pages per pagemap read
+    let mut buf = vec![0u8; (CHUNK * 8) as usize];
+    let mut page = vma.start / PAGE;
+    let end = vma.end / PAGE;
+    while page < end {
+        let n = (end - page).min(CHUNK);
+        let b = &mut buf[..(n * 8) as usize];
+        pagemap.read_exact_at(b, page * 8)?;
+        for (i, e) in b.chunks_exact(8).enumerate() {
+            let v = u64::from_le_bytes(e.try_into().unwrap());
+            let store = if is_file {
+                (v & PM_PRESENT != 0 && v & PM_FILE == 0) || v & PM_SWAPPED != 0
+            } else {
+                v & (PM_PRESENT | PM_SWAPPED) != 0
+            };
+            if store {
+                push((page + i as u64) * PAGE);
+            }
+        }
+        page += n;
+    }
+    Ok(runs)
+}

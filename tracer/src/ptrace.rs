@@ -1,0 +1,217 @@
+//! Thin, safe wrappers around the ptrace requests ckpt uses (x86-64 only).
+//! Every function takes a TID; none of them waits.
+
+use crate::state::{Regs, Rseq};
+use std::io;
+
+pub const PTRACE_SEIZE: libc::c_uint = 0x4206;
+pub const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
+pub const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
+pub const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
+pub const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+pub const PTRACE_EVENT_STOP: i32 = 128;
+pub const NT_X86_XSTATE: usize = 0x202;
+
+/// Options used while a process is frozen: follow new threads and children, and mark
+/// syscall stops so that injected system calls can be told from signals.
+pub const FREEZE_OPTIONS: libc::c_long = (libc::PTRACE_O_TRACESYSGOOD
+    | libc::PTRACE_O_TRACECLONE
+    | libc::PTRACE_O_TRACEFORK
+    | libc::PTRACE_O_TRACEVFORK) as libc::c_long;
+
+fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: ptrace with caller-checked pointers; errors come back through errno.
+    unsafe { *libc::__errno_location() = 0 };
+    let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    if r == -1 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(0) {
+            return Err(e);
+        }
+    }
+    Ok(r)
+}
+
+pub fn seize(tid: i32, options: libc::c_long) -> io::Result<()> {
+    raw(PTRACE_SEIZE, tid, 0, options as usize).map(drop)
+}
+
+pub fn interrupt(tid: i32) -> io::Result<()> {
+    raw(PTRACE_INTERRUPT, tid, 0, 0).map(drop)
+}
+
+pub fn detach(tid: i32, sig: i32) -> io::Result<()> {
+    raw(libc::PTRACE_DETACH, tid, 0, sig as usize).map(drop)
+}
+
+pub fn cont(tid: i32, sig: i32) -> io::Result<()> {
+    raw(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
+}
+
+pub fn syscall(tid: i32, sig: i32) -> io::Result<()> {
+    raw(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
+}
+
+pub fn get_regs(tid: i32) -> io::Result<Regs> {
+    let mut r: Regs = [0; 27];
+    const _: () = assert!(std::mem::size_of::<libc::user_regs_struct>() == 27 * 8);
+    raw(libc::PTRACE_GETREGS, tid, 0, r.as_mut_ptr() as usize)?;
+    Ok(r)
+}
+
+pub fn set_regs(tid: i32, r: &Regs) -> io::Result<()> {
+    raw(libc::PTRACE_SETREGS, tid, 0, r.as_ptr() as usize).map(drop)
+}
+
+/// The XSAVE area in standard (non-compacted) format, as long as the kernel says.
+pub fn get_xstate(tid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    raw(
+        libc::PTRACE_GETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn set_xstate(tid: i32, xstate: &[u8]) -> io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: xstate.as_ptr() as *mut libc::c_void,
+        iov_len: xstate.len(),
+    };
+    raw(
+        libc::PTRACE_SETREGSET,
+        tid,
+        NT_X86_XSTATE,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
+}
+
+pub fn get_sigmask(tid: i32) -> io::Result<u64> {
+    let mut m: u64 = 0;
+    raw(PTRACE_GETSIGMASK, tid, 8, &mut m as *mut u64 as usize)?;
+    Ok(m)
+}
+
+pub fn set_sigmask(tid: i32, mask: u64) -> io::Result<()> {
+    raw(PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as usize).map(drop)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct RseqConfig {
+    rseq_abi_pointer: u64,
+    rseq_abi_size: u32,
+    signature: u32,
+    flags: u32,
+    pad: u32,
+}
+
+pub fn get_rseq(tid: i32) -> io::Result<Option<Rseq>> {
+    let mut c = RseqConfig::default();
+    raw(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        tid,
+        std::mem::size_of::<RseqConfig>(),
+        &mut c as *mut _ as usize,
+    )?;
+    Ok((c.rseq_abi_pointer != 0).then_some(Rseq {
+        addr: c.rseq_abi_pointer,
+        len: c.rseq_abi_size,
+        sig: c.signature,
+        flags: c.flags,
+    }))
+}
+
+/// get_robust_list(2) of another thread: (head, len).
+pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    // SAFETY: the kernel writes one pointer and one size_t.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut u64,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((head, len))
+}
+
+/// What `waitpid` reported for a traced thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// PTRACE_EVENT_STOP: the stop PTRACE_INTERRUPT (or a new-thread attach) asked for.
+    Event,
+    /// A group-stop (SIGSTOP/SIGTSTP...) seen as PTRACE_EVENT_STOP with that signal.
+    Group(i32),
+    /// PTRACE_EVENT_CLONE/FORK/VFORK: the new task's id.
+    NewTask(i32),
+    /// A syscall-enter or -exit stop (TRACESYSGOOD).
+    Syscall,
+    /// A signal about to be delivered; it must be passed on when resuming.
+    Signal(i32),
+    /// PTRACE_EVENT_EXIT or other events.
+    OtherEvent(i32),
+    Exited(i32),
+    Killed(i32),
+}
+
+/// Wait for one state change of `tid` (any thread when tid == -1).
+pub fn wait(tid: i32) -> io::Result<(i32, Stop)> {
+    let mut status = 0;
+    let r = loop {
+        // SAFETY: plain waitpid.
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        break r;
+    };
+    Ok((r, decode(r, status)))
+}
+
+fn decode(tid: i32, status: i32) -> Stop {
+    if libc::WIFEXITED(status) {
+        return Stop::Exited(libc::WEXITSTATUS(status));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Stop::Killed(libc::WTERMSIG(status));
+    }
+    let sig = libc::WSTOPSIG(status);
+    let event = status >> 16;
+    match event {
+        0 if sig == (libc::SIGTRAP | 0x80) => Stop::Syscall,
+        0 => Stop::Signal(sig),
+        PTRACE_EVENT_STOP => match sig {
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Stop::Group(sig),
+            _ => Stop::Event,
+        },
+        libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK => {
+            let mut msg: libc::c_ulong = 0;
+            let _ = raw(
+                libc::PTRACE_GETEVENTMSG,
+                tid,
+                0,
+                &mut msg as *mut _ as usize,
+            );
+            Stop::NewTask(msg as i32)
+        }
+        e => Stop::OtherEvent(e),
+    }
+}

@@ -1,0 +1,286 @@
+//! Read the whole state of a frozen process into a [`ProcessState`] (all but the page
+//! contents, which the image writer streams with [`MemReader`]).
+
+use crate::error::{Result, TraceError};
+use crate::files::{self, IdentityCache};
+use crate::freeze::Frozen;
+use crate::inject::Injector;
+use crate::maps::{self, MapEntry};
+use crate::procinfo;
+use crate::ptrace;
+use crate::state::*;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Reads page contents of the frozen process through /proc/PID/mem.
+pub struct MemReader {
+    mem: File,
+}
+
+impl MemReader {
+    pub fn open(pid: i32) -> io::Result<MemReader> {
+        Ok(MemReader {
+            mem: File::open(format!("/proc/{pid}/mem"))?,
+        })
+    }
+    /// Fill `buf` from address `addr`.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.mem.read_exact_at(buf, addr)
+    }
+}
+
+const PR_GET_TID_ADDRESS: u64 = 40;
+
+fn injected(pid: i32, what: &str, r: io::Result<i64>) -> Result<i64> {
+    match r {
+        Ok(v) if v < 0 && v > -4096 => Err(TraceError::io(
+            pid,
+            what.to_string(),
+            io::Error::from_raw_os_error(-v as i32),
+        )),
+        Ok(v) => Ok(v),
+        Err(e) => Err(TraceError::io(pid, what.to_string(), e)),
+    }
+}
+
+/// xfeatures (XCR0) from the sw_reserved bytes of an XSAVE area.
+pub fn xstate_features(xstate: &[u8]) -> u64 {
+    if xstate.len() >= 480 && xstate[464..468] == 0x46505853u32.to_le_bytes() {
+        u64::from_le_bytes(xstate[472..480].try_into().unwrap())
+    } else {
+        0
+    }
+}
+
+pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
+    let pid = f.pid;
+    let io_err = |what: &str| {
+        let what = what.to_string();
+        move |e: io::Error| TraceError::io(pid, what.clone(), e)
+    };
+    procinfo::check_unsupported(pid)?;
+    let features = procinfo::status_field(pid, "x86_Thread_features").unwrap_or_default();
+    if features.contains("shstk") {
+        return Err(TraceError::Unsupported {
+            pid,
+            what: "shadow stacks".into(),
+        });
+    }
+    if f.threads[0].regs[reg::CS] != 0x33 {
+        return Err(TraceError::Unsupported {
+            pid,
+            what: "32-bit (compat mode) processes".into(),
+        });
+    }
+
+    let mut ids = IdentityCache::default();
+    let entries: Vec<MapEntry> = maps::read_maps(pid).map_err(io_err("reading smaps"))?;
+    let mut vmas = Vec::new();
+    for m in &entries {
+        if let Some(kind) = maps::classify(pid, m, &mut ids)? {
+            vmas.push(Vma {
+                start: m.start,
+                end: m.end,
+                prot: m.prot(),
+                shared: m.shared(),
+                offset: m.offset,
+                growsdown: m.has_flag("gd"),
+                name: m.name.clone(),
+                kind,
+                pages: Vec::new(),
+            });
+        }
+    }
+
+    // A syscall instruction to inject with: the vdso first, then any executable region.
+    let mut exec: Vec<(u64, u64)> = vmas
+        .iter()
+        .filter(|v| v.kind == VmaKind::Vdso)
+        .map(|v| (v.start, v.end))
+        .collect();
+    exec.extend(
+        vmas.iter()
+            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vdso)
+            .map(|v| (v.start, v.end)),
+    );
+    let inj = Injector::new(pid, &exec).map_err(io_err("preparing syscall injection"))?;
+
+    let vdso_hash = match vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
+        Some(v) => {
+            let mut b = vec![0u8; (v.end - v.start) as usize];
+            inj.mem()
+                .read_exact_at(&mut b, v.start)
+                .map_err(io_err("reading the vdso"))?;
+            xxhash_rust::xxh3::xxh3_64(&b)
+        }
+        None => 0,
+    };
+
+    // Per-thread state.
+    let mut threads = Vec::new();
+    for i in 0..f.threads.len() {
+        let tid = f.threads[i].tid;
+        let what = |w: &str| format!("thread {tid}: {w}");
+        let xstate = ptrace::get_xstate(tid).map_err(io_err(&what("reading xstate")))?;
+        let sigmask = ptrace::get_sigmask(tid).map_err(io_err(&what("reading signal mask")))?;
+        let rseq = ptrace::get_rseq(tid).map_err(io_err(&what("reading rseq")))?;
+        let (robust_head, robust_len) =
+            ptrace::get_robust_list(tid).map_err(io_err(&what("reading robust list")))?;
+        let name = procinfo::comm(pid, tid).map_err(io_err(&what("reading name")))?;
+        let t = &mut f.threads[i];
+        let mut out = [0u8; 8];
+        let r = inj.syscall_with_buf(
+            t,
+            libc::SYS_prctl,
+            |a| [PR_GET_TID_ADDRESS, a, 0, 0, 0, 0],
+            &[],
+            &mut out,
+        );
+        injected(pid, &what("prctl(PR_GET_TID_ADDRESS)"), r)?;
+        let clear_child_tid = u64::from_le_bytes(out);
+        let mut ss = [0u8; 24];
+        let r = inj.syscall_with_buf(
+            t,
+            libc::SYS_sigaltstack,
+            |a| [0, a, 0, 0, 0, 0],
+            &[],
+            &mut ss,
+        );
+        injected(pid, &what("sigaltstack"), r)?;
+        threads.push(ThreadState {
+            tid,
+            regs: t.regs,
+            xstate,
+            sigmask,
+            rseq,
+            robust_head,
+            robust_len,
+            clear_child_tid,
+            altstack: AltStack {
+                sp: u64::from_le_bytes(ss[0..8].try_into().unwrap()),
+                flags: i32::from_le_bytes(ss[8..12].try_into().unwrap()),
+                size: u64::from_le_bytes(ss[16..24].try_into().unwrap()),
+            },
+            name,
+            syscall: t.syscall,
+        });
+    }
+
+    // Per-process state that needs injection: brk, handlers, itimers.
+    let leader = &mut f.threads[0];
+    let brk = injected(
+        pid,
+        "brk(0)",
+        inj.syscall(leader, libc::SYS_brk, [0; 6]),
+    )? as u64;
+    let caught = u64::from_str_radix(
+        &procinfo::status_field(pid, "SigCgt").map_err(io_err("reading status"))?,
+        16,
+    )
+    .unwrap_or(0);
+    let ignored = u64::from_str_radix(
+        &procinfo::status_field(pid, "SigIgn").map_err(io_err("reading status"))?,
+        16,
+    )
+    .unwrap_or(0);
+    let mut sigactions = Vec::new();
+    for sig in 1..=64i32 {
+        let bit = 1u64 << (sig - 1);
+        if caught & bit != 0 {
+            let mut sa = [0u8; 32];
+            let r = inj.syscall_with_buf(
+                leader,
+                libc::SYS_rt_sigaction,
+                |a| [sig as u64, 0, a, 8, 0, 0],
+                &[],
+                &mut sa,
+            );
+            injected(pid, &format!("rt_sigaction({sig})"), r)?;
+            let w = |i: usize| u64::from_le_bytes(sa[i * 8..i * 8 + 8].try_into().unwrap());
+            sigactions.push(SigAction {
+                signo: sig,
+                handler: w(0),
+                flags: w(1),
+                restorer: w(2),
+                mask: w(3),
+            });
+        } else if ignored & bit != 0 {
+            sigactions.push(SigAction {
+                signo: sig,
+                handler: 1, // SIG_IGN
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            });
+        }
+    }
+    for which in 0..3u64 {
+        let mut it = [0u8; 32];
+        let r = inj.syscall_with_buf(
+            leader,
+            libc::SYS_getitimer,
+            |a| [which, a, 0, 0, 0, 0],
+            &[],
+            &mut it,
+        );
+        injected(pid, "getitimer", r)?;
+        if it.iter().any(|&b| b != 0) {
+            return Err(TraceError::Unsupported {
+                pid,
+                what: format!(
+                    "an armed interval timer ({})",
+                    ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"][which as usize]
+                ),
+            });
+        }
+    }
+
+    let stat = procinfo::read_stat(pid).map_err(io_err("reading stat"))?;
+    let mut mm = stat.mm;
+    mm.brk = brk;
+    let fds = files::read_fds(pid, &mut ids)?;
+    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(io_err("reading exe link"))?
+        .to_string_lossy()
+        .into_owned();
+    let exe = files::file_identity(
+        std::path::Path::new(&format!("/proc/{pid}/exe")),
+        &exe_path,
+    )
+    .map_err(io_err("reading the executable"))?;
+
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io_err("opening pagemap"))?;
+    for v in &mut vmas {
+        v.pages = maps::stored_runs(&pagemap, v).map_err(io_err("reading pagemap"))?;
+    }
+
+    Ok(ProcessState {
+        pid,
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        comm: procinfo::comm(pid, pid).map_err(io_err("reading comm"))?,
+        cmdline: procinfo::cmdline(pid).map_err(io_err("reading cmdline"))?,
+        exe,
+        cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+            .map_err(io_err("reading cwd"))?
+            .to_string_lossy()
+            .into_owned(),
+        umask: u32::from_str_radix(
+            &procinfo::status_field(pid, "Umask").map_err(io_err("reading status"))?,
+            8,
+        )
+        .unwrap_or(0o022),
+        personality: procinfo::personality(pid).map_err(io_err("reading personality"))?,
+        rlimits: procinfo::rlimits(pid).map_err(io_err("reading rlimits"))?,
+        mm,
+        auxv: procinfo::auxv(pid).map_err(io_err("reading auxv"))?,
+        xfeatures: threads.first().map(|t| xstate_features(&t.xstate)).unwrap_or(0),
+        threads,
+        vmas,
+        fds,
+        sigactions,
+        vdso_hash,
+    })
+}

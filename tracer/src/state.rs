@@ -1,0 +1,212 @@
+//! What a checkpointed process is made of: the serde types stored (with postcard) in the
+//! image metadata. The tracer fills them from a frozen process; `ckpt` writes and reads
+//! them. Adding a field is a format change: bump `ckpt`'s image format version.
+
+use serde::{Deserialize, Serialize};
+
+/// General-purpose registers in the order of the kernel's `struct user_regs_struct`.
+pub type Regs = [u64; 27];
+
+/// Indices into [`Regs`].
+pub mod reg {
+    pub const R15: usize = 0;
+    pub const R14: usize = 1;
+    pub const R13: usize = 2;
+    pub const R12: usize = 3;
+    pub const RBP: usize = 4;
+    pub const RBX: usize = 5;
+    pub const R11: usize = 6;
+    pub const R10: usize = 7;
+    pub const R9: usize = 8;
+    pub const R8: usize = 9;
+    pub const RAX: usize = 10;
+    pub const RCX: usize = 11;
+    pub const RDX: usize = 12;
+    pub const RSI: usize = 13;
+    pub const RDI: usize = 14;
+    pub const ORIG_RAX: usize = 15;
+    pub const RIP: usize = 16;
+    pub const CS: usize = 17;
+    pub const EFLAGS: usize = 18;
+    pub const RSP: usize = 19;
+    pub const SS: usize = 20;
+    pub const FS_BASE: usize = 21;
+    pub const GS_BASE: usize = 22;
+    pub const DS: usize = 23;
+    pub const ES: usize = 24;
+    pub const FS: usize = 25;
+    pub const GS: usize = 26;
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+    pub mode: u32,
+    /// GNU build-id of an ELF file, when it has one.
+    pub build_id: Option<Vec<u8>>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+    pub flags: u32,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ThreadState {
+    pub tid: i32,
+    /// Registers as the thread must resume: an interrupted system call is already turned
+    /// into its restart (or into -EINTR), and `orig_rax` is -1.
+    pub regs: Regs,
+    /// The full XSAVE area from PTRACE_GETREGSET(NT_X86_XSTATE), standard format.
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    pub rseq: Option<Rseq>,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub clear_child_tid: u64,
+    pub altstack: AltStack,
+    pub name: String,
+    /// The system call the thread was in at the checkpoint, if any (for `ckpt info`).
+    pub syscall: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum VmaKind {
+    /// Private anonymous memory (including `[heap]` and `[stack]`, see `name`).
+    Anon,
+    /// MAP_SHARED anonymous memory (`/dev/zero (deleted)`): content stored.
+    SharedAnon,
+    /// A mapping of a regular file that still exists under `id.path`.
+    File { id: FileIdentity },
+    Vdso,
+    Vvar,
+    VvarVclock,
+}
+
+/// A run of `npages` consecutive pages stored in the image.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub npages: u64,
+    /// Offset of the run in the image file (filled by the image writer).
+    pub file_off: u64,
+    /// xxh3-64 of the run's bytes (filled by the image writer).
+    pub hash: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC
+    pub prot: u32,
+    pub shared: bool,
+    pub offset: u64,
+    pub growsdown: bool,
+    /// The name /proc/PID/maps shows (`[heap]`, `[stack]`, a path, or empty).
+    pub name: String,
+    pub kind: VmaKind,
+    /// The pages whose content is stored in the image.
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum FdKind {
+    /// A regular file, reopened by path at `pos`.
+    File { id: FileIdentity, pos: u64 },
+    Dir { path: String },
+    /// /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom: reopened by path.
+    CharDev { path: String, rdev: u64 },
+    /// A terminal: reattached to the restorer's own terminal.
+    Tty { path: String },
+    /// One end of a pipe. `data` (the bytes in flight) is stored once, with the first
+    /// read end seen. `peer_in_process` says whether the other end is open in the process.
+    Pipe {
+        ino: u64,
+        write_end: bool,
+        peer_in_process: bool,
+        data: Vec<u8>,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    /// open flags from fdinfo (access mode, O_APPEND, O_NONBLOCK, ...), without O_CLOEXEC.
+    pub flags: i32,
+    pub cloexec: bool,
+    /// The descriptor is standard input/output/error leading outside the process (a
+    /// terminal or a pipe): the restorer attaches its own in its place.
+    pub inherit: bool,
+    pub kind: FdKind,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SigAction {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: i32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ProcessState {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    pub comm: String,
+    pub cmdline: Vec<String>,
+    pub exe: FileIdentity,
+    pub cwd: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmFields,
+    pub auxv: Vec<u64>,
+    pub threads: Vec<ThreadState>,
+    pub vmas: Vec<Vma>,
+    pub fds: Vec<Fd>,
+    pub sigactions: Vec<SigAction>,
+    /// XSAVE features enabled (XCR0) on the machine that took the checkpoint.
+    pub xfeatures: u64,
+    /// xxh3 of the `[vdso]` bytes: a restore on another kernel build must be refused.
+    pub vdso_hash: u64,
+}
