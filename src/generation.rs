@@ -77,10 +77,20 @@ pub fn generations(ckpt_dir: &Path) -> Result<Vec<PathBuf>> {
 fn sanitize(s: &str) -> String {
     let s: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .take(32)
         .collect();
-    if s.is_empty() { "proc".into() } else { s }
+    if s.is_empty() {
+        "proc".into()
+    } else {
+        s
+    }
 }
 
 impl PendingGeneration {
@@ -124,11 +134,12 @@ impl PendingGeneration {
         f.sync_all()?;
         sync_dir(&self.dir)?;
         let fin = self.ckpt_dir.join(&self.name);
-        fs::rename(&self.dir, &fin)
-            .with_context(|| format!("publishing {}", fin.display()))?;
+        fs::rename(&self.dir, &fin).with_context(|| format!("publishing {}", fin.display()))?;
         self.published = true;
         // latest -> name, replaced atomically.
-        let tmp_link = self.ckpt_dir.join(format!(".{LATEST}.tmp.{}", std::process::id()));
+        let tmp_link = self
+            .ckpt_dir
+            .join(format!(".{LATEST}.tmp.{}", std::process::id()));
         let _ = fs::remove_file(&tmp_link);
         std::os::unix::fs::symlink(&self.name, &tmp_link)?;
         fs::rename(&tmp_link, self.ckpt_dir.join(LATEST))?;

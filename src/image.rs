@@ -250,7 +250,8 @@ impl Image {
                 let mut done = 0;
                 while done < len {
                     let n = (len - done).min(buf.len() as u64) as usize;
-                    self.file.read_exact_at(&mut buf[..n], run.file_off + done)?;
+                    self.file
+                        .read_exact_at(&mut buf[..n], run.file_off + done)?;
                     h.update(&buf[..n]);
                     done += n as u64;
                     progress(n as u64);

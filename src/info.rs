@@ -116,7 +116,10 @@ fn fd_kind(k: &FdKind) -> String {
         FdKind::CharDev { path, .. } => format!("device {path}"),
         FdKind::Tty { path } => format!("terminal {path}"),
         FdKind::Pipe { ino, write_end, .. } => {
-            format!("pipe:[{ino}] {} end", if *write_end { "write" } else { "read" })
+            format!(
+                "pipe:[{ino}] {} end",
+                if *write_end { "write" } else { "read" }
+            )
         }
     }
 }

@@ -13,7 +13,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ckpt", version, about = "Checkpoint and restore running Linux processes from the outside")]
+#[command(
+    name = "ckpt",
+    version,
+    about = "Checkpoint and restore running Linux processes from the outside"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -98,10 +102,9 @@ fn main() {
             );
             0
         }),
-        Cmd::Restore { dir, detach } => restore::restore(&restore::RestoreOptions {
-            dir: &dir,
-            detach,
-        }),
+        Cmd::Restore { dir, detach } => {
+            restore::restore(&restore::RestoreOptions { dir: &dir, detach })
+        }
         Cmd::Run { command } => run::run(&command[0], &command[1..]),
         Cmd::Info { dir, json } => info::info(&dir, json).map(|_| 0),
         Cmd::Bench { mib, dir, runs } => bench::bench(mib, dir, runs).map(|_| 0),

@@ -48,20 +48,33 @@ fn open(path: &str, flags: i32, what: &str) -> Result<OwnedFd> {
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut p = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
-    cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, "creating a pipe")?;
+    cvt(
+        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
+        "creating a pipe",
+    )?;
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
 fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
     if data.len() > 65536 {
         // SAFETY: fcntl on our own pipe.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, data.len() as libc::c_int) };
+        unsafe {
+            libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                data.len() as libc::c_int,
+            )
+        };
     }
     let mut done = 0;
     while done < data.len() {
         // SAFETY: write from a live slice.
         let n = unsafe {
-            libc::write(fd.as_raw_fd(), data[done..].as_ptr().cast(), data.len() - done)
+            libc::write(
+                fd.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+            )
         };
         if n <= 0 {
             bail!("refilling a pipe: {}", std::io::Error::last_os_error());
@@ -73,8 +86,12 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
 
 fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
     // SAFETY: fcntl on our own descriptor.
-    let keep = flags & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, keep) }, "setting descriptor flags")?;
+    let keep = flags
+        & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
+    cvt(
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, keep) },
+        "setting descriptor flags",
+    )?;
     Ok(())
 }
 
@@ -86,7 +103,10 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd) -> Result<Vec<Install>> {
     let mut pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)> = HashMap::new();
     for fd in fds {
         if fd.inherit {
-            out.push(Install { target: fd.fd, src: None });
+            out.push(Install {
+                target: fd.fd,
+                src: None,
+            });
             continue;
         }
         let src = match &fd.kind {
@@ -94,11 +114,17 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd) -> Result<Vec<Install>> {
                 let f = open(&id.path, fd.flags, &format!("fd {}", fd.fd))?;
                 // SAFETY: lseek on our own descriptor.
                 if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
-                    bail!("seeking {} to {pos}: {}", id.path, std::io::Error::last_os_error());
+                    bail!(
+                        "seeking {} to {pos}: {}",
+                        id.path,
+                        std::io::Error::last_os_error()
+                    );
                 }
                 f
             }
-            FdKind::Dir { path } => open(path, fd.flags | libc::O_DIRECTORY, &format!("fd {}", fd.fd))?,
+            FdKind::Dir { path } => {
+                open(path, fd.flags | libc::O_DIRECTORY, &format!("fd {}", fd.fd))?
+            }
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => {
                 open(path, fd.flags, &format!("fd {}", fd.fd))?
             }

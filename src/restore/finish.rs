@@ -77,7 +77,14 @@ pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) 
         loader.syscall(
             leader,
             libc::SYS_munmap,
-            [ready.loader_start, ready.loader_end - ready.loader_start, 0, 0, 0, 0],
+            [
+                ready.loader_start,
+                ready.loader_end - ready.loader_start,
+                0,
+                0,
+                0,
+                0,
+            ],
         ),
         "unmapping the loader",
     )?;
@@ -138,7 +145,14 @@ pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) 
             inj.syscall(
                 leader,
                 libc::SYS_fcntl,
-                [fd.fd as u64, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64, 0, 0, 0],
+                [
+                    fd.fd as u64,
+                    libc::F_SETFD as u64,
+                    libc::FD_CLOEXEC as u64,
+                    0,
+                    0,
+                    0,
+                ],
             ),
             "setting close-on-exec",
         )?;

@@ -45,7 +45,11 @@ fn read_ready(fd: &OwnedFd) -> Option<Ready> {
     while got < buf.len() {
         // SAFETY: read into a live buffer.
         let n = unsafe {
-            libc::read(fd.as_raw_fd(), buf[got..].as_mut_ptr().cast(), buf.len() - got)
+            libc::read(
+                fd.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
         };
         if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
             continue;
@@ -73,12 +77,21 @@ fn rlimits_for(saved: &[ckpt_tracer::state::Rlimit]) -> Vec<(i32, libc::rlimit64
     saved
         .iter()
         .map(|r| {
-            let mut own = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+            let mut own = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             // SAFETY: getrlimit64 into a local.
             unsafe { libc::getrlimit64(r.resource as _, &mut own) };
             // A hard limit cannot be raised without CAP_SYS_RESOURCE (root lacks it here).
             let max = r.max.min(own.rlim_max);
-            (r.resource, libc::rlimit64 { rlim_cur: r.cur.min(max), rlim_max: max })
+            (
+                r.resource,
+                libc::rlimit64 {
+                    rlim_cur: r.cur.min(max),
+                    rlim_max: max,
+                },
+            )
         })
         .collect()
 }
@@ -134,7 +147,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     let exe_fd = fds::above(OwnedFd::from(exe), base)?;
     let mut p = [0; 2];
     // SAFETY: pipe2 fills two descriptors we own.
-    fds::cvt(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, "creating a pipe")?;
+    fds::cvt(
+        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
+        "creating a pipe",
+    )?;
     let (status_r, status_w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
     let status_w = fds::above(status_w0, base)?;
     let plan_bytes = plan::build(
@@ -184,13 +200,23 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             let msg = String::from_utf8_lossy(&r.msg);
             let msg = msg.trim_end_matches('\0');
             let err = std::io::Error::from_raw_os_error(r.error as i32);
-            let stage = if r.stage == 100 { "preparing the process" } else { stage_name(r.stage) };
+            let stage = if r.stage == 100 {
+                "preparing the process"
+            } else {
+                stage_name(r.stage)
+            };
             Err(anyhow::anyhow!(
                 "restore failed while {stage} ({msg}{}): {err}",
-                if r.addr != 0 { format!(" at {:#x}", r.addr) } else { String::new() }
+                if r.addr != 0 {
+                    format!(" at {:#x}", r.addr)
+                } else {
+                    String::new()
+                }
             ))
         }
-        None => Err(anyhow::anyhow!("the restore loader died before it was ready")),
+        None => Err(anyhow::anyhow!(
+            "the restore loader died before it was ready"
+        )),
     };
     if let Err(e) = result {
         kill_and_reap(pid);

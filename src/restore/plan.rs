@@ -19,9 +19,8 @@ pub struct PlanFds {
 
 fn push_struct<T: Copy>(buf: &mut Vec<u8>, v: &T) {
     // SAFETY: T is a repr(C) plain-old-data struct from layout.rs.
-    let b = unsafe {
-        std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>())
-    };
+    let b =
+        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) };
     buf.extend_from_slice(b);
 }
 
@@ -40,7 +39,14 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
             VmaKind::SharedAnon => (VMA_ANON_SHARED, -1),
             VmaKind::File { id } => {
                 let fd = fds.map_fds[&id.path];
-                (if v.shared { VMA_FILE_SHARED } else { VMA_FILE_PRIVATE }, fd)
+                (
+                    if v.shared {
+                        VMA_FILE_SHARED
+                    } else {
+                        VMA_FILE_PRIVATE
+                    },
+                    fd,
+                )
             }
             VmaKind::Vdso => (VMA_VDSO, -1),
             VmaKind::Vvar => (VMA_VVAR, -1),
@@ -146,10 +152,15 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
     sigactions.iter().for_each(|v| push_struct(&mut body, v));
     h.auxv_off = body.len() as u64;
     h.auxv_words = state.auxv.len() as u64;
-    state.auxv.iter().for_each(|w| body.extend_from_slice(&w.to_le_bytes()));
+    state
+        .auxv
+        .iter()
+        .for_each(|w| body.extend_from_slice(&w.to_le_bytes()));
     h.close_fds_off = body.len() as u64;
     h.nr_close_fds = close_fds.len() as u64;
-    close_fds.iter().for_each(|f| body.extend_from_slice(&f.to_le_bytes()));
+    close_fds
+        .iter()
+        .for_each(|f| body.extend_from_slice(&f.to_le_bytes()));
     align8(&mut body);
     h.size = body.len() as u64;
     let mut head = Vec::new();

@@ -44,32 +44,64 @@ pub fn file_identity(open_path: &Path, path: &str) -> io::Result<FileIdentity> {
     })
 }
 
-/// The GNU build-id note of an ELF file, None for other files.
+/// The GNU build-id note of an ELF file, None for other files. Reads only the ELF
+/// header, the program headers and the PT_NOTE segments, not the whole file.
 pub fn elf_build_id(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut magic = [0u8; 4];
-    if f.read_exact(&mut magic).is_err() || &magic != b"\x7fELF" {
+    use goblin::container::{Container, Ctx, Endian};
+    use goblin::elf::program_header::ProgramHeader;
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut head = [0u8; 64];
+    if f.read_exact_at(&mut head, 0).is_err() || &head[..4] != b"\x7fELF" {
         return Ok(None);
     }
-    let data = std::fs::read(path)?;
-    let elf = match goblin_elf(&data) {
-        Some(e) => e,
-        None => return Ok(None),
+    let Ok(h) = goblin::elf::Elf::parse_header(&head) else {
+        return Ok(None);
     };
-    Ok(elf)
-}
-
-fn goblin_elf(data: &[u8]) -> Option<Option<Vec<u8>>> {
-    let elf = goblin::elf::Elf::parse(data).ok()?;
-    if let Some(notes) = elf.iter_note_headers(data) {
-        for n in notes.flatten() {
-            if n.n_type == goblin::elf::note::NT_GNU_BUILD_ID && n.name == "GNU" {
-                return Some(Some(n.desc.to_vec()));
+    let Ok(container) = h.container() else {
+        return Ok(None);
+    };
+    let ctx = Ctx::new(container, h.endianness().unwrap_or(Endian::Little));
+    let phsize = h.e_phentsize as usize * h.e_phnum as usize;
+    if phsize == 0 || phsize > 1 << 20 || container != Container::Big {
+        return Ok(None);
+    }
+    let mut ph = vec![0u8; phsize];
+    f.read_exact_at(&mut ph, h.e_phoff)?;
+    let Ok(phdrs) = ProgramHeader::parse(&ph, 0, h.e_phnum as usize, ctx) else {
+        return Ok(None);
+    };
+    for p in phdrs
+        .iter()
+        .filter(|p| p.p_type == goblin::elf::program_header::PT_NOTE)
+    {
+        if p.p_filesz > 1 << 20 {
+            continue;
+        }
+        let mut notes = vec![0u8; p.p_filesz as usize];
+        f.read_exact_at(&mut notes, p.p_offset)?;
+        let align = (p.p_align.max(4)) as usize;
+        let mut i = 0;
+        let word =
+            |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        while i + 12 <= notes.len() {
+            let (namesz, descsz, ntype) =
+                (word(&notes, i), word(&notes, i + 4), word(&notes, i + 8));
+            let name_at = i + 12;
+            let desc_at = name_at + namesz.div_ceil(align) * align;
+            let next = desc_at + descsz.div_ceil(align) * align;
+            if desc_at + descsz > notes.len() {
+                break;
             }
+            if ntype == goblin::elf::note::NT_GNU_BUILD_ID as usize
+                && &notes[name_at..name_at + namesz.min(4)] == b"GNU\0"[..namesz.min(4)].as_ref()
+            {
+                return Ok(Some(notes[desc_at..desc_at + descsz].to_vec()));
+            }
+            i = next;
         }
     }
-    Some(None)
+    Ok(None)
 }
 
 fn fdinfo(pid: i32, fd: i32) -> io::Result<HashMap<String, String>> {
@@ -120,7 +152,10 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
         let kind = if let Some(rest) = target.strip_prefix("pipe:[") {
             let ino: u64 = rest.trim_end_matches(']').parse().unwrap_or(0);
             let write_end = flags & libc::O_ACCMODE == libc::O_WRONLY;
-            pipe_ends.entry(ino).or_default().push((out.len(), write_end));
+            pipe_ends
+                .entry(ino)
+                .or_default()
+                .push((out.len(), write_end));
             FdKind::Pipe {
                 ino,
                 write_end,
@@ -245,7 +280,13 @@ fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
     let mut data = vec![0u8; n as usize];
     let mut got = 0;
     while got < data.len() {
-        let k = unsafe { libc::read(r.as_raw_fd(), data[got..].as_mut_ptr().cast(), data.len() - got) };
+        let k = unsafe {
+            libc::read(
+                r.as_raw_fd(),
+                data[got..].as_mut_ptr().cast(),
+                data.len() - got,
+            )
+        };
         if k <= 0 {
             return Err(io::Error::last_os_error());
         }

@@ -189,7 +189,10 @@ impl Frozen {
     }
 
     pub fn thread(&self, tid: i32) -> &FrozenThread {
-        self.threads.iter().find(|t| t.tid == tid).expect("frozen thread")
+        self.threads
+            .iter()
+            .find(|t| t.tid == tid)
+            .expect("frozen thread")
     }
 
     /// Let every thread run on, exactly where it was (interrupted syscalls restart).

@@ -142,7 +142,10 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         return Ok(Some(VmaKind::SharedAnon));
     }
     if m.name.starts_with("/memfd:") {
-        return Err(unsupported(format!("memfd mapping {} at {:#x}", m.name, m.start)));
+        return Err(unsupported(format!(
+            "memfd mapping {} at {:#x}",
+            m.name, m.start
+        )));
     }
     if m.name.starts_with("/SYSV") {
         return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
@@ -154,7 +157,10 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         )));
     }
     if !m.name.starts_with('/') {
-        return Err(unsupported(format!("mapping of {} at {:#x}", m.name, m.start)));
+        return Err(unsupported(format!(
+            "mapping of {} at {:#x}",
+            m.name, m.start
+        )));
     }
     let id = ids
         .identity(&m.name)

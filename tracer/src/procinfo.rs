@@ -64,9 +64,11 @@ pub fn cmdline(pid: i32) -> io::Result<Vec<String>> {
 }
 
 pub fn comm(pid: i32, tid: i32) -> io::Result<String> {
-    Ok(std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))?
-        .trim_end_matches('\n')
-        .to_string())
+    Ok(
+        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))?
+            .trim_end_matches('\n')
+            .to_string(),
+    )
 }
 
 pub fn personality(pid: i32) -> io::Result<u32> {

@@ -22,7 +22,14 @@ pub const FREEZE_OPTIONS: libc::c_long = (libc::PTRACE_O_TRACESYSGOOD
 fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
     // SAFETY: ptrace with caller-checked pointers; errors come back through errno.
     unsafe { *libc::__errno_location() = 0 };
-    let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
+    let r = unsafe {
+        libc::ptrace(
+            req,
+            tid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
     if r == -1 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(0) {

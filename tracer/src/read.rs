@@ -169,11 +169,7 @@ pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
 
     // Per-process state that needs injection: brk, handlers, itimers.
     let leader = &mut f.threads[0];
-    let brk = injected(
-        pid,
-        "brk(0)",
-        inj.syscall(leader, libc::SYS_brk, [0; 6]),
-    )? as u64;
+    let brk = injected(pid, "brk(0)", inj.syscall(leader, libc::SYS_brk, [0; 6]))? as u64;
     let caught = u64::from_str_radix(
         &procinfo::status_field(pid, "SigCgt").map_err(io_err("reading status"))?,
         16,
@@ -244,11 +240,8 @@ pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
         .map_err(io_err("reading exe link"))?
         .to_string_lossy()
         .into_owned();
-    let exe = files::file_identity(
-        std::path::Path::new(&format!("/proc/{pid}/exe")),
-        &exe_path,
-    )
-    .map_err(io_err("reading the executable"))?;
+    let exe = files::file_identity(std::path::Path::new(&format!("/proc/{pid}/exe")), &exe_path)
+        .map_err(io_err("reading the executable"))?;
 
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io_err("opening pagemap"))?;
     for v in &mut vmas {
@@ -276,7 +269,10 @@ pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
         rlimits: procinfo::rlimits(pid).map_err(io_err("reading rlimits"))?,
         mm,
         auxv: procinfo::auxv(pid).map_err(io_err("reading auxv"))?,
-        xfeatures: threads.first().map(|t| xstate_features(&t.xstate)).unwrap_or(0),
+        xfeatures: threads
+            .first()
+            .map(|t| xstate_features(&t.xstate))
+            .unwrap_or(0),
         threads,
         vmas,
         fds,

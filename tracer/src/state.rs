@@ -91,7 +91,9 @@ pub enum VmaKind {
     /// MAP_SHARED anonymous memory (`/dev/zero (deleted)`): content stored.
     SharedAnon,
     /// A mapping of a regular file that still exists under `id.path`.
-    File { id: FileIdentity },
+    File {
+        id: FileIdentity,
+    },
     Vdso,
     Vvar,
     VvarVclock,
@@ -127,12 +129,22 @@ pub struct Vma {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum FdKind {
     /// A regular file, reopened by path at `pos`.
-    File { id: FileIdentity, pos: u64 },
-    Dir { path: String },
+    File {
+        id: FileIdentity,
+        pos: u64,
+    },
+    Dir {
+        path: String,
+    },
     /// /dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom: reopened by path.
-    CharDev { path: String, rdev: u64 },
+    CharDev {
+        path: String,
+        rdev: u64,
+    },
     /// A terminal: reattached to the restorer's own terminal.
-    Tty { path: String },
+    Tty {
+        path: String,
+    },
     /// One end of a pipe. `data` (the bytes in flight) is stored once, with the first
     /// read end seen. `peer_in_process` says whether the other end is open in the process.
     Pipe {
