@@ -5,7 +5,9 @@ use crate::generation::{Manifest, ManifestProcess, PendingGeneration};
 use crate::image::{kernel_release, ImageWriter, PAGE};
 use crate::progress;
 use anyhow::{Context, Result};
-use ckpt_tracer::read::{read_process, MemReader};
+use ckpt_tracer::read::{not_from_snapshot, read_process_with, MemReader};
+use ckpt_tracer::snapshot::Snapshot;
+use ckpt_tracer::state::ProcessState;
 use ckpt_tracer::Frozen;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,11 +31,49 @@ pub struct DumpReport {
 
 const CHUNK: usize = 16 << 20;
 
+/// Stream the stored page runs of `vmas` that `select` picks from `mem` into `w`.
+fn write_runs(
+    pid: i32,
+    state: &mut ProcessState,
+    select: impl Fn(u64, u64) -> bool,
+    mem: &MemReader,
+    w: &mut ImageWriter,
+    buf: &mut [u8],
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    for vma in &mut state.vmas {
+        if !select(vma.start, vma.end) {
+            continue;
+        }
+        for run in &mut vma.pages {
+            run.file_off = w.pos();
+            let mut h = Xxh3::new();
+            let len = run.npages * PAGE;
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(buf.len() as u64) as usize;
+                mem.read(run.addr + done, &mut buf[..n]).with_context(|| {
+                    format!(
+                        "reading memory of process {pid} at {:#x} ({})",
+                        run.addr + done,
+                        vma.name
+                    )
+                })?;
+                w.write_pages(&buf[..n], &mut h)?;
+                done += n as u64;
+                bar.inc(n as u64);
+            }
+            run.hash = h.digest();
+        }
+    }
+    Ok(())
+}
+
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
     let t0 = Instant::now();
     let pid = opts.pid;
     let mut frozen = Frozen::freeze(pid)?;
-    let mut state = read_process(&mut frozen)?;
+    let (mut state, inj) = read_process_with(&mut frozen)?;
     let created_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -49,41 +89,80 @@ pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
         .map(|r| r.npages * PAGE)
         .sum();
     let bar = progress::bar(total, "dumping");
-    let mem = MemReader::open(pid).with_context(|| format!("opening memory of process {pid}"))?;
     let mut buf = vec![0u8; CHUNK];
-    for vma in &mut state.vmas {
-        for run in &mut vma.pages {
-            run.file_off = w.pos();
-            let mut h = Xxh3::new();
-            let len = run.npages * PAGE;
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(CHUNK as u64) as usize;
-                mem.read(run.addr + done, &mut buf[..n]).with_context(|| {
-                    format!(
-                        "reading memory of process {pid} at {:#x} ({})",
-                        run.addr + done,
-                        vma.name
-                    )
-                })?;
-                w.write_pages(&buf[..n], &mut h)?;
-                done += n as u64;
-                bar.inc(n as u64);
+    let parent_mem =
+        MemReader::open(pid).with_context(|| format!("opening memory of process {pid}"))?;
+
+    // A copy-on-write snapshot lets the process run on while its memory is written;
+    // not worth it when the process is killed afterwards anyway.
+    let snapshot = if opts.kill {
+        None
+    } else {
+        match Snapshot::take(&mut frozen, &inj) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("ckpt: warning: process {pid}: no copy-on-write snapshot ({e}); the process stays stopped while its memory is written");
+                None
             }
-            run.hash = h.digest();
+        }
+    };
+    drop(inj);
+    let pause;
+    let mut kill_after = None;
+    match &snapshot {
+        Some(snap) => {
+            let from_parent = not_from_snapshot(pid)
+                .with_context(|| format!("reading the memory map of process {pid}"))?;
+            let in_parent = |s: u64, e: u64| from_parent.iter().any(|&(a, b)| a <= s && e <= b);
+            let r = write_runs(
+                pid,
+                &mut state,
+                in_parent,
+                &parent_mem,
+                &mut w,
+                &mut buf,
+                &bar,
+            );
+            // Let go before anything else can fail: the snapshot's cleanup needs the
+            // process released.
+            frozen.release();
+            r?;
+            pause = t0.elapsed();
+            let child_mem =
+                MemReader::open(snap.memory_pid()).context("opening memory of the snapshot")?;
+            write_runs(
+                pid,
+                &mut state,
+                |s, e| !in_parent(s, e),
+                &child_mem,
+                &mut w,
+                &mut buf,
+                &bar,
+            )?;
+        }
+        None => {
+            write_runs(
+                pid,
+                &mut state,
+                |_, _| true,
+                &parent_mem,
+                &mut w,
+                &mut buf,
+                &bar,
+            )?;
+            pause = t0.elapsed();
+            if opts.kill {
+                kill_after = Some(frozen);
+            } else {
+                frozen.release();
+            }
         }
     }
     bar.finish_and_clear();
-    // Everything is read: the process may run on while the image reaches the disk.
-    let pause;
-    let kill_after = if opts.kill {
-        pause = t0.elapsed();
-        Some(frozen)
-    } else {
-        frozen.release();
-        pause = t0.elapsed();
-        None
-    };
+    if let Some(snap) = snapshot {
+        snap.discard()
+            .with_context(|| format!("removing the snapshot copy of process {pid}"))?;
+    }
     let image_bytes = w.finish(&state, created_ns)?;
     let manifest = Manifest {
         tool_version: env!("CARGO_PKG_VERSION").into(),

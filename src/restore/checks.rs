@@ -37,6 +37,30 @@ fn check_identity(saved: &FileIdentity, what: &str) -> Result<()> {
     Ok(())
 }
 
+fn writable_unchanged(saved: &FileIdentity, pos: u64, what: &str) -> Result<()> {
+    let md = std::fs::metadata(&saved.path).map_err(|e| {
+        anyhow::anyhow!(
+            "{what} {} is missing ({e}); restore needs the same file",
+            saved.path
+        )
+    })?;
+    use std::os::unix::fs::MetadataExt;
+    if md.ino() != saved.ino {
+        bail!(
+            "{what} {} was replaced since the checkpoint (inode differs); restore needs the same file",
+            saved.path
+        );
+    }
+    if md.size() < pos.min(saved.size) {
+        bail!(
+            "{what} {} was truncated since the checkpoint ({} bytes, the process was at offset {pos})",
+            saved.path,
+            md.size()
+        );
+    }
+    Ok(())
+}
+
 pub fn files_unchanged(state: &ProcessState) -> Result<()> {
     let mut seen = HashSet::new();
     check_identity(&state.exe, "executable")?;
@@ -49,9 +73,15 @@ pub fn files_unchanged(state: &ProcessState) -> Result<()> {
         }
     }
     for fd in &state.fds {
-        if let FdKind::File { id, .. } = &fd.kind {
-            if seen.insert(id.path.clone()) {
-                check_identity(id, &format!("file open on fd {}", fd.fd))?;
+        if let FdKind::File { id, pos } = &fd.kind {
+            let what = format!("file open on fd {}", fd.fd);
+            if fd.flags & libc::O_ACCMODE != libc::O_RDONLY {
+                // The job itself writes this file (a log, its output): it is expected to
+                // have grown since the checkpoint. It must still be the same file, and
+                // must not have been cut below the saved offset.
+                writable_unchanged(id, *pos, &what)?;
+            } else if seen.insert(id.path.clone()) {
+                check_identity(id, &what)?;
             }
         }
     }

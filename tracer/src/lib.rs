@@ -15,6 +15,7 @@ pub mod maps;
 pub mod procinfo;
 pub mod ptrace;
 pub mod read;
+pub mod snapshot;
 pub mod state;
 
 pub use error::{Result, TraceError};

@@ -53,7 +53,53 @@ pub fn xstate_features(xstate: &[u8]) -> u64 {
     }
 }
 
+/// Executable regions to look for a `syscall` instruction in: the vdso first.
+pub fn exec_ranges_of(vmas: &[Vma]) -> Vec<(u64, u64)> {
+    let mut exec: Vec<(u64, u64)> = vmas
+        .iter()
+        .filter(|v| v.kind == VmaKind::Vdso)
+        .map(|v| (v.start, v.end))
+        .collect();
+    exec.extend(
+        vmas.iter()
+            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vdso)
+            .map(|v| (v.start, v.end)),
+    );
+    exec
+}
+
+/// The same, read from /proc/PID/maps of a live process.
+pub fn exec_ranges(pid: i32) -> io::Result<Vec<(u64, u64)>> {
+    let maps = maps::read_maps(pid)?;
+    let mut v: Vec<(u64, u64)> = maps
+        .iter()
+        .filter(|m| m.name == "[vdso]")
+        .map(|m| (m.start, m.end))
+        .collect();
+    v.extend(
+        maps.iter()
+            .filter(|m| m.perms[2] == b'x' && m.name != "[vdso]")
+            .map(|m| (m.start, m.end)),
+    );
+    Ok(v)
+}
+
+/// Regions fork does not copy faithfully (MADV_DONTFORK, MADV_WIPEONFORK) or that the
+/// running process could change (shared): read them from the original.
+pub fn not_from_snapshot(pid: i32) -> io::Result<Vec<(u64, u64)>> {
+    Ok(maps::read_maps(pid)?
+        .iter()
+        .filter(|m| m.has_flag("dc") || m.has_flag("wf") || m.shared())
+        .map(|m| (m.start, m.end))
+        .collect())
+}
+
+/// Read the state of a frozen process; also returns the injector used (for a snapshot).
 pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
+    read_process_with(f).map(|(s, _)| s)
+}
+
+pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
     let pid = f.pid;
     let io_err = |what: &str| {
         let what = what.to_string();
@@ -93,18 +139,8 @@ pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
         }
     }
 
-    // A syscall instruction to inject with: the vdso first, then any executable region.
-    let mut exec: Vec<(u64, u64)> = vmas
-        .iter()
-        .filter(|v| v.kind == VmaKind::Vdso)
-        .map(|v| (v.start, v.end))
-        .collect();
-    exec.extend(
-        vmas.iter()
-            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind != VmaKind::Vdso)
-            .map(|v| (v.start, v.end)),
-    );
-    let inj = Injector::new(pid, &exec).map_err(io_err("preparing syscall injection"))?;
+    let inj = Injector::new(pid, &exec_ranges_of(&vmas))
+        .map_err(io_err("preparing syscall injection"))?;
 
     let vdso_hash = match vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
         Some(v) => {
@@ -248,35 +284,38 @@ pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
         v.pages = maps::stored_runs(&pagemap, v).map_err(io_err("reading pagemap"))?;
     }
 
-    Ok(ProcessState {
-        pid,
-        ppid: stat.ppid,
-        pgid: stat.pgrp,
-        sid: stat.session,
-        comm: procinfo::comm(pid, pid).map_err(io_err("reading comm"))?,
-        cmdline: procinfo::cmdline(pid).map_err(io_err("reading cmdline"))?,
-        exe,
-        cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
-            .map_err(io_err("reading cwd"))?
-            .to_string_lossy()
-            .into_owned(),
-        umask: u32::from_str_radix(
-            &procinfo::status_field(pid, "Umask").map_err(io_err("reading status"))?,
-            8,
-        )
-        .unwrap_or(0o022),
-        personality: procinfo::personality(pid).map_err(io_err("reading personality"))?,
-        rlimits: procinfo::rlimits(pid).map_err(io_err("reading rlimits"))?,
-        mm,
-        auxv: procinfo::auxv(pid).map_err(io_err("reading auxv"))?,
-        xfeatures: threads
-            .first()
-            .map(|t| xstate_features(&t.xstate))
-            .unwrap_or(0),
-        threads,
-        vmas,
-        fds,
-        sigactions,
-        vdso_hash,
-    })
+    Ok((
+        ProcessState {
+            pid,
+            ppid: stat.ppid,
+            pgid: stat.pgrp,
+            sid: stat.session,
+            comm: procinfo::comm(pid, pid).map_err(io_err("reading comm"))?,
+            cmdline: procinfo::cmdline(pid).map_err(io_err("reading cmdline"))?,
+            exe,
+            cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .map_err(io_err("reading cwd"))?
+                .to_string_lossy()
+                .into_owned(),
+            umask: u32::from_str_radix(
+                &procinfo::status_field(pid, "Umask").map_err(io_err("reading status"))?,
+                8,
+            )
+            .unwrap_or(0o022),
+            personality: procinfo::personality(pid).map_err(io_err("reading personality"))?,
+            rlimits: procinfo::rlimits(pid).map_err(io_err("reading rlimits"))?,
+            mm,
+            auxv: procinfo::auxv(pid).map_err(io_err("reading auxv"))?,
+            xfeatures: threads
+                .first()
+                .map(|t| xstate_features(&t.xstate))
+                .unwrap_or(0),
+            threads,
+            vmas,
+            fds,
+            sigactions,
+            vdso_hash,
+        },
+        inj,
+    ))
 }

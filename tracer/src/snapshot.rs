@@ -1,0 +1,136 @@
+//! Copy-on-write snapshot of a frozen process, so that it is stopped only for a few
+//! milliseconds whatever its size: a `clone` with no exit signal is injected into the
+//! frozen leader; the new child is a frozen copy of the memory, read while the original
+//! runs on. The child never runs a single instruction of its own: it starts in a
+//! ptrace stop, is killed, and its zombie is reaped by an injected wait4(__WALL), so the
+//! process never sees a SIGCHLD or a child it did not make.
+//!
+//! What fork does not copy is read from the original before it resumes: regions marked
+//! MADV_DONTFORK (`dc`) or MADV_WIPEONFORK (`wf`), and shared memory (which the running
+//! original could change under the reader).
+
+use crate::freeze::{Frozen, FrozenThread};
+use crate::inject::Injector;
+use crate::ptrace::{self, Stop};
+use std::io;
+
+/// A frozen copy of a process's memory.
+pub struct Snapshot {
+    pub pid: i32,
+    child: i32,
+    reaped: bool,
+}
+
+const CLONE_SYSCALL: i64 = 56;
+
+impl Snapshot {
+    /// Make the copy. `inj` must be an injector for `f.pid`.
+    pub fn take(f: &mut Frozen, inj: &Injector) -> io::Result<Snapshot> {
+        let pid = f.pid;
+        let leader = &mut f.threads[0];
+        // clone(flags = 0): a fork whose exit raises no signal in the parent. TRACECLONE
+        // (set at freeze) attaches the child to us, stopped.
+        let r = inj.syscall(leader, CLONE_SYSCALL, [0, 0, 0, 0, 0, 0])?;
+        if r < 0 {
+            return Err(io::Error::from_raw_os_error(-r as i32));
+        }
+        let child = r as i32;
+        let snap = Snapshot {
+            pid,
+            child,
+            reaped: false,
+        };
+        loop {
+            match ptrace::wait(child)?.1 {
+                Stop::Event | Stop::Group(_) => break,
+                Stop::Exited(_) | Stop::Killed(_) => {
+                    return Err(io::Error::other("the snapshot process died"))
+                }
+                _ => ptrace::cont(child, 0)?,
+            }
+        }
+        Ok(snap)
+    }
+
+    /// The process whose memory to read.
+    pub fn memory_pid(&self) -> i32 {
+        self.child
+    }
+
+    /// Kill the copy and make its parent reap it (a short second stop of one thread).
+    pub fn discard(mut self) -> io::Result<()> {
+        self.reap()
+    }
+
+    fn reap(&mut self) -> io::Result<()> {
+        if self.reaped {
+            return Ok(());
+        }
+        self.reaped = true;
+        // SAFETY: kill(2) of the copy we made.
+        unsafe { libc::kill(self.child, libc::SIGKILL) };
+        loop {
+            match ptrace::wait(self.child) {
+                Ok((_, Stop::Exited(_) | Stop::Killed(_))) => break,
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        // Now a zombie child of the process: reap it from inside, with __WALL.
+        ptrace::seize(self.pid, libc::PTRACE_O_TRACESYSGOOD as libc::c_long)?;
+        ptrace::interrupt(self.pid)?;
+        let mut t = FrozenThread {
+            tid: self.pid,
+            regs: [0; 27],
+            syscall: None,
+            resend: Vec::new(),
+        };
+        let result = (|| -> io::Result<()> {
+            loop {
+                match ptrace::wait(self.pid)?.1 {
+                    Stop::Event | Stop::Group(_) => break,
+                    Stop::Signal(sig) => ptrace::cont(self.pid, sig)?,
+                    Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
+                    _ => ptrace::cont(self.pid, 0)?,
+                }
+            }
+            let mut regs = ptrace::get_regs(self.pid)?;
+            t.syscall = crate::freeze::fixup_interrupted_syscall(&mut regs);
+            ptrace::set_regs(self.pid, &regs)?;
+            t.regs = regs;
+            let inj = Injector::new(self.pid, &crate::read::exec_ranges(self.pid)?)?;
+            let r = inj.syscall(
+                &mut t,
+                libc::SYS_wait4,
+                [
+                    self.child as u64,
+                    0,
+                    (libc::__WALL | libc::WNOHANG) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            if r != self.child as i64 {
+                return Err(io::Error::other(format!(
+                    "reaping the snapshot process {} returned {r}",
+                    self.child
+                )));
+            }
+            Ok(())
+        })();
+        let _ = ptrace::detach(self.pid, 0);
+        for sig in t.resend {
+            // SAFETY: tgkill(2) to hand back a signal that arrived meanwhile.
+            unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, sig) };
+        }
+        result
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let _ = self.reap();
+    }
+}
