@@ -1,0 +1,811 @@
+//! Helpers shared by the end-to-end tests: paths to `ckpt` and to the test
+//! programs (built by `make` into `target/testdata/`), spawning targets with
+//! piped standard streams, waiting for lines with a timeout, running
+//! `ckpt dump/restore/info`, and cleaning up: every process a test starts is
+//! killed when its handle is dropped, also when the test fails.
+//!
+//! Timeouts are only a safety net (60 s); no test asserts on timing.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The safety-net timeout for anything a test waits for.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- paths
+
+/// The `ckpt` under test: the one cargo built with these tests, or
+/// `CKPT_BIN` (e.g. an installed one).
+pub fn ckpt_bin() -> PathBuf {
+    match std::env::var_os("CKPT_BIN") {
+        Some(bin) => bin.into(),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_ckpt")),
+    }
+}
+
+/// Where `make` puts the test programs: `<target dir>/testdata`, next to the
+/// profile directory that holds `ckpt` (`CKPT_TESTDATA` overrides it).
+pub fn testdata_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CKPT_TESTDATA") {
+        return dir.into();
+    }
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_ckpt"));
+    bin.parent()
+        .and_then(Path::parent)
+        .expect("ckpt binary has no target directory")
+        .join("testdata")
+}
+
+/// Path of one test program; panics with "run `make` first" if it is missing.
+pub fn testdata(name: &str) -> PathBuf {
+    let path = testdata_dir().join(name);
+    assert!(
+        path.exists(),
+        "test program {} is missing: run `make` (or `make testdata`) first",
+        path.display()
+    );
+    path
+}
+
+// ---------------------------------------------------------------- temp dirs
+
+/// A temporary directory, removed on drop.  With `CKPT_KEEP_TEST_DIRS` set,
+/// a failing test keeps it and prints where it is.
+pub struct TestDir(Option<tempfile::TempDir>);
+
+pub fn tempdir() -> TestDir {
+    let dir = tempfile::Builder::new()
+        .prefix("ckpt-test-")
+        .tempdir()
+        .expect("create temporary directory");
+    TestDir(Some(dir))
+}
+
+impl TestDir {
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.path().join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if thread::panicking() && std::env::var_os("CKPT_KEEP_TEST_DIRS").is_some() {
+            let path = self.0.take().unwrap().keep();
+            eprintln!("kept test directory {}", path.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------- lines
+
+/// Lines from a child's stdout or stderr, read by a background thread (and
+/// echoed to the test's output with a prefix, which cargo shows on failure).
+/// `expect*` consume lines in order; `seen` holds every line received.
+pub struct Lines {
+    name: String,
+    rx: Receiver<String>,
+    seen: Vec<String>,
+    /// index in `seen` of the next line `next_line` returns
+    pos: usize,
+    eof: bool,
+}
+
+impl Lines {
+    pub fn new(name: &str, reader: impl Read + Send + 'static) -> Lines {
+        let (tx, rx) = mpsc::channel();
+        let tag = name.to_string();
+        thread::spawn(move || {
+            let mut reader = BufReader::new(reader);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches('\n')
+                            .to_string();
+                        eprintln!("[{tag}] {line}");
+                        if tx.send(line).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Lines {
+            name: name.to_string(),
+            rx,
+            seen: Vec::new(),
+            pos: 0,
+            eof: false,
+        }
+    }
+
+    /// Every line received so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+
+    /// Receives one more line into `seen`; false at end of file.
+    fn receive(&mut self, timeout: Duration) -> bool {
+        if self.eof {
+            return false;
+        }
+        match self.rx.recv_timeout(timeout) {
+            Ok(line) => {
+                self.seen.push(line);
+                true
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.eof = true;
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "{}: no line within {:?}; lines so far:\n{}",
+                self.name,
+                timeout,
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// The next line not yet consumed, `None` at end of file; panics after
+    /// `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        if self.pos == self.seen.len() && !self.receive(timeout) {
+            return None;
+        }
+        self.pos += 1;
+        Some(self.seen[self.pos - 1].clone())
+    }
+
+    /// Waits for a line that satisfies `pred` and returns it; panics on end
+    /// of file or timeout, showing what was seen.  A line starting with
+    /// "FAIL" (a test program's verdict) fails the test at once.
+    pub fn expect(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!(
+                    "{}: timed out waiting for {what}; lines so far:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                );
+            }
+            match self.next_line(left) {
+                Some(line) if line.starts_with("FAIL") => {
+                    panic!(
+                        "{}: program reported {line:?} while waiting for {what}",
+                        self.name
+                    )
+                }
+                Some(line) if pred(&line) => return line,
+                Some(_) => {}
+                None => panic!(
+                    "{}: end of output while waiting for {what}; lines so far:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for a line equal to `text`.
+    pub fn expect_line(&mut self, text: &str) -> String {
+        self.expect(&format!("the line {text:?}"), |l| l == text)
+    }
+
+    /// Waits for a line starting with `prefix`.
+    pub fn expect_prefix(&mut self, prefix: &str) -> String {
+        self.expect(&format!("a line starting with {prefix:?}"), |l| {
+            l.starts_with(prefix)
+        })
+    }
+
+    /// Waits for a line that is a number >= `n` and returns the number.
+    pub fn expect_number_at_least(&mut self, n: u64) -> u64 {
+        let line = self.expect(&format!("a number >= {n}"), |l| {
+            l.trim().parse::<u64>().is_ok_and(|v| v >= n)
+        });
+        line.trim().parse().unwrap()
+    }
+
+    /// Receives the remaining lines until end of file (60 s at most) into
+    /// `seen`, without consuming them.
+    pub fn read_to_end(&mut self) {
+        let deadline = Instant::now() + TIMEOUT;
+        while self.receive(deadline.saturating_duration_since(Instant::now())) {}
+    }
+
+    /// Whether any line received so far (consumed or not) starts with `prefix`.
+    pub fn saw_prefix(&self, prefix: &str) -> bool {
+        self.seen.iter().any(|l| l.starts_with(prefix))
+    }
+
+    /// Panics if any line seen so far starts with "FAIL".
+    pub fn assert_no_fail(&self) {
+        if let Some(l) = self.seen.iter().find(|l| l.starts_with("FAIL")) {
+            panic!(
+                "{}: program reported {l:?}; all lines:\n{}",
+                self.name,
+                self.seen.join("\n")
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------- targets
+
+/// A `Command` for a test program with the standard setup: every inherited
+/// descriptor above 2 is marked close-on-exec, so the target holds exactly
+/// what the test gives it (the environment passes a few stray pipes down).
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    unsafe {
+        cmd.pre_exec(|| {
+            // close_range(3, ~0, CLOSE_RANGE_CLOEXEC)
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32);
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// A test program started by the test, with piped stdin/stdout/stderr.
+pub struct Target {
+    pub child: Child,
+    pub pid: i32,
+    /// A string that the process's command line contains (its program path),
+    /// used to recognise it (and its restored self) by PID.
+    pub marker: String,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    reaped: bool,
+}
+
+impl Target {
+    /// Spawns `cmd` (built with [`command`]); `marker` must occur in its
+    /// command line.
+    pub fn spawn(mut cmd: Command, marker: &str) -> Target {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let pid = child.id() as i32;
+        let stdin = child.stdin.take();
+        let stdout = Lines::new(&format!("{pid} stdout"), child.stdout.take().unwrap());
+        let stderr = Lines::new(&format!("{pid} stderr"), child.stderr.take().unwrap());
+        Target {
+            child,
+            pid,
+            marker: marker.to_string(),
+            stdin,
+            stdout,
+            stderr,
+            reaped: false,
+        }
+    }
+
+    /// Spawns a test program from `target/testdata` with arguments.
+    pub fn start(name: &str, args: &[&OsStr]) -> Target {
+        Target::start_path(&testdata(name), args)
+    }
+
+    /// Spawns the program at `path` with arguments.
+    pub fn start_path(path: &Path, args: &[&OsStr]) -> Target {
+        let mut cmd = command(path);
+        cmd.args(args);
+        Target::spawn(cmd, &path.to_string_lossy())
+    }
+
+    /// Waits (60 s at most) for the process to exit and reaps it.
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = wait_child(&mut self.child, &format!("target {}", self.pid));
+        self.reaped = true;
+        status
+    }
+
+    /// Kills (SIGKILL) and reaps the process.
+    pub fn kill(&mut self) {
+        if !self.reaped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.reaped = true;
+        }
+    }
+
+    /// After `ckpt dump --kill`: reaps the original, checks that it was
+    /// killed by SIGKILL, and waits until its PID is free for the restore.
+    pub fn reap_killed(&mut self) {
+        let status = self.wait();
+        assert_eq!(
+            status.signal(),
+            Some(libc::SIGKILL),
+            "after `ckpt dump --kill` the target should have been killed by SIGKILL, got {status:?}"
+        );
+        wait_pid_free(self.pid);
+    }
+
+    /// `ckpt dump PID --dir DIR --kill`, then [`Target::reap_killed`].
+    pub fn dump_kill(&mut self, dir: &Path) -> Output {
+        let out = dump(self.pid, dir, true);
+        self.reap_killed();
+        out
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for a child with the safety-net timeout (kills it on timeout).
+pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------- ckpt
+
+/// Runs a command to completion with the safety-net timeout, stdin null,
+/// stdout and stderr captured.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t_err = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let status = wait_child(&mut child, &format!("{cmd:?}"));
+    let out = Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    };
+    eprintln!(
+        "$ {cmd:?}\n  -> {:?}\n  stdout: {}\n  stderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    );
+    out
+}
+
+pub fn ckpt_cmd() -> Command {
+    command(ckpt_bin())
+}
+
+/// Runs `ckpt ARGS...` to completion.
+pub fn ckpt<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(ckpt_cmd().args(args))
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed: {}", describe(out));
+}
+
+/// `ckpt dump PID --dir DIR [--kill]`, which must succeed.
+pub fn dump(pid: i32, dir: &Path, kill: bool) -> Output {
+    let mut args: Vec<&OsStr> = vec!["dump".as_ref()];
+    let pid_s = pid.to_string();
+    args.push(pid_s.as_ref());
+    args.push("--dir".as_ref());
+    args.push(dir.as_os_str());
+    if kill {
+        args.push("--kill".as_ref());
+    }
+    let out = ckpt(&args);
+    assert_success(&out, &format!("ckpt dump {pid}"));
+    out
+}
+
+/// `ckpt info DIR --json`, parsed.
+pub fn info_json(dir: &Path) -> serde_json::Value {
+    let out = ckpt(["info".as_ref(), dir.as_os_str(), "--json".as_ref()]);
+    assert_success(&out, "ckpt info --json");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ckpt info --json printed invalid JSON ({e}): {}",
+            describe(&out)
+        )
+    })
+}
+
+/// The one process of a checkpoint, from `ckpt info --json`.
+pub fn info_process(dir: &Path) -> serde_json::Value {
+    let info = info_json(dir);
+    let procs = info["processes"].as_array().expect("info: processes array");
+    assert_eq!(
+        procs.len(),
+        1,
+        "expected one process in the checkpoint: {info}"
+    );
+    procs[0].clone()
+}
+
+pub fn json_u64(v: &serde_json::Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("info: no integer {key:?} in {v}"))
+}
+
+/// Asserts the error contract: exit status 1 and exactly one line on
+/// stderr, starting with `ckpt: error:`.  Returns that line.
+pub fn assert_error(out: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{what}: expected exit status 1: {}",
+        describe(out)
+    );
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("ckpt: error:"),
+        "{what}: expected exactly one line on stderr starting with `ckpt: error:`: {}",
+        describe(out)
+    );
+    lines[0].to_string()
+}
+
+// ---------------------------------------------------------------- restore
+
+/// A running `ckpt restore DIR` (foreground) with piped standard streams:
+/// the restored program's stdout/stdin are this child's.
+pub struct Restored {
+    pub child: Child,
+    /// The PID the restored process must have (the original's).
+    pub pid: i32,
+    marker: String,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines,
+    pub stderr: Lines,
+    done: bool,
+}
+
+impl Restored {
+    /// Starts `ckpt restore DIR` for the process `pid` whose command line
+    /// contains `marker` (both used for cleanup and for [`Restored::assert_same_pid`]).
+    pub fn start(dir: &Path, pid: i32, marker: &str) -> Restored {
+        Restored::start_with(dir, pid, marker, &[])
+    }
+
+    pub fn start_with(dir: &Path, pid: i32, marker: &str, extra: &[&str]) -> Restored {
+        let mut cmd = ckpt_cmd();
+        cmd.arg("restore").arg(dir).args(extra);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        eprintln!("$ {cmd:?} &");
+        let mut child = cmd.spawn().expect("start ckpt restore");
+        let stdin = child.stdin.take();
+        let stdout = Lines::new(
+            &format!("restored {pid} stdout"),
+            child.stdout.take().unwrap(),
+        );
+        let stderr = Lines::new(
+            &format!("restored {pid} stderr"),
+            child.stderr.take().unwrap(),
+        );
+        Restored {
+            child,
+            pid,
+            marker: marker.to_string(),
+            stdin,
+            stdout,
+            stderr,
+            done: false,
+        }
+    }
+
+    /// Restores the checkpoint of `target` (same PID, same marker).
+    pub fn of(dir: &Path, target: &Target) -> Restored {
+        Restored::start(dir, target.pid, &target.marker)
+    }
+
+    /// Waits until the restored process runs under its original PID (its
+    /// command line, read from its restored memory, contains the marker).
+    pub fn assert_same_pid(&mut self) {
+        let pid = self.pid;
+        let marker = self.marker.clone();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if cmdline(pid).is_some_and(|c| c.contains(&marker)) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.done = true;
+                self.stderr.read_to_end();
+                panic!(
+                    "ckpt restore exited ({status:?}) before PID {pid} ran {marker}; stderr:\n{}",
+                    self.stderr.seen().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PID {pid} is not running {marker} {TIMEOUT:?} after the restore started (cmdline {:?})",
+                cmdline(pid)
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Writes to the restored program's stdin.
+    pub fn write_stdin(&mut self, data: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("stdin already closed");
+        stdin
+            .write_all(data)
+            .expect("write to ckpt restore's stdin");
+        stdin.flush().unwrap();
+    }
+
+    /// Closes the restored program's stdin (the test's end of the pipe).
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Waits for `ckpt restore` to exit (it exits with the restored program's
+    /// status) and returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        let status = wait_child(&mut self.child, &format!("ckpt restore of {}", self.pid));
+        self.done = true;
+        status
+    }
+
+    /// Waits for `ckpt restore` and asserts exit status 0.
+    pub fn wait_success(&mut self) {
+        let status = self.wait();
+        // let the reader catch up: everything shows on failure, and the
+        // lines stay available to `expect`
+        self.stdout.read_to_end();
+        assert!(
+            status.success(),
+            "ckpt restore (restored PID {}) exited with {status:?}; stdout:\n{}\nstderr:\n{}",
+            self.pid,
+            self.stdout.seen().join("\n"),
+            self.stderr.seen().join("\n")
+        );
+        self.stdout.assert_no_fail();
+    }
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        // the restored process first (it may not be our child), then ckpt
+        kill_if_running(self.pid, &self.marker);
+        if !self.done {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// The command line of a process, arguments joined with spaces.
+pub fn cmdline(pid: i32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        String::from_utf8_lossy(&raw)
+            .replace('\0', " ")
+            .trim_end()
+            .to_string(),
+    )
+}
+
+/// Kills `pid` if it is running a command line that contains `marker`.
+pub fn kill_if_running(pid: i32, marker: &str) {
+    if cmdline(pid).is_some_and(|c| c.contains(marker)) {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+pub fn pid_exists(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits (60 s at most) until no process or thread has this PID.
+pub fn wait_pid_free(pid: i32) {
+    wait_until(&format!("PID {pid} to be free"), || !pid_exists(pid));
+}
+
+/// The state letter of a process or thread (`R`, `S`, `D`, `T`, `t`, `Z`, ...).
+pub fn proc_state(pid: i32) -> Option<char> {
+    stat_state(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_state(path: &str) -> Option<char> {
+    let stat = fs::read_to_string(path).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// The TIDs of a process's threads.
+pub fn tids(pid: i32) -> BTreeSet<i32> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task: {e}"))
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Asserts that the process and every thread of it exist and are not
+/// stopped (state neither `T` nor `t`, and not a zombie).
+pub fn assert_running_not_stopped(pid: i32) {
+    let state = proc_state(pid).unwrap_or_else(|| panic!("process {pid} is gone"));
+    assert!(
+        !matches!(state, 'T' | 't' | 'Z' | 'X'),
+        "process {pid} is in state {state:?}"
+    );
+    for tid in tids(pid) {
+        if let Some(s) = stat_state(&format!("/proc/{pid}/task/{tid}/stat")) {
+            assert!(
+                !matches!(s, 'T' | 't'),
+                "thread {tid} of {pid} is in state {s:?}"
+            );
+        }
+    }
+}
+
+/// PIDs of all processes whose command line contains `marker`.
+pub fn pids_running(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != me && cmdline(p).is_some_and(|c| c.contains(marker)))
+        .collect()
+}
+
+// ---------------------------------------------------------------- misc
+
+/// Polls `cond` every 10 ms until it holds; panics after the safety net.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn touch(path: &Path) {
+    fs::write(path, b"").unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+}
+
+/// The lines of a text file (empty if it does not exist).
+pub fn file_lines(path: &Path) -> Vec<String> {
+    match fs::read_to_string(path) {
+        Ok(s) => s.lines().map(str::to_string).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits until a file has at least `n` lines, returns them.
+pub fn wait_file_lines(path: &Path, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    wait_until(&format!("{} to have {n} lines", path.display()), || {
+        lines = file_lines(path);
+        lines.len() >= n
+    });
+    lines
+}
+
+/// Checks that `lines` are "1 <rest>", "2 <rest>", ... "N <rest>" where each
+/// `<rest>` equals `rest`: consecutive numbers from 1, no gap, no duplicate.
+/// Returns N.
+pub fn assert_counting(lines: &[String], rest: &str, what: &str) -> usize {
+    for (i, line) in lines.iter().enumerate() {
+        let want = if rest.is_empty() {
+            format!("{}", i + 1)
+        } else {
+            format!("{} {rest}", i + 1)
+        };
+        assert_eq!(
+            line,
+            &want,
+            "{what}: line {} is wrong (gap, duplicate or other PID); all lines:\n{}",
+            i + 1,
+            lines.join("\n")
+        );
+    }
+    lines.len()
+}
+
+/// Makes `dir` (and its ancestors up to and including `root`) accessible to
+/// other users: for commands run as another user.
+pub fn open_up(root: &Path, dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    let mut p = dir.to_path_buf();
+    loop {
+        let mode = if p == dir { 0o777 } else { 0o711 };
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        if p == root || !p.pop() {
+            break;
+        }
+    }
+}
+
+/// Sends a signal.
+pub fn send_signal(pid: i32, sig: i32) {
+    let r = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        r,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+pub fn os(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+/// Copies a directory tree (regular files, directories and symlinks).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let ft = entry.file_type().unwrap();
+        if ft.is_dir() {
+            copy_dir(&src, &dst);
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else {
+            fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
