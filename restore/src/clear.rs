@@ -26,14 +26,23 @@ pub fn clear_address_space() -> Result<()> {
                 return Ok(());
             }
             if e.start < LOADER_ZONE_END && e.end > LOADER_ZONE_START {
-                return Err(Fail::new(STAGE_UNMAP, EINVAL, e.start, "mapping straddles the loader zone"));
+                return Err(Fail::new(
+                    STAGE_UNMAP,
+                    EINVAL,
+                    e.start,
+                    "mapping straddles the loader zone",
+                ));
             }
             if kept(e) {
                 return Ok(());
             }
             // SAFETY: outside the loader zone nothing belongs to the loader any more (its
             // stack is in .bss since `_start`).
-            unsafe { syscall::munmap(e.start, e.end - e.start) }.ctx(STAGE_UNMAP, e.start, "munmap failed")?;
+            unsafe { syscall::munmap(e.start, e.end - e.start) }.ctx(
+                STAGE_UNMAP,
+                e.start,
+                "munmap failed",
+            )?;
             unmapped = true;
             Ok(())
         })?;

@@ -51,6 +51,9 @@ static mut MAIN_STACK: Stack = Stack([0; MAIN_STACK_SIZE]);
 
 /// Entry point. The kernel's stack may lie where the image needs memory, so switch to our
 /// own at once and hand the original stack pointer (argc, argv...) to Rust.
+///
+/// # Safety
+/// Only the kernel calls this, once, as the process entry point.
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn _start() -> ! {

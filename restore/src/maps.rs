@@ -28,8 +28,11 @@ static mut BUF: [u8; BUF_SIZE] = [0; BUF_SIZE];
 pub fn for_each(mut f: impl FnMut(&MapEntry) -> Result<()>) -> Result<()> {
     // SAFETY: only the main thread calls this, and never while another call is active.
     let buf: &mut [u8; BUF_SIZE] = unsafe { &mut *core::ptr::addr_of_mut!(BUF) };
-    let fd = syscall::open(b"/proc/self/maps\0", syscall::O_RDONLY | syscall::O_CLOEXEC)
-        .ctx(STAGE_UNMAP, 0, "cannot open /proc/self/maps")?;
+    let fd = syscall::open(b"/proc/self/maps\0", syscall::O_RDONLY | syscall::O_CLOEXEC).ctx(
+        STAGE_UNMAP,
+        0,
+        "cannot open /proc/self/maps",
+    )?;
     let result = walk(fd, buf, &mut f);
     let _ = syscall::close(fd);
     result
@@ -39,9 +42,18 @@ fn walk(fd: i32, buf: &mut [u8], f: &mut impl FnMut(&MapEntry) -> Result<()>) ->
     let mut filled = 0;
     loop {
         if filled == buf.len() {
-            return Err(Fail::new(STAGE_UNMAP, ERANGE, 0, "line of /proc/self/maps too long"));
+            return Err(Fail::new(
+                STAGE_UNMAP,
+                ERANGE,
+                0,
+                "line of /proc/self/maps too long",
+            ));
         }
-        let n = syscall::read(fd, &mut buf[filled..]).ctx(STAGE_UNMAP, 0, "cannot read /proc/self/maps")?;
+        let n = syscall::read(fd, &mut buf[filled..]).ctx(
+            STAGE_UNMAP,
+            0,
+            "cannot read /proc/self/maps",
+        )?;
         let eof = n == 0;
         filled += n;
 
@@ -65,7 +77,12 @@ fn walk(fd: i32, buf: &mut [u8], f: &mut impl FnMut(&MapEntry) -> Result<()>) ->
 fn line(text: &[u8], f: &mut impl FnMut(&MapEntry) -> Result<()>) -> Result<()> {
     match parse_line(text) {
         Some(e) => f(&e),
-        None => Err(Fail::new(STAGE_UNMAP, syscall::EINVAL, 0, "cannot parse /proc/self/maps")),
+        None => Err(Fail::new(
+            STAGE_UNMAP,
+            syscall::EINVAL,
+            0,
+            "cannot parse /proc/self/maps",
+        )),
     }
 }
 
@@ -87,7 +104,11 @@ pub fn parse_line(text: &[u8]) -> Option<MapEntry<'_>> {
         }
         rest = &rest[w..];
     }
-    Some(MapEntry { start, end, name: skip_spaces(rest) })
+    Some(MapEntry {
+        start,
+        end,
+        name: skip_spaces(rest),
+    })
 }
 
 fn skip_spaces(s: &[u8]) -> &[u8] {

@@ -57,8 +57,11 @@ pub fn load(fd: i32) -> Result<Plan> {
     let mut hdr = PlanHeader::default();
     let want = size_of::<PlanHeader>() as u64;
     // SAFETY: `hdr` is a local of exactly `want` bytes.
-    let got = unsafe { syscall::pread_raw(fd, &mut hdr as *mut PlanHeader as u64, want, 0) }
-        .ctx(STAGE_PLAN, 0, "cannot read the plan header")?;
+    let got = unsafe { syscall::pread_raw(fd, &mut hdr as *mut PlanHeader as u64, want, 0) }.ctx(
+        STAGE_PLAN,
+        0,
+        "cannot read the plan header",
+    )?;
     if got as u64 != want {
         return Err(bad(0, "plan shorter than its header"));
     }
@@ -93,7 +96,12 @@ pub fn load(fd: i32) -> Result<Plan> {
     }
     .ctx(STAGE_PLAN, LOADER_PLAN_ADDR, "cannot map the plan")?;
     if addr != LOADER_PLAN_ADDR {
-        return Err(Fail::new(STAGE_PLAN, syscall::EEXIST, addr, "plan mapped at a wrong address"));
+        return Err(Fail::new(
+            STAGE_PLAN,
+            syscall::EEXIST,
+            addr,
+            "plan mapped at a wrong address",
+        ));
     }
 
     // From here on, everything is read from the mapping (the front end must not rewrite
@@ -109,10 +117,25 @@ pub fn load(fd: i32) -> Result<Plan> {
         hdr,
         vmas: array(hdr, hdr.vmas_off, hdr.nr_vmas, "vma array outside the plan")?,
         runs: array(hdr, hdr.runs_off, hdr.nr_runs, "run array outside the plan")?,
-        threads: array(hdr, hdr.threads_off, hdr.nr_threads, "thread array outside the plan")?,
-        sigactions: array(hdr, hdr.sigactions_off, hdr.nr_sigactions, "sigaction array outside the plan")?,
+        threads: array(
+            hdr,
+            hdr.threads_off,
+            hdr.nr_threads,
+            "thread array outside the plan",
+        )?,
+        sigactions: array(
+            hdr,
+            hdr.sigactions_off,
+            hdr.nr_sigactions,
+            "sigaction array outside the plan",
+        )?,
         auxv: array(hdr, hdr.auxv_off, hdr.auxv_words, "auxv outside the plan")?,
-        close_fds: array(hdr, hdr.close_fds_off, hdr.nr_close_fds, "close_fds outside the plan")?,
+        close_fds: array(
+            hdr,
+            hdr.close_fds_off,
+            hdr.nr_close_fds,
+            "close_fds outside the plan",
+        )?,
     };
     check(&plan)?;
     Ok(plan)
@@ -122,7 +145,7 @@ pub fn load(fd: i32) -> Result<Plan> {
 fn array<T>(hdr: &PlanHeader, off: u64, n: u64, msg: &'static str) -> Result<&'static [T]> {
     let bytes = n.checked_mul(size_of::<T>() as u64).ok_or(bad(off, msg))?;
     let end = off.checked_add(bytes).ok_or(bad(off, msg))?;
-    if off % 8 != 0 || end > hdr.size || (n > 0 && off < size_of::<PlanHeader>() as u64) {
+    if !off.is_multiple_of(8) || end > hdr.size || (n > 0 && off < size_of::<PlanHeader>() as u64) {
         return Err(bad(off, msg));
     }
     // SAFETY: in bounds of the read-only mapping, which lives forever; 8-byte aligned,
@@ -131,7 +154,7 @@ fn array<T>(hdr: &PlanHeader, off: u64, n: u64, msg: &'static str) -> Result<&'s
 }
 
 fn page_aligned(x: u64) -> bool {
-    x % PAGE_SIZE == 0
+    x.is_multiple_of(PAGE_SIZE)
 }
 
 fn overlaps_zone(start: u64, end: u64) -> bool {
@@ -153,20 +176,27 @@ fn check(plan: &Plan) -> Result<()> {
     if plan.threads.is_empty() || plan.threads.len() as u64 > MAX_THREADS {
         return Err(bad(plan.threads.len() as u64, "bad number of threads"));
     }
-    if plan.auxv.len() % 2 != 0 {
+    if !plan.auxv.len().is_multiple_of(2) {
         return Err(bad(0, "odd number of auxv words"));
     }
 
     let mut vdso_seen = [false; 3];
     for vma in plan.vmas {
         let s = vma.start;
-        if vma.start >= vma.end || !page_aligned(vma.start) || !page_aligned(vma.end) || vma.end > TASK_SIZE {
+        if vma.start >= vma.end
+            || !page_aligned(vma.start)
+            || !page_aligned(vma.end)
+            || vma.end > TASK_SIZE
+        {
             return Err(bad(s, "malformed vma bounds"));
         }
         if overlaps_zone(vma.start, vma.end) {
             return Err(bad(s, "vma overlaps the loader zone"));
         }
-        let last_run = vma.first_run.checked_add(vma.nr_runs).ok_or(bad(s, "vma runs out of range"))?;
+        let last_run = vma
+            .first_run
+            .checked_add(vma.nr_runs)
+            .ok_or(bad(s, "vma runs out of range"))?;
         if last_run > plan.runs.len() as u64 {
             return Err(bad(s, "vma runs out of range"));
         }
@@ -193,8 +223,15 @@ fn check(plan: &Plan) -> Result<()> {
             return Err(bad(s, "unknown vma flags"));
         }
         for run in plan.runs_of(vma) {
-            let end = run.addr.checked_add(run.len).ok_or(bad(run.addr, "run out of its vma"))?;
-            if run.len == 0 || !page_aligned(run.addr) || !page_aligned(run.len) || !page_aligned(run.file_off) {
+            let end = run
+                .addr
+                .checked_add(run.len)
+                .ok_or(bad(run.addr, "run out of its vma"))?;
+            if run.len == 0
+                || !page_aligned(run.addr)
+                || !page_aligned(run.len)
+                || !page_aligned(run.file_off)
+            {
                 return Err(bad(run.addr, "malformed run"));
             }
             if run.addr < vma.start || end > vma.end {

@@ -10,8 +10,17 @@ use crate::syscall::{self, KernelSigaction};
 #[inline(never)]
 pub fn install_sigactions(plan: &Plan) -> Result<()> {
     for sa in plan.sigactions {
-        let act = KernelSigaction { handler: sa.handler, flags: sa.flags, restorer: sa.restorer, mask: sa.mask };
-        syscall::rt_sigaction(sa.signo, &act).ctx(STAGE_SIGACTION, sa.signo, "rt_sigaction failed")?;
+        let act = KernelSigaction {
+            handler: sa.handler,
+            flags: sa.flags,
+            restorer: sa.restorer,
+            mask: sa.mask,
+        };
+        syscall::rt_sigaction(sa.signo, &act).ctx(
+            STAGE_SIGACTION,
+            sa.signo,
+            "rt_sigaction failed",
+        )?;
     }
     Ok(())
 }
@@ -32,7 +41,11 @@ const _: () = assert!(core::mem::size_of::<KernelMmMap>() == 104);
 pub fn restore_mm(plan: &Plan) -> Result<()> {
     let m = KernelMmMap {
         map: plan.hdr.mm,
-        auxv: if plan.auxv.is_empty() { 0 } else { plan.auxv.as_ptr() as u64 },
+        auxv: if plan.auxv.is_empty() {
+            0
+        } else {
+            plan.auxv.as_ptr() as u64
+        },
         auxv_size: (plan.auxv.len() * 8) as u32,
         exe_fd: u32::MAX,
     };

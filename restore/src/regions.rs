@@ -9,7 +9,10 @@
 use crate::plan::*;
 use crate::planfile::Plan;
 use crate::status::{Context, Fail, Result};
-use crate::syscall::{self, EEXIST, EIO, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE};
+use crate::syscall::{
+    self, EEXIST, EIO, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED,
+    PROT_READ, PROT_WRITE,
+};
 
 /// Maps and fills every non-vdso region of the plan.
 #[inline(never)]
@@ -27,8 +30,16 @@ fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
     let len = vma.end - vma.start;
     let runs = plan.runs_of(vma);
     // Shared file regions never have runs (checked with the plan).
-    let prot = if runs.is_empty() { vma.prot } else { vma.prot | PROT_READ | PROT_WRITE };
-    let growsdown = if vma.flags & VMA_F_GROWSDOWN != 0 { MAP_GROWSDOWN } else { 0 };
+    let prot = if runs.is_empty() {
+        vma.prot
+    } else {
+        vma.prot | PROT_READ | PROT_WRITE
+    };
+    let growsdown = if vma.flags & VMA_F_GROWSDOWN != 0 {
+        MAP_GROWSDOWN
+    } else {
+        0
+    };
     let (flags, fd, offset) = match vma.kind {
         VMA_ANON_PRIVATE => (MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
         VMA_ANON_SHARED => (MAP_SHARED | MAP_ANONYMOUS, -1, 0),
@@ -38,13 +49,27 @@ fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
     };
 
     // SAFETY: outside the loader zone (checked with the plan); NOREPLACE protects the rest.
-    let got = unsafe { syscall::mmap(vma.start, len, prot, flags | growsdown | MAP_FIXED_NOREPLACE, fd, offset) }
-        .ctx(STAGE_MAP, vma.start, "mmap of a region failed")?;
+    let got = unsafe {
+        syscall::mmap(
+            vma.start,
+            len,
+            prot,
+            flags | growsdown | MAP_FIXED_NOREPLACE,
+            fd,
+            offset,
+        )
+    }
+    .ctx(STAGE_MAP, vma.start, "mmap of a region failed")?;
     if got != vma.start {
         // A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
         // SAFETY: we just created this mapping.
         let _ = unsafe { syscall::munmap(got, len) };
-        return Err(Fail::new(STAGE_MAP, EEXIST, vma.start, "region mapped at a wrong address"));
+        return Err(Fail::new(
+            STAGE_MAP,
+            EEXIST,
+            vma.start,
+            "region mapped at a wrong address",
+        ));
     }
 
     if runs.is_empty() {
@@ -54,12 +79,21 @@ fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
         fill(plan.image_fd(), run)?;
     }
     // SAFETY: our own fresh mapping.
-    unsafe { syscall::mprotect(vma.start, len, vma.prot) }.ctx(STAGE_PROTECT, vma.start, "mprotect failed")?;
+    unsafe { syscall::mprotect(vma.start, len, vma.prot) }.ctx(
+        STAGE_PROTECT,
+        vma.start,
+        "mprotect failed",
+    )?;
     Ok(())
 }
 
 fn unreachable_kind(addr: u64) -> Result<(u32, i32, u64)> {
-    Err(Fail::new(STAGE_MAP, syscall::EINVAL, addr, "unknown vma kind"))
+    Err(Fail::new(
+        STAGE_MAP,
+        syscall::EINVAL,
+        addr,
+        "unknown vma kind",
+    ))
 }
 
 /// Reads one run from the image straight into place, handling short reads.
@@ -67,12 +101,33 @@ fn fill(image_fd: i32, run: &PlanRun) -> Result<()> {
     let mut done = 0;
     while done < run.len {
         // SAFETY: the run lies inside a region we just mapped writable (checked with the plan).
-        let n = unsafe { syscall::pread_raw(image_fd, run.addr + done, run.len - done, run.file_off + done) };
+        let n = unsafe {
+            syscall::pread_raw(
+                image_fd,
+                run.addr + done,
+                run.len - done,
+                run.file_off + done,
+            )
+        };
         match n {
-            Ok(0) => return Err(Fail::new(STAGE_FILL, EIO, run.addr + done, "image file ends inside a run")),
+            Ok(0) => {
+                return Err(Fail::new(
+                    STAGE_FILL,
+                    EIO,
+                    run.addr + done,
+                    "image file ends inside a run",
+                ))
+            }
             Ok(n) => done += n as u64,
             Err(4) => continue, // EINTR
-            Err(e) => return Err(Fail::new(STAGE_FILL, e, run.addr + done, "reading page data failed")),
+            Err(e) => {
+                return Err(Fail::new(
+                    STAGE_FILL,
+                    e,
+                    run.addr + done,
+                    "reading page data failed",
+                ))
+            }
         }
     }
     Ok(())

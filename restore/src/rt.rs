@@ -40,7 +40,14 @@ pub unsafe extern "C" fn memmove(_dest: *mut u8, _src: *const u8, _n: usize) -> 
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn memset(_dest: *mut u8, _c: i32, _n: usize) -> *mut u8 {
-    naked_asm!("mov r8, rdi", "mov eax, esi", "mov rcx, rdx", "rep stosb", "mov rax, r8", "ret")
+    naked_asm!(
+        "mov r8, rdi",
+        "mov eax, esi",
+        "mov rcx, rdx",
+        "rep stosb",
+        "mov rax, r8",
+        "ret"
+    )
 }
 
 #[unsafe(no_mangle)]

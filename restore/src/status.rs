@@ -23,7 +23,12 @@ pub struct Fail {
 
 impl Fail {
     pub const fn new(stage: u64, errno: Errno, addr: u64, msg: &'static str) -> Fail {
-        Fail { errno, stage, addr, msg }
+        Fail {
+            errno,
+            stage,
+            addr,
+            msg,
+        }
     }
 }
 
@@ -85,7 +90,10 @@ fn write_ready(r: &Ready) {
     }
     // SAFETY: Ready is plain old data without padding.
     let bytes = unsafe {
-        core::slice::from_raw_parts(r as *const Ready as *const u8, core::mem::size_of::<Ready>())
+        core::slice::from_raw_parts(
+            r as *const Ready as *const u8,
+            core::mem::size_of::<Ready>(),
+        )
     };
     let mut done = 0;
     while done < bytes.len() {
@@ -109,7 +117,11 @@ pub fn fail_raw(errno: Errno, stage: u64, addr: u64, msg: &[u8]) -> ! {
     if !claim() {
         park();
     }
-    let errno = if errno == 0 { syscall::ENOTRECOVERABLE } else { errno };
+    let errno = if errno == 0 {
+        syscall::ENOTRECOVERABLE
+    } else {
+        errno
+    };
     write_ready(&ready(errno, stage, addr, msg));
     syscall::exit_group(EXIT_FAILURE)
 }

@@ -70,7 +70,15 @@ const FUTEX_WAKE_PRIVATE: usize = 1 | 128;
 pub const PAGE_SIZE: u64 = 4096;
 
 #[inline(always)]
-unsafe fn syscall6(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> isize {
+unsafe fn syscall6(
+    n: usize,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+) -> isize {
     let ret: isize;
     asm!(
         "syscall",
@@ -83,7 +91,15 @@ unsafe fn syscall6(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usi
 }
 
 #[inline(always)]
-unsafe fn sys(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a6: usize) -> Result<usize, Errno> {
+unsafe fn sys(
+    n: usize,
+    a1: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+    a6: usize,
+) -> Result<usize, Errno> {
     let ret = syscall6(n, a1, a2, a3, a4, a5, a6);
     if (-4095..0).contains(&ret) {
         Err((-ret) as Errno)
@@ -93,11 +109,31 @@ unsafe fn sys(n: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize, a
 }
 
 pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
-    unsafe { sys(SYS_READ, fd as usize, buf.as_mut_ptr() as usize, buf.len(), 0, 0, 0) }
+    unsafe {
+        sys(
+            SYS_READ,
+            fd as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
-    unsafe { sys(SYS_WRITE, fd as usize, buf.as_ptr() as usize, buf.len(), 0, 0, 0) }
+    unsafe {
+        sys(
+            SYS_WRITE,
+            fd as usize,
+            buf.as_ptr() as usize,
+            buf.len(),
+            0,
+            0,
+            0,
+        )
+    }
 }
 
 /// pread64 into arbitrary memory (the destination is usually a freshly mapped region).
@@ -105,13 +141,32 @@ pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
 /// # Safety
 /// `[addr, addr+len)` must be writable memory that nothing in the loader uses.
 pub unsafe fn pread_raw(fd: i32, addr: u64, len: u64, off: u64) -> Result<usize, Errno> {
-    sys(SYS_PREAD64, fd as usize, addr as usize, len as usize, off as usize, 0, 0)
+    sys(
+        SYS_PREAD64,
+        fd as usize,
+        addr as usize,
+        len as usize,
+        off as usize,
+        0,
+        0,
+    )
 }
 
 /// `path` must be NUL-terminated.
 pub fn open(path: &[u8], flags: u32) -> Result<i32, Errno> {
     debug_assert!(path.last() == Some(&0));
-    unsafe { sys(SYS_OPENAT, AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, 0, 0, 0).map(|fd| fd as i32) }
+    unsafe {
+        sys(
+            SYS_OPENAT,
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            flags as usize,
+            0,
+            0,
+            0,
+        )
+        .map(|fd| fd as i32)
+    }
 }
 
 pub fn close(fd: i32) -> Result<usize, Errno> {
@@ -128,8 +183,24 @@ pub fn file_size(fd: i32) -> Result<u64, Errno> {
 
 /// # Safety
 /// Maps memory at a fixed address; the caller guarantees the address is meant for it.
-pub unsafe fn mmap(addr: u64, len: u64, prot: u32, flags: u32, fd: i32, off: u64) -> Result<u64, Errno> {
-    sys(SYS_MMAP, addr as usize, len as usize, prot as usize, flags as usize, fd as usize, off as usize).map(|a| a as u64)
+pub unsafe fn mmap(
+    addr: u64,
+    len: u64,
+    prot: u32,
+    flags: u32,
+    fd: i32,
+    off: u64,
+) -> Result<u64, Errno> {
+    sys(
+        SYS_MMAP,
+        addr as usize,
+        len as usize,
+        prot as usize,
+        flags as usize,
+        fd as usize,
+        off as usize,
+    )
+    .map(|a| a as u64)
 }
 
 /// # Safety
@@ -156,12 +227,30 @@ pub unsafe fn mremap_fixed(old: u64, len: u64, new: u64) -> Result<u64, Errno> {
 /// # Safety
 /// Nothing the loader uses may live in the range.
 pub unsafe fn mprotect(addr: u64, len: u64, prot: u32) -> Result<usize, Errno> {
-    sys(SYS_MPROTECT, addr as usize, len as usize, prot as usize, 0, 0, 0)
+    sys(
+        SYS_MPROTECT,
+        addr as usize,
+        len as usize,
+        prot as usize,
+        0,
+        0,
+        0,
+    )
 }
 
 /// Sets the signal mask of the calling thread.
 pub fn sigprocmask_set(mask: u64) -> Result<usize, Errno> {
-    unsafe { sys(SYS_RT_SIGPROCMASK, SIG_SETMASK, &mask as *const u64 as usize, 0, 8, 0, 0) }
+    unsafe {
+        sys(
+            SYS_RT_SIGPROCMASK,
+            SIG_SETMASK,
+            &mask as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    }
 }
 
 /// The kernel's x86-64 `struct sigaction` (as taken by rt_sigaction).
@@ -174,12 +263,28 @@ pub struct KernelSigaction {
 }
 
 pub fn rt_sigaction(signo: u64, act: &KernelSigaction) -> Result<usize, Errno> {
-    unsafe { sys(SYS_RT_SIGACTION, signo as usize, act as *const _ as usize, 0, 8, 0, 0) }
+    unsafe {
+        sys(
+            SYS_RT_SIGACTION,
+            signo as usize,
+            act as *const _ as usize,
+            0,
+            8,
+            0,
+            0,
+        )
+    }
 }
 
 /// # Safety
 /// prctl with pointer arguments: the caller passes valid pointers for `option`.
-pub unsafe fn prctl(option: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> Result<usize, Errno> {
+pub unsafe fn prctl(
+    option: usize,
+    a2: usize,
+    a3: usize,
+    a4: usize,
+    a5: usize,
+) -> Result<usize, Errno> {
     sys(SYS_PRCTL, option, a2, a3, a4, a5, 0)
 }
 
@@ -219,11 +324,31 @@ pub fn rseq(addr: u64, len: u64, sig: u64) -> Result<usize, Errno> {
 
 /// Sleeps while `*word == expected` (spurious wake-ups possible; callers loop).
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
-    unsafe { syscall6(SYS_FUTEX, word.as_ptr() as usize, FUTEX_WAIT_PRIVATE, expected as usize, 0, 0, 0) };
+    unsafe {
+        syscall6(
+            SYS_FUTEX,
+            word.as_ptr() as usize,
+            FUTEX_WAIT_PRIVATE,
+            expected as usize,
+            0,
+            0,
+            0,
+        )
+    };
 }
 
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) {
-    unsafe { syscall6(SYS_FUTEX, word.as_ptr() as usize, FUTEX_WAKE_PRIVATE, n as usize, 0, 0, 0) };
+    unsafe {
+        syscall6(
+            SYS_FUTEX,
+            word.as_ptr() as usize,
+            FUTEX_WAKE_PRIVATE,
+            n as usize,
+            0,
+            0,
+            0,
+        )
+    };
 }
 
 pub fn pause() {

@@ -13,7 +13,9 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::plan::*;
 use crate::planfile::Plan;
 use crate::status::{self, Context, Fail, Result};
-use crate::syscall::{self, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_READ, PROT_WRITE};
+use crate::syscall::{
+    self, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
+};
 
 /// Number of non-main threads that have restored their state and parked (futex word).
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
@@ -48,7 +50,12 @@ const _: () = assert!(core::mem::size_of::<CloneArgs>() == 88);
 pub fn create_threads(plan: &Plan) -> Result<()> {
     let pid = syscall::getpid();
     if plan.threads[0].tid != pid {
-        return Err(Fail::new(STAGE_THREAD, syscall::ESRCH, plan.threads[0].tid, "threads[0] is not this process"));
+        return Err(Fail::new(
+            STAGE_THREAD,
+            syscall::ESRCH,
+            plan.threads[0].tid,
+            "threads[0] is not this process",
+        ));
     }
     let n = plan.threads.len() as u64;
     if n < 2 {
@@ -66,9 +73,18 @@ pub fn create_threads(plan: &Plan) -> Result<()> {
             0,
         )
     }
-    .ctx(STAGE_THREAD, LOADER_STACKS_ADDR, "cannot map the thread stacks")?;
+    .ctx(
+        STAGE_THREAD,
+        LOADER_STACKS_ADDR,
+        "cannot map the thread stacks",
+    )?;
     if got != LOADER_STACKS_ADDR {
-        return Err(Fail::new(STAGE_THREAD, syscall::EEXIST, got, "thread stacks mapped at a wrong address"));
+        return Err(Fail::new(
+            STAGE_THREAD,
+            syscall::EEXIST,
+            got,
+            "thread stacks mapped at a wrong address",
+        ));
     }
 
     for (i, t) in plan.threads.iter().enumerate().skip(1) {
@@ -87,9 +103,15 @@ pub fn create_threads(plan: &Plan) -> Result<()> {
             cgroup: 0,
         };
         // SAFETY: the stack slot is ours and unused; the child never returns here.
-        let ret = unsafe { clone3_thread(&args, core::mem::size_of::<CloneArgs>(), i as u64, plan) };
+        let ret =
+            unsafe { clone3_thread(&args, core::mem::size_of::<CloneArgs>(), i as u64, plan) };
         if (-4095..0).contains(&ret) {
-            return Err(Fail::new(STAGE_THREAD, (-ret) as u64, t.tid, "clone3 with set_tid failed"));
+            return Err(Fail::new(
+                STAGE_THREAD,
+                (-ret) as u64,
+                t.tid,
+                "clone3 with set_tid failed",
+            ));
         }
     }
     Ok(())
@@ -98,7 +120,12 @@ pub fn create_threads(plan: &Plan) -> Result<()> {
 /// `clone3(args, size)`; the child starts on its new stack in `thread_entry(index, plan)`.
 /// Returns the child TID or `-errno` in the parent.
 #[unsafe(naked)]
-unsafe extern "C" fn clone3_thread(_args: *const CloneArgs, _size: usize, _index: u64, _plan: *const Plan) -> i64 {
+unsafe extern "C" fn clone3_thread(
+    _args: *const CloneArgs,
+    _size: usize,
+    _index: u64,
+    _plan: *const Plan,
+) -> i64 {
     naked_asm!(
         "push rbx",
         "push r12",
@@ -143,14 +170,28 @@ extern "C" fn thread_entry(index: u64, plan: *const Plan) -> ! {
 pub fn restore_thread_state(t: &PlanThread) -> Result<()> {
     let tid = t.tid;
     if t.robust_head != 0 {
-        syscall::set_robust_list(t.robust_head, t.robust_len).ctx(STAGE_THREAD_STATE, tid, "set_robust_list failed")?;
+        syscall::set_robust_list(t.robust_head, t.robust_len).ctx(
+            STAGE_THREAD_STATE,
+            tid,
+            "set_robust_list failed",
+        )?;
     }
     syscall::set_tid_address(t.clear_child_tid);
 
     let ss = if t.ss_flags & syscall::SS_DISABLE != 0 {
-        syscall::StackT { ss_sp: 0, ss_flags: syscall::SS_DISABLE as i32, _pad: 0, ss_size: 0 }
+        syscall::StackT {
+            ss_sp: 0,
+            ss_flags: syscall::SS_DISABLE as i32,
+            _pad: 0,
+            ss_size: 0,
+        }
     } else {
-        syscall::StackT { ss_sp: t.ss_sp, ss_flags: t.ss_flags as i32, _pad: 0, ss_size: t.ss_size }
+        syscall::StackT {
+            ss_sp: t.ss_sp,
+            ss_flags: t.ss_flags as i32,
+            _pad: 0,
+            ss_size: t.ss_size,
+        }
     };
     syscall::sigaltstack(&ss).ctx(STAGE_THREAD_STATE, tid, "sigaltstack failed")?;
 
@@ -158,12 +199,19 @@ pub fn restore_thread_state(t: &PlanThread) -> Result<()> {
     let mut name = t.name;
     name[15] = 0;
     // SAFETY: `name` is a 16-byte NUL-terminated buffer.
-    unsafe { syscall::prctl(syscall::PR_SET_NAME, name.as_ptr() as usize, 0, 0, 0) }
-        .ctx(STAGE_THREAD_STATE, tid, "prctl(PR_SET_NAME) failed")?;
+    unsafe { syscall::prctl(syscall::PR_SET_NAME, name.as_ptr() as usize, 0, 0, 0) }.ctx(
+        STAGE_THREAD_STATE,
+        tid,
+        "prctl(PR_SET_NAME) failed",
+    )?;
 
     // Last: from here on the kernel writes into the restored image's rseq area.
     if t.rseq_addr != 0 {
-        syscall::rseq(t.rseq_addr, t.rseq_len, t.rseq_sig).ctx(STAGE_THREAD_STATE, tid, "rseq registration failed")?;
+        syscall::rseq(t.rseq_addr, t.rseq_len, t.rseq_sig).ctx(
+            STAGE_THREAD_STATE,
+            tid,
+            "rseq registration failed",
+        )?;
     }
     Ok(())
 }

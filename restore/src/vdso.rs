@@ -35,7 +35,10 @@ fn find_pieces() -> Result<Pieces> {
         }
         Ok(())
     })
-    .map_err(|f| Fail { stage: STAGE_VDSO, ..f })?;
+    .map_err(|f| Fail {
+        stage: STAGE_VDSO,
+        ..f
+    })?;
     Ok(pieces)
 }
 
@@ -47,11 +50,23 @@ pub fn relocate(plan: &Plan) -> Result<()> {
     // Where the plan wants each piece, checked against what we have.
     let mut targets: [Option<u64>; 3] = [None; 3];
     let mut delta: Option<u64> = None;
-    for vma in plan.vmas.iter().filter(|v| (VMA_VVAR..=VMA_VDSO).contains(&v.kind)) {
+    for vma in plan
+        .vmas
+        .iter()
+        .filter(|v| (VMA_VVAR..=VMA_VDSO).contains(&v.kind))
+    {
         let i = (vma.kind - VMA_VVAR) as usize;
-        let (start, end) = pieces[i].ok_or(fail(ENOENT, vma.start, "this kernel lacks a planned vdso piece"))?;
+        let (start, end) = pieces[i].ok_or(fail(
+            ENOENT,
+            vma.start,
+            "this kernel lacks a planned vdso piece",
+        ))?;
         if end - start != vma.end - vma.start {
-            return Err(fail(EINVAL, vma.start, "vdso piece size differs from the plan"));
+            return Err(fail(
+                EINVAL,
+                vma.start,
+                "vdso piece size differs from the plan",
+            ));
         }
         // All pieces must move by the same amount (wrapping arithmetic: moves go both ways).
         let d = vma.start.wrapping_sub(start);
@@ -66,7 +81,11 @@ pub fn relocate(plan: &Plan) -> Result<()> {
     for i in 0..3 {
         if let (Some((start, end)), None) = (pieces[i], targets[i]) {
             // SAFETY: a kernel special mapping the loader does not use.
-            unsafe { syscall::munmap(start, end - start) }.ctx(STAGE_VDSO, start, "cannot unmap a vdso piece")?;
+            unsafe { syscall::munmap(start, end - start) }.ctx(
+                STAGE_VDSO,
+                start,
+                "cannot unmap a vdso piece",
+            )?;
             pieces[i] = None;
         }
     }
@@ -83,8 +102,11 @@ pub fn relocate(plan: &Plan) -> Result<()> {
         let (start, end) = *piece;
         let to = LOADER_SCRATCH_ADDR + (start - base);
         // SAFETY: the scratch area is reserved for this inside the loader zone.
-        unsafe { syscall::mremap_fixed(start, end - start, to) }
-            .ctx(STAGE_VDSO, start, "cannot move a vdso piece to scratch")?;
+        unsafe { syscall::mremap_fixed(start, end - start, to) }.ctx(
+            STAGE_VDSO,
+            start,
+            "cannot move a vdso piece to scratch",
+        )?;
         *piece = (to, to + (end - start));
     }
 
@@ -92,8 +114,11 @@ pub fn relocate(plan: &Plan) -> Result<()> {
     for i in 0..3 {
         if let (Some((start, end)), Some(to)) = (pieces[i], targets[i]) {
             // SAFETY: the destination is outside the loader zone (checked with the plan).
-            unsafe { syscall::mremap_fixed(start, end - start, to) }
-                .ctx(STAGE_VDSO, to, "cannot move a vdso piece into place")?;
+            unsafe { syscall::mremap_fixed(start, end - start, to) }.ctx(
+                STAGE_VDSO,
+                to,
+                "cannot move a vdso piece into place",
+            )?;
         }
     }
     Ok(())

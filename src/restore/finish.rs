@@ -157,6 +157,39 @@ pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) 
             "setting close-on-exec",
         )?;
     }
+    // Pending signals, queued again from inside (only a process may queue a siginfo
+    // that looks kernel-made to itself). Every signal is still blocked here.
+    // `args` are the leading arguments; the siginfo pointer follows them.
+    let queue = |leader: &mut FrozenThread, nr: i64, args: &[u64], info: &[u8]| {
+        let r = inj.syscall_with_buf(
+            leader,
+            nr,
+            |a| {
+                let mut v = [0u64; 6];
+                v[..args.len()].copy_from_slice(args);
+                v[args.len()] = a;
+                v
+            },
+            info,
+            &mut [],
+        );
+        check(r, "queueing a pending signal").map(drop)
+    };
+    for info in &state.shared_pending {
+        let sig = i32::from_le_bytes(info[0..4].try_into()?) as u64;
+        queue(leader, libc::SYS_rt_sigqueueinfo, &[pid as u64, sig], info)?;
+    }
+    for saved in &state.threads {
+        for info in &saved.pending {
+            let sig = i32::from_le_bytes(info[0..4].try_into()?) as u64;
+            queue(
+                leader,
+                libc::SYS_rt_tgsigqueueinfo,
+                &[pid as u64, saved.tid as u64, sig],
+                info,
+            )?;
+        }
+    }
     for (t, saved) in threads.iter().zip(&state.threads) {
         ptrace::set_regs(t.tid, &t.regs)?;
         ptrace::set_sigmask(t.tid, saved.sigmask)

@@ -25,7 +25,7 @@ fn push_struct<T: Copy>(buf: &mut Vec<u8>, v: &T) {
 }
 
 fn align8(buf: &mut Vec<u8>) {
-    while buf.len() % 8 != 0 {
+    while !buf.len().is_multiple_of(8) {
         buf.push(0);
     }
 }

@@ -101,12 +101,6 @@ pub fn rlimits(pid: i32) -> io::Result<Vec<Rlimit>> {
 pub fn check_unsupported(pid: i32) -> Result<()> {
     let err = |what: String| TraceError::Unsupported { pid, what };
     let io = |e| TraceError::io(pid, "reading /proc", e);
-    for key in ["ShdPnd", "SigPnd"] {
-        let v = u64::from_str_radix(&status_field(pid, key).map_err(io)?, 16).unwrap_or(0);
-        if v != 0 {
-            return Err(err(format!("pending signals ({key} {v:#x})")));
-        }
-    }
     if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/timers")) {
         if !t.trim().is_empty() {
             return Err(err("POSIX timers".into()));

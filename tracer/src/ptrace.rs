@@ -6,6 +6,7 @@ use std::io;
 
 pub const PTRACE_SEIZE: libc::c_uint = 0x4206;
 pub const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
+pub const PTRACE_PEEKSIGINFO: libc::c_uint = 0x4209;
 pub const PTRACE_GETSIGMASK: libc::c_uint = 0x420a;
 pub const PTRACE_SETSIGMASK: libc::c_uint = 0x420b;
 pub const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
@@ -220,5 +221,37 @@ fn decode(tid: i32, status: i32) -> Stop {
             Stop::NewTask(msg as i32)
         }
         e => Stop::OtherEvent(e),
+    }
+}
+
+#[repr(C)]
+struct PeekSiginfoArgs {
+    off: u64,
+    flags: u32,
+    nr: i32,
+}
+
+/// Every queued siginfo_t (128 bytes each) of the thread's private queue, or of the
+/// process-wide queue when `shared`, without dequeuing them.
+pub fn peek_siginfo(tid: i32, shared: bool) -> io::Result<Vec<Vec<u8>>> {
+    const BATCH: usize = 32;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 128 * BATCH];
+    loop {
+        let args = PeekSiginfoArgs {
+            off: out.len() as u64,
+            flags: shared as u32,
+            nr: BATCH as i32,
+        };
+        let n = raw(
+            PTRACE_PEEKSIGINFO,
+            tid,
+            &args as *const _ as usize,
+            buf.as_mut_ptr() as usize,
+        )? as usize;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend(buf[..n * 128].chunks_exact(128).map(<[u8]>::to_vec));
     }
 }

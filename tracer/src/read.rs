@@ -164,6 +164,8 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
         let (robust_head, robust_len) =
             ptrace::get_robust_list(tid).map_err(io_err(&what("reading robust list")))?;
         let name = procinfo::comm(pid, tid).map_err(io_err(&what("reading name")))?;
+        let pending =
+            ptrace::peek_siginfo(tid, false).map_err(io_err(&what("reading pending signals")))?;
         let t = &mut f.threads[i];
         let mut out = [0u8; 8];
         let r = inj.syscall_with_buf(
@@ -200,6 +202,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
             },
             name,
             syscall: t.syscall,
+            pending,
         });
     }
 
@@ -268,6 +271,8 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
         }
     }
 
+    let shared_pending =
+        ptrace::peek_siginfo(pid, true).map_err(io_err("reading pending signals"))?;
     let stat = procinfo::read_stat(pid).map_err(io_err("reading stat"))?;
     let mut mm = stat.mm;
     mm.brk = brk;
@@ -315,6 +320,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
             fds,
             sigactions,
             vdso_hash,
+            shared_pending,
         },
         inj,
     ))

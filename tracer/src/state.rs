@@ -82,6 +82,8 @@ pub struct ThreadState {
     pub name: String,
     /// The system call the thread was in at the checkpoint, if any (for `ckpt info`).
     pub syscall: Option<i64>,
+    /// Signals queued for this thread only, as 128-byte siginfo_t, oldest first.
+    pub pending: Vec<Vec<u8>>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -221,4 +223,6 @@ pub struct ProcessState {
     pub xfeatures: u64,
     /// xxh3 of the `[vdso]` bytes: a restore on another kernel build must be refused.
     pub vdso_hash: u64,
+    /// Signals queued for the whole process, as 128-byte siginfo_t, oldest first.
+    pub shared_pending: Vec<Vec<u8>>,
 }
