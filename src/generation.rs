@@ -19,6 +19,8 @@ const PREFIX: &str = "ckpt_";
 pub struct ManifestProcess {
     pub pid: i32,
     pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
     pub image: String,
     pub cmdline: Vec<String>,
 }
@@ -29,7 +31,10 @@ pub struct Manifest {
     pub created_unix_ns: u64,
     pub kernel: String,
     pub root_pid: i32,
+    /// Parents before children.
     pub processes: Vec<ManifestProcess>,
+    /// Children that had exited but were not reaped yet.
+    pub zombies: Vec<ckpt_tracer::tree::Zombie>,
 }
 
 /// A generation being written: a hidden temporary directory until `publish`.

@@ -86,6 +86,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 VmaKind::File { .. } => "file",
                 VmaKind::Vdso => "vdso",
                 VmaKind::Vvar | VmaKind::VvarVclock => "vvar",
+                VmaKind::Unlinked { .. } => "unlinked",
             };
             let stored: u64 = v.pages.iter().map(|r| r.npages * PAGE).sum();
             println!(
@@ -121,5 +122,17 @@ fn fd_kind(k: &FdKind) -> String {
                 if *write_end { "write" } else { "read" }
             )
         }
+        FdKind::Unlinked { file, pos } if file.memfd => {
+            format!("memfd {} ({} bytes) @{pos}", file.name, file.size)
+        }
+        FdKind::Unlinked { file, pos } => {
+            format!("deleted file {} ({} bytes) @{pos}", file.name, file.size)
+        }
+        FdKind::Fifo { path, .. } => format!("FIFO {path}"),
+        FdKind::Eventfd { count, .. } => format!("eventfd count {count}"),
+        FdKind::Timerfd { clockid, .. } => format!("timerfd clock {clockid}"),
+        FdKind::Signalfd { mask } => format!("signalfd mask {mask:#x}"),
+        FdKind::Inotify { watches } => format!("inotify, {} watch(es)", watches.len()),
+        FdKind::Epoll { entries } => format!("epoll, {} entries", entries.len()),
     }
 }

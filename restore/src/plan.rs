@@ -41,7 +41,9 @@ pub const VMA_ANON_PRIVATE: u32 = 0;
 pub const VMA_ANON_SHARED: u32 = 1;
 /// MAP_PRIVATE of `fd` at `offset`; runs hold the pages that had become anonymous (written).
 pub const VMA_FILE_PRIVATE: u32 = 2;
-/// MAP_SHARED of `fd` at `offset`; no runs, the file holds the data.
+/// MAP_SHARED of `fd` at `offset`. Usually no runs (the file holds the data); runs are
+/// written through the mapping into a file the front end created (shared anonymous
+/// memory rebuilt on a memfd), with `fd` open read-write.
 pub const VMA_FILE_SHARED: u32 = 3;
 /// `[vvar]`, `[vvar_vclock]`, `[vdso]`: not mapped from the plan, the loader moves its own
 /// kernel-provided pieces here (same names, same sizes, same relative layout).

@@ -206,9 +206,6 @@ fn check(plan: &Plan) -> Result<()> {
                 if vma.fd < 0 || !page_aligned(vma.offset) {
                     return Err(bad(s, "file vma without fd or with unaligned offset"));
                 }
-                if vma.kind == VMA_FILE_SHARED && vma.nr_runs != 0 {
-                    return Err(bad(s, "shared file vma with runs"));
-                }
             }
             VMA_VVAR | VMA_VVAR_VCLOCK | VMA_VDSO => {
                 let i = (vma.kind - VMA_VVAR) as usize;

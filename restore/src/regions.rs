@@ -29,7 +29,7 @@ pub fn map_all(plan: &Plan) -> Result<()> {
 fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
     let len = vma.end - vma.start;
     let runs = plan.runs_of(vma);
-    // Shared file regions never have runs (checked with the plan).
+    // Regions with runs are writable while they are filled, then get their protection.
     let prot = if runs.is_empty() {
         vma.prot
     } else {

@@ -176,3 +176,15 @@ pub fn machine_compatible(state: &ProcessState) -> Result<()> {
     }
     Ok(())
 }
+
+pub fn zombie_pids_free(zombies: &[ckpt_tracer::tree::Zombie]) -> Result<()> {
+    for z in zombies {
+        if Path::new(&format!("/proc/{}", z.pid)).exists() {
+            bail!(
+                "PID {} (a zombie child in the checkpoint) is in use by another process; restore needs the original PIDs free",
+                z.pid
+            );
+        }
+    }
+    Ok(())
+}

@@ -3,7 +3,7 @@
 //! dup2()s to its target number before it execs the loader.
 
 use anyhow::{bail, Context, Result};
-use ckpt_tracer::state::{Fd, FdKind};
+use ckpt_tracer::state::{Fd, FdKind, InotifyWatch, UnlinkedFile, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -95,17 +95,42 @@ fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
     Ok(())
 }
 
-/// Open (or create) a source for every saved descriptor. `min` is the lowest number
-/// sources may use. Warnings are printed for pipes that led outside the process.
-pub fn prepare(pid: i32, fds: &[Fd], min: RawFd) -> Result<Vec<Install>> {
+/// What the descriptors of all processes of a tree share: one source per open file
+/// description, one new pipe per saved pipe. Dropped once every process is prepared,
+/// which closes the pipe ends nobody uses (a lone read end then sees EOF and a lone
+/// write end EPIPE, as with a peer that is gone).
+#[derive(Default)]
+pub struct Shared {
+    descs: HashMap<u32, OwnedFd>,
+    pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
+    /// memfds and deleted files by saved (dev, ino): the new file, and whether its
+    /// content is in (it comes with one of its descriptors or mappings).
+    unlinked: HashMap<(u64, u64), (OwnedFd, bool)>,
+    /// One O_RDWR descriptor per FIFO (by saved inode) while descriptors are prepared:
+    /// opening either end then never blocks, and the data in flight has a writer.
+    fifos: HashMap<u64, OwnedFd>,
+}
+
+/// Open (or create) a source for every saved descriptor of process `pid`. `min` is the
+/// lowest number sources may use. Descriptors with the same description id (in this
+/// process or one prepared earlier with the same `shared`) get the same description.
+/// Warnings are printed for pipes that led outside the checkpoint.
+pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<Vec<Install>> {
     let mut out = Vec::new();
-    // Pipes: one new pipe per saved pipe inode.
-    let mut pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)> = HashMap::new();
+    let pipes = &mut shared.pipes;
     for fd in fds {
         if fd.inherit {
             out.push(Install {
                 target: fd.fd,
                 src: None,
+            });
+            continue;
+        }
+        if let Some(src) = shared.descs.get(&fd.desc) {
+            let dup = src.try_clone().context("sharing a file description")?;
+            out.push(Install {
+                target: fd.fd,
+                src: Some(above(dup, min)?),
             });
             continue;
         }
@@ -147,7 +172,7 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd) -> Result<Vec<Install>> {
                 }
                 if !peer_in_process {
                     eprintln!(
-                        "ckpt: warning: process {pid} fd {} was a pipe leading outside the process; restored with its peer closed",
+                        "ckpt: warning: process {pid} fd {} was a pipe leading outside the checkpoint; restored with its peer closed",
                         fd.fd
                     );
                 }
@@ -160,14 +185,430 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd) -> Result<Vec<Install>> {
                 set_status_flags(&dup, fd.flags)?;
                 dup
             }
+            FdKind::Unlinked { file, pos } => {
+                let backing = unlinked_backing(&mut shared.unlinked, file, pid, fd.fd)?;
+                let f = open(
+                    &format!("/proc/self/fd/{backing}"),
+                    fd.flags,
+                    &format!("fd {} ({})", fd.fd, file.name),
+                )?;
+                // SAFETY: lseek on our own descriptor.
+                if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
+                    bail!(
+                        "seeking {} to {pos}: {}",
+                        file.name,
+                        std::io::Error::last_os_error()
+                    );
+                }
+                f
+            }
+            FdKind::Fifo {
+                path,
+                ino,
+                peer_in_process,
+                data,
+            } => {
+                if !peer_in_process {
+                    eprintln!(
+                        "ckpt: warning: process {pid} fd {} was a FIFO ({path}) with a peer outside the checkpoint; restored with that peer closed",
+                        fd.fd
+                    );
+                }
+                fifo(&mut shared.fifos, path, *ino, data, fd.flags)?
+            }
+            FdKind::Eventfd { count, semaphore } => eventfd(*count, *semaphore, fd.flags)?,
+            FdKind::Timerfd {
+                clockid,
+                settime_flags,
+                ticks,
+                value_ns,
+                interval_ns,
+                deadline_ns,
+            } => timerfd(
+                *clockid,
+                *settime_flags,
+                *ticks,
+                *value_ns,
+                *interval_ns,
+                *deadline_ns,
+                fd.flags,
+            )
+            .with_context(|| format!("recreating timerfd {} of process {pid}", fd.fd))?,
+            FdKind::Signalfd { mask } => signalfd(*mask, fd.flags)?,
+            FdKind::Inotify { watches } => inotify(watches, fd.flags)
+                .with_context(|| format!("recreating inotify fd {} of process {pid}", fd.fd))?,
+            FdKind::Epoll { .. } => {
+                // Its entries are added inside the restored process (fdstate.rs).
+                // SAFETY: epoll_create1 returns a descriptor we own.
+                let e = cvt(
+                    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
+                    "creating an epoll instance",
+                )?;
+                let e = unsafe { OwnedFd::from_raw_fd(e) };
+                set_status_flags(&e, fd.flags)?;
+                e
+            }
         };
+        let src = above(src, min)?;
+        shared.descs.insert(
+            fd.desc,
+            src.try_clone().context("keeping a file description")?,
+        );
         out.push(Install {
             target: fd.fd,
-            src: Some(above(src, min)?),
+            src: Some(src),
         });
     }
-    // The ends not used by the process are closed here (dropped), so a lone read end
-    // sees EOF and a lone write end sees EPIPE, as with a peer that is gone.
-    drop(pipes);
     Ok(out)
+}
+
+/// The key under which the loader's descriptor for a file mapping is recorded in the
+/// plan (`PlanFds::map_fds`): the path for a file that exists; for a memfd or deleted
+/// file its identity and whether the descriptor is writable.
+pub fn map_key(v: &Vma) -> Option<String> {
+    match &v.kind {
+        VmaKind::File { id } => Some(id.path.clone()),
+        VmaKind::Unlinked { file } => {
+            let rw = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+            Some(format!(
+                "\0unlinked {}:{} {}",
+                file.dev,
+                file.ino,
+                if rw { "rw" } else { "ro" }
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The descriptor the loader maps the file mapping `v` from, recorded in `map_fds`
+/// under [`map_key`]: one per file (read-write when a shared writable mapping needs
+/// it). Returns a descriptor to keep open for the loader when a new one was opened.
+/// A memfd or deleted file is the one new file its descriptors also use.
+pub fn map_fd_for(
+    v: &Vma,
+    shared: &mut Shared,
+    min: RawFd,
+    map_fds: &mut HashMap<String, RawFd>,
+) -> Result<Option<OwnedFd>> {
+    let writable_shared = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+    match &v.kind {
+        VmaKind::File { id } => {
+            let prev = map_fds.get(&id.path).copied();
+            if prev.is_some() && !writable_shared {
+                return Ok(None);
+            }
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(writable_shared)
+                .open(&id.path)
+                .with_context(|| format!("opening mapped file {}", id.path))?;
+            let fd = above(OwnedFd::from(f), min)?;
+            map_fds.insert(id.path.clone(), fd.as_raw_fd());
+            Ok(Some(fd))
+        }
+        VmaKind::Unlinked { file } => {
+            let backing = unlinked_backing(&mut shared.unlinked, file, 0, -1)?;
+            let key = map_key(v).context("mapping key")?;
+            if map_fds.contains_key(&key) {
+                return Ok(None);
+            }
+            let mode = if writable_shared {
+                libc::O_RDWR
+            } else {
+                libc::O_RDONLY
+            };
+            let f = open(
+                &format!("/proc/self/fd/{backing}"),
+                mode,
+                &format!("the mapping at {:#x}", v.start),
+            )?;
+            let fd = above(f, min)?;
+            map_fds.insert(key, fd.as_raw_fd());
+            Ok(Some(fd))
+        }
+        _ => Ok(None),
+    }
+}
+
+const MFD_EXEC: libc::c_uint = 0x10;
+
+fn new_memfd(name: &str) -> Result<OwnedFd> {
+    let c = CString::new(name)?;
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3+) keeps the mode settable whatever vm.memfd_noexec says.
+    // SAFETY: memfd_create returns a descriptor we own.
+    let mut fd = unsafe { libc::memfd_create(c.as_ptr(), base | MFD_EXEC) };
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        fd = unsafe { libc::memfd_create(c.as_ptr(), base) };
+    }
+    cvt(fd, &format!("creating memfd {name}"))?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The new file standing for the saved memfd or deleted file `f` (created at its first
+/// occurrence); its content, size and mode are filled from the occurrence that carries
+/// them. A deleted file becomes an O_TMPFILE file in its old directory (so it lives on
+/// the same filesystem, unnamed), or a memfd when that directory is gone. Seals are
+/// added last, once the process exists (fdstate.rs).
+fn unlinked_backing(
+    map: &mut HashMap<(u64, u64), (OwnedFd, bool)>,
+    f: &UnlinkedFile,
+    pid: i32,
+    fdnum: RawFd,
+) -> Result<RawFd> {
+    let key = (f.dev, f.ino);
+    if !map.contains_key(&key) {
+        let fd = if f.memfd {
+            new_memfd(&f.name)?
+        } else {
+            let dir = std::path::Path::new(&f.name)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/".into());
+            let c = CString::new(dir.clone())?;
+            // SAFETY: open(2) with a valid C string.
+            let r = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+                    (f.mode & 0o7777) as libc::c_uint,
+                )
+            };
+            if r >= 0 {
+                unsafe { OwnedFd::from_raw_fd(r) }
+            } else {
+                let what = if fdnum >= 0 {
+                    format!("process {pid} fd {fdnum}")
+                } else {
+                    "a mapping".to_string()
+                };
+                eprintln!(
+                    "ckpt: warning: {what}: deleted file {} restored as a memfd ({dir}: {})",
+                    f.name,
+                    std::io::Error::last_os_error()
+                );
+                let base = std::path::Path::new(&f.name)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                new_memfd(&base)?
+            }
+        };
+        map.insert(key, (fd, false));
+    }
+    let (fd, filled) = map.get_mut(&key).context("unlinked file")?;
+    if let (Some(data), false) = (&f.data, *filled) {
+        let file = std::fs::File::from(fd.try_clone()?);
+        use std::os::unix::fs::FileExt;
+        file.write_all_at(data, 0)
+            .with_context(|| format!("writing the content of {}", f.name))?;
+        file.set_len(f.size)
+            .with_context(|| format!("setting the size of {}", f.name))?;
+        // SAFETY: fchmod on our own descriptor.
+        cvt(
+            unsafe { libc::fchmod(fd.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
+            &format!("setting the mode of {}", f.name),
+        )?;
+        *filled = true;
+    }
+    Ok(fd.as_raw_fd())
+}
+
+/// A descriptor on the FIFO at `path` with `flags`. Opened non-blocking (an O_RDWR
+/// descriptor of ours is held open meanwhile, so neither end waits for a peer), then
+/// given its saved flags. The data in flight is written through our descriptor.
+fn fifo(
+    keepers: &mut HashMap<u64, OwnedFd>,
+    path: &str,
+    ino: u64,
+    data: &[u8],
+    flags: i32,
+) -> Result<OwnedFd> {
+    if !keepers.contains_key(&ino) {
+        let k = open(path, libc::O_RDWR | libc::O_NONBLOCK, "a FIFO")?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on our own descriptor into a local.
+        cvt(unsafe { libc::fstat(k.as_raw_fd(), &mut st) }, "stat of a FIFO")?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+            bail!("{path} is no longer a FIFO; restore needs the named pipe the process had open");
+        }
+        keepers.insert(ino, k);
+    }
+    let keeper = &keepers[&ino];
+    if !data.is_empty() {
+        write_all(keeper, data).with_context(|| format!("refilling FIFO {path}"))?;
+    }
+    let f = open(
+        &format!("/proc/self/fd/{}", keeper.as_raw_fd()),
+        flags | libc::O_NONBLOCK,
+        &format!("FIFO {path}"),
+    )?;
+    set_status_flags(&f, flags)?;
+    Ok(f)
+}
+
+fn eventfd(count: u64, semaphore: bool, flags: i32) -> Result<OwnedFd> {
+    let mut efd_flags = libc::EFD_CLOEXEC;
+    if semaphore {
+        efd_flags |= libc::EFD_SEMAPHORE;
+    }
+    // The count may exceed eventfd()'s unsigned int: start at 0 and add it with a write.
+    // SAFETY: eventfd returns a descriptor we own.
+    let e = cvt(unsafe { libc::eventfd(0, efd_flags) }, "creating an eventfd")?;
+    let e = unsafe { OwnedFd::from_raw_fd(e) };
+    if count > 0 {
+        let b = count.to_ne_bytes();
+        // SAFETY: write 8 bytes from a local.
+        if unsafe { libc::write(e.as_raw_fd(), b.as_ptr().cast(), 8) } != 8 {
+            bail!("setting an eventfd counter to {count}: {}", std::io::Error::last_os_error());
+        }
+    }
+    set_status_flags(&e, flags)?;
+    Ok(e)
+}
+
+const TFD_TIMER_ABSTIME: i32 = 1;
+/// _IOW('T', 0, u64): set the expirations a reader sees (CONFIG_CHECKPOINT_RESTORE).
+const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
+
+fn timespec(ns: u64) -> libc::timespec {
+    libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    }
+}
+
+/// A timerfd armed as the saved one was:
+/// - relative timers with the time that was left (the time between checkpoint and
+///   restore does not count, as for a stopped process);
+/// - TFD_TIMER_ABSTIME timers at their absolute deadline on their clock (if it passed
+///   meanwhile, the timer fires at once and counts the missed periods);
+/// - expirations that had happened but were not read (`ticks`): set again with
+///   TFD_IOC_SET_TICKS so that the reader sees exactly that count (the next expiry one
+///   interval later); without that ioctl, armed to expire at once so that the reader
+///   sees at least one.
+fn timerfd(
+    clockid: i32,
+    settime_flags: i32,
+    ticks: u64,
+    value_ns: u64,
+    interval_ns: u64,
+    deadline_ns: u64,
+    flags: i32,
+) -> Result<OwnedFd> {
+    // SAFETY: timerfd_create returns a descriptor we own.
+    let t = cvt(
+        unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) },
+        &format!("creating a timerfd on clock {clockid}"),
+    )?;
+    let t = unsafe { OwnedFd::from_raw_fd(t) };
+    let settime = |flags: i32, value: u64, interval: u64| -> Result<()> {
+        let its = libc::itimerspec {
+            it_interval: timespec(interval),
+            it_value: timespec(value),
+        };
+        // SAFETY: timerfd_settime with a local itimerspec.
+        cvt(
+            unsafe { libc::timerfd_settime(t.as_raw_fd(), flags, &its, std::ptr::null_mut()) },
+            "arming a timerfd",
+        )?;
+        Ok(())
+    };
+    if settime_flags & TFD_TIMER_ABSTIME != 0 {
+        if value_ns > 0 || ticks > 0 {
+            settime(settime_flags, deadline_ns.max(1), interval_ns)?;
+        }
+    } else if ticks > 0 {
+        let next = if value_ns > 0 { value_ns } else { interval_ns };
+        if next > 0 {
+            settime(settime_flags, next, interval_ns)?;
+        }
+        // SAFETY: ioctl with a pointer to a local u64.
+        let r = unsafe { libc::ioctl(t.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) };
+        if r < 0 {
+            settime(settime_flags, 1, interval_ns)?;
+        }
+    } else if value_ns > 0 {
+        settime(settime_flags, value_ns, interval_ns)?;
+    }
+    set_status_flags(&t, flags)?;
+    Ok(t)
+}
+
+fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd> {
+    // SAFETY: signalfd4 with an 8-byte kernel sigset; returns a descriptor we own.
+    let s = unsafe {
+        libc::syscall(
+            libc::SYS_signalfd4,
+            -1,
+            &mask as *const u64,
+            8usize,
+            libc::SFD_CLOEXEC,
+        )
+    };
+    let s = cvt(s as libc::c_int, "creating a signalfd")?;
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    set_status_flags(&s, flags)?;
+    Ok(s)
+}
+
+/// An inotify instance with the saved watches under their saved watch descriptors. The
+/// kernel hands out wds in increasing order (cyclically), so the wds of watches removed
+/// before the checkpoint are used up by adding and removing a watch on a file of ours.
+/// A watch that gets another wd fails the restore.
+fn inotify(watches: &[InotifyWatch], flags: i32) -> Result<OwnedFd> {
+    // SAFETY: inotify_init1 returns a descriptor we own.
+    let i = cvt(
+        unsafe { libc::inotify_init1(libc::IN_CLOEXEC) },
+        "creating an inotify instance",
+    )?;
+    let i = unsafe { OwnedFd::from_raw_fd(i) };
+    let mut spare: Option<(OwnedFd, CString)> = None;
+    let mut next = 1i32;
+    for w in watches {
+        if w.wd < next {
+            bail!("the image lists inotify watch {} twice or out of order", w.wd);
+        }
+        if w.wd - next > 1 << 22 {
+            bail!(
+                "inotify watch {} on {} cannot get its number back ({} numbers to skip)",
+                w.wd,
+                w.path,
+                w.wd - next
+            );
+        }
+        while next < w.wd {
+            if spare.is_none() {
+                let m = new_memfd("ckpt-inotify-spare")?;
+                let p = CString::new(format!("/proc/self/fd/{}", m.as_raw_fd()))?;
+                spare = Some((m, p));
+            }
+            let p = &spare.as_ref().unwrap().1;
+            // SAFETY: inotify calls on our own descriptor with a valid C string.
+            let wd = cvt(
+                unsafe { libc::inotify_add_watch(i.as_raw_fd(), p.as_ptr(), libc::IN_OPEN) },
+                "skipping an inotify watch number",
+            )?;
+            unsafe { libc::inotify_rm_watch(i.as_raw_fd(), wd) };
+            next = wd + 1;
+        }
+        let p = CString::new(w.path.clone())?;
+        // SAFETY: as above.
+        let wd = unsafe { libc::inotify_add_watch(i.as_raw_fd(), p.as_ptr(), w.mask) };
+        if wd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("watching {} (wd {})", w.path, w.wd));
+        }
+        if wd != w.wd {
+            bail!(
+                "the kernel gave the watch on {} wd {wd} instead of the saved wd {}",
+                w.path,
+                w.wd
+            );
+        }
+        next = wd + 1;
+    }
+    set_status_flags(&i, flags)?;
+    Ok(i)
 }

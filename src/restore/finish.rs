@@ -49,8 +49,14 @@ fn seize_all(state: &ProcessState) -> Result<Vec<FrozenThread>> {
     Ok(threads)
 }
 
-/// `status_fd` and `exe_fd` are descriptor numbers inside the restored process.
-pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) -> Result<()> {
+/// `status_fd` and `exe_fd` are descriptor numbers inside the restored process. Returns
+/// its threads, ready to run but still stopped: [`resume`] lets them go.
+pub fn finish(
+    state: &ProcessState,
+    ready: &Ready,
+    status_fd: i32,
+    exe_fd: i32,
+) -> Result<Vec<FrozenThread>> {
     let pid = state.pid;
     let mut threads = seize_all(state)?;
     // The leader sits right after the `syscall` of its pause loop in loader code.
@@ -157,6 +163,7 @@ pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) 
             "setting close-on-exec",
         )?;
     }
+    super::fdstate::restore_fd_state(&inj, leader, state)?;
     // Pending signals, queued again from inside (only a process may queue a siginfo
     // that looks kernel-made to itself). Every signal is still blocked here.
     // `args` are the leading arguments; the siginfo pointer follows them.
@@ -190,12 +197,18 @@ pub fn finish(state: &ProcessState, ready: &Ready, status_fd: i32, exe_fd: i32) 
             )?;
         }
     }
+    super::timers::restore_timers(&inj, leader, state)?;
     for (t, saved) in threads.iter().zip(&state.threads) {
         ptrace::set_regs(t.tid, &t.regs)?;
         ptrace::set_sigmask(t.tid, saved.sigmask)
             .with_context(|| format!("setting the signal mask of thread {}", t.tid))?;
     }
-    for t in &threads {
+    Ok(threads)
+}
+
+/// Let the threads of a finished process run.
+pub fn resume(threads: &[FrozenThread]) -> Result<()> {
+    for t in threads {
         ptrace::detach(t.tid, 0).with_context(|| format!("resuming thread {}", t.tid))?;
     }
     Ok(())

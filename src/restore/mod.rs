@@ -4,9 +4,11 @@
 
 mod checks;
 mod fds;
+mod fdstate;
 mod finish;
 pub mod plan;
 mod spawn;
+mod timers;
 
 use crate::generation;
 use crate::image::Image;
@@ -64,15 +66,6 @@ fn read_ready(fd: &OwnedFd) -> Option<Ready> {
     (r.magic == READY_MAGIC).then_some(r)
 }
 
-fn kill_and_reap(pid: i32) {
-    // SAFETY: kill and waitpid on our own child.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        let mut st = 0;
-        libc::waitpid(pid, &mut st, libc::__WALL);
-    }
-}
-
 fn rlimits_for(saved: &[ckpt_tracer::state::Rlimit]) -> Vec<(i32, libc::rlimit64)> {
     saved
         .iter()
@@ -96,52 +89,49 @@ fn rlimits_for(saved: &[ckpt_tracer::state::Rlimit]) -> Vec<(i32, libc::rlimit64
         .collect()
 }
 
-/// Restore the newest complete generation in `opts.dir`. Returns the exit code for ckpt.
-pub fn restore(opts: &RestoreOptions) -> Result<i32> {
-    let gen = generation::resolve(opts.dir)?;
-    let manifest = generation::read_manifest(&gen)?;
-    if manifest.processes.len() != 1 {
-        bail!(
-            "{} holds {} processes; restoring process trees is not supported yet",
-            gen.display(),
-            manifest.processes.len()
-        );
-    }
-    let image = Image::open(&gen.join(&manifest.processes[0].image))?;
-    let bar = progress::bar(image.stored_bytes(), "verifying");
-    image.verify_pages(|n| bar.inc(n))?;
-    bar.finish_and_clear();
-    let state = &image.state;
-    checks::files_unchanged(state)?;
-    checks::machine_compatible(state)?;
-    checks::pids_free(state)?;
+/// Everything prepared in the front end for one process before any process exists.
+struct Prepared {
+    setup: spawn::ChildSetup,
+    status_r: OwnedFd,
+    status_fd_child: RawFd,
+    exe_fd_child: RawFd,
+    /// Our copies of the loader's descriptors; closed once the tree exists.
+    _keep: Vec<OwnedFd>,
+}
 
-    // Descriptors for the loader live above every target descriptor.
-    let base: RawFd = state.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
-    let installs = fds::prepare(state.pid, &state.fds, base)?;
+/// Descriptors backing file mappings, by `fds::map_key` (one per file; read-write when a
+/// shared writable mapping needs it).
+fn map_fds_for(
+    state: &ckpt_tracer::state::ProcessState,
+    base: RawFd,
+    shared: &mut fds::Shared,
+) -> Result<(std::collections::HashMap<String, RawFd>, Vec<OwnedFd>)> {
+    let mut map_files: Vec<OwnedFd> = Vec::new();
+    let mut map_fds = std::collections::HashMap::new();
+    for v in &state.vmas {
+        if let Some(fd) = fds::map_fd_for(v, shared, base, &mut map_fds)? {
+            map_files.push(fd);
+        }
+    }
+    Ok((map_fds, map_files))
+}
+
+fn prepare_process(
+    image: &Image,
+    m: &generation::ManifestProcess,
+    root: &generation::ManifestProcess,
+    in_tree: &std::collections::HashSet<i32>,
+    base: RawFd,
+    shared: &mut fds::Shared,
+    loader_fd: RawFd,
+) -> Result<Prepared> {
+    let state = &image.state;
+    let installs = fds::prepare(state.pid, &state.fds, base, shared)?;
     let image_fd = fds::above(
         OwnedFd::from(image.file.try_clone().context("reopening the image")?),
         base,
     )?;
-    let mut map_files: Vec<OwnedFd> = Vec::new();
-    let mut map_fds = std::collections::HashMap::new();
-    for v in &state.vmas {
-        if let ckpt_tracer::state::VmaKind::File { id } = &v.kind {
-            let writable_shared = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
-            let prev = map_fds.get(&id.path).copied();
-            if prev.is_some() && !writable_shared {
-                continue;
-            }
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(writable_shared)
-                .open(&id.path)
-                .with_context(|| format!("opening mapped file {}", id.path))?;
-            let fd = fds::above(OwnedFd::from(f), base)?;
-            map_fds.insert(id.path.clone(), fd.as_raw_fd());
-            map_files.push(fd);
-        }
-    }
+    let (map_fds, map_files) = map_fds_for(state, base, shared)?;
     let exe = std::fs::File::open(&state.exe.path)
         .with_context(|| format!("opening the executable {}", state.exe.path))?;
     let exe_fd = fds::above(OwnedFd::from(exe), base)?;
@@ -162,8 +152,6 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         },
     );
     let plan_fd = fds::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
-    let loader_fd = fds::above(memfd("ckpt-loader", LOADER)?, base)?;
-
     let mut loader_fds = vec![
         image_fd.as_raw_fd(),
         status_w.as_raw_fd(),
@@ -171,12 +159,26 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         exe_fd.as_raw_fd(),
     ];
     loader_fds.extend(map_files.iter().map(|f| f.as_raw_fd()));
+    let pid = state.pid;
+    // Sessions and groups: the root joins the restorer's (like any job it starts)
+    // unless it led its own session; inside the tree, leaders lead again and members
+    // join leaders restored before them.
+    let session_leader = m.sid == pid;
+    let pgid = if session_leader || m.pgid == pid && pid != root.pid {
+        spawn::Pgid::Lead
+    } else if m.pgid != pid && in_tree.contains(&m.pgid) {
+        spawn::Pgid::Join(m.pgid)
+    } else {
+        spawn::Pgid::Inherit
+    };
     let setup = spawn::ChildSetup {
-        pid: state.pid,
+        pid,
+        session_leader,
+        pgid,
         installs,
         loader_fds,
         status_fd: status_w.as_raw_fd(),
-        loader_exe_fd: loader_fd.as_raw_fd(),
+        loader_exe_fd: loader_fd,
         argv: vec![
             CString::new("ckpt-restore")?,
             CString::new(plan_fd.as_raw_fd().to_string())?,
@@ -186,46 +188,201 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         rlimits: rlimits_for(&state.rlimits),
         personality: state.personality,
     };
-    let pid = spawn::spawn(&setup)?;
-    let status_fd_child = status_w.as_raw_fd();
-    let exe_fd_child = exe_fd.as_raw_fd();
-    drop(setup);
-    drop(status_w);
-    drop((image_fd, plan_fd, loader_fd, exe_fd, map_files));
+    let mut keep = vec![image_fd, plan_fd, exe_fd, status_w];
+    keep.extend(map_files);
+    Ok(Prepared {
+        status_fd_child: setup.status_fd,
+        exe_fd_child: setup.loader_fds[3],
+        setup,
+        status_r,
+        _keep: keep,
+    })
+}
 
-    let ready = read_ready(&status_r);
-    let result = match ready {
-        Some(r) if r.error == 0 => finish::finish(state, &r, status_fd_child, exe_fd_child),
-        Some(r) => {
-            let msg = String::from_utf8_lossy(&r.msg);
-            let msg = msg.trim_end_matches('\0');
-            let err = std::io::Error::from_raw_os_error(r.error as i32);
-            let stage = if r.stage == 100 {
-                "preparing the process"
-            } else {
-                stage_name(r.stage)
-            };
-            Err(anyhow::anyhow!(
-                "restore failed while {stage} ({msg}{}): {err}",
-                if r.addr != 0 {
-                    format!(" at {:#x}", r.addr)
-                } else {
-                    String::new()
-                }
-            ))
+fn raise_nofile() {
+    let mut l = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: get/setrlimit64 on a local struct.
+    unsafe {
+        if libc::getrlimit64(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit64(libc::RLIMIT_NOFILE, &l);
         }
-        None => Err(anyhow::anyhow!(
-            "the restore loader died before it was ready"
-        )),
+    }
+}
+
+fn ready_error(pid: i32, r: &Ready) -> anyhow::Error {
+    let msg = String::from_utf8_lossy(&r.msg);
+    let msg = msg.trim_end_matches('\0');
+    let err = std::io::Error::from_raw_os_error(r.error as i32);
+    let stage = if r.stage == 100 {
+        "preparing the process"
+    } else {
+        stage_name(r.stage)
     };
+    let at = if r.addr != 0 {
+        format!(" at {:#x}", r.addr)
+    } else {
+        String::new()
+    };
+    anyhow::anyhow!("restore of process {pid} failed while {stage} ({msg}{at}): {err}")
+}
+
+/// Restore the newest complete generation in `opts.dir`. Returns the exit code for ckpt.
+pub fn restore(opts: &RestoreOptions) -> Result<i32> {
+    let gen = generation::resolve(opts.dir)?;
+    let manifest = generation::read_manifest(&gen)?;
+    let Some(root) = manifest.processes.first() else {
+        bail!("{} holds no process", gen.display());
+    };
+    if root.pid != manifest.root_pid {
+        bail!("{} is damaged (the first process is not the root)", gen.display());
+    }
+    let mut images = Vec::new();
+    for p in &manifest.processes {
+        images.push(Image::open(&gen.join(&p.image))?);
+    }
+    let total = images.iter().map(Image::stored_bytes).sum();
+    let bar = progress::bar(total, "verifying");
+    for image in &images {
+        image.verify_pages(|n| bar.inc(n))?;
+    }
+    bar.finish_and_clear();
+    for image in &images {
+        checks::files_unchanged(&image.state)?;
+        checks::machine_compatible(&image.state)?;
+        checks::pids_free(&image.state)?;
+    }
+    checks::zombie_pids_free(&manifest.zombies)?;
+
+    raise_nofile();
+    let in_tree: std::collections::HashSet<i32> =
+        manifest.processes.iter().map(|p| p.pid).collect();
+    // Descriptors for the loaders live above every target descriptor of every process.
+    let base: RawFd = images
+        .iter()
+        .flat_map(|i| i.state.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1;
+    let loader_fd = fds::above(memfd("ckpt-loader", LOADER)?, base)?;
+    let mut shared = fds::Shared::default();
+    let mut prepared = Vec::new();
+    for (image, m) in images.iter().zip(&manifest.processes) {
+        prepared.push(prepare_process(
+            image,
+            m,
+            root,
+            &in_tree,
+            base,
+            &mut shared,
+            loader_fd.as_raw_fd(),
+        )?);
+    }
+    drop(shared);
+
+    // Parent links: children are created by their restored parent, in PID order.
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); manifest.processes.len()];
+    for (i, m) in manifest.processes.iter().enumerate().skip(1) {
+        let Some(parent) = manifest.processes.iter().position(|p| p.pid == m.ppid) else {
+            bail!("{} is damaged (process {} has no parent in it)", gen.display(), m.pid);
+        };
+        children[parent].push(i);
+    }
+    for c in &mut children {
+        c.sort_by_key(|&i| manifest.processes[i].pid);
+    }
+    let setups: Vec<&spawn::ChildSetup> = prepared.iter().map(|p| &p.setup).collect();
+    // Orphans of a failed restore come back to us to be reaped.
+    // SAFETY: prctl on ourselves.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let all_pids: Vec<i32> = manifest
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .chain(manifest.zombies.iter().map(|z| z.pid))
+        .collect();
+    let root_pid = spawn::spawn_tree(&setups, &children, &manifest.zombies)?;
+    drop(setups);
+    drop(loader_fd);
+    let mut status = Vec::new();
+    for p in prepared {
+        status.push((p.status_r, p.status_fd_child, p.exe_fd_child));
+        drop(p.setup);
+        drop(p._keep);
+    }
+
+    let mut finished = Vec::new();
+    let mut result = Ok(());
+    for (image, (status_r, status_fd, exe_fd)) in images.iter().zip(&status) {
+        let pid = image.state.pid;
+        result = match read_ready(status_r) {
+            Some(r) if r.error == 0 => {
+                finish::finish(&image.state, &r, *status_fd, *exe_fd).map(|t| finished.push(t))
+            }
+            Some(r) => Err(ready_error(pid, &r)),
+            None => Err(anyhow::anyhow!(
+                "restore of process {pid} failed: its loader died before it was ready"
+            )),
+        };
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() {
+        for t in &finished {
+            result = finish::resume(t);
+            if result.is_err() {
+                break;
+            }
+        }
+    }
     if let Err(e) = result {
-        kill_and_reap(pid);
+        kill_all(&all_pids);
         return Err(e);
     }
     if opts.detach {
         return Ok(0);
     }
-    wait_exit(pid)
+    wait_exit(root_pid)
+}
+
+/// Whether `pid` descends from this process (so is one we created).
+fn is_descendant(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let mut p = pid;
+    for _ in 0..4096 {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            return false;
+        };
+        let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+        let ppid: i32 = rest.split(' ').nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        if ppid == me {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        p = ppid;
+    }
+    false
+}
+
+/// Kill every process a failed restore created and reap them (we are their subreaper).
+fn kill_all(pids: &[i32]) {
+    for &pid in pids {
+        if is_descendant(pid) {
+            // SAFETY: kill(2) of a process we created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    loop {
+        let mut st = 0;
+        // SAFETY: reap any child; ECHILD ends the loop.
+        if unsafe { libc::waitpid(-1, &mut st, libc::__WALL) } < 0 {
+            break;
+        }
+    }
 }
 
 /// Wait for the restored process and turn its end into ckpt's exit code.

@@ -37,8 +37,10 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
         let (kind, fd) = match &v.kind {
             VmaKind::Anon => (VMA_ANON_PRIVATE, -1),
             VmaKind::SharedAnon => (VMA_ANON_SHARED, -1),
-            VmaKind::File { id } => {
-                let fd = fds.map_fds[&id.path];
+            VmaKind::File { .. } | VmaKind::Unlinked { .. } => {
+                let fd = super::fds::map_key(v)
+                    .and_then(|k| fds.map_fds.get(&k).copied())
+                    .unwrap_or(-1);
                 (
                     if v.shared {
                         VMA_FILE_SHARED

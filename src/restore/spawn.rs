@@ -5,6 +5,7 @@
 use super::fds::Install;
 use super::plan::layout::{Ready, READY_MAGIC};
 use anyhow::{bail, Result};
+use ckpt_tracer::tree::Zombie;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -24,9 +25,23 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// How a restored process enters its process group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pgid {
+    /// Keep the group it inherits from its parent.
+    Inherit,
+    /// Lead a group of its own (setpgid(0, 0)).
+    Lead,
+    /// Join the group of this (already restored) leader.
+    Join(i32),
+}
+
 /// What the child must do before it becomes the loader.
 pub struct ChildSetup {
     pub pid: i32,
+    /// setsid() first.
+    pub session_leader: bool,
+    pub pgid: Pgid,
     pub installs: Vec<Install>,
     /// Descriptors the loader needs (plan, image, status, map files, exe), kept open
     /// across exec.
@@ -64,15 +79,65 @@ fn child_fail(status_fd: RawFd, what: &str) -> ! {
     }
 }
 
-/// Fork the child with PID `setup.pid` and exec the loader in it. Returns in the parent.
-pub fn spawn(setup: &ChildSetup) -> Result<i32> {
-    let tid: i32 = setup.pid;
+/// Create the whole tree: process 0 as our child; every process creates its own
+/// children (and zombies) before it becomes its loader, so parent links are the saved
+/// ones. Returns the PID of the root. A process that fails reports it through its
+/// status pipe and exits.
+pub fn spawn_tree(setups: &[&ChildSetup], children: &[Vec<usize>], zombies: &[Zombie]) -> Result<i32> {
+    spawn(setups, children, zombies, 0)
+}
+
+fn clone_with_pid(pid: i32) -> std::io::Result<i32> {
+    let tid: i32 = pid;
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
         set_tid: &tid as *const i32 as u64,
         set_tid_size: 1,
         ..Default::default()
     };
+    // SAFETY: clone3 without CLONE_VM behaves like fork. The front end is single-threaded
+    // here, so the child may run ordinary code until it execs.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
+/// A zombie: a child that exits at once with the saved wait status, and that its
+/// restored parent will reap.
+fn spawn_zombie(z: &Zombie) -> Result<()> {
+    match clone_with_pid(z.pid) {
+        Ok(0) => unsafe {
+            let st = z.wait_status;
+            if libc::WIFSIGNALED(st) {
+                let sig = libc::WTERMSIG(st);
+                let nocore = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+                libc::setrlimit64(libc::RLIMIT_CORE, &nocore);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                libc::kill(libc::getpid(), sig);
+            }
+            libc::_exit(libc::WEXITSTATUS(st))
+        },
+        Ok(_) => Ok(()),
+        Err(e) => bail!("creating zombie process {}: {e}", z.pid),
+    }
+}
+
+/// Fork the child with PID `setup.pid` and exec the loader in it. Returns in the parent.
+fn spawn(setups: &[&ChildSetup], children: &[Vec<usize>], zombies: &[Zombie], idx: usize) -> Result<i32> {
+    let setup = setups[idx];
+    let tid: i32 = setup.pid;
     let mut keep: Vec<RawFd> = setup
         .installs
         .iter()
@@ -91,17 +156,8 @@ pub fn spawn(setup: &ChildSetup) -> Result<i32> {
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let empty = c"";
 
-    // SAFETY: clone3 without CLONE_VM behaves like fork; the child below only makes
-    // system calls on data prepared above, then execs or _exits.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
+    let r = clone_with_pid(tid);
+    if let Err(e) = r {
         match e.raw_os_error() {
             Some(libc::EEXIST) => bail!(
                 "PID {tid} is in use by another process; restore needs the original PID free"
@@ -112,12 +168,36 @@ pub fn spawn(setup: &ChildSetup) -> Result<i32> {
             _ => bail!("creating a process with PID {tid}: {e}"),
         }
     }
+    let r = r.unwrap_or(0);
     if r > 0 {
-        return Ok(r as i32);
+        return Ok(r);
     }
     // ---- child ----
     unsafe {
         let sfd = setup.status_fd;
+        if setup.session_leader && libc::setsid() < 0 {
+            child_fail(sfd, "creating the saved session (setsid)");
+        }
+        let pg = match setup.pgid {
+            Pgid::Inherit => 0,
+            Pgid::Lead => libc::setpgid(0, 0),
+            Pgid::Join(g) => libc::setpgid(0, g),
+        };
+        if pg < 0 && !setup.session_leader {
+            child_fail(sfd, "joining the saved process group (setpgid)");
+        }
+        for &c in &children[idx] {
+            if let Err(e) = spawn(setups, children, zombies, c) {
+                let msg = format!("{e:#}");
+                child_fail(sfd, &msg);
+            }
+        }
+        for z in zombies.iter().filter(|z| z.ppid == setup.pid) {
+            if let Err(e) = spawn_zombie(z) {
+                let msg = format!("{e:#}");
+                child_fail(sfd, &msg);
+            }
+        }
         for i in &setup.installs {
             if let Some(src) = &i.src {
                 if libc::dup2(src.as_raw_fd(), i.target) < 0 {

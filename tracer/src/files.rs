@@ -12,6 +12,8 @@ use std::path::Path;
 #[derive(Default)]
 pub struct IdentityCache {
     by_path: HashMap<String, FileIdentity>,
+    /// (dev, ino) of the memfds and deleted files whose content is already stored.
+    pub(crate) unlinked_stored: std::collections::HashSet<(u64, u64)>,
 }
 
 impl IdentityCache {
@@ -165,11 +167,9 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
         } else if target.starts_with("socket:[") {
             return Err(unsupported("socket"));
         } else if let Some(k) = target.strip_prefix("anon_inode:") {
-            return Err(unsupported(k));
-        } else if target.starts_with("/memfd:") {
-            return Err(unsupported("memfd"));
-        } else if target.ends_with(" (deleted)") {
-            return Err(unsupported(&format!("deleted file {target}")));
+            crate::fdkinds::anon_fd(pid, fd, k)?
+        } else if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
+            crate::fdkinds::unlinked_fd(pid, fd, &target, pos, ids)?
         } else if target.starts_with('/') {
             let md = std::fs::metadata(&link_path)
                 .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
@@ -202,7 +202,7 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
                     rdev: md.rdev(),
                 }
             } else if ft.is_fifo() {
-                return Err(unsupported(&format!("FIFO {target}")));
+                crate::fdkinds::fifo_fd(&target, md.ino())
             } else {
                 return Err(unsupported(&format!("device or special file {target}")));
             }
@@ -212,6 +212,7 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
         let inherit = fd <= 2 && matches!(kind, FdKind::Tty { .. } | FdKind::Pipe { .. });
         out.push(Fd {
             fd,
+            desc: 0,
             flags,
             cloexec,
             inherit,
@@ -241,11 +242,12 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
             }
         }
     }
+    crate::fdkinds::fifo_data(pid, &mut out)?;
     Ok(out)
 }
 
 /// The bytes in flight in a pipe, without consuming them: tee(2) them into a pipe of ours.
-fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
+pub(crate) fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let src = std::fs::OpenOptions::new()
         .read(true)

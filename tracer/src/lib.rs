@@ -8,6 +8,7 @@
 //! - [`state`]: the serde types of a checkpointed process.
 
 pub mod error;
+pub mod fdkinds;
 pub mod files;
 pub mod freeze;
 pub mod inject;
@@ -17,6 +18,8 @@ pub mod ptrace;
 pub mod read;
 pub mod snapshot;
 pub mod state;
+pub mod timers;
+pub mod tree;
 
 pub use error::{Result, TraceError};
 pub use freeze::Frozen;

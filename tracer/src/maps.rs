@@ -142,19 +142,13 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         return Ok(Some(VmaKind::SharedAnon));
     }
     if m.name.starts_with("/memfd:") {
-        return Err(unsupported(format!(
-            "memfd mapping {} at {:#x}",
-            m.name, m.start
-        )));
+        return crate::fdkinds::unlinked_vma(pid, m, ids).map(Some);
     }
     if m.name.starts_with("/SYSV") {
         return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
     }
-    if m.name.ends_with(" (deleted)") {
-        return Err(unsupported(format!(
-            "mapping of deleted file {} at {:#x}",
-            m.name, m.start
-        )));
+    if m.name.ends_with(" (deleted)") && m.name.starts_with('/') {
+        return crate::fdkinds::unlinked_vma(pid, m, ids).map(Some);
     }
     if !m.name.starts_with('/') {
         return Err(unsupported(format!(
@@ -202,7 +196,7 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
     };
     match vma.kind {
         VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => return Ok(runs),
-        VmaKind::File { .. } if vma.shared => return Ok(runs),
+        VmaKind::File { .. } | VmaKind::Unlinked { .. } if vma.shared => return Ok(runs),
         VmaKind::SharedAnon => {
             let mut a = vma.start;
             while a < vma.end {
@@ -213,7 +207,7 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
         }
         _ => {}
     }
-    let is_file = matches!(vma.kind, VmaKind::File { .. });
+    let is_file = matches!(vma.kind, VmaKind::File { .. } | VmaKind::Unlinked { .. });
     const CHUNK: u64 = 64 * 1024; // pages per pagemap read
     let mut buf = vec![0u8; (CHUNK * 8) as usize];
     let mut page = vma.start / PAGE;

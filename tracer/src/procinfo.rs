@@ -1,5 +1,5 @@
 //! Per-process facts /proc shows directly: ids, names, mm fields, auxv, cwd, umask,
-//! rlimits, personality, pending signals and timers.
+//! rlimits, personality, pending signals.
 
 use crate::error::{Result, TraceError};
 use crate::state::{MmFields, Rlimit};
@@ -101,11 +101,6 @@ pub fn rlimits(pid: i32) -> io::Result<Vec<Rlimit>> {
 pub fn check_unsupported(pid: i32) -> Result<()> {
     let err = |what: String| TraceError::Unsupported { pid, what };
     let io = |e| TraceError::io(pid, "reading /proc", e);
-    if let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/timers")) {
-        if !t.trim().is_empty() {
-            return Err(err("POSIX timers".into()));
-        }
-    }
     let seccomp = status_field(pid, "Seccomp").map_err(io)?;
     if seccomp != "0" && !seccomp.is_empty() {
         return Err(err("seccomp filters".into()));

@@ -250,26 +250,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
             });
         }
     }
-    for which in 0..3u64 {
-        let mut it = [0u8; 32];
-        let r = inj.syscall_with_buf(
-            leader,
-            libc::SYS_getitimer,
-            |a| [which, a, 0, 0, 0, 0],
-            &[],
-            &mut it,
-        );
-        injected(pid, "getitimer", r)?;
-        if it.iter().any(|&b| b != 0) {
-            return Err(TraceError::Unsupported {
-                pid,
-                what: format!(
-                    "an armed interval timer ({})",
-                    ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"][which as usize]
-                ),
-            });
-        }
-    }
+    let (itimers, posix_timers) = crate::timers::read_timers(&inj, leader, pid, &threads)?;
 
     let shared_pending =
         ptrace::peek_siginfo(pid, true).map_err(io_err("reading pending signals"))?;
@@ -321,6 +302,8 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
             sigactions,
             vdso_hash,
             shared_pending,
+            itimers,
+            posix_timers,
         },
         inj,
     ))

@@ -99,6 +99,53 @@ pub enum VmaKind {
     Vdso,
     Vvar,
     VvarVclock,
+    /// A mapping of a memfd or of a regular file deleted after it was mapped (content
+    /// stored in `file`, see [`UnlinkedFile`]). Restored onto the same new file as every
+    /// other descriptor and mapping of that file.
+    Unlinked {
+        file: UnlinkedFile,
+    },
+}
+
+/// A file without a name: a memfd, or a regular file deleted after it was opened or
+/// mapped. Every descriptor and mapping of one such file carries its `dev`/`ino`, which
+/// the restore uses to recreate it once. Its content, mode and seals are stored with
+/// exactly one of them (`data` is `Some`), the first the dump met; the others have `None`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UnlinkedFile {
+    /// true: a memfd (`name` is its memfd_create name); false: a deleted regular file
+    /// (`name` is the path it had).
+    pub memfd: bool,
+    pub name: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// st_mode (type and permission bits).
+    pub mode: u32,
+    /// F_GET_SEALS of a memfd (0 for deleted files); set only where `data` is `Some`.
+    pub seals: u32,
+    /// The whole content (at most 256 MiB), with one occurrence only.
+    pub data: Option<Vec<u8>>,
+}
+
+/// One watch of an inotify instance: `path` was found from the inode's file handle.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub path: String,
+    /// The mask as inotify_add_watch takes it (events, IN_ONESHOT, IN_EXCL_UNLINK).
+    pub mask: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// One entry of an epoll interest list: the target descriptor number in the process,
+/// the events (with EPOLLET, EPOLLONESHOT, EPOLLWAKEUP, EPOLLEXCLUSIVE) and the user data.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollEntry {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 /// A run of `npages` consecutive pages stored in the image.
@@ -147,19 +194,65 @@ pub enum FdKind {
     Tty {
         path: String,
     },
-    /// One end of a pipe. `data` (the bytes in flight) is stored once, with the first
-    /// read end seen. `peer_in_process` says whether the other end is open in the process.
+    /// One end of a pipe. `data` (the bytes in flight) is stored once per pipe, with a
+    /// read end. `peer_in_process` says whether the other end is open in the checkpoint
+    /// (in this process or another process of the tree).
     Pipe {
         ino: u64,
         write_end: bool,
         peer_in_process: bool,
         data: Vec<u8>,
     },
+    /// A memfd or a regular file deleted after it was opened, at `pos`.
+    Unlinked {
+        file: UnlinkedFile,
+        pos: u64,
+    },
+    /// A named pipe, reopened by path. `data` (the bytes in flight) is stored once per
+    /// FIFO, with its first descriptor; `peer_in_process`: both a reader and a writer are
+    /// open in the process.
+    Fifo {
+        path: String,
+        ino: u64,
+        peer_in_process: bool,
+        data: Vec<u8>,
+    },
+    /// eventfd: its counter and EFD_SEMAPHORE (O_NONBLOCK is in the fd flags).
+    Eventfd {
+        count: u64,
+        semaphore: bool,
+    },
+    /// timerfd: `value_ns` is the time left to the next expiry as fdinfo shows it (0:
+    /// disarmed, or expired with `ticks` unread); with TFD_TIMER_ABSTIME in
+    /// `settime_flags`, `deadline_ns` is that expiry on the timer's clock.
+    Timerfd {
+        clockid: i32,
+        settime_flags: i32,
+        ticks: u64,
+        value_ns: u64,
+        interval_ns: u64,
+        deadline_ns: u64,
+    },
+    /// signalfd: the signals it accepts.
+    Signalfd {
+        mask: u64,
+    },
+    /// inotify: its watches by ascending wd (queued events are not kept).
+    Inotify {
+        watches: Vec<InotifyWatch>,
+    },
+    /// epoll: its interest list (entries are added back inside the restored process).
+    Epoll {
+        entries: Vec<EpollEntry>,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Fd {
     pub fd: i32,
+    /// Id of the open file description within the checkpoint: descriptors with the same
+    /// id (dup, inherited across fork) share one description, and so one offset.
+    pub desc: u32,
     /// open flags from fdinfo (access mode, O_APPEND, O_NONBLOCK, ...), without O_CLOEXEC.
     pub flags: i32,
     pub cloexec: bool,
@@ -200,6 +293,39 @@ pub struct Rlimit {
     pub max: u64,
 }
 
+/// An interval timer (`setitimer`): `which` is ITIMER_REAL (0), ITIMER_VIRTUAL (1) or
+/// ITIMER_PROF (2); `value_ns` is the time left until it expires (0: not running, which
+/// with an interval means its SIGALRM is pending and re-arms it when dequeued).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ITimer {
+    pub which: i32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
+/// A POSIX timer (`timer_create`), as /proc/PID/timers and `timer_gettime` show it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PosixTimer {
+    /// The timer id the process knows it by.
+    pub id: i32,
+    /// The clock id: CLOCK_REALTIME, CLOCK_MONOTONIC, ..., or a CPU clock (negative:
+    /// `~pid << 3 | per-thread 4 | PROF 0 / VIRT 1 / SCHED 2`, pid 0 for the caller).
+    pub clock: i32,
+    /// The kernel's sigev_notify: SIGEV_SIGNAL (0), SIGEV_NONE (1), SIGEV_THREAD (2,
+    /// behaves as SIGEV_SIGNAL in the kernel) or SIGEV_THREAD_ID (4).
+    pub notify: i32,
+    pub signo: i32,
+    /// The thread signalled with SIGEV_THREAD_ID (0 otherwise).
+    pub tid: i32,
+    /// sigev_value (sival_ptr / sival_int), passed in si_value.
+    pub sigval: u64,
+    /// Time left until the next expiry (0: disarmed) and the period.
+    pub value_ns: u64,
+    pub interval_ns: u64,
+    /// timer_getoverrun at the checkpoint (informational: it cannot be set).
+    pub overrun: i32,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ProcessState {
     pub pid: i32,
@@ -225,4 +351,8 @@ pub struct ProcessState {
     pub vdso_hash: u64,
     /// Signals queued for the whole process, as 128-byte siginfo_t, oldest first.
     pub shared_pending: Vec<Vec<u8>>,
+    /// Interval timers (setitimer) that are armed or have an interval.
+    pub itimers: Vec<ITimer>,
+    /// POSIX timers (timer_create), by ascending id.
+    pub posix_timers: Vec<PosixTimer>,
 }

@@ -1,0 +1,108 @@
+//! Descriptor state that can only be set once the restored process exists, done from
+//! the outside while it is still stopped:
+//! - epoll interest lists: epoll keys an entry by (file, descriptor number), so entries
+//!   are added by `epoll_ctl(EPOLL_CTL_ADD)` injected into the process itself, with the
+//!   target numbers; the process's later EPOLL_CTL_MOD/DEL on them then work.
+//! - memfd seals, added last (after the loader mapped the memfd and the content is in),
+//!   through a descriptor of ours on the process's memfd.
+
+use anyhow::{Context, Result};
+use ckpt_tracer::freeze::FrozenThread;
+use ckpt_tracer::inject::Injector;
+use ckpt_tracer::state::{FdKind, ProcessState, UnlinkedFile, VmaKind};
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
+
+const EPOLL_CTL_ADD: u64 = 1;
+
+fn check(r: std::io::Result<i64>) -> std::io::Result<i64> {
+    match r {
+        Ok(v) if (-4095..0).contains(&v) => Err(std::io::Error::from_raw_os_error(-v as i32)),
+        r => r,
+    }
+}
+
+pub fn restore_fd_state(
+    inj: &Injector,
+    leader: &mut FrozenThread,
+    state: &ProcessState,
+) -> Result<()> {
+    let pid = state.pid;
+    for fd in &state.fds {
+        let FdKind::Epoll { entries } = &fd.kind else {
+            continue;
+        };
+        for e in entries {
+            // struct epoll_event is packed on x86-64: u32 events, u64 data.
+            let mut ev = [0u8; 12];
+            ev[..4].copy_from_slice(&e.events.to_le_bytes());
+            ev[4..].copy_from_slice(&e.data.to_le_bytes());
+            let r = inj.syscall_with_buf(
+                leader,
+                libc::SYS_epoll_ctl,
+                |a| [fd.fd as u64, EPOLL_CTL_ADD, e.fd as u64, a, 0, 0],
+                &ev,
+                &mut [],
+            );
+            check(r).with_context(|| {
+                format!(
+                    "process {pid}: adding fd {} (events {:#x}) to epoll fd {}",
+                    e.fd, e.events, fd.fd
+                )
+            })?;
+        }
+    }
+
+    // Seals of memfds, once per memfd (they come with the occurrence holding the data).
+    let mut sealed = HashSet::new();
+    let with_data = state
+        .fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Unlinked { file, .. } => Some(file),
+            _ => None,
+        })
+        .chain(state.vmas.iter().filter_map(|v| match &v.kind {
+            VmaKind::Unlinked { file } => Some(file),
+            _ => None,
+        }))
+        .filter(|f| f.memfd && f.data.is_some() && f.seals != 0);
+    for file in with_data {
+        if sealed.insert((file.dev, file.ino)) {
+            add_seals(state, file)
+                .with_context(|| format!("process {pid}: sealing memfd {}", file.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Open the restored process's memfd that stands for `file` (through one of its
+/// descriptors, or through a mapping) and add the saved seals.
+fn add_seals(state: &ProcessState, file: &UnlinkedFile) -> Result<()> {
+    let pid = state.pid;
+    let same = |f: &UnlinkedFile| f.dev == file.dev && f.ino == file.ino;
+    let path = state
+        .fds
+        .iter()
+        .find(|f| matches!(&f.kind, FdKind::Unlinked { file: g, .. } if same(g)))
+        .map(|f| format!("/proc/{pid}/fd/{}", f.fd))
+        .or_else(|| {
+            state
+                .vmas
+                .iter()
+                .find(|v| matches!(&v.kind, VmaKind::Unlinked { file: g } if same(g)))
+                .map(|v| format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end))
+        })
+        .context("no descriptor or mapping of it")?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))?;
+    // SAFETY: fcntl on our own descriptor.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, file.seals as libc::c_int) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("adding seals {:#x}", file.seals));
+    }
+    Ok(())
+}

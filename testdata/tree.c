@@ -1,0 +1,459 @@
+/* tree STOPFILE RECFILE [N]
+ *
+ * A tree of N processes (default 32, at least 8; the root included) plus one
+ * zombie.  The root forks children, each child forks up to 3 grandchildren
+ * (process i is a child of the root or a grandchild; see plan()):
+ *   - child 1 leads its own process group (setpgid(0, 0)); its grandchildren
+ *     (2, 3, 4) are members of that group;
+ *   - child 5 called setsid(); its grandchildren (6, 7, ...) are in its
+ *     session and group;
+ *   - a zombie: a child of the root that exits with status 42 right away; the
+ *     root makes sure it exited before "ready" (waitid WNOWAIT) but reaps it
+ *     only at the end: waitpid must return its PID with exit status 42.
+ * All N processes form a ring of pipes (process i reads from ring[i] and
+ * writes to ring[i+1 mod N]) that passes a token, a counter: each process
+ * checks that it receives exactly the value it expects (no token lost or
+ * duplicated), then writes the record of that value to RECFILE, then passes
+ * value + 1 on.  RECFILE was opened once by the root before forking, WITHOUT
+ * O_APPEND: all processes write through that one shared description, and
+ * each checks before writing that the shared offset is exactly where its
+ * record goes (value * 40): with an offset that is not shared any more,
+ * records would overwrite each other.  The root sleeps 5 ms between rounds.
+ * Data in flight: before entering the ring, grandchild 2 (in child 1's group)
+ * writes a known 5000-byte block into a pipe to grandchild 6 (in child 5's
+ * session), which reads it only after the stop file appeared; then the
+ * writer writes a second block and closes its end; the reader checks both
+ * blocks and the end of file.
+ * Every process records getpid(), getppid(), getpgid(0), getsid(0) before
+ * "ready" and checks them on every token and at the end: unchanged (a
+ * process whose group or session leader is outside the tree checks instead
+ * that it is in the root's group / session).
+ *
+ * Prints "proc <i> <pid> <ppid> <pgid> <sid>" per process, "zombie <pid>",
+ * then "ready" after 3 rounds of the ring.  Stops when STOPFILE exists: the
+ * root sends a stop token around the ring; every process does its final
+ * checks and reaps its children (checking their exit status 0, then that no
+ * other child exists); the root reaps the zombie, its children, checks
+ * RECFILE (every record exactly once, in order, written by the right
+ * process) and prints "tree ok <N> rounds=<r> records=<k>", exit 0; or any
+ * process prints "FAIL: ..." and the root exits 1.
+ */
+#include "common.h"
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#define MAXN 256
+#define RECSZ 40
+#define BLK 5000
+#define STOP (-1L)
+#define PGL 1    /* child: leads its own process group */
+#define SSL 5    /* child: session leader */
+#define WRITER 2 /* grandchild in PGL's group: writes data that stays in flight */
+#define READER 6 /* grandchild in SSL's session: reads it after the stop file */
+
+static int n;
+static int parent[MAXN];
+static int ring[MAXN][2]; /* ring[i] is read by process i, written by i - 1 */
+static int flight[2];     /* WRITER -> READER */
+static int recfd;
+static const char *recpath;
+static pid_t root_pid, root_pgid, root_sid;
+
+static struct {
+    int idx;
+    pid_t pid, ppid, pgid, sid;
+    int own_group;   /* its group leader is a process of the tree */
+    int own_session; /* its session leader is a process of the tree */
+} me;
+
+static pid_t kids[MAXN];
+static int kid_idx[MAXN];
+static int nkids;
+
+/* The root is 0; each child is followed by its (up to 3) grandchildren. */
+static void plan(void)
+{
+    parent[0] = -1;
+    int k = 1;
+    while (k < n) {
+        int c = k++;
+        parent[c] = 0;
+        for (int j = 0; j < 3 && k < n; j++)
+            parent[k++] = c;
+    }
+}
+
+/* The child of the root that process i is (or descends from); 0 for the root. */
+static int top_of(int i)
+{
+    while (i > 0 && parent[i] > 0)
+        i = parent[i];
+    return i;
+}
+
+static unsigned char pattern(int block, size_t i)
+{
+    return (unsigned char)((i * 7 + 13 + (size_t)block * 101) % 251);
+}
+
+static void write_all(int fd, const void *buf, size_t len, const char *what)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t w = write(fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        CHECK(w > 0, "process %d: write to %s: %s", me.idx, what,
+              w < 0 ? strerror(errno) : "wrote nothing");
+        p += w;
+        len -= (size_t)w;
+    }
+}
+
+/* Reads exactly LEN bytes; returns how many were read before end of file. */
+static size_t read_full(int fd, void *buf, size_t len, const char *what)
+{
+    char *p = buf;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t r = read(fd, p + got, len - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        CHECK(r >= 0, "process %d: read from %s: %s", me.idx, what, strerror(errno));
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return got;
+}
+
+static void put_token(int fd, long t)
+{
+    ssize_t w;
+    do
+        w = write(fd, &t, sizeof t);
+    while (w < 0 && errno == EINTR);
+    CHECK(w == sizeof t, "process %d: passing token %ld: %zd (%s)", me.idx, t, w,
+          w < 0 ? strerror(errno) : "short write");
+}
+
+static long get_token(int fd)
+{
+    long t;
+    ssize_t r;
+    do
+        r = read(fd, &t, sizeof t);
+    while (r < 0 && errno == EINTR);
+    CHECK(r == sizeof t, "process %d: reading the ring pipe returned %zd (%s): the ring is broken",
+          me.idx, r, r < 0 ? strerror(errno) : r == 0 ? "end of file" : "short read");
+    return t;
+}
+
+static void check_ids(const char *when)
+{
+    pid_t pid = getpid(), ppid = getppid(), g = getpgid(0), s = getsid(0);
+    CHECK(pid == me.pid, "process %d: getpid() %d, was %d (%s)", me.idx, (int)pid, (int)me.pid, when);
+    CHECK(ppid == me.ppid, "process %d (pid %d): getppid() %d, was %d (%s)", me.idx, (int)pid,
+          (int)ppid, (int)me.ppid, when);
+    if (me.own_group)
+        CHECK(g == me.pgid, "process %d (pid %d): getpgid() %d, was %d (%s)", me.idx, (int)pid,
+              (int)g, (int)me.pgid, when);
+    else
+        CHECK(g == getpgid(root_pid), "process %d (pid %d): group %d, not the root's %d (%s)",
+              me.idx, (int)pid, (int)g, (int)getpgid(root_pid), when);
+    if (me.own_session)
+        CHECK(s == me.sid, "process %d (pid %d): getsid() %d, was %d (%s)", me.idx, (int)pid,
+              (int)s, (int)me.sid, when);
+    else
+        CHECK(s == getsid(root_pid), "process %d (pid %d): session %d, not the root's %d (%s)",
+              me.idx, (int)pid, (int)s, (int)getsid(root_pid), when);
+}
+
+/* Records who this process is and checks that it is where it should be. */
+static void setup_ids(int idx)
+{
+    me.idx = idx;
+    me.pid = getpid();
+    me.ppid = getppid();
+    me.pgid = getpgid(0);
+    me.sid = getsid(0);
+    int top = top_of(idx);
+    if (top == PGL) {
+        pid_t leader = idx == PGL ? me.pid : me.ppid;
+        CHECK(me.pgid == leader && me.sid == root_sid,
+              "process %d: group %d session %d, expected group %d session %d", idx,
+              (int)me.pgid, (int)me.sid, (int)leader, (int)root_sid);
+        me.own_group = 1;
+        me.own_session = root_sid == root_pid;
+    } else if (top == SSL) {
+        pid_t leader = idx == SSL ? me.pid : me.ppid;
+        CHECK(me.pgid == leader && me.sid == leader,
+              "process %d: group %d session %d, expected both %d", idx, (int)me.pgid,
+              (int)me.sid, (int)leader);
+        me.own_group = me.own_session = 1;
+    } else {
+        CHECK(me.pgid == root_pgid && me.sid == root_sid,
+              "process %d: group %d session %d, expected the root's %d %d", idx, (int)me.pgid,
+              (int)me.sid, (int)root_pgid, (int)root_sid);
+        me.own_group = root_pgid == root_pid;
+        me.own_session = root_sid == root_pid;
+    }
+}
+
+/* Closes every pipe end this process does not use. */
+static void keep_fds(int idx)
+{
+    for (int i = 0; i < n; i++) {
+        if (i != idx)
+            close(ring[i][0]);
+        if (i != (idx + 1) % n)
+            close(ring[i][1]);
+    }
+    if (idx != WRITER)
+        close(flight[1]);
+    if (idx != READER)
+        close(flight[0]);
+}
+
+/* Writes the record of token value T at the shared offset, which must be T * RECSZ. */
+static void put_record(long t)
+{
+    off_t pos = lseek(recfd, 0, SEEK_CUR);
+    CHECK(pos == (off_t)t * RECSZ,
+          "process %d (pid %d): the shared offset of %s is %lld before record %ld, expected %lld "
+          "(is the open file description still shared?)",
+          me.idx, (int)me.pid, recpath, (long long)pos, t, (long long)t * RECSZ);
+    char rec[RECSZ + 1];
+    int len = snprintf(rec, sizeof rec, "%012ld %04d %010d", t, me.idx, (int)me.pid);
+    CHECK(len > 0 && len < RECSZ, "record too long");
+    memset(rec + len, ' ', (size_t)(RECSZ - 1 - len));
+    rec[RECSZ - 1] = '\n';
+    ssize_t w = write(recfd, rec, RECSZ);
+    CHECK(w == RECSZ, "process %d: writing record %ld: %zd (%s)", me.idx, t, w,
+          w < 0 ? strerror(errno) : "short write");
+}
+
+static void process(int idx) __attribute__((noreturn));
+
+static void spawn_children(int idx)
+{
+    for (int c = 1; c < n; c++) {
+        if (parent[c] != idx)
+            continue;
+        fflush(stdout);
+        pid_t p = fork();
+        CHECK(p >= 0, "process %d: fork: %s", idx, strerror(errno));
+        if (p == 0) {
+            nkids = 0;
+            process(c);
+        }
+        kids[nkids] = p;
+        kid_idx[nkids++] = c;
+    }
+}
+
+/* The ring, for a process other than the root; returns on the stop token. */
+static void ring_member(int idx)
+{
+    int rfd = ring[idx][0], wfd = ring[(idx + 1) % n][1];
+    long expect = idx;
+    for (;;) {
+        long t = get_token(rfd);
+        if (t == STOP) {
+            put_token(wfd, STOP);
+            return;
+        }
+        CHECK(t == expect, "process %d (pid %d): token %ld, expected %ld (lost or duplicated)",
+              idx, (int)me.pid, t, expect);
+        check_ids("in the ring");
+        put_record(t);
+        put_token(wfd, t + 1);
+        expect += n;
+    }
+}
+
+/* Final checks of every process: pipe data, ids, children. */
+static void finish(int idx)
+{
+    close(ring[idx][0]);
+    close(ring[(idx + 1) % n][1]);
+    if (idx == READER) {
+        int avail = -1;
+        CHECK(ioctl(flight[0], FIONREAD, &avail) == 0, "FIONREAD: %s", strerror(errno));
+        CHECK(avail >= BLK, "process %d: only %d bytes in the pipe from process %d, it wrote %d "
+              "(data in flight lost)", idx, avail, WRITER, BLK);
+        static unsigned char buf[BLK];
+        for (int b = 1; b <= 2; b++) {
+            size_t got = read_full(flight[0], buf, BLK, "the pipe from the writer");
+            CHECK(got == BLK, "process %d: block %d from process %d: %zu bytes, expected %d", idx,
+                  b, WRITER, got, BLK);
+            for (size_t i = 0; i < BLK; i++)
+                CHECK(buf[i] == pattern(b, i), "process %d: block %d from process %d differs at byte %zu",
+                      idx, b, WRITER, i);
+        }
+        CHECK(read_full(flight[0], buf, 1, "the pipe from the writer") == 0,
+              "process %d: more data than the two blocks in the pipe from process %d", idx, WRITER);
+        close(flight[0]);
+    }
+    if (idx == WRITER) {
+        static unsigned char buf[BLK];
+        for (size_t i = 0; i < BLK; i++)
+            buf[i] = pattern(2, i);
+        write_all(flight[1], buf, BLK, "the pipe to the reader");
+        close(flight[1]);
+    }
+    check_ids("at the end");
+
+    char bad[256] = "";
+    for (int k = 0; k < nkids; k++) {
+        int st;
+        pid_t r;
+        do
+            r = waitpid(kids[k], &st, 0);
+        while (r < 0 && errno == EINTR);
+        CHECK(r == kids[k], "process %d: waitpid(%d) for process %d: %d (%s)", idx, (int)kids[k],
+              kid_idx[k], (int)r, strerror(errno));
+        if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && !bad[0])
+            snprintf(bad, sizeof bad, "process %d (pid %d) %s %d", kid_idx[k], (int)kids[k],
+                     WIFEXITED(st) ? "exited with status" : "was killed by signal",
+                     WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+    }
+    CHECK(!bad[0], "process %d: its child %s", idx, bad);
+    int st;
+    pid_t r = waitpid(-1, &st, WNOHANG | __WALL);
+    CHECK(r < 0 && errno == ECHILD, "process %d (pid %d): an unexpected child: waitpid(-1) = %d",
+          idx, (int)me.pid, (int)r);
+}
+
+static void process(int idx)
+{
+    if (idx == PGL)
+        CHECK(setpgid(0, 0) == 0, "setpgid: %s", strerror(errno));
+    if (idx == SSL)
+        CHECK(setsid() > 0, "setsid: %s", strerror(errno));
+    spawn_children(idx);
+    keep_fds(idx);
+    setup_ids(idx);
+    say("proc %d %d %d %d %d", idx, (int)me.pid, (int)me.ppid, (int)me.pgid, (int)me.sid);
+    if (idx == WRITER) {
+        static unsigned char buf[BLK];
+        for (size_t i = 0; i < BLK; i++)
+            buf[i] = pattern(1, i);
+        write_all(flight[1], buf, BLK, "the pipe to the reader");
+    }
+    ring_member(idx);
+    finish(idx);
+    exit(0);
+}
+
+/* Every record exactly once, in order, each from the process whose turn it was. */
+static void check_records(long total)
+{
+    struct stat sb;
+    CHECK(fstat(recfd, &sb) == 0, "fstat: %s", strerror(errno));
+    CHECK(sb.st_size == (off_t)total * RECSZ, "%s has %lld bytes, expected %ld records of %d",
+          recpath, (long long)sb.st_size, total, RECSZ);
+    off_t pos = lseek(recfd, 0, SEEK_CUR);
+    CHECK(pos == sb.st_size, "the root's offset in %s is %lld, the file has %lld bytes", recpath,
+          (long long)pos, (long long)sb.st_size);
+    int fd = open(recpath, O_RDONLY);
+    CHECK(fd >= 0, "open %s: %s", recpath, strerror(errno));
+    pid_t pids[MAXN] = { 0 };
+    pids[0] = root_pid;
+    for (int k = 0; k < nkids; k++)
+        pids[kid_idx[k]] = kids[k];
+    char rec[RECSZ + 1];
+    for (long k = 0; k < total; k++) {
+        CHECK(read_full(fd, rec, RECSZ, recpath) == RECSZ, "%s: short record %ld", recpath, k);
+        rec[RECSZ] = 0;
+        long t;
+        int i, p;
+        CHECK(rec[RECSZ - 1] == '\n' && sscanf(rec, "%ld %d %d", &t, &i, &p) == 3,
+              "%s: record %ld is garbled: '%.*s'", recpath, k, RECSZ - 1, rec);
+        CHECK(t == k, "%s: record %ld holds value %ld (overwritten, lost or duplicated)", recpath,
+              k, t);
+        CHECK(i == k % n, "%s: record %ld was written by process %d, not %ld", recpath, k, i,
+              k % n);
+        if (!pids[i])
+            pids[i] = p;
+        CHECK(p == pids[i], "%s: record %ld of process %d has pid %d, expected %d", recpath, k,
+              i, p, (int)pids[i]);
+    }
+    close(fd);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s STOPFILE RECFILE [N]\n", argv[0]);
+        return 2;
+    }
+    const char *stopfile = argv[1];
+    recpath = argv[2];
+    n = (int)arg_long(argc, argv, 3, 32);
+    CHECK(n >= 8 && n <= MAXN, "N must be 8..%d", MAXN);
+    plan();
+
+    root_pid = getpid();
+    root_pgid = getpgid(0);
+    root_sid = getsid(0);
+    recfd = open(recpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    CHECK(recfd >= 0, "open %s: %s", recpath, strerror(errno));
+    for (int i = 0; i < n; i++)
+        CHECK(pipe(ring[i]) == 0, "pipe: %s", strerror(errno));
+    CHECK(pipe(flight) == 0, "pipe: %s", strerror(errno));
+
+    me.idx = 0;
+    spawn_children(0);
+    keep_fds(0);
+    fflush(stdout);
+    pid_t zpid = fork();
+    CHECK(zpid >= 0, "fork: %s", strerror(errno));
+    if (zpid == 0)
+        _exit(42);
+    setup_ids(0);
+    say("proc 0 %d %d %d %d", (int)me.pid, (int)me.ppid, (int)me.pgid, (int)me.sid);
+
+    int rfd = ring[0][0], wfd = ring[1][1];
+    long t = 0, rounds = 0;
+    for (;;) {
+        check_ids("in the ring");
+        put_record(t);
+        put_token(wfd, t + 1);
+        long back = get_token(rfd);
+        CHECK(back == t + n, "root: token %ld came back, expected %ld (lost or duplicated)", back,
+              t + n);
+        t = back;
+        rounds++;
+        if (rounds == 3) {
+            siginfo_t si = { 0 };
+            CHECK(waitid(P_PID, (id_t)zpid, &si, WEXITED | WNOWAIT) == 0, "waitid(%d): %s",
+                  (int)zpid, strerror(errno));
+            CHECK(si.si_pid == zpid && si.si_code == CLD_EXITED && si.si_status == 42,
+                  "the zombie %d: code %d status %d", (int)zpid, si.si_code, si.si_status);
+            say("zombie %d", (int)zpid);
+            say("ready");
+        } else if (rounds > 3 && file_exists(stopfile)) {
+            break;
+        }
+        sleep_ms(5);
+    }
+    put_token(wfd, STOP);
+    CHECK(get_token(rfd) == STOP, "root: the stop token did not come back");
+
+    int st;
+    pid_t r;
+    do
+        r = waitpid(zpid, &st, 0);
+    while (r < 0 && errno == EINTR);
+    CHECK(r == zpid, "waitpid(%d) for the zombie: %d (%s)", (int)zpid, (int)r, strerror(errno));
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42, "the zombie %d: wait status %#x, expected exit 42",
+          (int)zpid, st);
+    finish(0);
+    check_records(t);
+    say("tree ok %d rounds=%ld records=%ld", n, rounds, t);
+    return 0;
+}

@@ -1,0 +1,197 @@
+//! A process and all its descendants, frozen top-down: a process is frozen before its
+//! children are listed, so no child can appear unseen. Zombies are recorded, not
+//! seized. Also: which descriptors across the tree share one open file description
+//! (kcmp), and whether both ends of each pipe are inside the tree.
+
+use crate::error::{Result, TraceError};
+use crate::freeze::Frozen;
+use crate::state::{FdKind, ProcessState};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+
+/// A child that had exited but was not yet reaped at checkpoint time.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Zombie {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// The wait status its parent will collect (as from waitpid).
+    pub wait_status: i32,
+}
+
+/// Every process of a tree frozen, parents before children.
+pub struct FrozenTree {
+    pub procs: Vec<Frozen>,
+    pub zombies: Vec<Zombie>,
+}
+
+fn children(pid: i32) -> io::Result<BTreeSet<i32>> {
+    let mut out = BTreeSet::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let t = t?.file_name();
+        let Ok(s) = std::fs::read_to_string(format!(
+            "/proc/{pid}/task/{}/children",
+            t.to_string_lossy()
+        )) else {
+            continue;
+        };
+        out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+    }
+    Ok(out)
+}
+
+/// (state char, ppid, pgrp, session, exit_code) from /proc/PID/stat.
+fn stat_brief(pid: i32) -> io::Result<(char, i32, i32, i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let n = |i: usize| f.get(i - 3).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let state = f.first().and_then(|s| s.chars().next()).unwrap_or('?');
+    Ok((state, n(4), n(5), n(6), n(52)))
+}
+
+impl FrozenTree {
+    pub fn freeze(root: i32) -> Result<FrozenTree> {
+        let mut tree = FrozenTree {
+            procs: vec![Frozen::freeze(root)?],
+            zombies: Vec::new(),
+        };
+        let mut i = 0;
+        while i < tree.procs.len() {
+            let pid = tree.procs[i].pid;
+            let kids = children(pid).map_err(|e| TraceError::io(pid, "listing children", e))?;
+            for kid in kids {
+                match stat_brief(kid) {
+                    Ok(('Z', ppid, pgid, sid, status)) => tree.zombies.push(Zombie {
+                        pid: kid,
+                        ppid,
+                        pgid,
+                        sid,
+                        wait_status: status,
+                    }),
+                    Ok(_) => match Frozen::freeze(kid) {
+                        Ok(f) => tree.procs.push(f),
+                        // Exited between listing and seizing: it is a zombie now.
+                        Err(TraceError::NoSuchProcess(_)) | Err(TraceError::Exited { .. }) => {
+                            if let Ok(('Z', ppid, pgid, sid, status)) = stat_brief(kid) {
+                                tree.zombies.push(Zombie {
+                                    pid: kid,
+                                    ppid,
+                                    pgid,
+                                    sid,
+                                    wait_status: status,
+                                });
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    },
+                    Err(_) => {} // gone and reaped already
+                }
+            }
+            i += 1;
+        }
+        Ok(tree)
+    }
+}
+
+impl FrozenTree {
+    /// Let every process run on.
+    pub fn release(self) {
+        for f in self.procs.into_iter().rev() {
+            f.release();
+        }
+    }
+
+    /// Kill every process of the tree (SIGKILL) while it is still frozen.
+    pub fn kill(self) {
+        for f in self.procs.into_iter().rev() {
+            f.kill();
+        }
+    }
+}
+
+const KCMP_FILE: i32 = 0;
+
+fn kcmp_same_file(pid1: i32, pid2: i32, fd1: i32, fd2: i32) -> bool {
+    // SAFETY: kcmp(2) only compares kernel objects.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) == 0 }
+}
+
+/// Give every descriptor of the tree the id of its open file description: equal ids
+/// mean one description (dup, fork inheritance), so one shared offset after restore.
+/// Also decide, for pipes, whether the other end is open somewhere in the tree, and
+/// keep the data in flight of each pipe only once.
+pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
+    // Candidates for sharing have the same inode: compare only within such groups.
+    let mut groups: HashMap<(u64, u64), Vec<(usize, usize)>> = HashMap::new();
+    for (pi, p) in procs.iter().enumerate() {
+        for (fi, fd) in p.fds.iter().enumerate() {
+            let md = std::fs::metadata(format!("/proc/{}/fd/{}", p.pid, fd.fd))
+                .map_err(|e| TraceError::io(p.pid, format!("stat of fd {}", fd.fd), e))?;
+            groups.entry((md.dev(), md.ino())).or_default().push((pi, fi));
+        }
+    }
+    let mut next_id: u32 = 0;
+    let mut ids: HashMap<(usize, usize), u32> = HashMap::new();
+    let mut keys: Vec<_> = groups.keys().copied().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let members = &groups[&key];
+        let mut reps: Vec<((usize, usize), u32)> = Vec::new();
+        for &(pi, fi) in members {
+            let (pid, fd) = (procs[pi].pid, procs[pi].fds[fi].fd);
+            let found = reps.iter().find(|((rp, rf), _)| {
+                kcmp_same_file(procs[*rp].pid, pid, procs[*rp].fds[*rf].fd, fd)
+            });
+            let id = match found {
+                Some(&(_, id)) => id,
+                None => {
+                    next_id += 1;
+                    reps.push(((pi, fi), next_id));
+                    next_id
+                }
+            };
+            ids.insert((pi, fi), id);
+        }
+    }
+    // Pipe ends anywhere in the tree.
+    let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
+    for p in procs.iter() {
+        for fd in &p.fds {
+            if let FdKind::Pipe { ino, write_end, .. } = &fd.kind {
+                let e = ends.entry(*ino).or_default();
+                if *write_end {
+                    e.1 = true;
+                } else {
+                    e.0 = true;
+                }
+            }
+        }
+    }
+    let mut data_kept: BTreeSet<u64> = BTreeSet::new();
+    for (pi, p) in procs.iter_mut().enumerate() {
+        for (fi, fd) in p.fds.iter_mut().enumerate() {
+            fd.desc = ids[&(pi, fi)];
+            if let FdKind::Pipe {
+                ino,
+                peer_in_process,
+                data,
+                ..
+            } = &mut fd.kind
+            {
+                let (r, w) = ends[ino];
+                *peer_in_process = r && w;
+                // Standard streams are reattached to the restorer's own only when the
+                // pipe leads outside the checkpoint.
+                fd.inherit = fd.fd <= 2 && !*peer_in_process;
+                if !data.is_empty() && !data_kept.insert(*ino) {
+                    data.clear();
+                }
+            }
+        }
+    }
+    Ok(())
+}
