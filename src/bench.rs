@@ -125,6 +125,7 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
         let code = restore(&RestoreOptions {
             dir: &ckdir,
             detach: true,
+            pidns: crate::restore::PidNs::Never,
         })?;
         restores.push(t.elapsed());
         if code != 0 {

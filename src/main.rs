@@ -47,6 +47,11 @@ enum Cmd {
         /// Return once the process runs instead of waiting for it.
         #[arg(long)]
         detach: bool,
+        /// Where to restore: in the current PID namespace (`never` a new one), always in
+        /// a new one (a new user namespace too when not root), or `auto`: a new one only
+        /// when the original PIDs cannot be had here.
+        #[arg(long, value_enum, default_value_t = restore::PidNs::Auto)]
+        pidns: restore::PidNs,
     },
     /// Launch a program under ckpt and wait for it; exits with its status.
     Run {
@@ -102,9 +107,11 @@ fn main() {
             );
             0
         }),
-        Cmd::Restore { dir, detach } => {
-            restore::restore(&restore::RestoreOptions { dir: &dir, detach })
-        }
+        Cmd::Restore { dir, detach, pidns } => restore::restore(&restore::RestoreOptions {
+            dir: &dir,
+            detach,
+            pidns,
+        }),
         Cmd::Run { command } => run::run(&command[0], &command[1..]),
         Cmd::Info { dir, json } => info::info(&dir, json).map(|_| 0),
         Cmd::Bench { mib, dir, runs } => bench::bench(mib, dir, runs).map(|_| 0),

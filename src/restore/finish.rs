@@ -56,6 +56,7 @@ pub fn finish(
     ready: &Ready,
     status_fd: i32,
     exe_fd: i32,
+    drop_caps: bool,
 ) -> Result<Vec<FrozenThread>> {
     let pid = state.pid;
     let mut threads = seize_all(state)?;
@@ -198,6 +199,23 @@ pub fn finish(
         }
     }
     super::timers::restore_timers(&inj, leader, state)?;
+    if drop_caps {
+        // capset(v3, all zero) in every thread: capabilities are per thread.
+        let mut arg = Vec::new();
+        arg.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+        arg.extend_from_slice(&0u32.to_le_bytes());
+        arg.extend_from_slice(&[0u8; 24]);
+        for t in threads.iter_mut() {
+            let r = inj.syscall_with_buf(
+                t,
+                libc::SYS_capset,
+                |a| [a, a + 8, 0, 0, 0, 0],
+                &arg,
+                &mut [],
+            );
+            check(r, "dropping the loader's capability")?;
+        }
+    }
     for (t, saved) in threads.iter().zip(&state.threads) {
         ptrace::set_regs(t.tid, &t.regs)?;
         ptrace::set_sigmask(t.tid, saved.sigmask)

@@ -7,6 +7,8 @@ mod fds;
 mod fdstate;
 mod finish;
 pub mod plan;
+mod pidns;
+pub use pidns::PidNs;
 mod spawn;
 mod timers;
 
@@ -25,6 +27,7 @@ static LOADER: &[u8] = include_bytes!(env!("CKPT_LOADER_PATH"));
 pub struct RestoreOptions<'a> {
     pub dir: &'a Path,
     pub detach: bool,
+    pub pidns: PidNs,
 }
 
 fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd> {
@@ -187,6 +190,7 @@ fn prepare_process(
         umask: state.umask,
         rlimits: rlimits_for(&state.rlimits),
         personality: state.personality,
+        ambient_checkpoint_cap: false,
     };
     let mut keep = vec![image_fd, plan_fd, exe_fd, status_w];
     keep.extend(map_files);
@@ -250,9 +254,32 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     for image in &images {
         checks::files_unchanged(&image.state)?;
         checks::machine_compatible(&image.state)?;
-        checks::pids_free(&image.state)?;
     }
-    checks::zombie_pids_free(&manifest.zombies)?;
+    let pids_here = (|| -> Result<()> {
+        for image in &images {
+            checks::pids_free(&image.state)?;
+        }
+        checks::zombie_pids_free(&manifest.zombies)?;
+        if !pidns::may_choose_pids() {
+            bail!(
+                "restoring the original PIDs here needs CAP_CHECKPOINT_RESTORE (run as root, or let ckpt restore in a new PID namespace with --pidns auto)"
+            );
+        }
+        Ok(())
+    })();
+    let new_ns = match (opts.pidns, pids_here) {
+        (PidNs::Never, Err(e)) => return Err(e.context("--pidns never")),
+        (PidNs::Never, Ok(())) | (PidNs::Auto, Ok(())) => false,
+        (PidNs::Auto, Err(_)) | (PidNs::Always, _) => true,
+    };
+    if new_ns {
+        if let Some(p) = images.iter().find(|i| i.state.pid == 1) {
+            bail!(
+                "process {} had PID 1; restoring it in a new PID namespace is not supported",
+                p.state.pid
+            );
+        }
+    }
 
     raise_nofile();
     let in_tree: std::collections::HashSet<i32> =
@@ -267,7 +294,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         + 1;
     let loader_fd = fds::above(memfd("ckpt-loader", LOADER)?, base)?;
     let mut shared = fds::Shared::default();
-    let mut prepared = Vec::new();
+    let mut prepared: Vec<Prepared> = Vec::new();
     for (image, m) in images.iter().zip(&manifest.processes) {
         prepared.push(prepare_process(
             image,
@@ -292,6 +319,51 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     for c in &mut children {
         c.sort_by_key(|&i| manifest.processes[i].pid);
     }
+    let tree = Tree {
+        images: &images,
+        manifest: &manifest,
+        children,
+        detach: opts.detach,
+        drop_caps: false,
+    };
+    if !new_ns {
+        return run_tree(tree, prepared, loader_fd, &|| {});
+    }
+    let tree = Tree {
+        drop_caps: pidns::needs_user_ns(),
+        ..tree
+    };
+    if tree.drop_caps {
+        for p in &mut prepared {
+            p.setup.ambient_checkpoint_cap = true;
+        }
+    }
+    pidns::run_in_new_pidns(opts.detach, move |report_ok| {
+        run_tree(tree, prepared, loader_fd, report_ok)
+    })
+}
+
+/// The restored tree, as `run_tree` needs it.
+struct Tree<'a> {
+    images: &'a [Image],
+    manifest: &'a generation::Manifest,
+    /// Indices of each process's children.
+    children: Vec<Vec<usize>>,
+    detach: bool,
+    /// The processes run in a user namespace ckpt made: the capability the loader
+    /// needed is taken away from them before they resume.
+    drop_caps: bool,
+}
+
+/// Create every process, finish each from the outside, resume them all, and (unless
+/// detached) wait for the root. `report_ok` is called once everything runs.
+fn run_tree(
+    tree: Tree,
+    prepared: Vec<Prepared>,
+    loader_fd: OwnedFd,
+    report_ok: &dyn Fn(),
+) -> Result<i32> {
+    let manifest = tree.manifest;
     let setups: Vec<&spawn::ChildSetup> = prepared.iter().map(|p| &p.setup).collect();
     // Orphans of a failed restore come back to us to be reaped.
     // SAFETY: prctl on ourselves.
@@ -302,7 +374,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         .map(|p| p.pid)
         .chain(manifest.zombies.iter().map(|z| z.pid))
         .collect();
-    let root_pid = spawn::spawn_tree(&setups, &children, &manifest.zombies)?;
+    let root_pid = spawn::spawn_tree(&setups, &tree.children, &manifest.zombies)?;
     drop(setups);
     drop(loader_fd);
     let mut status = Vec::new();
@@ -314,11 +386,12 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
 
     let mut finished = Vec::new();
     let mut result = Ok(());
-    for (image, (status_r, status_fd, exe_fd)) in images.iter().zip(&status) {
+    for (image, (status_r, status_fd, exe_fd)) in tree.images.iter().zip(&status) {
         let pid = image.state.pid;
         result = match read_ready(status_r) {
             Some(r) if r.error == 0 => {
-                finish::finish(&image.state, &r, *status_fd, *exe_fd).map(|t| finished.push(t))
+                finish::finish(&image.state, &r, *status_fd, *exe_fd, tree.drop_caps)
+                    .map(|t| finished.push(t))
             }
             Some(r) => Err(ready_error(pid, &r)),
             None => Err(anyhow::anyhow!(
@@ -341,10 +414,43 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         kill_all(&all_pids);
         return Err(e);
     }
-    if opts.detach {
+    report_ok();
+    if tree.detach && std::process::id() != 1 {
         return Ok(0);
     }
-    wait_exit(root_pid)
+    wait_root(root_pid)
+}
+
+/// Wait for the root; as init of a namespace, reap every orphan meanwhile.
+fn wait_root(root: i32) -> Result<i32> {
+    if std::process::id() != 1 {
+        return wait_exit(root);
+    }
+    loop {
+        let mut st = 0;
+        // SAFETY: reap any child.
+        let r = unsafe { libc::waitpid(-1, &mut st, libc::__WALL) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("waiting for the restored processes");
+        }
+        if r == root {
+            return Ok(status_code(st));
+        }
+    }
+}
+
+fn status_code(st: i32) -> i32 {
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        1
+    }
 }
 
 /// Whether `pid` descends from this process (so is one we created).
@@ -400,11 +506,5 @@ fn wait_exit(pid: i32) -> Result<i32> {
         }
         break;
     }
-    if libc::WIFEXITED(st) {
-        Ok(libc::WEXITSTATUS(st))
-    } else if libc::WIFSIGNALED(st) {
-        Ok(128 + libc::WTERMSIG(st))
-    } else {
-        Ok(1)
-    }
+    Ok(status_code(st))
 }

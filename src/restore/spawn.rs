@@ -53,6 +53,47 @@ pub struct ChildSetup {
     pub umask: u32,
     pub rlimits: Vec<(i32, libc::rlimit64)>,
     pub personality: u32,
+    /// Keep CAP_CHECKPOINT_RESTORE across the exec of the loader (ambient), which needs
+    /// it to create threads with their TIDs; set in a user namespace ckpt made, where
+    /// the job's uid is not 0. The front end drops it again before the job resumes.
+    pub ambient_checkpoint_cap: bool,
+}
+
+const CAP_CHECKPOINT_RESTORE: u32 = 40;
+
+/// Raise CAP_CHECKPOINT_RESTORE into the inheritable and ambient sets.
+unsafe fn raise_ambient_checkpoint_cap() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut h = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    if libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) < 0 {
+        return false;
+    }
+    d[1].inheritable |= 1 << (CAP_CHECKPOINT_RESTORE - 32);
+    if libc::syscall(libc::SYS_capset, &h, d.as_ptr()) < 0 {
+        return false;
+    }
+    libc::prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_RAISE,
+        CAP_CHECKPOINT_RESTORE as libc::c_ulong,
+        0,
+        0,
+    ) == 0
 }
 
 fn child_fail(status_fd: RawFd, what: &str) -> ! {
@@ -230,6 +271,9 @@ fn spawn(setups: &[&ChildSetup], children: &[Vec<usize>], zombies: &[Zombie], id
         }
         if libc::personality(setup.personality as libc::c_ulong) < 0 {
             child_fail(sfd, "setting the personality");
+        }
+        if setup.ambient_checkpoint_cap && !raise_ambient_checkpoint_cap() {
+            child_fail(sfd, "keeping CAP_CHECKPOINT_RESTORE for the loader");
         }
         libc::syscall(
             libc::SYS_execveat,
