@@ -23,11 +23,18 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
             "created_unix_ns": manifest.created_unix_ns,
             "kernel": manifest.kernel,
             "tool_version": manifest.tool_version,
+            "root_pid": manifest.root_pid,
+            "zombies": manifest.zombies.iter().map(|z| json!({
+                "pid": z.pid, "ppid": z.ppid, "pgid": z.pgid, "sid": z.sid,
+                "wait_status": z.wait_status,
+            })).collect::<Vec<_>>(),
             "processes": procs.iter().map(|i| {
                 let s = &i.state;
                 json!({
                     "pid": s.pid,
                     "ppid": s.ppid,
+                    "pgid": s.pgid,
+                    "sid": s.sid,
                     "cmdline": s.cmdline,
                     "exe": s.exe.path,
                     "image": i.path.display().to_string(),
@@ -56,6 +63,12 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
         "created     {} ns since the epoch, kernel {}, ckpt {}",
         manifest.created_unix_ns, manifest.kernel, manifest.tool_version
     );
+    for z in &manifest.zombies {
+        println!(
+            "zombie {} (parent {}), wait status {:#x}",
+            z.pid, z.ppid, z.wait_status
+        );
+    }
     for i in &procs {
         let s = &i.state;
         println!(
