@@ -29,6 +29,9 @@ bench: build
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(CKPT) $(DESTDIR)$(PREFIX)/bin/ckpt
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	$(CKPT) man $(DESTDIR)$(PREFIX)/share/man/man1
+	$(CKPT) completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/ckpt
 
 demo: all
 	tests/demo.sh $(CKPT) $(TESTDATA)/counter

@@ -65,6 +65,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for ckpt and every subcommand into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Measure dump and restore against the raw limits of this machine (make bench).
     #[command(hide = true)]
     Bench {
@@ -78,6 +85,15 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+}
+
+/// Man pages from the same definitions as the command line (ckpt.1, ckpt-dump.1, ...).
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd, dir)?;
+    Ok(())
 }
 
 fn main() {
@@ -115,6 +131,12 @@ fn main() {
         Cmd::Run { command } => run::run(&command[0], &command[1..]),
         Cmd::Info { dir, json } => info::info(&dir, json).map(|_| 0),
         Cmd::Bench { mib, dir, runs } => bench::bench(mib, dir, runs).map(|_| 0),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "ckpt", &mut std::io::stdout());
+            Ok(0)
+        }
+        Cmd::Man { dir } => man_pages(&dir).map(|_| 0),
     };
     match r {
         Ok(code) => std::process::exit(code),
