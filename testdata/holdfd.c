@@ -6,16 +6,24 @@
  * process keeps running after a refused dump.
  * KIND: netlink   (NETLINK_ROUTE socket)
  *       io_uring  (io_uring_setup(2) instance)
+ *       epoll-stale (an epoll instance, printed as the fd, with an entry for
+ *                 an eventfd registered under a number since closed: the
+ *                 eventfd lives on under another number)
+ *       epoll-reused (the same, and the closed number now holds another eventfd)
+ *       big-memfd (a memfd of 300 MiB, sparse: more than ckpt stores)
  */
 #include "common.h"
 #include <linux/netlink.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s netlink|io_uring STOPFILE\n", argv[0]);
+        fprintf(stderr, "usage: %s netlink|io_uring|epoll-stale|epoll-reused|big-memfd STOPFILE\n", argv[0]);
         return 2;
     }
     const char *kind = argv[1], *stop = argv[2];
@@ -28,6 +36,19 @@ int main(int argc, char **argv)
         memset(params, 0, sizeof params);
         fd = (int)syscall(SYS_io_uring_setup, 4, params);
         CHECK(fd >= 0, "io_uring_setup: %s", strerror(errno));
+    } else if (!strcmp(kind, "epoll-stale") || !strcmp(kind, "epoll-reused")) {
+        fd = epoll_create1(0);
+        int e = eventfd(0, 0);
+        CHECK(fd >= 0 && e >= 0, "epoll/eventfd: %s", strerror(errno));
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = 1 };
+        CHECK(epoll_ctl(fd, EPOLL_CTL_ADD, e, &ev) == 0, "epoll_ctl: %s", strerror(errno));
+        CHECK(dup2(e, e + 10) == e + 10, "dup2: %s", strerror(errno));
+        close(e);
+        if (!strcmp(kind, "epoll-reused"))
+            CHECK(eventfd(0, 0) == e, "eventfd did not reuse fd %d", e);
+    } else if (!strcmp(kind, "big-memfd")) {
+        fd = memfd_create("big", 0);
+        CHECK(fd >= 0 && ftruncate(fd, 300L << 20) == 0, "memfd: %s", strerror(errno));
     } else {
         fail("unknown kind '%s'", kind);
     }

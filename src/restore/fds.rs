@@ -348,56 +348,18 @@ fn new_memfd(name: &str) -> Result<OwnedFd> {
 
 /// The new file standing for the saved memfd or deleted file `f` (created at its first
 /// occurrence); its content, size and mode are filled from the occurrence that carries
-/// them. A deleted file becomes an O_TMPFILE file in its old directory (so it lives on
-/// the same filesystem, unnamed), or a memfd when that directory is gone. Seals are
-/// added last, once the process exists (fdstate.rs).
+/// them. Seals are added last, once the process exists (fdstate.rs).
 fn unlinked_backing(
     map: &mut HashMap<(u64, u64), (OwnedFd, bool)>,
     f: &UnlinkedFile,
     pid: i32,
     fdnum: RawFd,
 ) -> Result<RawFd> {
-    let key = (f.dev, f.ino);
-    if !map.contains_key(&key) {
-        let fd = if f.memfd {
-            new_memfd(&f.name)?
-        } else {
-            let dir = std::path::Path::new(&f.name)
-                .parent()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "/".into());
-            let c = CString::new(dir.clone())?;
-            // SAFETY: open(2) with a valid C string.
-            let r = unsafe {
-                libc::open(
-                    c.as_ptr(),
-                    libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                    (f.mode & 0o7777) as libc::c_uint,
-                )
-            };
-            if r >= 0 {
-                unsafe { OwnedFd::from_raw_fd(r) }
-            } else {
-                let what = if fdnum >= 0 {
-                    format!("process {pid} fd {fdnum}")
-                } else {
-                    "a mapping".to_string()
-                };
-                eprintln!(
-                    "ckpt: warning: {what}: deleted file {} restored as a memfd ({dir}: {})",
-                    f.name,
-                    std::io::Error::last_os_error()
-                );
-                let base = std::path::Path::new(&f.name)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                new_memfd(&base)?
-            }
-        };
-        map.insert(key, (fd, false));
-    }
-    let (fd, filled) = map.get_mut(&key).context("unlinked file")?;
+    use std::collections::hash_map::Entry;
+    let (fd, filled) = match map.entry((f.dev, f.ino)) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => v.insert((new_unlinked(f, pid, fdnum)?, false)),
+    };
     if let (Some(data), false) = (&f.data, *filled) {
         let file = std::fs::File::from(fd.try_clone()?);
         use std::os::unix::fs::FileExt;
@@ -415,6 +377,47 @@ fn unlinked_backing(
     Ok(fd.as_raw_fd())
 }
 
+/// A new empty file for `f`: a memfd with the same name, or, for a deleted file, an
+/// O_TMPFILE file in its old directory (so it lives on the same filesystem, unnamed), or a
+/// memfd (with a warning) when that directory is gone or cannot hold one.
+fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> Result<OwnedFd> {
+    if f.memfd {
+        return new_memfd(&f.name);
+    }
+    let path = std::path::Path::new(&f.name);
+    let dir = path
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let c = CString::new(dir.clone())?;
+    // SAFETY: open(2) with a valid C string.
+    let r = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            (f.mode & 0o7777) as libc::c_uint,
+        )
+    };
+    if r >= 0 {
+        return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+    }
+    let what = if fdnum >= 0 {
+        format!("process {pid} fd {fdnum}")
+    } else {
+        "a mapping".to_string()
+    };
+    eprintln!(
+        "ckpt: warning: {what}: deleted file {} restored as a memfd ({dir}: {})",
+        f.name,
+        std::io::Error::last_os_error()
+    );
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    new_memfd(&base)
+}
+
 /// A descriptor on the FIFO at `path` with `flags`. Opened non-blocking (an O_RDWR
 /// descriptor of ours is held open meanwhile, so neither end waits for a peer), then
 /// given its saved flags. The data in flight is written through our descriptor.
@@ -425,15 +428,18 @@ fn fifo(
     data: &[u8],
     flags: i32,
 ) -> Result<OwnedFd> {
-    if !keepers.contains_key(&ino) {
+    if let std::collections::hash_map::Entry::Vacant(v) = keepers.entry(ino) {
         let k = open(path, libc::O_RDWR | libc::O_NONBLOCK, "a FIFO")?;
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on our own descriptor into a local.
-        cvt(unsafe { libc::fstat(k.as_raw_fd(), &mut st) }, "stat of a FIFO")?;
+        cvt(
+            unsafe { libc::fstat(k.as_raw_fd(), &mut st) },
+            "stat of a FIFO",
+        )?;
         if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
             bail!("{path} is no longer a FIFO; restore needs the named pipe the process had open");
         }
-        keepers.insert(ino, k);
+        v.insert(k);
     }
     let keeper = &keepers[&ino];
     if !data.is_empty() {
@@ -455,13 +461,19 @@ fn eventfd(count: u64, semaphore: bool, flags: i32) -> Result<OwnedFd> {
     }
     // The count may exceed eventfd()'s unsigned int: start at 0 and add it with a write.
     // SAFETY: eventfd returns a descriptor we own.
-    let e = cvt(unsafe { libc::eventfd(0, efd_flags) }, "creating an eventfd")?;
+    let e = cvt(
+        unsafe { libc::eventfd(0, efd_flags) },
+        "creating an eventfd",
+    )?;
     let e = unsafe { OwnedFd::from_raw_fd(e) };
     if count > 0 {
         let b = count.to_ne_bytes();
         // SAFETY: write 8 bytes from a local.
         if unsafe { libc::write(e.as_raw_fd(), b.as_ptr().cast(), 8) } != 8 {
-            bail!("setting an eventfd counter to {count}: {}", std::io::Error::last_os_error());
+            bail!(
+                "setting an eventfd counter to {count}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     set_status_flags(&e, flags)?;
@@ -568,7 +580,10 @@ fn inotify(watches: &[InotifyWatch], flags: i32) -> Result<OwnedFd> {
     let mut next = 1i32;
     for w in watches {
         if w.wd < next {
-            bail!("the image lists inotify watch {} twice or out of order", w.wd);
+            bail!(
+                "the image lists inotify watch {} twice or out of order",
+                w.wd
+            );
         }
         if w.wd - next > 1 << 22 {
             bail!(

@@ -2,7 +2,9 @@
 //! the outside while it is still stopped:
 //! - epoll interest lists: epoll keys an entry by (file, descriptor number), so entries
 //!   are added by `epoll_ctl(EPOLL_CTL_ADD)` injected into the process itself, with the
-//!   target numbers; the process's later EPOLL_CTL_MOD/DEL on them then work.
+//!   target numbers; the process's later EPOLL_CTL_MOD/DEL on them then work. Events
+//!   already reported are not remembered: an edge-triggered entry whose file is ready
+//!   reports it once more, and a disabled EPOLLONESHOT entry comes back disabled.
 //! - memfd seals, added last (after the loader mapped the memfd and the content is in),
 //!   through a descriptor of ours on the process's memfd.
 
@@ -44,7 +46,13 @@ pub fn restore_fd_state(
                 &ev,
                 &mut [],
             );
-            check(r).with_context(|| {
+            // EEXIST: the instance is shared with a process of the tree restored
+            // before, which added this (file, number) entry already.
+            let r = check(r);
+            if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EEXIST)) {
+                continue;
+            }
+            r.with_context(|| {
                 format!(
                     "process {pid}: adding fd {} (events {:#x}) to epoll fd {}",
                     e.fd, e.events, fd.fd
@@ -99,8 +107,16 @@ fn add_seals(state: &ProcessState, file: &UnlinkedFile) -> Result<()> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {path}"))?;
+    // Only the seals not there yet: a memfd shared with a process of the tree restored
+    // before is sealed already.
     // SAFETY: fcntl on our own descriptor.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, file.seals as libc::c_int) } < 0 {
+    let have = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) }.max(0) as u32;
+    let add = file.seals & !have;
+    if add == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, add as libc::c_int) } < 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("adding seals {:#x}", file.seals));
     }

@@ -152,6 +152,7 @@ fn prepare_process(
             image_fd: image_fd.as_raw_fd(),
             status_fd: status_w.as_raw_fd(),
             map_fds,
+            map_files: map_files.iter().map(|f| f.as_raw_fd()).collect(),
         },
     );
     let plan_fd = fds::above(memfd("ckpt-plan", &plan_bytes)?, base)?;

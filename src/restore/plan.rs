@@ -15,6 +15,8 @@ pub struct PlanFds {
     pub status_fd: i32,
     /// fd of the file behind each file-backed VMA, by path.
     pub map_fds: HashMap<String, i32>,
+    /// Every descriptor opened for mappings (the loader closes them all).
+    pub map_files: Vec<i32>,
 }
 
 fn push_struct<T: Copy>(buf: &mut Vec<u8>, v: &T) {
@@ -111,7 +113,13 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
             mask: s.mask,
         })
         .collect();
-    let mut close_fds: Vec<i32> = fds.map_fds.values().copied().collect();
+    // Every descriptor opened for mappings, also one superseded by a read-write one.
+    let mut close_fds: Vec<i32> = fds
+        .map_fds
+        .values()
+        .chain(fds.map_files.iter())
+        .copied()
+        .collect();
     close_fds.sort_unstable();
     close_fds.dedup();
 

@@ -65,9 +65,13 @@ fn hex(v: Option<&str>) -> Option<u64> {
 
 /// `(sec, nsec)` → nanoseconds.
 fn timespec_ns(v: Option<&str>) -> Option<u64> {
-    let (s, n) = v?.trim().strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+    let (s, n) = v?
+        .trim()
+        .strip_prefix('(')?
+        .strip_suffix(')')?
+        .split_once(',')?;
     let (s, n): (u64, u64) = (s.trim().parse().ok()?, n.trim().parse().ok()?);
-    Some(s.checked_mul(1_000_000_000)?.checked_add(n)?)
+    s.checked_mul(1_000_000_000)?.checked_add(n)
 }
 
 /// A kernel-internal dev_t (as fdinfo prints s_dev) as userspace sees it in st_dev.
@@ -191,10 +195,12 @@ pub fn anon_fd(pid: i32, fd: i32, name: &str) -> Result<FdKind> {
                 // file in this process, or the entry cannot be added back.
                 let ino = hex(get(&p, "ino"));
                 let sdev = hex(get(&p, "sdev")).map(kdev_to_dev);
+                let toff = entries.iter().filter(|e: &&EpollEntry| e.fd == tfd).count();
                 match std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")) {
                     Ok(md)
                         if ino.is_none_or(|i| i == md.ino())
-                            && sdev.is_none_or(|d| d == md.dev()) => {}
+                            && sdev.is_none_or(|d| d == md.dev())
+                            && same_epoll_target(pid, fd, tfd, toff) != Some(false) => {}
                     Ok(_) => {
                         return Err(unsupported(format!(
                             "epoll entry for fd {tfd}, which now names another file (the watched file was closed under that number, or belongs to another process)"
@@ -215,6 +221,43 @@ pub fn anon_fd(pid: i32, fd: i32, name: &str) -> Result<FdKind> {
             entries.sort_by_key(|e| e.fd);
             Ok(FdKind::Epoll { entries })
         }
+    }
+}
+
+/// Whether the file registered in epoll `epfd` under number `tfd` (the `toff`-th such
+/// entry) is the file open at `tfd`: kcmp(KCMP_EPOLL_TFD). Anonymous-inode files all
+/// share one inode, so fdinfo's `ino` cannot tell them apart. None: kcmp is not
+/// available (CONFIG_KCMP off).
+fn same_epoll_target(pid: i32, epfd: i32, tfd: i32, toff: usize) -> Option<bool> {
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    #[repr(C)]
+    struct Slot {
+        efd: u32,
+        tfd: u32,
+        toff: u32,
+    }
+    let slot = Slot {
+        efd: epfd as u32,
+        tfd: tfd as u32,
+        toff: toff as u32,
+    };
+    // SAFETY: kcmp reads the slot struct, which lives across the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid,
+            pid,
+            KCMP_EPOLL_TFD,
+            tfd as libc::c_long,
+            &slot as *const Slot,
+        )
+    };
+    match r {
+        0 => Some(true),
+        1..=3 => Some(false),
+        // ENOENT: no such entry or descriptor; other errors: no kcmp here.
+        _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) => Some(false),
+        _ => None,
     }
 }
 
@@ -250,13 +293,22 @@ fn mount_of(dev: u64) -> Option<String> {
 
 /// The path of the watched inode: open_by_handle_at(2) with the handle fdinfo shows (needs
 /// CAP_DAC_READ_SEARCH, i.e. root), then the name of what it opened.
-fn watch_path(dev: u64, ino: u64, handle: Option<(i32, Vec<u8>)>) -> std::result::Result<String, String> {
+fn watch_path(
+    dev: u64,
+    ino: u64,
+    handle: Option<(i32, Vec<u8>)>,
+) -> std::result::Result<String, String> {
     let (htype, bytes) =
         handle.ok_or("its filesystem gives no file handle; ckpt does not search by inode")?;
     let mnt = mount_of(dev).ok_or("its filesystem is not mounted here")?;
     let mnt_c = std::ffi::CString::new(mnt.clone()).map_err(|e| e.to_string())?;
     // SAFETY: open(2) with a valid C string.
-    let mfd = unsafe { libc::open(mnt_c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let mfd = unsafe {
+        libc::open(
+            mnt_c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if mfd < 0 {
         return Err(format!("opening {mnt}: {}", io::Error::last_os_error()));
     }
@@ -336,7 +388,8 @@ fn unlinked(
     let f = std::fs::File::open(open_path).map_err(|e| format!("opening it: {e}"))?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs/fcntl on our own descriptor.
-    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0 && st.f_type as i64 == HUGETLBFS_MAGIC {
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
+    {
         return Err("a hugetlbfs file".into());
     }
     if memfd {
@@ -378,7 +431,11 @@ pub fn unlinked_fd(
         let md = std::fs::metadata(&link)
             .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
         if !md.is_file() {
-            let t = if md.is_dir() { "directory" } else { "special file" };
+            let t = if md.is_dir() {
+                "directory"
+            } else {
+                "special file"
+            };
             return Err(TraceError::UnsupportedFd {
                 pid,
                 fd,
@@ -407,9 +464,9 @@ pub fn unlinked_vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<V
     let by_fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()
         .and_then(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .find(|p| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode && md.dev() == dev))
+            d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+                std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode && md.dev() == dev)
+            })
         });
     let open_path = match by_fd {
         Some(p) => p.to_string_lossy().into_owned(),
