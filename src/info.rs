@@ -95,7 +95,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
         for v in &s.vmas {
             let kind = match &v.kind {
                 VmaKind::Anon => "anon",
-                VmaKind::SharedAnon => "shared-anon",
+                VmaKind::SharedAnon { .. } => "shared-anon",
                 VmaKind::File { .. } => "file",
                 VmaKind::Vdso => "vdso",
                 VmaKind::Vvar | VmaKind::VvarVclock => "vvar",

@@ -63,6 +63,20 @@ fn writable_unchanged(saved: &FileIdentity, pos: u64, what: &str) -> Result<()> 
 
 pub fn files_unchanged(state: &ProcessState) -> Result<()> {
     let mut seen = HashSet::new();
+    // Files of a memory file system: recreated from the image when gone (a reboot),
+    // else used as they are, like files the job writes.
+    for v in &state.volatile_files {
+        seen.insert(v.name.clone());
+        if let Ok(md) = std::fs::metadata(&v.name) {
+            use std::os::unix::fs::MetadataExt;
+            if md.ino() != v.ino {
+                bail!(
+                    "{} was replaced since the checkpoint (inode differs); remove it to restore the saved one",
+                    v.name
+                );
+            }
+        }
+    }
     check_identity(&state.exe, "executable")?;
     seen.insert(state.exe.path.clone());
     for v in &state.vmas {
@@ -185,6 +199,28 @@ pub fn zombie_pids_free(zombies: &[ckpt_tracer::tree::Zombie]) -> Result<()> {
                 z.pid
             );
         }
+    }
+    Ok(())
+}
+
+/// Recreate the files of a memory file system that are gone since the checkpoint
+/// (e.g. /dev/shm after a reboot), with their saved content and mode.
+pub fn recreate_volatile_files(state: &ProcessState) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    for v in &state.volatile_files {
+        if Path::new(&v.name).exists() {
+            continue;
+        }
+        let Some(data) = &v.data else { continue };
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(v.mode & 0o7777)
+            .open(&v.name)
+            .map_err(|e| anyhow::anyhow!("recreating {}: {e}", v.name))?;
+        f.write_all(data)
+            .map_err(|e| anyhow::anyhow!("recreating {}: {e}", v.name))?;
     }
     Ok(())
 }

@@ -101,6 +101,8 @@ fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
 /// write end EPIPE, as with a peer that is gone).
 #[derive(Default)]
 pub struct Shared {
+    /// One memfd per shared anonymous memory object, by its saved inode.
+    shared_anon: HashMap<u64, OwnedFd>,
     descs: HashMap<u32, OwnedFd>,
     pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
     /// memfds and deleted files by saved (dev, ino): the new file, and whether its
@@ -268,6 +270,7 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
 pub fn map_key(v: &Vma) -> Option<String> {
     match &v.kind {
         VmaKind::File { id } => Some(id.path.clone()),
+        VmaKind::SharedAnon { ino } => Some(format!("\0shared-anon {ino}")),
         VmaKind::Unlinked { file } => {
             let rw = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
             Some(format!(
@@ -305,6 +308,34 @@ pub fn map_fd_for(
                 .with_context(|| format!("opening mapped file {}", id.path))?;
             let fd = above(OwnedFd::from(f), min)?;
             map_fds.insert(id.path.clone(), fd.as_raw_fd());
+            Ok(Some(fd))
+        }
+        VmaKind::SharedAnon { ino } => {
+            let key = map_key(v).context("mapping key")?;
+            let size = v.offset + (v.end - v.start);
+            let obj = match shared.shared_anon.get(ino) {
+                Some(f) => f.try_clone()?,
+                None => {
+                    let f = memfd_rw(ckpt_tracer::maps::SHARED_ANON_MEMFD)?;
+                    shared.shared_anon.insert(*ino, f.try_clone()?);
+                    f
+                }
+            };
+            // The object must cover every mapping of it in the whole tree.
+            // SAFETY: fstat/ftruncate on our own memfd.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            cvt(unsafe { libc::fstat(obj.as_raw_fd(), &mut st) }, "fstat of a memfd")?;
+            if (st.st_size as u64) < size {
+                cvt(
+                    unsafe { libc::ftruncate(obj.as_raw_fd(), size as i64) },
+                    "sizing shared memory",
+                )?;
+            }
+            if map_fds.contains_key(&key) {
+                return Ok(None);
+            }
+            let fd = above(obj, min)?;
+            map_fds.insert(key, fd.as_raw_fd());
             Ok(Some(fd))
         }
         VmaKind::Unlinked { file } => {
@@ -626,4 +657,15 @@ fn inotify(watches: &[InotifyWatch], flags: i32) -> Result<OwnedFd> {
     }
     set_status_flags(&i, flags)?;
     Ok(i)
+}
+
+/// A new memfd, read-write, close-on-exec.
+fn memfd_rw(name: &str) -> Result<OwnedFd> {
+    let c = CString::new(name)?;
+    // SAFETY: memfd_create returns a descriptor we own.
+    let fd = cvt(
+        unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) },
+        "creating a memfd",
+    )?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

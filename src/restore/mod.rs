@@ -273,6 +273,9 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         (PidNs::Never, Ok(())) | (PidNs::Auto, Ok(())) => false,
         (PidNs::Auto, Err(_)) | (PidNs::Always, _) => true,
     };
+    for image in &images {
+        checks::recreate_volatile_files(&image.state)?;
+    }
     if new_ns {
         if let Some(p) = images.iter().find(|i| i.state.pid == 1) {
             bail!(

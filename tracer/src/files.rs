@@ -306,3 +306,72 @@ impl NonBlock for std::fs::OpenOptions {
         self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
     }
 }
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+/// Files larger than this on a memory file system are refused rather than stored.
+const VOLATILE_MAX: u64 = 256 << 20;
+
+/// Whether `path` lives on a file system a reboot wipes (tmpfs, ramfs).
+pub fn on_memory_fs(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return false;
+    };
+    // SAFETY: statfs into a local struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
+        return false;
+    }
+    let t = st.f_type as i64;
+    t == TMPFS_MAGIC || t == RAMFS_MAGIC
+}
+
+/// The content of every regular file on a memory file system that the process maps or
+/// has open, once per file.
+pub fn volatile_files(
+    pid: i32,
+    vmas: &[crate::state::Vma],
+    fds: &[Fd],
+) -> Result<Vec<crate::state::UnlinkedFile>> {
+    use crate::state::{UnlinkedFile, VmaKind};
+    let ids = vmas
+        .iter()
+        .filter_map(|v| match &v.kind {
+            VmaKind::File { id } => Some(id),
+            _ => None,
+        })
+        .chain(fds.iter().filter_map(|f| match &f.kind {
+            FdKind::File { id, .. } => Some(id),
+            _ => None,
+        }));
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for id in ids {
+        if !seen.insert((id.dev, id.ino)) || !on_memory_fs(&id.path) {
+            continue;
+        }
+        if id.size > VOLATILE_MAX {
+            return Err(TraceError::Unsupported {
+                pid,
+                what: format!(
+                    "{} is on a memory file system and larger than {} MiB",
+                    id.path,
+                    VOLATILE_MAX >> 20
+                ),
+            });
+        }
+        let data = std::fs::read(&id.path)
+            .map_err(|e| TraceError::io(pid, format!("reading {}", id.path), e))?;
+        out.push(UnlinkedFile {
+            memfd: false,
+            name: id.path.clone(),
+            dev: id.dev,
+            ino: id.ino,
+            size: data.len() as u64,
+            mode: id.mode,
+            seals: 0,
+            data: Some(data),
+        });
+    }
+    Ok(out)
+}

@@ -10,6 +10,11 @@ use std::os::unix::fs::FileExt;
 
 pub const PAGE: u64 = 4096;
 
+/// Name of the memfd a restore rebuilds shared anonymous memory on, as /proc/PID/maps
+/// shows it; a later dump treats it as shared anonymous memory again.
+pub const SHARED_ANON_MEMFD: &str = "ckpt-shared-anon";
+const SHARED_ANON_MEMFD_PREFIX: &str = "/memfd:ckpt-shared-anon";
+
 /// One line of /proc/PID/maps plus its VmFlags.
 #[derive(Debug, Clone)]
 pub struct MapEntry {
@@ -138,8 +143,10 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         }
         return Ok(Some(VmaKind::Anon));
     }
-    if m.shared() && (m.name == "/dev/zero (deleted)" || m.name.starts_with("/dev/zero")) {
-        return Ok(Some(VmaKind::SharedAnon));
+    if m.shared()
+        && (m.name.starts_with("/dev/zero") || m.name.starts_with(SHARED_ANON_MEMFD_PREFIX))
+    {
+        return Ok(Some(VmaKind::SharedAnon { ino: m.inode }));
     }
     if m.name.starts_with("/memfd:") {
         return crate::fdkinds::unlinked_vma(pid, m, ids).map(Some);
@@ -197,7 +204,10 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
     match vma.kind {
         VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => return Ok(runs),
         VmaKind::File { .. } | VmaKind::Unlinked { .. } if vma.shared => return Ok(runs),
-        VmaKind::SharedAnon => {
+        VmaKind::SharedAnon { .. } => {
+            // Pages of the object may have been written through another mapping (even
+            // one of a process that is gone): read them all, unless the caller knew
+            // better (see `shared_anon_runs`).
             let mut a = vma.start;
             while a < vma.end {
                 push(a);
@@ -230,4 +240,45 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
         page += n;
     }
     Ok(runs)
+}
+
+/// The pages of a shared anonymous mapping that exist in its memory object, found with
+/// SEEK_DATA/SEEK_HOLE on the object itself (through /proc/PID/map_files, which needs
+/// privileges). None when the object cannot be opened: the caller stores every page.
+pub fn shared_anon_runs(pid: i32, vma: &Vma) -> Option<Vec<PageRun>> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end)).ok()?;
+    let fd = f.as_raw_fd();
+    let (lo, hi) = (vma.offset, vma.offset + (vma.end - vma.start));
+    let mut runs = Vec::new();
+    let mut pos = lo;
+    while pos < hi {
+        // SAFETY: lseek on our own descriptor.
+        let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data after pos
+            }
+            return None;
+        }
+        let data = (data as u64).max(pos);
+        if data >= hi {
+            break;
+        }
+        let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return None;
+        }
+        let start = data & !(PAGE - 1);
+        let end = ((hole as u64).min(hi) + PAGE - 1) & !(PAGE - 1);
+        runs.push(PageRun {
+            addr: vma.start + (start - lo),
+            npages: (end - start) / PAGE,
+            file_off: 0,
+            hash: 0,
+        });
+        pos = end;
+    }
+    Some(runs)
 }

@@ -258,6 +258,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
     let mut mm = stat.mm;
     mm.brk = brk;
     let fds = files::read_fds(pid, &mut ids)?;
+    let volatile_files = files::volatile_files(pid, &vmas, &fds)?;
     let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(io_err("reading exe link"))?
         .to_string_lossy()
@@ -267,7 +268,12 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
 
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io_err("opening pagemap"))?;
     for v in &mut vmas {
-        v.pages = maps::stored_runs(&pagemap, v).map_err(io_err("reading pagemap"))?;
+        v.pages = match v.kind {
+            VmaKind::SharedAnon { .. } => maps::shared_anon_runs(pid, v),
+            _ => None,
+        }
+        .map_or_else(|| maps::stored_runs(&pagemap, v), Ok)
+        .map_err(io_err("reading pagemap"))?;
     }
 
     Ok((
@@ -302,6 +308,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
             sigactions,
             vdso_hash,
             shared_pending,
+            volatile_files,
             itimers,
             posix_timers,
         },

@@ -90,8 +90,10 @@ pub struct ThreadState {
 pub enum VmaKind {
     /// Private anonymous memory (including `[heap]` and `[stack]`, see `name`).
     Anon,
-    /// MAP_SHARED anonymous memory (`/dev/zero (deleted)`): content stored.
-    SharedAnon,
+    /// MAP_SHARED anonymous memory (`/dev/zero (deleted)`): its pages are stored as
+    /// runs. `ino` identifies the shared memory object: every mapping of the same object,
+    /// in any process of the checkpoint, maps one new object again after restore.
+    SharedAnon { ino: u64 },
     /// A mapping of a regular file that still exists under `id.path`.
     File {
         id: FileIdentity,
@@ -351,6 +353,10 @@ pub struct ProcessState {
     pub vdso_hash: u64,
     /// Signals queued for the whole process, as 128-byte siginfo_t, oldest first.
     pub shared_pending: Vec<Vec<u8>>,
+    /// Regular files on a memory file system (tmpfs, /dev/shm) that the process maps
+    /// or has open, with their content: a reboot wipes them, so a restore recreates
+    /// the ones that are gone. `name` is the path; `data` is always there.
+    pub volatile_files: Vec<UnlinkedFile>,
     /// Interval timers (setitimer) that are armed or have an interval.
     pub itimers: Vec<ITimer>,
     /// POSIX timers (timer_create), by ascending id.
