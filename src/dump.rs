@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use ckpt_tracer::read::{not_from_snapshot, read_process_with, MemReader};
 use ckpt_tracer::snapshot::Snapshot;
 use ckpt_tracer::state::ProcessState;
-use ckpt_tracer::tree::{link_descriptors, FrozenTree};
+use ckpt_tracer::tree::{link_descriptors, FrozenTree, Zombie};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xxhash_rust::xxh3::Xxh3;
@@ -69,137 +69,238 @@ fn write_runs(
     Ok(())
 }
 
-pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
-    let t0 = Instant::now();
-    let root = opts.pid;
-    let mut tree = FrozenTree::freeze(root)?;
-    let zombies = tree.zombies.clone();
-    let mut states = Vec::new();
-    let mut injectors = Vec::new();
-    for f in &mut tree.procs {
-        let (s, inj) = read_process_with(f)?;
-        states.push(s);
-        injectors.push(inj);
-    }
-    link_descriptors(&mut states)?;
-    let created_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let gen = PendingGeneration::create(opts.dir, &states[0].comm, root)?;
-    let mut writers = Vec::new();
-    for s in &states {
-        writers.push(ImageWriter::create(&gen.dir.join(image_name(s.pid)))?);
-    }
-    let total: u64 = states
-        .iter()
-        .flat_map(|s| s.vmas.iter())
-        .flat_map(|v| v.pages.iter())
-        .map(|r| r.npages * PAGE)
-        .sum();
-    let bar = progress::bar(total, "dumping");
-    let mut buf = vec![0u8; CHUNK];
+/// A checkpoint whose tree is frozen and whose state is read (the first phase of a
+/// dump, and of a coordinated checkpoint: every job is frozen before any resumes).
+/// Dropping it lets the tree run on and removes the unfinished generation.
+pub struct FrozenDump {
+    t0: Instant,
+    root: i32,
+    kill: bool,
+    keep: usize,
+    tree: FrozenTree,
+    zombies: Vec<Zombie>,
+    states: Vec<ProcessState>,
+    gen: PendingGeneration,
+    writers: Vec<ImageWriter>,
+    snapshots: Vec<Snapshot>,
+    from_parent: Vec<Vec<(u64, u64)>>,
+    created_ns: u64,
+    buf: Vec<u8>,
+    bar: indicatif::ProgressBar,
+}
 
-    // Copy-on-write snapshots let the tree run on while its memory is written; not
-    // worth it when the tree is killed afterwards anyway. If one cannot be made, every
-    // process stays stopped until its memory is written.
-    let mut snapshots = Vec::new();
-    if !opts.kill {
-        for (f, inj) in tree.procs.iter_mut().zip(&injectors) {
-            match Snapshot::take(f, inj) {
-                Ok(s) => snapshots.push(s),
-                Err(e) => {
-                    eprintln!(
-                        "ckpt: warning: process {}: no copy-on-write snapshot ({e}); the tree stays stopped while its memory is written",
-                        f.pid
-                    );
-                    snapshots.clear();
-                    break;
+impl FrozenDump {
+    /// Freeze the tree of `opts.pid`, read its state, take the copy-on-write snapshots
+    /// and write what must come from the originals. The tree stays stopped.
+    pub fn freeze(opts: &DumpOptions) -> Result<FrozenDump> {
+        let t0 = Instant::now();
+        let root = opts.pid;
+        let mut tree = FrozenTree::freeze(root)?;
+        let zombies = tree.zombies.clone();
+        let mut states = Vec::new();
+        let mut injectors = Vec::new();
+        for f in &mut tree.procs {
+            let (s, inj) = read_process_with(f)?;
+            states.push(s);
+            injectors.push(inj);
+        }
+        link_descriptors(&mut states)?;
+        let created_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let gen = PendingGeneration::create(opts.dir, &states[0].comm, root)?;
+        let mut writers = Vec::new();
+        for s in &states {
+            writers.push(ImageWriter::create(&gen.dir.join(image_name(s.pid)))?);
+        }
+        let total: u64 = states
+            .iter()
+            .flat_map(|s| s.vmas.iter())
+            .flat_map(|v| v.pages.iter())
+            .map(|r| r.npages * PAGE)
+            .sum();
+        let bar = progress::bar(total, "dumping");
+
+        // Copy-on-write snapshots let the tree run on while its memory is written; not
+        // worth it when the tree is killed afterwards anyway. If one cannot be made,
+        // every process stays stopped until its memory is written.
+        let mut snapshots = Vec::new();
+        if !opts.kill {
+            for (f, inj) in tree.procs.iter_mut().zip(&injectors) {
+                match Snapshot::take(f, inj) {
+                    Ok(s) => snapshots.push(s),
+                    Err(e) => {
+                        eprintln!(
+                            "ckpt: warning: process {}: no copy-on-write snapshot ({e}); the tree stays stopped while its memory is written",
+                            f.pid
+                        );
+                        snapshots.clear();
+                        break;
+                    }
                 }
             }
         }
-    }
-    drop(injectors);
-    let use_snapshots = !snapshots.is_empty();
-    // Regions fork does not copy faithfully, and shared ones, come from the originals.
-    let mut from_parent = Vec::new();
-    for s in &states {
-        from_parent.push(if use_snapshots {
-            not_from_snapshot(s.pid)
-                .with_context(|| format!("reading the memory map of process {}", s.pid))?
-        } else {
-            vec![(0, u64::MAX)]
-        });
-    }
-    let in_parent =
-        |i: usize, s: u64, e: u64| from_parent[i].iter().any(|&(a, b)| a <= s && e <= b);
-    let mut r = Ok(());
-    for (i, (state, w)) in states.iter_mut().zip(&mut writers).enumerate() {
-        r = MemReader::open(state.pid)
-            .with_context(|| format!("opening memory of process {}", state.pid))
-            .and_then(|mem| {
-                write_runs(state, |s, e| in_parent(i, s, e), &mem, w, &mut buf, &bar)
+        drop(injectors);
+        // Regions fork does not copy faithfully, and shared ones, come from the originals.
+        let mut from_parent = Vec::new();
+        for s in &states {
+            from_parent.push(if !snapshots.is_empty() {
+                not_from_snapshot(s.pid)
+                    .with_context(|| format!("reading the memory map of process {}", s.pid))?
+            } else {
+                vec![(0, u64::MAX)]
             });
-        if r.is_err() {
-            break;
         }
+        let mut d = FrozenDump {
+            t0,
+            root,
+            kill: opts.kill,
+            keep: opts.keep,
+            tree,
+            zombies,
+            states,
+            gen,
+            writers,
+            snapshots,
+            from_parent,
+            created_ns,
+            buf: vec![0u8; CHUNK],
+            bar,
+        };
+        d.write_from_originals()?;
+        Ok(d)
     }
-    let pause;
-    let mut kill_after = None;
-    if opts.kill && r.is_ok() {
-        pause = t0.elapsed();
-        kill_after = Some(tree);
-    } else {
-        // Let go before anything else can fail: snapshot cleanup needs the tree running.
-        tree.release();
-        pause = t0.elapsed();
-    }
-    r?;
-    if use_snapshots {
-        for ((i, (state, w)), snap) in states.iter_mut().zip(&mut writers).enumerate().zip(&snapshots) {
-            let mem = MemReader::open(snap.memory_pid())
-                .context("opening memory of the snapshot")?;
-            write_runs(state, |s, e| !in_parent(i, s, e), &mem, w, &mut buf, &bar)?;
+
+    /// Write the runs that must come from the frozen originals.
+    fn write_from_originals(&mut self) -> Result<()> {
+        let procs = self.states.iter_mut().zip(&mut self.writers).enumerate();
+        for (i, (state, w)) in procs {
+            let regions = &self.from_parent[i];
+            let mem = MemReader::open(state.pid)
+                .with_context(|| format!("opening memory of process {}", state.pid))?;
+            write_runs(
+                state,
+                |s, e| regions.iter().any(|&(a, b)| a <= s && e <= b),
+                &mem,
+                w,
+                &mut self.buf,
+                &self.bar,
+            )?;
         }
+        Ok(())
     }
-    bar.finish_and_clear();
-    for snap in snapshots {
-        let pid = snap.pid;
-        snap.discard()
-            .with_context(|| format!("removing the snapshot copy of process {pid}"))?;
+
+    /// Let the tree run on (or, with --kill, kill it once the image is on disk), write
+    /// the rest from the snapshots, and publish the generation.
+    pub fn complete(self) -> Result<DumpReport> {
+        let FrozenDump {
+            t0,
+            root,
+            kill,
+            keep,
+            tree,
+            zombies,
+            mut states,
+            gen,
+            mut writers,
+            snapshots,
+            from_parent,
+            created_ns,
+            mut buf,
+            bar,
+        } = self;
+        let pause = t0.elapsed();
+        let kill_after = if kill {
+            Some(tree)
+        } else {
+            // Let go before anything else can fail: snapshot cleanup needs it running.
+            tree.release();
+            None
+        };
+        let mut rest = FrozenDumpRest {
+            states: &mut states,
+            writers: &mut writers,
+            snapshots: &snapshots,
+            from_parent: &from_parent,
+            buf: &mut buf,
+            bar: &bar,
+        };
+        rest.write_from_snapshots()?;
+        bar.finish_and_clear();
+        for snap in snapshots {
+            let pid = snap.pid;
+            snap.discard()
+                .with_context(|| format!("removing the snapshot copy of process {pid}"))?;
+        }
+        let mut image_bytes = 0;
+        for (state, w) in states.iter().zip(writers) {
+            image_bytes += w.finish(state, created_ns)?;
+        }
+        let manifest = Manifest {
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            created_unix_ns: created_ns,
+            kernel: kernel_release(),
+            root_pid: root,
+            processes: states
+                .iter()
+                .map(|s| ManifestProcess {
+                    pid: s.pid,
+                    ppid: s.ppid,
+                    pgid: s.pgid,
+                    sid: s.sid,
+                    image: image_name(s.pid),
+                    cmdline: s.cmdline.clone(),
+                })
+                .collect(),
+            zombies,
+        };
+        let generation = gen.publish(&manifest, keep)?;
+        if let Some(t) = kill_after {
+            t.kill();
+        }
+        Ok(DumpReport {
+            generation,
+            pause,
+            total: t0.elapsed(),
+            image_bytes,
+        })
     }
-    let mut image_bytes = 0;
-    for (state, w) in states.iter().zip(writers) {
-        image_bytes += w.finish(state, created_ns)?;
+}
+
+/// The second write phase, on the parts of a [`FrozenDump`] that outlive the tree.
+struct FrozenDumpRest<'a> {
+    states: &'a mut [ProcessState],
+    writers: &'a mut [ImageWriter],
+    snapshots: &'a [Snapshot],
+    from_parent: &'a [Vec<(u64, u64)>],
+    buf: &'a mut [u8],
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl FrozenDumpRest<'_> {
+    fn write_from_snapshots(&mut self) -> Result<()> {
+        for (i, snap) in self.snapshots.iter().enumerate() {
+            let regions = &self.from_parent[i];
+            let in_parent = |s: u64, e: u64| regions.iter().any(|&(a, b)| a <= s && e <= b);
+            let mem =
+                MemReader::open(snap.memory_pid()).context("opening memory of the snapshot")?;
+            write_runs(
+                &mut self.states[i],
+                |s, e| !in_parent(s, e),
+                &mem,
+                &mut self.writers[i],
+                self.buf,
+                self.bar,
+            )?;
+        }
+        Ok(())
     }
-    let manifest = Manifest {
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        created_unix_ns: created_ns,
-        kernel: kernel_release(),
-        root_pid: root,
-        processes: states
-            .iter()
-            .map(|s| ManifestProcess {
-                pid: s.pid,
-                ppid: s.ppid,
-                pgid: s.pgid,
-                sid: s.sid,
-                image: image_name(s.pid),
-                cmdline: s.cmdline.clone(),
-            })
-            .collect(),
-        zombies,
-    };
-    let generation = gen.publish(&manifest, opts.keep)?;
-    if let Some(t) = kill_after {
-        t.kill();
-    }
-    Ok(DumpReport {
-        generation,
-        pause,
-        total: t0.elapsed(),
-        image_bytes,
-    })
+}
+
+/// Checkpoint a tree in one go: freeze, then complete.
+pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
+    FrozenDump::freeze(opts)?.complete()
 }
 
 pub fn image_name(pid: i32) -> String {
