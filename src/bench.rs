@@ -112,6 +112,7 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
             dir: &ckdir,
             kill: true,
             keep: 1,
+            coordinator: None,
         })?;
         child.wait()?;
         wait_pid_free(pid);

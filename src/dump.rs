@@ -1,7 +1,7 @@
 //! `ckpt dump PID`: freeze, read, write one generation, then let the process run on
 //! (or kill it once the image is safely on disk). Any failure lets the process go.
 
-use crate::generation::{Manifest, ManifestProcess, PendingGeneration};
+use crate::generation::{CoordRef, Manifest, ManifestProcess, PendingGeneration};
 use crate::image::{kernel_release, ImageWriter, PAGE};
 use crate::progress;
 use anyhow::{Context, Result};
@@ -18,6 +18,9 @@ pub struct DumpOptions<'a> {
     pub dir: &'a Path,
     pub kill: bool,
     pub keep: usize,
+    /// The coordinator the job is registered with (recorded so that the restored job
+    /// registers again).
+    pub coordinator: Option<CoordRef>,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +82,7 @@ pub struct FrozenDump {
     keep: usize,
     tree: FrozenTree,
     zombies: Vec<Zombie>,
+    coordinator: Option<CoordRef>,
     states: Vec<ProcessState>,
     gen: PendingGeneration,
     writers: Vec<ImageWriter>,
@@ -159,6 +163,7 @@ impl FrozenDump {
             keep: opts.keep,
             tree,
             zombies,
+            coordinator: opts.coordinator.clone(),
             states,
             gen,
             writers,
@@ -201,6 +206,7 @@ impl FrozenDump {
             keep,
             tree,
             zombies,
+            coordinator,
             mut states,
             gen,
             mut writers,
@@ -254,6 +260,7 @@ impl FrozenDump {
                 })
                 .collect(),
             zombies,
+            coordinator,
         };
         let generation = gen.publish(&manifest, keep)?;
         if let Some(t) = kill_after {

@@ -25,6 +25,15 @@ pub struct ManifestProcess {
     pub cmdline: Vec<String>,
 }
 
+/// Where a coordinated job's coordinator was, and how it was checkpointed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CoordRef {
+    pub host: String,
+    pub port: u16,
+    pub interval: u64,
+    pub keep: usize,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Manifest {
     pub tool_version: String,
@@ -35,6 +44,8 @@ pub struct Manifest {
     pub processes: Vec<ManifestProcess>,
     /// Children that had exited but were not reaped yet.
     pub zombies: Vec<ckpt_tracer::tree::Zombie>,
+    /// The coordinator the job was registered with, if any.
+    pub coordinator: Option<CoordRef>,
 }
 
 /// A generation being written: a hidden temporary directory until `publish`.

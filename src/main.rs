@@ -1,13 +1,16 @@
 //! ckpt: transparent checkpoint/restart of Linux x86-64 processes, from the outside.
 
+mod agent;
 mod bench;
+mod command;
+mod coordinator;
 mod dump;
 mod generation;
 mod image;
 mod info;
 mod progress;
 mod restore;
-mod run;
+mod protocol;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -53,10 +56,59 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = restore::PidNs::Auto)]
         pidns: restore::PidNs,
     },
-    /// Launch a program under ckpt and wait for it; exits with its status.
+    /// Launch a program under ckpt control (registered with a coordinator, which is
+    /// started in the background if none answers); exits with the program's status.
     Run {
+        #[command(flatten)]
+        coord: CoordArgs,
+        /// Checkpoint directory (CKPT_DIR; default: the current directory).
+        #[arg(long)]
+        ckpt_dir: Option<PathBuf>,
+        /// Checkpoint every N seconds when this starts the coordinator (CKPT_INTERVAL,
+        /// DMTCP_CHECKPOINT_INTERVAL; 0 = off).
+        #[arg(short = 'i', long)]
+        interval: Option<u64>,
+        /// How many generations to keep.
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// The coordinator: keys h c l s k q and `i N` on standard input.
+    Coordinator {
+        /// Port to listen on (CKPT_COORD_PORT, DMTCP_COORD_PORT; default 7779).
+        #[arg(long, short = 'p')]
+        port: Option<u16>,
+        /// Checkpoint every N seconds (0 = off).
+        #[arg(short = 'i', long)]
+        interval: Option<u64>,
+        /// Run in the background, without reading keys.
+        #[arg(long)]
+        daemon: bool,
+        /// Exit when the last job has gone.
+        #[arg(long)]
+        exit_on_last: bool,
+        /// Where checkpoints go (one directory per job inside; CKPT_DIR).
+        #[arg(long)]
+        ckpt_dir: Option<PathBuf>,
+        /// Address to listen on; anything but loopback needs --token-file.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// How many generations each job keeps.
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// Shared secret (a 0600 file) that agents and `ckpt command` must present.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Send one command to a coordinator: checkpoint (c), status (s), list (l),
+    /// kill (k), quit (q), interval N (i N).
+    Command {
+        #[command(flatten)]
+        coord: CoordArgs,
+        #[arg(required = true, num_args = 1..=2)]
+        words: Vec<String>,
     },
     /// Describe a checkpoint.
     Info {
@@ -96,6 +148,20 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+struct CoordArgs {
+    /// Coordinator host (CKPT_COORD_HOST, DMTCP_COORD_HOST; default localhost).
+    #[arg(long)]
+    coord_host: Option<String>,
+    /// Coordinator port (CKPT_COORD_PORT, DMTCP_COORD_PORT; default 7779).
+    #[arg(long)]
+    coord_port: Option<u16>,
+    /// Shared secret file of a coordinator that listens beyond loopback
+    /// (CKPT_TOKEN_FILE).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 3 && args[1] == "__bench-workload" {
@@ -113,6 +179,7 @@ fn main() {
             dir: &dir,
             kill,
             keep,
+            coordinator: None,
         })
         .map(|rep| {
             eprintln!(
@@ -128,7 +195,53 @@ fn main() {
             detach,
             pidns,
         }),
-        Cmd::Run { command } => run::run(&command[0], &command[1..]),
+        Cmd::Run {
+            coord,
+            ckpt_dir,
+            interval,
+            keep,
+            command,
+        } => (|| {
+            let opts = agent::AgentOptions {
+                host: protocol::coord_host(coord.coord_host),
+                port: protocol::coord_port(coord.coord_port)?,
+                ckpt_dir: std::path::absolute(protocol::ckpt_dir(ckpt_dir))?,
+                interval: protocol::interval(interval)?,
+                keep,
+                token: protocol::read_token(coord.token_file)?,
+                start_coordinator: true,
+            };
+            agent::run(&opts, &command)
+        })(),
+        Cmd::Coordinator {
+            port,
+            interval,
+            daemon,
+            exit_on_last,
+            ckpt_dir,
+            bind,
+            keep,
+            token_file,
+        } => (|| {
+            coordinator::coordinator(coordinator::CoordinatorOptions {
+                port: protocol::coord_port(port)?,
+                bind,
+                interval: protocol::interval(interval)?,
+                daemon,
+                exit_on_last,
+                ckpt_dir: std::path::absolute(protocol::ckpt_dir(ckpt_dir))?,
+                keep,
+                token: protocol::read_token(token_file)?,
+            })
+        })(),
+        Cmd::Command { coord, words } => (|| {
+            command::command(
+                &protocol::coord_host(coord.coord_host),
+                protocol::coord_port(coord.coord_port)?,
+                protocol::read_token(coord.token_file)?,
+                &words,
+            )
+        })(),
         Cmd::Info { dir, json } => info::info(&dir, json).map(|_| 0),
         Cmd::Bench { mib, dir, runs } => bench::bench(mib, dir, runs).map(|_| 0),
         Cmd::Completions { shell } => {

@@ -331,7 +331,35 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         drop_caps: false,
     };
     if !new_ns {
-        return run_tree(tree, prepared, loader_fd, &|| {});
+        let coordinated = manifest.coordinator.clone().filter(|_| !opts.detach);
+        let tree = Tree {
+            detach: tree.detach || coordinated.is_some(),
+            ..tree
+        };
+        let code = run_tree(tree, prepared, loader_fd, &|| {})?;
+        return match coordinated {
+            // A job that ran under a coordinator registers again and can be checkpointed
+            // again; the restorer is its agent.
+            Some(c) => {
+                let opts = crate::agent::AgentOptions {
+                    host: c.host,
+                    port: c.port,
+                    // <ckpt-dir>/<job dir>/<generation>
+                    ckpt_dir: gen
+                        .parent()
+                        .and_then(Path::parent)
+                        .map(Path::to_path_buf)
+                        .unwrap_or_default(),
+                    interval: c.interval,
+                    keep: c.keep,
+                    token: crate::protocol::read_token(None)?,
+                    start_coordinator: true,
+                };
+                let conn = crate::agent::connect(&opts);
+                crate::agent::supervise(&opts, manifest.root_pid, conn)
+            }
+            None => Ok(code),
+        };
     }
     let tree = Tree {
         drop_caps: pidns::needs_user_ns(),

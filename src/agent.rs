@@ -1,0 +1,299 @@
+//! The agent: `ckpt run` (launch a job and stay its parent) and a restored job's
+//! restorer. It attaches no ptrace while the job runs; it registers with the
+//! coordinator (starting a local one in the background when none answers, like
+//! dmtcp_launch), checkpoints the job's whole tree when told (freeze, then commit or
+//! abort), forwards SIGINT/SIGTERM/SIGHUP sent to it, reconnects when the
+//! coordinator goes away, and exits with the job's status.
+
+use crate::dump::{DumpOptions, FrozenDump};
+use crate::protocol::{self, Conn, Msg};
+use anyhow::{Context, Result};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Clone)]
+pub struct AgentOptions {
+    pub host: String,
+    pub port: u16,
+    pub ckpt_dir: PathBuf,
+    pub interval: u64,
+    pub keep: usize,
+    pub token: Option<String>,
+    /// Start a coordinator in the background when none answers on a local address.
+    pub start_coordinator: bool,
+}
+
+fn hello(opts: &AgentOptions, job: i32) -> Msg {
+    Msg::Hello {
+        host: protocol::hostname(),
+        agent_pid: std::process::id(),
+        job_pid: job,
+        cmdline: ckpt_tracer::procinfo::cmdline(job).unwrap_or_default(),
+        token: opts.token.clone(),
+    }
+}
+
+/// Start `ckpt coordinator --daemon --exit-on-last` for this job.
+fn start_coordinator(opts: &AgentOptions) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let status = std::process::Command::new(exe)
+        .args(["coordinator", "--daemon", "--exit-on-last", "--port"])
+        .arg(opts.port.to_string())
+        .arg("--ckpt-dir")
+        .arg(&opts.ckpt_dir)
+        .arg("-i")
+        .arg(opts.interval.to_string())
+        .arg("--keep")
+        .arg(opts.keep.to_string())
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("starting a coordinator")?;
+    anyhow::ensure!(status.success(), "the background coordinator did not start");
+    Ok(())
+}
+
+/// Connect to the coordinator, starting a local one if allowed and none answers.
+pub fn connect(opts: &AgentOptions) -> Option<Conn> {
+    match Conn::connect(&opts.host, opts.port) {
+        Ok(c) => return Some(c),
+        Err(e) if !(opts.start_coordinator && protocol::is_local(&opts.host)) => {
+            eprintln!(
+                "ckpt: warning: no coordinator at {}:{} ({e}); will keep trying",
+                opts.host, opts.port
+            );
+            return None;
+        }
+        Err(_) => {}
+    }
+    if let Err(e) = start_coordinator(opts) {
+        eprintln!("ckpt: warning: {e:#}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(c) = Conn::connect(&opts.host, opts.port) {
+            return Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "ckpt: warning: no coordinator at {}:{}; will keep trying",
+        opts.host, opts.port
+    );
+    None
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd> {
+    // SAFETY: pidfd_open returns a descriptor we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("pidfd_open");
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Every process of the tree rooted at `root`, root first.
+fn tree_pids(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i];
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for t in tasks.flatten() {
+                let path = t.path().join("children");
+                if let Ok(s) = std::fs::read_to_string(path) {
+                    out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn kill_tree(root: i32) {
+    for p in tree_pids(root) {
+        // SAFETY: kill(2) of the job's processes.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+fn status_code(st: i32) -> i32 {
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        1
+    }
+}
+
+/// Launch `command` and supervise it. Returns its exit code.
+pub fn run(opts: &AgentOptions, command: &[String]) -> Result<i32> {
+    crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
+    let conn = connect(opts);
+    let child = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .spawn()
+        .with_context(|| format!("starting {}", command[0]))?;
+    let job = child.id() as i32;
+    // The child is reaped by supervise (waitpid), not by std.
+    std::mem::forget(child);
+    supervise(opts, job, conn)
+}
+
+/// Be the agent of the running job `job` (our child) until it ends.
+pub fn supervise(opts: &AgentOptions, job: i32, mut conn: Option<Conn>) -> Result<i32> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let pidfd = pidfd_open(job)?;
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().context("blocking signals")?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    if let Some(c) = conn.as_mut() {
+        if c.send(&hello(opts, job)).is_err() {
+            conn = None;
+        }
+    }
+    let mut frozen: Option<(u64, FrozenDump)> = None;
+    let mut last_try = Instant::now();
+    loop {
+        let conn_fd = conn.as_ref().map(|c| c.stream().as_raw_fd());
+        let mut fds = vec![
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+        ];
+        // SAFETY: the stream outlives this poll call.
+        let borrowed = conn_fd.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
+        if let Some(b) = &borrowed {
+            fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
+        }
+        let timeout = if conn.is_none() || frozen.is_some() {
+            PollTimeout::from(1000u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("poll"),
+        }
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let (job_done, sig_ready, conn_ready) = (ready(0), ready(1), ready(2));
+        drop(fds);
+        if job_done {
+            drop(frozen.take());
+            let mut st = 0;
+            // SAFETY: reap our child.
+            unsafe { libc::waitpid(job, &mut st, 0) };
+            let code = status_code(st);
+            if let Some(c) = conn.as_mut() {
+                let _ = c.send(&Msg::Exit { code });
+            }
+            return Ok(code);
+        }
+        if sig_ready {
+            while let Ok(Some(info)) = sigfd.read_signal() {
+                // Forward signals sent to us by a process; the terminal already sent
+                // its own (Ctrl-C) to the job's process group.
+                if info.ssi_code <= 0 {
+                    // SAFETY: kill(2) of our job.
+                    unsafe { libc::kill(job, info.ssi_signo as i32) };
+                }
+            }
+        }
+        if conn.is_none() {
+            if last_try.elapsed() >= Duration::from_secs(1) {
+                last_try = Instant::now();
+                if let Ok(mut c) = Conn::connect(&opts.host, opts.port) {
+                    if c.send(&hello(opts, job)).is_ok() {
+                        conn = Some(c);
+                    }
+                }
+            }
+            continue;
+        }
+        if !conn_ready {
+            continue;
+        }
+        let msg = conn.as_mut().unwrap().recv();
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            _ => {
+                // The coordinator is gone: never leave the job frozen.
+                drop(frozen.take());
+                conn = None;
+                continue;
+            }
+        };
+        let reply = match msg {
+            Msg::Freeze { gen, dir, keep } => {
+                drop(frozen.take());
+                let r = crate::coordinator::ensure_dir(&dir).and_then(|_| {
+                    FrozenDump::freeze(&DumpOptions {
+                        pid: job,
+                        dir: &dir,
+                        kill: false,
+                        keep,
+                        coordinator: Some(crate::generation::CoordRef {
+                            host: opts.host.clone(),
+                            port: opts.port,
+                            interval: opts.interval,
+                            keep: opts.keep,
+                        }),
+                    })
+                });
+                match r {
+                    Ok(d) => {
+                        frozen = Some((gen, d));
+                        Some(Msg::Frozen { gen })
+                    }
+                    Err(e) => Some(Msg::Failed {
+                        gen,
+                        error: format!("{e:#}"),
+                    }),
+                }
+            }
+            Msg::Commit { gen } => match frozen.take() {
+                Some((g, d)) if g == gen => Some(match d.complete() {
+                    Ok(rep) => Msg::Done {
+                        gen,
+                        path: rep.generation,
+                    },
+                    Err(e) => Msg::Failed {
+                        gen,
+                        error: format!("{e:#}"),
+                    },
+                }),
+                _ => Some(Msg::Failed {
+                    gen,
+                    error: "nothing frozen for this checkpoint".into(),
+                }),
+            },
+            Msg::Abort { .. } => {
+                drop(frozen.take());
+                None
+            }
+            Msg::Kill => {
+                drop(frozen.take());
+                kill_tree(job);
+                None
+            }
+            _ => None,
+        };
+        if let Some(r) = reply {
+            if conn.as_mut().unwrap().send(&r).is_err() {
+                drop(frozen.take());
+                conn = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! `ckpt command VERB`: send one command to a coordinator and print its answer.
+
+use crate::protocol::{Conn, Msg};
+use anyhow::{bail, Context, Result};
+
+pub fn command(host: &str, port: u16, token: Option<String>, words: &[String]) -> Result<i32> {
+    let verb = words.first().context("no command given")?.clone();
+    let arg = words.get(1).cloned();
+    let mut conn = Conn::connect(host, port).with_context(|| {
+        format!("cannot reach the coordinator at {host}:{port} (is one running? see --coord-host/--coord-port)")
+    })?;
+    conn.send(&Msg::Command { verb, arg, token })?;
+    match conn.recv()? {
+        Some(Msg::Reply { ok: true, text }) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            Ok(0)
+        }
+        Some(Msg::Reply { ok: false, text }) => bail!("{}", text.replace('\n', " ")),
+        _ => bail!("the coordinator closed the connection without an answer"),
+    }
+}

@@ -1,0 +1,578 @@
+//! `ckpt coordinator`: what `dmtcp_coordinator` is to DMTCP. Agents (`ckpt run`, a
+//! restored job) register over TCP; a checkpoint (key `c`, `ckpt command c`, or every
+//! `-i` seconds) is one consistent global snapshot: every job is frozen and read
+//! first, then all resume and finish writing; if any job fails, all resume, no
+//! generation is published, and the failure is reported with the job that failed.
+
+use crate::protocol::{Conn, Msg};
+use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufRead, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+pub struct CoordinatorOptions {
+    pub port: u16,
+    pub bind: String,
+    pub interval: u64,
+    pub daemon: bool,
+    pub exit_on_last: bool,
+    pub ckpt_dir: PathBuf,
+    pub keep: usize,
+    pub token: Option<String>,
+}
+
+enum Event {
+    Joined(u64, TcpStream, Msg),
+    FromAgent(u64, Msg),
+    Gone(u64),
+    Command(Conn, String, Option<String>),
+    Key(String),
+    StdinClosed,
+}
+
+struct Agent {
+    writer: Conn,
+    host: String,
+    job_pid: i32,
+    cmdline: Vec<String>,
+}
+
+struct Coordinator {
+    opts: CoordinatorOptions,
+    agents: BTreeMap<u64, Agent>,
+    events: Receiver<Event>,
+    deferred: VecDeque<Event>,
+    gen: u64,
+    interval: u64,
+    next: Option<Instant>,
+    last: Option<(u64, Vec<PathBuf>)>,
+    seen_agent: bool,
+}
+
+fn log(msg: &str) {
+    println!("[ckpt coordinator] {msg}");
+    let _ = std::io::stdout().flush();
+}
+
+const HELP: &str = "keys (each followed by Return):
+  h    this help
+  c    checkpoint every job now
+  l    list the jobs
+  s    status
+  k    kill every job
+  q    kill every job and quit
+  i N  checkpoint every N seconds (0: off)";
+
+pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
+    let loopback = matches!(opts.bind.as_str(), "127.0.0.1" | "::1" | "localhost");
+    if !loopback && opts.token.is_none() {
+        bail!(
+            "listening on {} needs a shared secret: --token-file FILE (a 0600 file that every agent and ckpt command also uses)",
+            opts.bind
+        );
+    }
+    let listener = TcpListener::bind((opts.bind.as_str(), opts.port)).with_context(|| {
+        format!(
+            "listening on {}:{} (is another coordinator running there?)",
+            opts.bind, opts.port
+        )
+    })?;
+    if opts.daemon {
+        daemonize()?;
+    }
+    let (tx, rx) = channel();
+    spawn_acceptor(listener, tx.clone(), opts.token.clone());
+    if !opts.daemon {
+        spawn_stdin(tx);
+    } else {
+        drop(tx);
+    }
+    log(&format!(
+        "listening on {}:{}, checkpoints in {}, interval {} s; type h for help",
+        opts.bind,
+        opts.port,
+        opts.ckpt_dir.display(),
+        opts.interval
+    ));
+    let interval = opts.interval;
+    let mut c = Coordinator {
+        opts,
+        agents: BTreeMap::new(),
+        events: rx,
+        deferred: VecDeque::new(),
+        gen: 0,
+        interval,
+        next: None,
+        last: None,
+        seen_agent: false,
+    };
+    c.reset_timer();
+    c.run()
+}
+
+/// Run in the background: a new session, no terminal, the parent returns at once.
+fn daemonize() -> Result<()> {
+    // SAFETY: fork before any thread exists; the parent exits immediately.
+    match unsafe { libc::fork() } {
+        -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+        0 => {}
+        _ => std::process::exit(0),
+    }
+    // SAFETY: plain syscalls in the child.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+        }
+    }
+    Ok(())
+}
+
+fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String>) {
+    std::thread::spawn(move || {
+        let mut next_id = 1u64;
+        for stream in listener.incoming().flatten() {
+            let Ok(mut conn) = Conn::new(stream) else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let first = match conn.recv() {
+                Ok(Some(m)) => m,
+                _ => continue,
+            };
+            conn.set_read_timeout(None);
+            let presented = match &first {
+                Msg::Hello { token, .. } | Msg::Command { token, .. } => token.clone(),
+                _ => None,
+            };
+            if token.is_some() && presented != token {
+                log(&format!(
+                    "refused a connection from {}: wrong or missing token",
+                    conn.stream()
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                ));
+                let _ = conn.send(&Msg::Reply {
+                    ok: false,
+                    text: "refused: wrong or missing token".into(),
+                });
+                continue;
+            }
+            match first {
+                Msg::Hello { .. } => {
+                    let id = next_id;
+                    next_id += 1;
+                    let Ok(writer) = conn.try_clone_writer() else { continue };
+                    if tx.send(Event::Joined(id, writer, first)).is_err() {
+                        return;
+                    }
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        while let Ok(Some(m)) = conn.recv() {
+                            if tx.send(Event::FromAgent(id, m)).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = tx.send(Event::Gone(id));
+                    });
+                }
+                Msg::Command { verb, arg, .. } => {
+                    if tx.send(Event::Command(conn, verb, arg)).is_err() {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+fn spawn_stdin(tx: Sender<Event>) {
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        for line in stdin.lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(Event::Key(line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Event::StdinClosed);
+    });
+}
+
+impl Coordinator {
+    fn reset_timer(&mut self) {
+        self.next = (self.interval > 0)
+            .then(|| Instant::now() + Duration::from_secs(self.interval));
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        if let Some(e) = self.deferred.pop_front() {
+            return Some(e);
+        }
+        loop {
+            let r = match self.next {
+                Some(t) => self
+                    .events
+                    .recv_timeout(t.saturating_duration_since(Instant::now())),
+                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match r {
+                Ok(e) => return Some(e),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.reset_timer();
+                    if !self.agents.is_empty() {
+                        if let Err(e) = self.checkpoint() {
+                            log(&format!("periodic checkpoint failed: {e:#}"));
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn run(&mut self) -> Result<i32> {
+        while let Some(ev) = self.next_event() {
+            match ev {
+                Event::Joined(id, stream, hello) => self.join(id, stream, hello)?,
+                Event::FromAgent(id, Msg::Exit { code }) => {
+                    if let Some(a) = self.agents.get(&id) {
+                        log(&format!("job {id} (pid {}) exited with status {code}", a.job_pid));
+                    }
+                }
+                Event::FromAgent(..) => {}
+                Event::Gone(id) => {
+                    if self.agents.remove(&id).is_some() {
+                        log(&format!("job {id} disconnected; {} left", self.agents.len()));
+                    }
+                    if self.opts.exit_on_last && self.seen_agent && self.agents.is_empty() {
+                        log("last job gone, exiting (--exit-on-last)");
+                        return Ok(0);
+                    }
+                }
+                Event::Command(mut conn, verb, arg) => {
+                    let (quit, ok, text) = self.command(&verb, arg.as_deref());
+                    let _ = conn.send(&Msg::Reply { ok, text });
+                    if quit {
+                        return Ok(0);
+                    }
+                }
+                Event::Key(line) => {
+                    let mut it = line.split_whitespace();
+                    let Some(verb) = it.next() else { continue };
+                    let (quit, _, text) = self.command(verb, it.next());
+                    println!("{text}");
+                    if quit {
+                        return Ok(0);
+                    }
+                }
+                Event::StdinClosed => {}
+            }
+        }
+        Ok(0)
+    }
+
+    fn join(&mut self, id: u64, stream: TcpStream, hello: Msg) -> Result<()> {
+        let Msg::Hello {
+            host,
+            job_pid,
+            cmdline,
+            ..
+        } = hello
+        else {
+            return Ok(());
+        };
+        log(&format!(
+            "job {id} joined: pid {job_pid} on {host}: {}",
+            cmdline.join(" ")
+        ));
+        self.seen_agent = true;
+        self.agents.insert(
+            id,
+            Agent {
+                writer: Conn::new(stream)?,
+                host,
+                job_pid,
+                cmdline,
+            },
+        );
+        Ok(())
+    }
+
+    /// Returns (quit, success, text to show).
+    fn command(&mut self, verb: &str, arg: Option<&str>) -> (bool, bool, String) {
+        match verb {
+            "h" | "help" | "?" => (false, true, HELP.into()),
+            "c" | "checkpoint" => match self.checkpoint() {
+                Ok(paths) => (
+                    false,
+                    true,
+                    paths
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                Err(e) => (false, false, format!("checkpoint failed: {e:#}")),
+            },
+            "l" | "list" => {
+                let mut out = format!("{} job(s)", self.agents.len());
+                for (id, a) in &self.agents {
+                    out.push_str(&format!(
+                        "\n  job {id}: pid {} on {}: {}",
+                        a.job_pid,
+                        a.host,
+                        a.cmdline.join(" ")
+                    ));
+                }
+                (false, true, out)
+            }
+            "s" | "status" => {
+                let last = match &self.last {
+                    Some((g, paths)) => format!(
+                        "checkpoint {g}: {}",
+                        paths
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    None => "none".into(),
+                };
+                (
+                    false,
+                    true,
+                    format!(
+                        "jobs: {}\ninterval: {} s\ncheckpoint directory: {}\nlast checkpoint: {last}",
+                        self.agents.len(),
+                        self.interval,
+                        self.opts.ckpt_dir.display()
+                    ),
+                )
+            }
+            "k" | "kill" => {
+                let n = self.kill_all();
+                (false, true, format!("killing {n} job(s)"))
+            }
+            "q" | "quit" => {
+                let n = self.kill_all();
+                log(&format!("killed {n} job(s); quitting"));
+                (true, true, format!("killed {n} job(s); coordinator quits"))
+            }
+            "i" | "interval" => match arg.and_then(|a| a.parse::<u64>().ok()) {
+                Some(n) => {
+                    self.interval = n;
+                    self.reset_timer();
+                    (false, true, format!("interval set to {n} s"))
+                }
+                None => (false, false, "usage: i SECONDS".into()),
+            },
+            other => (false, false, format!("unknown command {other:?}; h for help")),
+        }
+    }
+
+    fn kill_all(&mut self) -> usize {
+        for a in self.agents.values_mut() {
+            let _ = a.writer.send(&Msg::Kill);
+        }
+        self.agents.len()
+    }
+
+    /// Directory of one job's generations: `<ckpt-dir>/job_<host>_<pid>` (the same
+    /// again after a restart, which keeps the PID).
+    fn job_dir(&self, a: &Agent) -> PathBuf {
+        let safe: String = format!("job_{}_{}", a.host, a.job_pid)
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+            .collect();
+        self.opts.ckpt_dir.join(safe)
+    }
+
+    /// Wait for one reply from each agent in `waiting`, deferring other events.
+    fn collect(
+        &mut self,
+        gen: u64,
+        mut waiting: Vec<u64>,
+        timeout: Duration,
+    ) -> BTreeMap<u64, Msg> {
+        let deadline = Instant::now() + timeout;
+        let mut replies = BTreeMap::new();
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = match self.events.recv_timeout(left) {
+                Ok(ev) => ev,
+                Err(_) => break,
+            };
+            match ev {
+                Event::FromAgent(id, m) if waiting.contains(&id) => match &m {
+                    Msg::Frozen { gen: g } | Msg::Done { gen: g, .. } | Msg::Failed { gen: g, .. }
+                        if *g == gen =>
+                    {
+                        waiting.retain(|&w| w != id);
+                        replies.insert(id, m);
+                    }
+                    _ => {}
+                },
+                Event::Gone(id) if waiting.contains(&id) => {
+                    waiting.retain(|&w| w != id);
+                    replies.insert(
+                        id,
+                        Msg::Failed {
+                            gen,
+                            error: "the job's agent disconnected".into(),
+                        },
+                    );
+                    self.deferred.push_back(Event::Gone(id));
+                }
+                other => self.deferred.push_back(other),
+            }
+        }
+        for id in waiting {
+            replies.insert(
+                id,
+                Msg::Failed {
+                    gen,
+                    error: "no answer in time".into(),
+                },
+            );
+        }
+        replies
+    }
+
+    fn checkpoint(&mut self) -> Result<Vec<PathBuf>> {
+        if self.agents.is_empty() {
+            bail!("no job is registered");
+        }
+        self.gen += 1;
+        let gen = self.gen;
+        let t0 = Instant::now();
+        log(&format!("checkpoint {gen}: freezing {} job(s)", self.agents.len()));
+        let ids: Vec<u64> = self.agents.keys().copied().collect();
+        for &id in &ids {
+            let dir = self.job_dir(&self.agents[&id]);
+            let keep = self.opts.keep;
+            let a = self.agents.get_mut(&id).unwrap();
+            let _ = a.writer.send(&Msg::Freeze { gen, dir, keep });
+        }
+        let frozen = self.collect(gen, ids.clone(), Duration::from_secs(300));
+        let failed: Vec<(u64, String)> = frozen
+            .iter()
+            .filter_map(|(id, m)| match m {
+                Msg::Failed { error, .. } => Some((*id, error.clone())),
+                _ => None,
+            })
+            .collect();
+        if !failed.is_empty() {
+            for &id in &ids {
+                if let Some(a) = self.agents.get_mut(&id) {
+                    let _ = a.writer.send(&Msg::Abort { gen });
+                }
+            }
+            let why = failed
+                .iter()
+                .map(|(id, e)| {
+                    let pid = self.agents.get(id).map(|a| a.job_pid).unwrap_or(0);
+                    format!("job {id} (pid {pid}): {e}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            log(&format!(
+                "checkpoint {gen} failed, every job resumes and the previous checkpoint stays latest: {why}"
+            ));
+            bail!("{why}");
+        }
+        let pause = t0.elapsed();
+        for &id in &ids {
+            if let Some(a) = self.agents.get_mut(&id) {
+                let _ = a.writer.send(&Msg::Commit { gen });
+            }
+        }
+        let done = self.collect(gen, ids, Duration::from_secs(3600));
+        let mut paths = Vec::new();
+        let mut errors = Vec::new();
+        for (id, m) in done {
+            match m {
+                Msg::Done { path, .. } => paths.push(path),
+                Msg::Failed { error, .. } => errors.push(format!("job {id}: {error}")),
+                _ => {}
+            }
+        }
+        if !errors.is_empty() {
+            let why = errors.join("; ");
+            log(&format!("checkpoint {gen} failed while writing: {why}"));
+            bail!("{why}");
+        }
+        write_restart_script(&self.opts.ckpt_dir, &paths)?;
+        log(&format!(
+            "checkpoint {gen} complete in {:.0} ms (jobs stopped {:.0} ms): {}",
+            t0.elapsed().as_secs_f64() * 1e3,
+            pause.as_secs_f64() * 1e3,
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        self.last = Some((gen, paths.clone()));
+        Ok(paths)
+    }
+}
+
+/// `<ckpt-dir>/ckpt_restart_script.sh`: restores every job of the newest global
+/// checkpoint (each job's own `latest`), like dmtcp_restart_script.sh.
+fn write_restart_script(ckpt_dir: &Path, generations: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let exe = std::env::current_exe()?;
+    let mut script = String::from(
+        "#!/bin/sh\n# Restores every job of the newest checkpoint (written by ckpt coordinator).\n",
+    );
+    let jobs: Vec<PathBuf> = generations
+        .iter()
+        .filter_map(|g| g.parent().map(Path::to_path_buf))
+        .collect();
+    if let [one] = jobs.as_slice() {
+        script.push_str(&format!(
+            "exec '{}' restore '{}' \"$@\"\n",
+            exe.display(),
+            one.display()
+        ));
+    } else {
+        for j in &jobs {
+            script.push_str(&format!(
+                "'{}' restore '{}' \"$@\" &\n",
+                exe.display(),
+                j.display()
+            ));
+        }
+        script.push_str("wait\n");
+    }
+    let path = ckpt_dir.join(crate::generation::RESTART_SCRIPT);
+    let tmp = ckpt_dir.join(".ckpt_restart_script.sh.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o700)
+        .open(&tmp)?;
+    f.write_all(script.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Make sure `ckpt_dir` exists (0700).
+pub fn ensure_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+

@@ -1,0 +1,170 @@
+//! The coordinator protocol: one JSON object per line over TCP, between the
+//! coordinator, its agents (`ckpt run`, a restored job) and `ckpt command`. Also the
+//! shared defaults: address, port, interval and token from options or environment
+//! (CKPT_* first, then DMTCP_* for users coming from DMTCP).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_PORT: u16 = 7779;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Msg {
+    /// Agent → coordinator, first message.
+    Hello {
+        host: String,
+        agent_pid: u32,
+        job_pid: i32,
+        cmdline: Vec<String>,
+        token: Option<String>,
+    },
+    /// Coordinator → agent: freeze the job and read it into generation `gen` in `dir`.
+    Freeze { gen: u64, dir: PathBuf, keep: usize },
+    /// Agent → coordinator.
+    Frozen { gen: u64 },
+    /// Coordinator → agent: every job is frozen, resume and finish writing.
+    Commit { gen: u64 },
+    /// Coordinator → agent: some job failed, resume and drop the generation.
+    Abort { gen: u64 },
+    /// Agent → coordinator: the generation of this job is published.
+    Done { gen: u64, path: PathBuf },
+    /// Agent → coordinator: freezing or writing failed.
+    Failed { gen: u64, error: String },
+    /// Coordinator → agent: kill the job.
+    Kill,
+    /// Agent → coordinator: the job ended with this exit code.
+    Exit { code: i32 },
+    /// `ckpt command` → coordinator.
+    Command {
+        verb: String,
+        arg: Option<String>,
+        token: Option<String>,
+    },
+    /// Coordinator → `ckpt command`.
+    Reply { ok: bool, text: String },
+}
+
+/// A connection that exchanges [`Msg`] lines.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Result<Conn> {
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
+    pub fn connect(host: &str, port: u16) -> std::io::Result<Conn> {
+        let s = TcpStream::connect((host, port))?;
+        Conn::new(s).map_err(std::io::Error::other)
+    }
+
+    pub fn send(&mut self, m: &Msg) -> Result<()> {
+        let mut line = serde_json::to_vec(m)?;
+        line.push(b'\n');
+        self.writer.write_all(&line).context("sending to the coordinator")?;
+        Ok(())
+    }
+
+    /// The next message; None at end of stream.
+    pub fn recv(&mut self) -> Result<Option<Msg>> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(serde_json::from_str(line.trim_end()).with_context(
+            || format!("bad message {:?}", line.trim_end()),
+        )?))
+    }
+
+    pub fn set_read_timeout(&self, t: Option<Duration>) {
+        let _ = self.reader.get_ref().set_read_timeout(t);
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        self.reader.get_ref()
+    }
+
+    pub fn try_clone_writer(&self) -> std::io::Result<TcpStream> {
+        self.writer.try_clone()
+    }
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+pub fn coord_host(opt: Option<String>) -> String {
+    opt.or_else(|| env_first(&["CKPT_COORD_HOST", "DMTCP_COORD_HOST"]))
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn coord_port(opt: Option<u16>) -> Result<u16> {
+    match opt {
+        Some(p) => Ok(p),
+        None => match env_first(&["CKPT_COORD_PORT", "DMTCP_COORD_PORT"]) {
+            Some(v) => v
+                .parse()
+                .with_context(|| format!("bad coordinator port {v:?}")),
+            None => Ok(DEFAULT_PORT),
+        },
+    }
+}
+
+pub fn interval(opt: Option<u64>) -> Result<u64> {
+    match opt {
+        Some(i) => Ok(i),
+        None => match env_first(&["CKPT_INTERVAL", "DMTCP_CHECKPOINT_INTERVAL"]) {
+            Some(v) => v.parse().with_context(|| format!("bad interval {v:?}")),
+            None => Ok(0),
+        },
+    }
+}
+
+pub fn ckpt_dir(opt: Option<PathBuf>) -> PathBuf {
+    opt.or_else(|| env_first(&["CKPT_DIR"]).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The shared secret from a 0600 token file (`--token-file` or CKPT_TOKEN_FILE).
+pub fn read_token(opt: Option<PathBuf>) -> Result<Option<String>> {
+    let Some(path) = opt.or_else(|| env_first(&["CKPT_TOKEN_FILE"]).map(PathBuf::from)) else {
+        return Ok(None);
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(&path)
+        .with_context(|| format!("reading token file {}", path.display()))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "token file {} must not be readable by others (chmod 600)",
+            path.display()
+        );
+    }
+    let t = std::fs::read_to_string(&path)?.trim().to_string();
+    if t.is_empty() {
+        bail!("token file {} is empty", path.display());
+    }
+    Ok(Some(t))
+}
+
+pub fn is_local(host: &str) -> bool {
+    matches!(host, "localhost" | "127.0.0.1" | "::1" | "")
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into())
+}
