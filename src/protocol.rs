@@ -106,6 +106,19 @@ fn env_first(names: &[&str]) -> Option<String> {
         .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
 }
 
+/// For a restored job: the coordinator from the environment if one is named there
+/// (a restart job on another node or port), else the one recorded at checkpoint time.
+pub fn coordinator_for_restart(host: String, port: u16) -> Result<(String, u16)> {
+    let host = env_first(&["CKPT_COORD_HOST", "DMTCP_COORD_HOST"]).unwrap_or(host);
+    let port = match env_first(&["CKPT_COORD_PORT", "DMTCP_COORD_PORT"]) {
+        Some(v) => v
+            .parse()
+            .with_context(|| format!("bad coordinator port {v:?}"))?,
+        None => port,
+    };
+    Ok((host, port))
+}
+
 pub fn coord_host(opt: Option<String>) -> String {
     opt.or_else(|| env_first(&["CKPT_COORD_HOST", "DMTCP_COORD_HOST"]))
         .unwrap_or_else(|| "localhost".into())

@@ -341,9 +341,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             // A job that ran under a coordinator registers again and can be checkpointed
             // again; the restorer is its agent.
             Some(c) => {
+                let (host, port) = crate::protocol::coordinator_for_restart(c.host, c.port)?;
                 let opts = crate::agent::AgentOptions {
-                    host: c.host,
-                    port: c.port,
+                    host,
+                    port,
                     // <ckpt-dir>/<job dir>/<generation>
                     ckpt_dir: gen
                         .parent()
