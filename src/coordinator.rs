@@ -182,7 +182,8 @@ fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String
                     });
                 }
                 Msg::Command { verb, arg, .. } => {
-                    if tx.send(Event::Command(conn, verb, arg)).is_err() {
+                    let sent = tx.send(Event::Command(conn, verb, arg));
+                    if sent.is_err() {
                         return;
                     }
                 }

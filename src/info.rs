@@ -147,5 +147,26 @@ fn fd_kind(k: &FdKind) -> String {
         FdKind::Signalfd { mask } => format!("signalfd mask {mask:#x}"),
         FdKind::Inotify { watches } => format!("inotify, {} watch(es)", watches.len()),
         FdKind::Epoll { entries } => format!("epoll, {} entries", entries.len()),
+        FdKind::UnixSocket {
+            ino,
+            sock_type,
+            name,
+            queue,
+            ..
+        } => format!(
+            "unix socket:[{ino}] {} {}, {} bytes queued",
+            match sock_type {
+                1 => "stream",
+                2 => "dgram",
+                5 => "seqpacket",
+                _ => "?",
+            },
+            if name.is_empty() {
+                "unnamed".to_string()
+            } else {
+                String::from_utf8_lossy(name).replace('\0', "@")
+            },
+            queue.iter().map(Vec::len).sum::<usize>()
+        ),
     }
 }

@@ -164,8 +164,8 @@ struct CoordArgs {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() == 3 && args[1] == "__bench-workload" {
-        bench::workload(args[2].parse().unwrap_or(1024));
+    if args.len() >= 2 && args[1] == "__bench-workload" {
+        bench::workload(&args[2..]);
     }
     let cli = Cli::parse();
     let r = match cli.cmd {
@@ -242,7 +242,12 @@ fn main() {
                 &words,
             )
         })(),
-        Cmd::Info { dir, json } => info::info(&dir, json).map(|_| 0),
+        Cmd::Info { dir, json } => {
+            // `ckpt info | head`: end quietly when the reader goes away, like other tools.
+            // SAFETY: restoring the default disposition of SIGPIPE.
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            info::info(&dir, json).map(|_| 0)
+        }
         Cmd::Bench { mib, dir, runs } => bench::bench(mib, dir, runs).map(|_| 0),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;

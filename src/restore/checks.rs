@@ -62,11 +62,11 @@ fn writable_unchanged(saved: &FileIdentity, pos: u64, what: &str) -> Result<()> 
 }
 
 pub fn files_unchanged(state: &ProcessState) -> Result<()> {
-    let mut seen = HashSet::new();
     // Files of a memory file system: recreated from the image when gone (a reboot),
     // else used as they are, like files the job writes.
+    let mut volatile = HashSet::new();
     for v in &state.volatile_files {
-        seen.insert(v.name.clone());
+        volatile.insert(v.name.as_str());
         if let Ok(md) = std::fs::metadata(&v.name) {
             use std::os::unix::fs::MetadataExt;
             if md.ino() != v.ino {
@@ -77,24 +77,29 @@ pub fn files_unchanged(state: &ProcessState) -> Result<()> {
             }
         }
     }
-    check_identity(&state.exe, "executable")?;
-    seen.insert(state.exe.path.clone());
+    let mut seen: HashSet<&str> = volatile.clone();
+    if seen.insert(&state.exe.path) {
+        check_identity(&state.exe, "executable")?;
+    }
     for v in &state.vmas {
         if let VmaKind::File { id } = &v.kind {
-            if seen.insert(id.path.clone()) {
+            if seen.insert(&id.path) {
                 check_identity(id, "mapped file")?;
             }
         }
     }
     for fd in &state.fds {
         if let FdKind::File { id, pos } = &fd.kind {
+            if volatile.contains(id.path.as_str()) {
+                continue;
+            }
             let what = format!("file open on fd {}", fd.fd);
             if fd.flags & libc::O_ACCMODE != libc::O_RDONLY {
                 // The job itself writes this file (a log, its output): it is expected to
                 // have grown since the checkpoint. It must still be the same file, and
                 // must not have been cut below the saved offset.
                 writable_unchanged(id, *pos, &what)?;
-            } else if seen.insert(id.path.clone()) {
+            } else if seen.insert(&id.path) {
                 check_identity(id, &what)?;
             }
         }

@@ -84,7 +84,7 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
+pub(super) fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
     // SAFETY: fcntl on our own descriptor.
     let keep = flags
         & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
@@ -111,6 +111,16 @@ pub struct Shared {
     /// One O_RDWR descriptor per FIFO (by saved inode) while descriptors are prepared:
     /// opening either end then never blocks, and the data in flight has a writer.
     fifos: HashMap<u64, OwnedFd>,
+    /// Unix sockets: stand-ins while descriptors are prepared, built by [`Shared::finish`].
+    unix: super::unix::Sockets,
+}
+
+impl Shared {
+    /// Once every process is prepared: build what spans processes (unix sockets and
+    /// their connections) and put it in place of the stand-in sources.
+    pub fn finish(&mut self) -> Result<()> {
+        self.unix.finish()
+    }
 }
 
 /// Open (or create) a source for every saved descriptor of process `pid`. `min` is the
@@ -250,6 +260,8 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
                 set_status_flags(&e, fd.flags)?;
                 e
             }
+            // A stand-in until every process is prepared (unix.rs).
+            FdKind::UnixSocket { .. } => shared.unix.add(pid, fd)?,
         };
         let src = above(src, min)?;
         shared.descs.insert(

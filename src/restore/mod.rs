@@ -11,6 +11,7 @@ mod pidns;
 pub use pidns::PidNs;
 mod spawn;
 mod timers;
+mod unix;
 
 use crate::generation;
 use crate::image::Image;
@@ -310,6 +311,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             loader_fd.as_raw_fd(),
         )?);
     }
+    shared.finish()?;
     drop(shared);
 
     // Parent links: children are created by their restored parent, in PID order.

@@ -164,8 +164,9 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
                 peer_in_process: false,
                 data: Vec::new(),
             }
-        } else if target.starts_with("socket:[") {
-            return Err(unsupported("socket"));
+        } else if let Some(rest) = target.strip_prefix("socket:[") {
+            let ino: u64 = rest.trim_end_matches(']').parse().unwrap_or(0);
+            crate::unix::socket_fd(pid, fd, ino)?
         } else if let Some(k) = target.strip_prefix("anon_inode:") {
             crate::fdkinds::anon_fd(pid, fd, k)?
         } else if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {

@@ -247,6 +247,79 @@ pub enum FdKind {
     Epoll {
         entries: Vec<EpollEntry>,
     },
+    /// An AF_UNIX socket (SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET). A socket is one open
+    /// file description: its inode identifies it across the tree. `queue` (and
+    /// `senders`) are stored once per socket, with its first descriptor in the checkpoint.
+    UnixSocket {
+        ino: u64,
+        /// SOCK_STREAM (1), SOCK_DGRAM (2) or SOCK_SEQPACKET (5).
+        sock_type: i32,
+        state: UnixState,
+        /// The address it is bound to, as sun_path bytes: a path (without its NUL), or an
+        /// abstract name (starting with NUL); empty: unbound. An accepted socket has the
+        /// name of its listening socket.
+        name: Vec<u8>,
+        /// For a path name: the socket file at bind time.
+        file: Option<UnixSocketFile>,
+        /// Inode of the connected peer (0: not connected, or the peer was closed).
+        peer: u64,
+        /// The peer's name (empty: unnamed or no peer).
+        peer_name: Vec<u8>,
+        /// Whether the peer is open in the checkpoint (in any process of the tree).
+        peer_in_checkpoint: bool,
+        /// The kernel's sk_shutdown: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
+        shutdown: u8,
+        /// listen() backlog of a listening socket.
+        backlog: u32,
+        /// The receive queue: for a stream socket one element with all its bytes, for a
+        /// datagram or seqpacket socket one element per message, oldest first.
+        queue: Vec<Vec<u8>>,
+        /// The sender address of each message of `queue` (datagram sockets; empty:
+        /// unnamed sender). Empty for stream and seqpacket sockets.
+        senders: Vec<Vec<u8>>,
+        opts: UnixOptions,
+    },
+}
+
+/// The state of an AF_UNIX socket as the program sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnixState {
+    /// Not connected (possibly bound).
+    Unconnected,
+    Listening,
+    /// Connected (to a live peer, or to one that was closed since).
+    Connected,
+}
+
+/// The file a unix socket bound to a path name created.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocketFile {
+    /// st_mode, uid and gid of the socket file.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The file was removed (or replaced) since bind: the name stays, the file does not.
+    pub unlinked: bool,
+    /// For a relative name: the directory it was bound in (the process's working
+    /// directory at checkpoint time); empty for absolute names.
+    pub dir: String,
+}
+
+/// Socket options of a unix socket that the program can see or that change behaviour.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnixOptions {
+    pub passcred: bool,
+    pub passsec: bool,
+    pub passpidfd: bool,
+    /// SO_RCVBUF / SO_SNDBUF as getsockopt returns them (doubled).
+    pub rcvbuf: i32,
+    pub sndbuf: i32,
+    pub rcvlowat: i32,
+    /// SO_RCVTIMEO / SO_SNDTIMEO in microseconds (0: none).
+    pub rcvtimeo_us: u64,
+    pub sndtimeo_us: u64,
+    /// SO_PEEK_OFF (-1: off).
+    pub peek_off: i32,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

@@ -193,5 +193,6 @@ pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
             }
         }
     }
-    Ok(())
+    // Unix sockets: peers inside the tree or not, queues kept once.
+    crate::unix::link(procs)
 }

@@ -1,0 +1,843 @@
+//! Restoring AF_UNIX sockets (what the image holds: `tracer/src/unix.rs`).
+//!
+//! Sockets are connected to each other across the whole tree, so they are built in two
+//! steps. While the descriptors of each process are prepared, every socket gets a
+//! stand-in (a fresh socket that only reserves descriptor numbers); once every process is
+//! prepared, [`Sockets::finish`] builds the real sockets in an order that works and puts
+//! each in place of its stand-in (dup3 onto every descriptor of ours that names the
+//! stand-in), so a description shared between processes stays shared.
+//!
+//! How each socket is rebuilt:
+//! - listening: socket, bind to its name (a stale socket file at that path that no live
+//!   socket uses is removed first), listen with the saved backlog;
+//! - unconnected: socket, bound to its name if it had one;
+//! - a connected stream/seqpacket pair inside the checkpoint with one end accepted from
+//!   a listening socket of the checkpoint (it has the listener's name): a new client
+//!   (bound first to the client's own name, if any) connects to the restored listener,
+//!   which accepts; both ends get their names back and the accept queue stays empty.
+//!   With no such listener, a temporary one bound to the accepted end's name does the
+//!   same if that name is free (else the name is lost, with a warning);
+//! - any other connected pair inside the checkpoint: socketpair(), then each end is bound
+//!   to its own name, if it had one (bind works on a connected socket);
+//! - a datagram socket connected to a socket of the checkpoint that is connected
+//!   elsewhere: connect() by name once every socket is bound;
+//! - connected to a peer outside the checkpoint, or to a peer closed since: one end of a
+//!   socketpair whose other end is closed once the queued data is in (reads return that
+//!   data then EOF; writes fail with EPIPE or ECONNREFUSED), with a warning when the
+//!   peer was still open (the KERNEL-NOTES rule for descriptors leading outside).
+//!
+//! Queued data is written through the socket's (restored or stand-in) peer so that it
+//! lands in its receive queue, one send per datagram or record. Datagrams queued on an
+//! unconnected socket are sent from a socket bound to their sender's name where one can
+//! be had (a socket of the checkpoint, or a temporary one for a free abstract name);
+//! otherwise from an unnamed socket, with a warning. Shutdown state, socket options
+//! (SO_PASSCRED last, so that nothing autobinds) and descriptor flags come last.
+//!
+//! Limits: SO_PEERCRED of a restored connection names the restorer, which created it,
+//! not the original peer process. A connected pair whose ends both had names of their own
+//! (bound sockets, not accepted ones) gets them back by bind, so the restored sockets
+//! hold those names (a later bind of the same name fails), as the originals did only if
+//! they had bound them themselves.
+
+use super::fds::{cvt, set_status_flags};
+use anyhow::{bail, Context, Result};
+use ckpt_tracer::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
+use ckpt_tracer::unix::{display_name, type_name};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+const RCV_SHUTDOWN: u8 = 1;
+const SEND_SHUTDOWN: u8 = 2;
+const SO_PASSPIDFD: i32 = 76;
+
+/// One saved socket, from the first descriptor of it met.
+struct Rec {
+    pid: i32,
+    fd: RawFd,
+    flags: i32,
+    ty: i32,
+    state: UnixState,
+    name: Vec<u8>,
+    file: Option<UnixSocketFile>,
+    peer: u64,
+    shutdown: u8,
+    backlog: u32,
+    queue: Vec<Vec<u8>>,
+    senders: Vec<Vec<u8>>,
+    opts: UnixOptions,
+}
+
+impl Rec {
+    fn dir(&self) -> &str {
+        self.file.as_ref().map(|f| f.dir.as_str()).unwrap_or("")
+    }
+    fn what(&self) -> String {
+        format!(
+            "process {} fd {} (unix {} socket {})",
+            self.pid,
+            self.fd,
+            type_name(self.ty),
+            display_name(&self.name)
+        )
+    }
+}
+
+/// The unix sockets of the tree being restored, by saved inode.
+#[derive(Default)]
+pub struct Sockets {
+    recs: BTreeMap<u64, Rec>,
+    /// Stand-in socket inode -> saved inode.
+    standins: HashMap<u64, u64>,
+}
+
+fn new_socket(ty: i32) -> Result<OwnedFd> {
+    // SAFETY: socket(2) returns a descriptor we own.
+    let s = cvt(
+        unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) },
+        "creating a unix socket",
+    )?;
+    Ok(unsafe { OwnedFd::from_raw_fd(s) })
+}
+
+fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
+    let mut p = [0; 2];
+    // SAFETY: socketpair fills two descriptors we then own.
+    cvt(
+        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) },
+        "creating a unix socket pair",
+    )?;
+    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+fn sockaddr(name: &[u8]) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let path = name.first().is_some_and(|&c| c != 0);
+    let len = name.len() + usize::from(path);
+    if name.is_empty() || len > a.sun_path.len() {
+        bail!("bad unix socket name {}", display_name(name));
+    }
+    for (d, s) in a.sun_path.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    let off = std::mem::size_of::<libc::sa_family_t>();
+    Ok((a, (off + len) as libc::socklen_t))
+}
+
+fn bind_raw(s: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
+    let (a, len) = sockaddr(name).map_err(|e| std::io::Error::other(e.to_string()))?;
+    // SAFETY: bind with a local address.
+    let r = unsafe { libc::bind(s.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn connect(s: &OwnedFd, name: &[u8]) -> Result<()> {
+    let (a, len) = sockaddr(name)?;
+    loop {
+        // SAFETY: connect with a local address.
+        let r =
+            unsafe { libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).with_context(|| format!("connecting to {}", display_name(name)));
+        }
+    }
+}
+
+/// Run `f` with `dir` as working directory (for relative socket names), if not empty.
+fn with_dir<T>(dir: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if dir.is_empty() {
+        return f();
+    }
+    let old = std::fs::File::open(".").context("opening the working directory")?;
+    std::env::set_current_dir(dir).with_context(|| format!("entering {dir}"))?;
+    let r = f();
+    // SAFETY: fchdir to a directory descriptor of ours.
+    unsafe { libc::fchdir(old.as_raw_fd()) };
+    r
+}
+
+fn get_int(s: &OwnedFd, opt: i32) -> Option<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into a local int.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(v)
+}
+
+fn set_int(s: &OwnedFd, opt: i32, v: i32) -> std::io::Result<()> {
+    // SAFETY: setsockopt from a local int.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_timeout(s: &OwnedFd, opt: i32, us: u64) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: (us / 1_000_000) as libc::time_t,
+        tv_usec: (us % 1_000_000) as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt from a local timeval.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Set a buffer size to `value` as getsockopt showed it (the kernel doubles what it is
+/// given); beyond the system maximum only with the FORCE variant (root).
+fn set_buf(s: &OwnedFd, opt: i32, force: i32, value: i32) {
+    if value <= 0 || get_int(s, opt) == Some(value) {
+        return;
+    }
+    if set_int(s, force, value / 2).is_err() {
+        let _ = set_int(s, opt, value / 2);
+    }
+}
+
+/// Room in the send buffer of `s` for `need` more bytes of queued data.
+fn ensure_sndbuf(s: &OwnedFd, need: usize) {
+    let want = (need.saturating_mul(2) + (256 << 10)).min(i32::MAX as usize) as i32;
+    if get_int(s, libc::SO_SNDBUF).unwrap_or(0) < want {
+        set_buf(s, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, want);
+    }
+}
+
+fn set_options(s: &OwnedFd, o: &UnixOptions) -> Result<()> {
+    set_buf(s, libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, o.rcvbuf);
+    set_buf(s, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, o.sndbuf);
+    if get_int(s, libc::SO_RCVLOWAT) != Some(o.rcvlowat) && o.rcvlowat > 0 {
+        set_int(s, libc::SO_RCVLOWAT, o.rcvlowat).context("setting SO_RCVLOWAT")?;
+    }
+    if o.rcvtimeo_us != 0 {
+        set_timeout(s, libc::SO_RCVTIMEO, o.rcvtimeo_us).context("setting SO_RCVTIMEO")?;
+    }
+    if o.sndtimeo_us != 0 {
+        set_timeout(s, libc::SO_SNDTIMEO, o.sndtimeo_us).context("setting SO_SNDTIMEO")?;
+    }
+    if o.peek_off >= 0 {
+        set_int(s, libc::SO_PEEK_OFF, o.peek_off).context("setting SO_PEEK_OFF")?;
+    }
+    if o.passsec {
+        let _ = set_int(s, libc::SO_PASSSEC, 1);
+    }
+    if o.passpidfd {
+        let _ = set_int(s, SO_PASSPIDFD, 1);
+    }
+    if o.passcred {
+        set_int(s, libc::SO_PASSCRED, 1).context("setting SO_PASSCRED")?;
+    }
+    Ok(())
+}
+
+/// send() (or sendto() `to`) one message without blocking: a full queue is an error.
+fn send_one(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>) -> Result<usize> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let addr = to.map(sockaddr).transpose()?;
+    loop {
+        // SAFETY: send/sendto from live buffers.
+        let n = unsafe {
+            match &addr {
+                Some((a, len)) => libc::sendto(
+                    s.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    flags,
+                    (a as *const libc::sockaddr_un).cast(),
+                    *len,
+                ),
+                None => libc::send(s.as_raw_fd(), msg.as_ptr().cast(), msg.len(), flags),
+            }
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => {
+                bail!("the receive queue is full (for datagrams: net.unix.max_dgram_qlen)")
+            }
+            _ => return Err(e).context("sending queued data"),
+        }
+    }
+}
+
+fn send_all(s: &OwnedFd, data: &[u8]) -> Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        done += send_one(s, &data[done..], None)?;
+    }
+    Ok(())
+}
+
+/// A temporary listening socket bound to a name that is free, and the file it created.
+struct TempListener {
+    sock: OwnedFd,
+    file: Option<(std::path::PathBuf, u64, u64)>,
+}
+
+impl Drop for TempListener {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.file {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+impl Sockets {
+    /// A stand-in source for the socket of `fd`, replaced by the real one in [`finish`].
+    ///
+    /// [`finish`]: Sockets::finish
+    pub fn add(&mut self, pid: i32, fd: &Fd) -> Result<OwnedFd> {
+        let FdKind::UnixSocket {
+            ino,
+            sock_type,
+            state,
+            name,
+            file,
+            peer,
+            shutdown,
+            backlog,
+            queue,
+            senders,
+            opts,
+            ..
+        } = &fd.kind
+        else {
+            bail!("process {pid} fd {}: not a unix socket", fd.fd);
+        };
+        if !matches!(
+            *sock_type,
+            libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
+        ) {
+            bail!(
+                "process {pid} fd {}: the image holds a unix socket of unknown type {sock_type}",
+                fd.fd
+            );
+        }
+        let standin = new_socket(*sock_type)?;
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on our own descriptor into a local.
+        cvt(
+            unsafe { libc::fstat(standin.as_raw_fd(), &mut st) },
+            "stat of a socket",
+        )?;
+        self.standins.insert(st.st_ino, *ino);
+        match self.recs.get_mut(ino) {
+            Some(r) => {
+                if r.queue.is_empty() && !queue.is_empty() {
+                    r.queue = queue.clone();
+                    r.senders = senders.clone();
+                }
+            }
+            None => {
+                self.recs.insert(
+                    *ino,
+                    Rec {
+                        pid,
+                        fd: fd.fd,
+                        flags: fd.flags,
+                        ty: *sock_type,
+                        state: *state,
+                        name: name.clone(),
+                        file: file.clone(),
+                        peer: *peer,
+                        shutdown: *shutdown,
+                        backlog: *backlog,
+                        queue: queue.clone(),
+                        senders: senders.clone(),
+                        opts: *opts,
+                    },
+                );
+            }
+        }
+        Ok(standin)
+    }
+
+    /// Build every socket, with its connections, names, queued data, shutdown state,
+    /// options and flags, and put it in place of its stand-in.
+    pub fn finish(&mut self) -> Result<()> {
+        if self.recs.is_empty() {
+            return Ok(());
+        }
+        let mut b = Builder {
+            recs: &self.recs,
+            made: HashMap::new(),
+            far: HashMap::new(),
+            in_use: None,
+        };
+        b.build()?;
+        let made = std::mem::take(&mut b.made);
+        drop(b);
+        replace_standins(&self.standins, &made)?;
+        self.recs.clear();
+        self.standins.clear();
+        Ok(())
+    }
+}
+
+/// dup3 each real socket onto every descriptor of ours that names its stand-in.
+fn replace_standins(standins: &HashMap<u64, u64>, made: &HashMap<u64, OwnedFd>) -> Result<()> {
+    let nums: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .context("listing our descriptors")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for n in nums {
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat of a descriptor number into a local (it may be gone: skipped).
+        if unsafe { libc::fstat(n, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            continue;
+        }
+        let Some(ino) = standins.get(&st.st_ino) else {
+            continue;
+        };
+        let real = made
+            .get(ino)
+            .with_context(|| format!("unix socket {ino} was not rebuilt"))?;
+        // SAFETY: dup3 onto a descriptor of ours that names a stand-in.
+        cvt(
+            unsafe { libc::dup3(real.as_raw_fd(), n, libc::O_CLOEXEC) },
+            "putting a unix socket in place",
+        )?;
+    }
+    Ok(())
+}
+
+struct Builder<'a> {
+    recs: &'a BTreeMap<u64, Rec>,
+    /// The rebuilt sockets, by saved inode.
+    made: HashMap<u64, OwnedFd>,
+    /// The other end standing for a peer that is not in the checkpoint (closed at the
+    /// end), by the saved inode of the socket it is connected to.
+    far: HashMap<u64, OwnedFd>,
+    /// (dev, ino) of the socket files of live sockets here (computed when needed).
+    in_use: Option<HashSet<(u64, u64)>>,
+}
+
+impl Builder<'_> {
+    fn build(&mut self) -> Result<()> {
+        let recs = self.recs;
+        // Listening sockets first: they hold their names, and accepted ends connect to them.
+        for (&ino, r) in recs.iter().filter(|(_, r)| r.state == UnixState::Listening) {
+            let s = new_socket(r.ty)?;
+            self.bind_name(&s, r)
+                .with_context(|| format!("{}: binding the listening socket", r.what()))?;
+            // SAFETY: listen on our own socket.
+            cvt(
+                unsafe { libc::listen(s.as_raw_fd(), r.backlog as i32) },
+                &format!("{}: listen", r.what()),
+            )?;
+            self.made.insert(ino, s);
+        }
+        for (&ino, r) in recs
+            .iter()
+            .filter(|(_, r)| r.state == UnixState::Unconnected)
+        {
+            let s = new_socket(r.ty)?;
+            self.bind_name(&s, r)
+                .with_context(|| format!("{}: binding the socket", r.what()))?;
+            self.made.insert(ino, s);
+        }
+        let mut connect_later = Vec::new();
+        for (&ino, r) in recs.iter().filter(|(_, r)| r.state == UnixState::Connected) {
+            if self.made.contains_key(&ino) {
+                continue;
+            }
+            let peer = (r.peer != 0).then(|| recs.get(&r.peer)).flatten();
+            match peer {
+                Some(p) if r.ty != libc::SOCK_DGRAM => self.stream_pair(ino, r, p)?,
+                Some(p) if p.peer == ino => {
+                    let (a, b) = socketpair(r.ty)?;
+                    self.bind_or_warn(&a, r);
+                    self.bind_or_warn(&b, p);
+                    self.made.insert(ino, a);
+                    self.made.insert(r.peer, b);
+                }
+                Some(_) => {
+                    let s = new_socket(r.ty)?;
+                    self.bind_or_warn(&s, r);
+                    self.made.insert(ino, s);
+                    connect_later.push(ino);
+                }
+                None => self.orphan(ino, r)?,
+            }
+        }
+        for ino in connect_later {
+            let r = &recs[&ino];
+            let p = &recs[&r.peer];
+            with_dir(p.dir(), || connect(&self.made[&ino], &p.name))
+                .with_context(|| format!("{}: reconnecting", r.what()))?;
+        }
+        for (&ino, r) in recs.iter().filter(|(_, r)| !r.queue.is_empty()) {
+            self.refill(ino, r)
+                .with_context(|| format!("{}: refilling its receive queue", r.what()))?;
+        }
+        for (&ino, r) in recs.iter() {
+            let s = &self.made[&ino];
+            for (bit, how) in [
+                (RCV_SHUTDOWN, libc::SHUT_RD),
+                (SEND_SHUTDOWN, libc::SHUT_WR),
+            ] {
+                if r.shutdown & bit != 0 {
+                    // SAFETY: shutdown on our own socket. ENOTCONN (a datagram socket
+                    // whose peer went away) changes nothing.
+                    unsafe { libc::shutdown(s.as_raw_fd(), how) };
+                }
+            }
+        }
+        // Peers outside the checkpoint go away now: their sockets see them closed.
+        self.far.clear();
+        for (&ino, r) in recs.iter() {
+            let s = &self.made[&ino];
+            set_options(s, &r.opts).with_context(|| r.what())?;
+            set_status_flags(s, r.flags).with_context(|| r.what())?;
+        }
+        Ok(())
+    }
+
+    /// The listening socket of the checkpoint that `r` was accepted from (same name and
+    /// type), if any.
+    fn listener_for(&self, r: &Rec) -> Option<u64> {
+        if r.name.is_empty() {
+            return None;
+        }
+        self.recs
+            .iter()
+            .find(|(_, l)| l.state == UnixState::Listening && l.ty == r.ty && l.name == r.name)
+            .map(|(&i, _)| i)
+    }
+
+    /// Whether the connected stream socket `r` is taken as the accepted end of its
+    /// connection: it has the name of a listening socket of the checkpoint, or a name
+    /// while its peer has none (clients rarely bind).
+    fn accepted(&self, r: &Rec, peer_named: bool) -> bool {
+        !r.name.is_empty() && (self.listener_for(r).is_some() || !peer_named)
+    }
+
+    /// A connected stream or seqpacket pair, both ends in the checkpoint.
+    fn stream_pair(&mut self, ino: u64, r: &Rec, p: &Rec) -> Result<()> {
+        let (ra, pa) = (
+            self.accepted(r, !p.name.is_empty()),
+            self.accepted(p, !r.name.is_empty()),
+        );
+        let (server, client) = match (ra, pa) {
+            (true, false) => ((ino, r), (r.peer, p)),
+            (false, true) => ((r.peer, p), (ino, r)),
+            _ => {
+                let (a, b) = socketpair(r.ty)?;
+                self.bind_or_warn(&a, r);
+                self.bind_or_warn(&b, p);
+                self.made.insert(ino, a);
+                self.made.insert(r.peer, b);
+                return Ok(());
+            }
+        };
+        let cs = new_socket(client.1.ty)?;
+        self.bind_or_warn(&cs, client.1);
+        match self.via_listener(server.1, &cs)? {
+            Some(acc) => {
+                self.made.insert(server.0, acc);
+                self.made.insert(client.0, cs);
+            }
+            None => {
+                // Its name is taken: a plain pair, and the accepted end loses its name.
+                let (a, b) = socketpair(r.ty)?;
+                self.bind_or_warn(&b, client.1);
+                self.made.insert(server.0, a);
+                self.made.insert(client.0, b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Connect `client` to the listener of `server`'s name (the restored one, or a
+    /// temporary one) and accept: the accepted socket has that name. None if the name is
+    /// taken and no listener of the checkpoint has it (a warning is printed).
+    fn via_listener(&mut self, server: &Rec, client: &OwnedFd) -> Result<Option<OwnedFd>> {
+        let temp;
+        let listener = match self.listener_for(server) {
+            Some(l) => &self.made[&l],
+            None => match temp_listener(server) {
+                Ok(t) => {
+                    temp = t;
+                    &temp.sock
+                }
+                Err(e) => {
+                    eprintln!(
+                        "ckpt: warning: process {} fd {}: unix socket name {} could not be given back ({e:#}); restored unnamed",
+                        server.pid,
+                        server.fd,
+                        display_name(&server.name)
+                    );
+                    return Ok(None);
+                }
+            },
+        };
+        with_dir(server.dir(), || connect(client, &server.name))
+            .with_context(|| format!("{}: rebuilding its connection", server.what()))?;
+        // SAFETY: accept4 on our own listening socket; returns a descriptor we own.
+        let a = cvt(
+            unsafe {
+                libc::accept4(
+                    listener.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            },
+            &format!("{}: accepting its connection again", server.what()),
+        )?;
+        Ok(Some(unsafe { OwnedFd::from_raw_fd(a) }))
+    }
+
+    /// A socket whose peer is not in the checkpoint: one end of a socketpair whose other
+    /// end (kept in `far` until the queued data is in) is then closed.
+    fn orphan(&mut self, ino: u64, r: &Rec) -> Result<()> {
+        let stream = r.ty != libc::SOCK_DGRAM;
+        // A stream socket whose peer was closed has both directions shut down.
+        let outside = r.peer != 0 || (stream && r.shutdown & (RCV_SHUTDOWN | SEND_SHUTDOWN) != 3);
+        if outside {
+            eprintln!(
+                "ckpt: warning: process {} fd {} was a unix {} socket connected outside the checkpoint; restored with its peer closed",
+                r.pid,
+                r.fd,
+                type_name(r.ty)
+            );
+        }
+        if stream && self.accepted(r, false) {
+            let client = new_socket(r.ty)?;
+            if let Some(acc) = self.via_listener(r, &client)? {
+                self.made.insert(ino, acc);
+                self.far.insert(ino, client);
+                return Ok(());
+            }
+            let (a, t) = socketpair(r.ty)?;
+            self.made.insert(ino, a);
+            self.far.insert(ino, t);
+            return Ok(());
+        }
+        let (a, t) = socketpair(r.ty)?;
+        self.bind_or_warn(&a, r);
+        self.made.insert(ino, a);
+        self.far.insert(ino, t);
+        Ok(())
+    }
+
+    /// Write the saved receive queue of `r` so that it lands in its receive queue.
+    fn refill(&mut self, ino: u64, r: &Rec) -> Result<()> {
+        let total: usize = r.queue.iter().map(Vec::len).sum();
+        let peer = (r.peer != 0).then(|| self.recs.get(&r.peer)).flatten();
+        if r.ty != libc::SOCK_DGRAM {
+            let from = match peer {
+                Some(_) => self.made.get(&r.peer),
+                None => self.far.get(&ino),
+            }
+            .context("no peer to write the queued data through")?;
+            ensure_sndbuf(from, total);
+            if r.ty == libc::SOCK_STREAM {
+                return send_all(from, &r.queue.concat());
+            }
+            for m in &r.queue {
+                send_one(from, m, None)?;
+            }
+            return Ok(());
+        }
+        if let Some(p) = peer {
+            // Connected to a socket of the checkpoint: every datagram came from it.
+            let from = &self.made[&r.peer];
+            ensure_sndbuf(from, total);
+            let to = if p.peer == ino {
+                None
+            } else if !r.name.is_empty() {
+                Some(r.name.as_slice())
+            } else {
+                bail!("it has no name to send its queued datagrams to");
+            };
+            for m in &r.queue {
+                with_dir(r.dir(), || send_one(from, m, to))?;
+            }
+            return Ok(());
+        }
+        if let Some(t) = self.far.get(&ino) {
+            ensure_sndbuf(t, total);
+            for m in &r.queue {
+                send_one(t, m, None)?;
+            }
+            return Ok(());
+        }
+        if r.name.is_empty() {
+            bail!("it has neither a name nor a peer to send its queued datagrams through");
+        }
+        // Unconnected: each datagram from a socket with its sender's name, if possible.
+        let mut temps: HashMap<Vec<u8>, OwnedFd> = HashMap::new();
+        let mut lost: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        for (i, m) in r.queue.iter().enumerate() {
+            let sender = r.senders.get(i).cloned().unwrap_or_default();
+            let own = self
+                .recs
+                .iter()
+                .find(|(_, x)| x.ty == libc::SOCK_DGRAM && !sender.is_empty() && x.name == sender)
+                .map(|(&i, _)| i);
+            let from = match own {
+                Some(o) => &self.made[&o],
+                None => {
+                    let mut key = sender.clone();
+                    if !sender.is_empty() && !temps.contains_key(&sender) {
+                        // An abstract name can be borrowed if it is free; a path cannot.
+                        let s = new_socket(libc::SOCK_DGRAM)?;
+                        if sender[0] == 0 && bind_raw(&s, &sender).is_ok() {
+                            temps.insert(sender.clone(), s);
+                        } else {
+                            *lost.entry(sender.clone()).or_default() += 1;
+                            key = Vec::new();
+                        }
+                    }
+                    if !temps.contains_key(&key) {
+                        temps.insert(key.clone(), new_socket(libc::SOCK_DGRAM)?);
+                    }
+                    &temps[&key]
+                }
+            };
+            ensure_sndbuf(from, m.len());
+            with_dir(r.dir(), || send_one(from, m, Some(&r.name)))?;
+        }
+        for (name, n) in lost {
+            eprintln!(
+                "ckpt: warning: {}: {n} queued datagram(s) from {} restored with an unnamed sender (that name cannot be had here)",
+                r.what(),
+                display_name(&name)
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a live socket here uses the socket file (dev, ino).
+    fn in_use(&mut self, dev: u64, ino: u64) -> Result<bool> {
+        if self.in_use.is_none() {
+            let all = ckpt_tracer::unix::diag_all()
+                .context("listing unix sockets (sock_diag) to find stale socket files")?;
+            self.in_use = Some(
+                all.into_iter()
+                    .filter_map(|d| d.vfs)
+                    .map(|(i, d)| (d, i))
+                    .collect(),
+            );
+        }
+        Ok(self.in_use.as_ref().unwrap().contains(&(dev, ino)))
+    }
+
+    /// Bind `s` to the saved name of `r`. A path name is bound in its saved directory
+    /// (relative names), after removing a stale socket file that no live socket uses;
+    /// the new file gets the saved mode and owner, or is removed again if the original
+    /// had been.
+    fn bind_name(&mut self, s: &OwnedFd, r: &Rec) -> Result<()> {
+        if r.name.is_empty() {
+            return Ok(());
+        }
+        let shown = display_name(&r.name);
+        if r.name[0] == 0 {
+            return bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"));
+        }
+        let path = Path::new(OsStr::from_bytes(&r.name));
+        let dir = r.dir().to_string();
+        let stale = with_dir(&dir, || Ok(std::fs::symlink_metadata(path).ok()))?
+            .filter(|m| m.file_type().is_socket());
+        let remove = match stale {
+            Some(m) => !self.in_use(m.dev(), m.ino())?,
+            None => false,
+        };
+        let file = r.file.clone();
+        with_dir(&dir, || {
+            if remove {
+                std::fs::remove_file(path)
+                    .with_context(|| format!("removing the stale socket file {shown}"))?;
+            }
+            bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"))?;
+            match &file {
+                Some(f) if f.unlinked => {
+                    let _ = std::fs::remove_file(path);
+                }
+                Some(f) => {
+                    let c = CString::new(r.name.clone())?;
+                    // SAFETY: chmod/lchown with a valid C string; failures leave the
+                    // file as bind made it.
+                    unsafe {
+                        libc::chmod(c.as_ptr(), f.mode & 0o7777);
+                        libc::lchown(c.as_ptr(), f.uid, f.gid);
+                    }
+                }
+                None => {}
+            }
+            Ok(())
+        })
+    }
+
+    fn bind_or_warn(&mut self, s: &OwnedFd, r: &Rec) {
+        if let Err(e) = self.bind_name(s, r) {
+            eprintln!(
+                "ckpt: warning: process {} fd {}: unix socket name {} could not be given back ({e:#}); restored unnamed",
+                r.pid,
+                r.fd,
+                display_name(&r.name)
+            );
+        }
+    }
+}
+
+/// A listening socket bound to `r`'s name for one connection, if the name is free.
+fn temp_listener(r: &Rec) -> Result<TempListener> {
+    let sock = new_socket(r.ty)?;
+    with_dir(r.dir(), || {
+        bind_raw(&sock, &r.name).context("the name is taken")?;
+        let mut t = TempListener { sock, file: None };
+        if r.name[0] != 0 {
+            let path = Path::new(OsStr::from_bytes(&r.name));
+            let m = std::fs::symlink_metadata(path)?;
+            t.file = Some((std::env::current_dir()?.join(path), m.dev(), m.ino()));
+        }
+        // SAFETY: listen on our own socket.
+        cvt(unsafe { libc::listen(t.sock.as_raw_fd(), 1) }, "listen")?;
+        Ok(t)
+    })
+}
