@@ -24,12 +24,18 @@ pub struct AgentOptions {
     pub start_coordinator: bool,
 }
 
-fn hello(opts: &AgentOptions, job: i32) -> Msg {
+fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
+    // Right after the spawn the job may not have exec'd yet: its /proc cmdline is
+    // empty then, and the command it was given is what to show.
+    let cmdline = ckpt_tracer::procinfo::cmdline(job)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| command.to_vec());
     Msg::Hello {
         host: protocol::hostname(),
         agent_pid: std::process::id(),
         job_pid: job,
-        cmdline: ckpt_tracer::procinfo::cmdline(job).unwrap_or_default(),
+        cmdline,
         token: opts.token.clone(),
     }
 }
@@ -46,6 +52,8 @@ fn start_coordinator(opts: &AgentOptions) -> Result<()> {
         .arg(opts.interval.to_string())
         .arg("--keep")
         .arg(opts.keep.to_string())
+        .arg("--log-file")
+        .arg(opts.ckpt_dir.join("ckpt_coordinator.log"))
         .stdin(std::process::Stdio::null())
         .status()
         .context("starting a coordinator")?;
@@ -139,11 +147,17 @@ pub fn run(opts: &AgentOptions, command: &[String]) -> Result<i32> {
     let job = child.id() as i32;
     // The child is reaped by supervise (waitpid), not by std.
     std::mem::forget(child);
-    supervise(opts, job, conn)
+    supervise(opts, job, conn, command)
 }
 
 /// Be the agent of the running job `job` (our child) until it ends.
-pub fn supervise(opts: &AgentOptions, job: i32, mut conn: Option<Conn>) -> Result<i32> {
+/// `command` is what the job was started as (shown until /proc has its command line).
+pub fn supervise(
+    opts: &AgentOptions,
+    job: i32,
+    mut conn: Option<Conn>,
+    command: &[String],
+) -> Result<i32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -155,7 +169,7 @@ pub fn supervise(opts: &AgentOptions, job: i32, mut conn: Option<Conn>) -> Resul
     mask.thread_block().context("blocking signals")?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
     if let Some(c) = conn.as_mut() {
-        if c.send(&hello(opts, job)).is_err() {
+        if c.send(&hello(opts, job, command)).is_err() {
             conn = None;
         }
     }
@@ -214,7 +228,7 @@ pub fn supervise(opts: &AgentOptions, job: i32, mut conn: Option<Conn>) -> Resul
             if last_try.elapsed() >= Duration::from_secs(1) {
                 last_try = Instant::now();
                 if let Ok(mut c) = Conn::connect(&opts.host, opts.port) {
-                    if c.send(&hello(opts, job)).is_ok() {
+                    if c.send(&hello(opts, job, command)).is_ok() {
                         conn = Some(c);
                     }
                 }

@@ -114,6 +114,9 @@ fn raw_read(path: &Path) -> Result<Duration> {
 
 fn wait_pid_free(pid: i32) {
     while Path::new(&format!("/proc/{pid}")).exists() {
+        // As subreaper we inherit the killed tree's orphans: reap them.
+        // SAFETY: waitpid on any of our children, without blocking.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) } > 0 {}
         std::thread::sleep(Duration::from_millis(5));
     }
 }

@@ -22,6 +22,8 @@ pub struct CoordinatorOptions {
     pub ckpt_dir: PathBuf,
     pub keep: usize,
     pub token: Option<String>,
+    /// Where a daemon writes its log (default: nowhere).
+    pub log_file: Option<PathBuf>,
 }
 
 enum Event {
@@ -81,7 +83,7 @@ pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
         )
     })?;
     if opts.daemon {
-        daemonize()?;
+        daemonize(opts.log_file.as_deref())?;
     }
     let (tx, rx) = channel();
     spawn_acceptor(listener, tx.clone(), opts.token.clone());
@@ -113,8 +115,19 @@ pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
     c.run()
 }
 
-/// Run in the background: a new session, no terminal, the parent returns at once.
-fn daemonize() -> Result<()> {
+/// Run in the background: a new session, no terminal, output to `log` (or nowhere);
+/// the parent returns at once.
+fn daemonize(log: Option<&Path>) -> Result<()> {
+    use std::os::fd::IntoRawFd;
+    let out = match log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .with_context(|| format!("opening log file {}", p.display()))?,
+        None => std::fs::OpenOptions::new().write(true).open("/dev/null")?,
+    }
+    .into_raw_fd();
     // SAFETY: fork before any thread exists; the parent exits immediately.
     match unsafe { libc::fork() } {
         -1 => bail!("fork: {}", std::io::Error::last_os_error()),
@@ -124,12 +137,12 @@ fn daemonize() -> Result<()> {
     // SAFETY: plain syscalls in the child.
     unsafe {
         libc::setsid();
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
         if null >= 0 {
             libc::dup2(null, 0);
-            libc::dup2(null, 1);
-            libc::dup2(null, 2);
         }
+        libc::dup2(out, 1);
+        libc::dup2(out, 2);
     }
     Ok(())
 }

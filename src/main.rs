@@ -101,6 +101,9 @@ enum Cmd {
         /// Shared secret (a 0600 file) that agents and `ckpt command` must present.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// With --daemon: append the coordinator's log to this file.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Send one command to a coordinator: checkpoint (c), status (s), list (l),
     /// kill (k), quit (q), interval N (i N).
@@ -222,8 +225,10 @@ fn main() {
             bind,
             keep,
             token_file,
+            log_file,
         } => (|| {
             coordinator::coordinator(coordinator::CoordinatorOptions {
+                log_file,
                 port: protocol::coord_port(port)?,
                 bind,
                 interval: protocol::interval(interval)?,

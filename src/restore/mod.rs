@@ -359,7 +359,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
                     start_coordinator: true,
                 };
                 let conn = crate::agent::connect(&opts);
-                crate::agent::supervise(&opts, manifest.root_pid, conn)
+                crate::agent::supervise(&opts, manifest.root_pid, conn, &[])
             }
             None => Ok(code),
         };
