@@ -116,7 +116,8 @@ fn wait_pid_free(pid: i32) {
     while Path::new(&format!("/proc/{pid}")).exists() {
         // As subreaper we inherit the killed tree's orphans: reap them.
         // SAFETY: waitpid on any of our children, without blocking.
-        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) } > 0 {}
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG | libc::__WALL) } > 0 {
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -164,7 +165,12 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
     let ckdir = base.join(format!("{}-{run}", w.name));
     let _ = std::fs::remove_dir_all(&ckdir);
     let mut child = Command::new(exe)
-        .args(["__bench-workload", &w.mib.to_string(), &w.threads.to_string(), &w.procs.to_string()])
+        .args([
+            "__bench-workload",
+            &w.mib.to_string(),
+            &w.threads.to_string(),
+            &w.procs.to_string(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the workload")?;
@@ -188,7 +194,8 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
     s.image = rep.image_bytes;
     s.pause.push(rep.pause);
     s.dump.push(rep.total);
-    s.write.push(raw_write(&base.join("raw.bin"), rep.image_bytes)?);
+    s.write
+        .push(raw_write(&base.join("raw.bin"), rep.image_bytes)?);
     let mut read = Duration::ZERO;
     for e in std::fs::read_dir(&rep.generation)?.flatten() {
         if e.path().extension().is_some_and(|x| x == "img") {
@@ -225,10 +232,30 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let exe = std::env::current_exe()?;
     let workloads = [
-        Workload { name: "1 GiB", mib, threads: 1, procs: 1 },
-        Workload { name: "4 GiB", mib: mib * 4, threads: 1, procs: 1 },
-        Workload { name: "64 threads", mib: 64, threads: 64, procs: 1 },
-        Workload { name: "32 processes", mib: 256, threads: 1, procs: 32 },
+        Workload {
+            name: "1 GiB",
+            mib,
+            threads: 1,
+            procs: 1,
+        },
+        Workload {
+            name: "4 GiB",
+            mib: mib * 4,
+            threads: 1,
+            procs: 1,
+        },
+        Workload {
+            name: "64 threads",
+            mib: 64,
+            threads: 64,
+            procs: 1,
+        },
+        Workload {
+            name: "32 processes",
+            mib: 256,
+            threads: 1,
+            procs: 32,
+        },
     ];
     let mut samples: Vec<Samples> = workloads.iter().map(|_| Samples::default()).collect();
     // Interleaved: run r of every workload before run r+1 of any.
@@ -241,7 +268,15 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
     println!("ckpt bench: medians of {runs} interleaved runs; live dumps (copy-on-write), restores to running");
     println!(
         "{:<14} {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9}",
-        "workload", "image MiB", "pause ms", "dump ms", "raw wr ms", "dump/raw", "restore ms", "raw rd ms", "rst/raw"
+        "workload",
+        "image MiB",
+        "pause ms",
+        "dump ms",
+        "raw wr ms",
+        "dump/raw",
+        "restore ms",
+        "raw rd ms",
+        "rst/raw"
     );
     for (w, s) in workloads.iter().zip(samples) {
         let (p, d, r, wr, rd) = (

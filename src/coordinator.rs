@@ -151,7 +151,9 @@ fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String
     std::thread::spawn(move || {
         let mut next_id = 1u64;
         for stream in listener.incoming().flatten() {
-            let Ok(mut conn) = Conn::new(stream) else { continue };
+            let Ok(mut conn) = Conn::new(stream) else {
+                continue;
+            };
             conn.set_read_timeout(Some(Duration::from_secs(10)));
             let first = match conn.recv() {
                 Ok(Some(m)) => m,
@@ -180,7 +182,9 @@ fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String
                 Msg::Hello { .. } => {
                     let id = next_id;
                     next_id += 1;
-                    let Ok(writer) = conn.try_clone_writer() else { continue };
+                    let Ok(writer) = conn.try_clone_writer() else {
+                        continue;
+                    };
                     if tx.send(Event::Joined(id, writer, first)).is_err() {
                         return;
                     }
@@ -221,8 +225,8 @@ fn spawn_stdin(tx: Sender<Event>) {
 
 impl Coordinator {
     fn reset_timer(&mut self) {
-        self.next = (self.interval > 0)
-            .then(|| Instant::now() + Duration::from_secs(self.interval));
+        self.next =
+            (self.interval > 0).then(|| Instant::now() + Duration::from_secs(self.interval));
     }
 
     fn next_event(&mut self) -> Option<Event> {
@@ -234,7 +238,10 @@ impl Coordinator {
                 Some(t) => self
                     .events
                     .recv_timeout(t.saturating_duration_since(Instant::now())),
-                None => self.events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                None => self
+                    .events
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
             };
             match r {
                 Ok(e) => return Some(e),
@@ -257,13 +264,19 @@ impl Coordinator {
                 Event::Joined(id, stream, hello) => self.join(id, stream, hello)?,
                 Event::FromAgent(id, Msg::Exit { code }) => {
                     if let Some(a) = self.agents.get(&id) {
-                        log(&format!("job {id} (pid {}) exited with status {code}", a.job_pid));
+                        log(&format!(
+                            "job {id} (pid {}) exited with status {code}",
+                            a.job_pid
+                        ));
                     }
                 }
                 Event::FromAgent(..) => {}
                 Event::Gone(id) => {
                     if self.agents.remove(&id).is_some() {
-                        log(&format!("job {id} disconnected; {} left", self.agents.len()));
+                        log(&format!(
+                            "job {id} disconnected; {} left",
+                            self.agents.len()
+                        ));
                     }
                     if self.opts.exit_on_last && self.seen_agent && self.agents.is_empty() {
                         log("last job gone, exiting (--exit-on-last)");
@@ -387,7 +400,11 @@ impl Coordinator {
                 }
                 None => (false, false, "usage: i SECONDS".into()),
             },
-            other => (false, false, format!("unknown command {other:?}; h for help")),
+            other => (
+                false,
+                false,
+                format!("unknown command {other:?}; h for help"),
+            ),
         }
     }
 
@@ -403,7 +420,13 @@ impl Coordinator {
     fn job_dir(&self, a: &Agent) -> PathBuf {
         let safe: String = format!("job_{}_{}", a.host, a.job_pid)
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
         self.opts.ckpt_dir.join(safe)
     }
@@ -425,7 +448,9 @@ impl Coordinator {
             };
             match ev {
                 Event::FromAgent(id, m) if waiting.contains(&id) => match &m {
-                    Msg::Frozen { gen: g } | Msg::Done { gen: g, .. } | Msg::Failed { gen: g, .. }
+                    Msg::Frozen { gen: g }
+                    | Msg::Done { gen: g, .. }
+                    | Msg::Failed { gen: g, .. }
                         if *g == gen =>
                     {
                         waiting.retain(|&w| w != id);
@@ -466,7 +491,10 @@ impl Coordinator {
         self.gen += 1;
         let gen = self.gen;
         let t0 = Instant::now();
-        log(&format!("checkpoint {gen}: freezing {} job(s)", self.agents.len()));
+        log(&format!(
+            "checkpoint {gen}: freezing {} job(s)",
+            self.agents.len()
+        ));
         let ids: Vec<u64> = self.agents.keys().copied().collect();
         for &id in &ids {
             let dir = self.job_dir(&self.agents[&id]);
@@ -589,4 +617,3 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
 }
-

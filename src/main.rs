@@ -9,8 +9,8 @@ mod generation;
 mod image;
 mod info;
 mod progress;
-mod restore;
 mod protocol;
+mod restore;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -121,9 +121,7 @@ enum Cmd {
         json: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
-    Completions {
-        shell: clap_complete::Shell,
-    },
+    Completions { shell: clap_complete::Shell },
     /// Write man pages for ckpt and every subcommand into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },

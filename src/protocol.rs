@@ -72,7 +72,9 @@ impl Conn {
     pub fn send(&mut self, m: &Msg) -> Result<()> {
         let mut line = serde_json::to_vec(m)?;
         line.push(b'\n');
-        self.writer.write_all(&line).context("sending to the coordinator")?;
+        self.writer
+            .write_all(&line)
+            .context("sending to the coordinator")?;
         Ok(())
     }
 

@@ -29,7 +29,11 @@ fn status_text(pid: i32) -> Option<String> {
 fn status_ints(text: &str, key: &str) -> Vec<i32> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .map(|v| v.split_whitespace().filter_map(|x| x.parse().ok()).collect())
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -227,8 +231,7 @@ impl NsRestore {
             let found: Vec<i32> = descendants(me)
                 .into_iter()
                 .filter(|&p| {
-                    nspid(p).last() == Some(&orig)
-                        && cmdline(p).is_some_and(|c| c.contains(marker))
+                    nspid(p).last() == Some(&orig) && cmdline(p).is_some_and(|c| c.contains(marker))
                 })
                 .collect();
             if let Some(&p) = found.first() {
@@ -378,7 +381,12 @@ fn threads_image() -> ThreadsImage {
     let mut t = Target::start_path(&exe, &[stop.as_os_str(), os("8")]);
     t.stdout.expect_line("ready");
     let workers = threads_worker_tids(t.stdout.seen());
-    assert_eq!(workers.len(), 8, "expected 8 worker TIDs: {:?}", t.stdout.seen());
+    assert_eq!(
+        workers.len(),
+        8,
+        "expected 8 worker TIDs: {:?}",
+        t.stdout.seen()
+    );
     let tids = tids(t.pid);
     let mut expected = workers;
     expected.insert(t.pid);
@@ -461,7 +469,10 @@ fn root_pid_taken_never_fails_auto_uses_new_namespace() {
 
     let mut r = NsRestore::ckpt(&img.ck, &[]);
     let host = r.find_restored(img.pid, &img.marker);
-    assert_ne!(host, img.pid, "the host PID of the restored process is the sleeper's");
+    assert_ne!(
+        host, img.pid,
+        "the host PID of the restored process is the sleeper's"
+    );
     assert_in_new_pidns(&r, host, img.pid, &img.tids);
     threads_continue(&mut r, &img);
     assert!(
@@ -529,7 +540,11 @@ fn root_pidns_always_proc_agrees() {
     let after = file_lines(&out);
     let k = assert_counting(&after, &pid.to_string(), "after restore");
     assert!(k >= m + 5, "only {k} lines after the restore, {m} before");
-    assert_eq!(&after[..m], &before[..], "the lines written before the checkpoint changed");
+    assert_eq!(
+        &after[..m],
+        &before[..],
+        "the lines written before the checkpoint changed"
+    );
 }
 
 /// An unprivileged user (ckpttest, via runuser) dumps its own `pidcheck`,
@@ -574,7 +589,9 @@ fn unprivileged_restore_in_new_namespaces() {
     assert_eq!(tids(pid), all, "threads of pidcheck before the dump");
 
     let mut dump = as_user(&ckpt_path);
-    dump.args(["dump", &pid.to_string(), "--dir"]).arg(&ck).arg("--kill");
+    dump.args(["dump", &pid.to_string(), "--dir"])
+        .arg(&ck)
+        .arg("--kill");
     let o = run(&mut dump);
     assert_success(&o, "ckpt dump --kill as the user");
     let status = t.wait();
@@ -602,7 +619,10 @@ fn unprivileged_restore_in_new_namespaces() {
     for &p in &left {
         kill_if_running(p, &marker);
     }
-    assert!(left.is_empty(), "the refused restore left processes {left:?}");
+    assert!(
+        left.is_empty(),
+        "the refused restore left processes {left:?}"
+    );
     assert_eq!(
         file_lines(&out).len(),
         m,
@@ -638,5 +658,9 @@ fn unprivileged_restore_in_new_namespaces() {
     let after = file_lines(&out);
     let k = assert_counting(&after, &pid.to_string(), "after restore");
     assert!(k >= m + 5, "only {k} lines after the restore, {m} before");
-    assert_eq!(&after[..m], &before[..], "the lines written before the checkpoint changed");
+    assert_eq!(
+        &after[..m],
+        &before[..],
+        "the lines written before the checkpoint changed"
+    );
 }

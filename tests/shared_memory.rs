@@ -237,9 +237,15 @@ fn announced(lines: &Lines) -> ShmTree {
         vec![0, 1, 2, 3, 4],
         "shmtree should announce processes 0..4"
     );
-    assert_eq!(procs[&4].1, procs[&1].0, "process 4 is a child of process 1");
+    assert_eq!(
+        procs[&4].1, procs[&1].0,
+        "process 4 is a child of process 1"
+    );
     for i in 1..=3 {
-        assert_eq!(procs[&i].1, procs[&0].0, "process {i} is a child of the root");
+        assert_eq!(
+            procs[&i].1, procs[&0].0,
+            "process {i} is a child of the root"
+        );
     }
     ShmTree {
         procs,
@@ -266,7 +272,10 @@ fn assert_regions(t: &ShmTree, when: &str) {
             perms.starts_with("rw") && perms.ends_with('s'),
             "{when}: process {i}: {what} at {addr:#x} is mapped {perms} {name}, expected rw-s"
         );
-        eprintln!("{when}: process {i} (pid {}): {what} at {addr:#x}: inode {inode} {name}", pid(i));
+        eprintln!(
+            "{when}: process {i} (pid {}): {what} at {addr:#x}: inode {inode} {name}",
+            pid(i)
+        );
         inode
     };
     let a: Vec<u64> = (0..5).map(|i| shared(i, t.a, "region A")).collect();
@@ -383,11 +392,14 @@ fn shm_segment_case(remove: bool) {
     let mut t = Target::start("shmtree", &[os("segment"), stop.as_os_str()]);
     let path = PathBuf::from(format!("/dev/shm/ckpt-test-{}", t.pid));
     let _seg = RemoveOnDrop(path.clone());
-    t.stdout
-        .expect_line(&format!("segment {}", path.display()));
+    t.stdout.expect_line(&format!("segment {}", path.display()));
     t.stdout.expect_line("ready");
     let md = fs::metadata(&path).unwrap();
-    assert_eq!(md.permissions().mode() & 0o7777, 0o640, "mode before the dump");
+    assert_eq!(
+        md.permissions().mode() & 0o7777,
+        0o640,
+        "mode before the dump"
+    );
     let ino_before = md.ino();
 
     t.dump_kill(&ck);
@@ -410,12 +422,8 @@ fn shm_segment_case(remove: bool) {
 
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
-    let md = fs::metadata(&path).unwrap_or_else(|e| {
-        panic!(
-            "{} should exist after the restore ({e})",
-            path.display()
-        )
-    });
+    let md = fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("{} should exist after the restore ({e})", path.display()));
     assert_eq!(
         md.permissions().mode() & 0o7777,
         0o640,

@@ -336,7 +336,10 @@ pub fn map_fd_for(
             // The object must cover every mapping of it in the whole tree.
             // SAFETY: fstat/ftruncate on our own memfd.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            cvt(unsafe { libc::fstat(obj.as_raw_fd(), &mut st) }, "fstat of a memfd")?;
+            cvt(
+                unsafe { libc::fstat(obj.as_raw_fd(), &mut st) },
+                "fstat of a memfd",
+            )?;
             if (st.st_size as u64) < size {
                 cvt(
                     unsafe { libc::ftruncate(obj.as_raw_fd(), size as i64) },

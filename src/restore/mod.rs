@@ -6,8 +6,8 @@ mod checks;
 mod fds;
 mod fdstate;
 mod finish;
-pub mod plan;
 mod pidns;
+pub mod plan;
 pub use pidns::PidNs;
 mod spawn;
 mod timers;
@@ -206,7 +206,10 @@ fn prepare_process(
 }
 
 fn raise_nofile() {
-    let mut l = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    let mut l = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: get/setrlimit64 on a local struct.
     unsafe {
         if libc::getrlimit64(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
@@ -241,7 +244,10 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         bail!("{} holds no process", gen.display());
     };
     if root.pid != manifest.root_pid {
-        bail!("{} is damaged (the first process is not the root)", gen.display());
+        bail!(
+            "{} is damaged (the first process is not the root)",
+            gen.display()
+        );
     }
     let mut images = Vec::new();
     for p in &manifest.processes {
@@ -318,7 +324,11 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); manifest.processes.len()];
     for (i, m) in manifest.processes.iter().enumerate().skip(1) {
         let Some(parent) = manifest.processes.iter().position(|p| p.pid == m.ppid) else {
-            bail!("{} is damaged (process {} has no parent in it)", gen.display(), m.pid);
+            bail!(
+                "{} is damaged (process {} has no parent in it)",
+                gen.display(),
+                m.pid
+            );
         };
         children[parent].push(i);
     }
@@ -497,7 +507,11 @@ fn is_descendant(pid: i32) -> bool {
             return false;
         };
         let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-        let ppid: i32 = rest.split(' ').nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let ppid: i32 = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if ppid == me {
             return true;
         }

@@ -39,7 +39,10 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
         let (kind, fd) = match &v.kind {
             VmaKind::Anon => (VMA_ANON_PRIVATE, -1),
             // Rebuilt on one memfd per object, shared by every process that maps it.
-            VmaKind::SharedAnon { .. } => (VMA_FILE_SHARED, fds.map_fds[&super::fds::map_key(v).unwrap()]),
+            VmaKind::SharedAnon { .. } => (
+                VMA_FILE_SHARED,
+                fds.map_fds[&super::fds::map_key(v).unwrap()],
+            ),
             VmaKind::File { .. } | VmaKind::Unlinked { .. } => {
                 let fd = super::fds::map_key(v)
                     .and_then(|k| fds.map_fds.get(&k).copied())

@@ -124,7 +124,11 @@ fn child_fail(status_fd: RawFd, what: &str) -> ! {
 /// children (and zombies) before it becomes its loader, so parent links are the saved
 /// ones. Returns the PID of the root. A process that fails reports it through its
 /// status pipe and exits.
-pub fn spawn_tree(setups: &[&ChildSetup], children: &[Vec<usize>], zombies: &[Zombie]) -> Result<i32> {
+pub fn spawn_tree(
+    setups: &[&ChildSetup],
+    children: &[Vec<usize>],
+    zombies: &[Zombie],
+) -> Result<i32> {
     spawn(setups, children, zombies, 0)
 }
 
@@ -160,7 +164,10 @@ fn spawn_zombie(z: &Zombie) -> Result<()> {
             let st = z.wait_status;
             if libc::WIFSIGNALED(st) {
                 let sig = libc::WTERMSIG(st);
-                let nocore = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+                let nocore = libc::rlimit64 {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
                 libc::setrlimit64(libc::RLIMIT_CORE, &nocore);
                 libc::signal(sig, libc::SIG_DFL);
                 let mut set: libc::sigset_t = std::mem::zeroed();
@@ -176,7 +183,12 @@ fn spawn_zombie(z: &Zombie) -> Result<()> {
 }
 
 /// Fork the child with PID `setup.pid` and exec the loader in it. Returns in the parent.
-fn spawn(setups: &[&ChildSetup], children: &[Vec<usize>], zombies: &[Zombie], idx: usize) -> Result<i32> {
+fn spawn(
+    setups: &[&ChildSetup],
+    children: &[Vec<usize>],
+    zombies: &[Zombie],
+    idx: usize,
+) -> Result<i32> {
     let setup = setups[idx];
     let tid: i32 = setup.pid;
     let mut keep: Vec<RawFd> = setup

@@ -247,7 +247,11 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
 /// privileges). None when the object cannot be opened: the caller stores every page.
 pub fn shared_anon_runs(pid: i32, vma: &Vma) -> Option<Vec<PageRun>> {
     use std::os::fd::AsRawFd;
-    let f = File::open(format!("/proc/{pid}/map_files/{:x}-{:x}", vma.start, vma.end)).ok()?;
+    let f = File::open(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        vma.start, vma.end
+    ))
+    .ok()?;
     let fd = f.as_raw_fd();
     let (lo, hi) = (vma.offset, vma.offset + (vma.end - vma.start));
     let mut runs = Vec::new();

@@ -93,7 +93,9 @@ pub enum VmaKind {
     /// MAP_SHARED anonymous memory (`/dev/zero (deleted)`): its pages are stored as
     /// runs. `ino` identifies the shared memory object: every mapping of the same object,
     /// in any process of the checkpoint, maps one new object again after restore.
-    SharedAnon { ino: u64 },
+    SharedAnon {
+        ino: u64,
+    },
     /// A mapping of a regular file that still exists under `id.path`.
     File {
         id: FileIdentity,

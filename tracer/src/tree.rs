@@ -32,10 +32,9 @@ fn children(pid: i32) -> io::Result<BTreeSet<i32>> {
     let mut out = BTreeSet::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
         let t = t?.file_name();
-        let Ok(s) = std::fs::read_to_string(format!(
-            "/proc/{pid}/task/{}/children",
-            t.to_string_lossy()
-        )) else {
+        let Ok(s) =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.to_string_lossy()))
+        else {
             continue;
         };
         out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
@@ -131,7 +130,10 @@ pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
         for (fi, fd) in p.fds.iter().enumerate() {
             let md = std::fs::metadata(format!("/proc/{}/fd/{}", p.pid, fd.fd))
                 .map_err(|e| TraceError::io(p.pid, format!("stat of fd {}", fd.fd), e))?;
-            groups.entry((md.dev(), md.ino())).or_default().push((pi, fi));
+            groups
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push((pi, fi));
         }
     }
     let mut next_id: u32 = 0;
