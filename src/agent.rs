@@ -136,6 +136,23 @@ fn status_code(st: i32) -> i32 {
     }
 }
 
+/// Launch `command` in a PID namespace of its own (and a user namespace when not
+/// root), whose init is the agent: its restores never collide with host PIDs, and it
+/// is checkpointed from inside, with the PIDs it sees.
+pub fn run_in_pidns(opts: &AgentOptions, command: &[String]) -> Result<i32> {
+    crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
+    // A coordinator started for the job must live outside the job's namespace.
+    drop(connect(opts));
+    let inner = AgentOptions {
+        start_coordinator: false,
+        ..opts.clone()
+    };
+    crate::restore::pidns::run_in_new_pidns(false, move |report_ok| {
+        report_ok();
+        run(&inner, command)
+    })
+}
+
 /// Launch `command` and supervise it. Returns its exit code.
 pub fn run(opts: &AgentOptions, command: &[String]) -> Result<i32> {
     crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
@@ -186,7 +203,7 @@ pub fn supervise(
         if let Some(b) = &borrowed {
             fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = if conn.is_none() || frozen.is_some() {
+        let timeout = if conn.is_none() || frozen.is_some() || std::process::id() == 1 {
             PollTimeout::from(1000u16)
         } else {
             PollTimeout::NONE
@@ -203,6 +220,25 @@ pub fn supervise(
         };
         let (job_done, sig_ready, conn_ready) = (ready(0), ready(1), ready(2));
         drop(fds);
+        // As init of a PID namespace, reap the orphans it inherits (never while the
+        // job is frozen: its ptrace stops are ours to collect then).
+        if std::process::id() == 1 && frozen.is_none() {
+            loop {
+                let mut st = 0;
+                // SAFETY: reap any exited child without blocking.
+                let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
+                if r <= 0 {
+                    break;
+                }
+                if r == job {
+                    let code = status_code(st);
+                    if let Some(c) = conn.as_mut() {
+                        let _ = c.send(&Msg::Exit { code });
+                    }
+                    return Ok(code);
+                }
+            }
+        }
         if job_done {
             drop(frozen.take());
             let mut st = 0;

@@ -71,6 +71,10 @@ enum Cmd {
         /// How many generations to keep.
         #[arg(long, default_value_t = 2)]
         keep: usize,
+        /// Start the job in a PID namespace of its own (a user namespace too when not
+        /// root), so that its restores never collide with host PIDs.
+        #[arg(long)]
+        pidns: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -201,6 +205,7 @@ fn main() {
             ckpt_dir,
             interval,
             keep,
+            pidns,
             command,
         } => (|| {
             let opts = agent::AgentOptions {
@@ -212,7 +217,11 @@ fn main() {
                 token: protocol::read_token(coord.token_file)?,
                 start_coordinator: true,
             };
-            agent::run(&opts, &command)
+            if pidns {
+                agent::run_in_pidns(&opts, &command)
+            } else {
+                agent::run(&opts, &command)
+            }
         })(),
         Cmd::Coordinator {
             port,

@@ -6,7 +6,7 @@ mod checks;
 mod fds;
 mod fdstate;
 mod finish;
-mod pidns;
+pub mod pidns;
 pub mod plan;
 pub use pidns::PidNs;
 mod spawn;
@@ -341,41 +341,39 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         children,
         detach: opts.detach,
         drop_caps: false,
+        agent_follows: false,
     };
-    if !new_ns {
-        let coordinated = manifest.coordinator.clone().filter(|_| !opts.detach);
-        let tree = Tree {
-            detach: tree.detach || coordinated.is_some(),
-            ..tree
-        };
-        let code = run_tree(tree, prepared, loader_fd, &|| {})?;
-        return match coordinated {
-            // A job that ran under a coordinator registers again and can be checkpointed
-            // again; the restorer is its agent.
-            Some(c) => {
-                let (host, port) = crate::protocol::coordinator_for_restart(c.host, c.port)?;
-                let opts = crate::agent::AgentOptions {
-                    host,
-                    port,
-                    // <ckpt-dir>/<job dir>/<generation>
-                    ckpt_dir: gen
-                        .parent()
-                        .and_then(Path::parent)
-                        .map(Path::to_path_buf)
-                        .unwrap_or_default(),
-                    interval: c.interval,
-                    keep: c.keep,
-                    token: crate::protocol::read_token(None)?,
-                    start_coordinator: true,
-                };
-                let conn = crate::agent::connect(&opts);
-                crate::agent::supervise(&opts, manifest.root_pid, conn, &[])
-            }
-            None => Ok(code),
-        };
+    // A job that ran under a coordinator registers again and can be checkpointed again:
+    // the restorer (or, in a new PID namespace, its init) becomes its agent.
+    let agent = match manifest.coordinator.clone().filter(|_| !opts.detach) {
+        Some(c) => {
+            let (host, port) = crate::protocol::coordinator_for_restart(c.host, c.port)?;
+            Some(crate::agent::AgentOptions {
+                host,
+                port,
+                // <ckpt-dir>/<job dir>/<generation>
+                ckpt_dir: gen
+                    .parent()
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+                interval: c.interval,
+                keep: c.keep,
+                token: crate::protocol::read_token(None)?,
+                start_coordinator: true,
+            })
+        }
+        None => None,
+    };
+    if let Some(a) = &agent {
+        // Make sure a coordinator runs outside any namespace the job gets.
+        drop(crate::agent::connect(a));
     }
+    let root_pid = manifest.root_pid;
     let tree = Tree {
-        drop_caps: pidns::needs_user_ns(),
+        detach: tree.detach || agent.is_some(),
+        agent_follows: agent.is_some(),
+        drop_caps: new_ns && pidns::needs_user_ns(),
         ..tree
     };
     if tree.drop_caps {
@@ -383,9 +381,17 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             p.setup.ambient_checkpoint_cap = true;
         }
     }
-    pidns::run_in_new_pidns(opts.detach, move |report_ok| {
-        run_tree(tree, prepared, loader_fd, report_ok)
-    })
+    let go = move |report_ok: &dyn Fn()| -> Result<i32> {
+        let code = run_tree(tree, prepared, loader_fd, report_ok)?;
+        match &agent {
+            Some(a) => crate::agent::supervise(a, root_pid, crate::agent::connect(a), &[]),
+            None => Ok(code),
+        }
+    };
+    if !new_ns {
+        return go(&|| {});
+    }
+    pidns::run_in_new_pidns(opts.detach, go)
 }
 
 /// The restored tree, as `run_tree` needs it.
@@ -398,6 +404,8 @@ struct Tree<'a> {
     /// The processes run in a user namespace ckpt made: the capability the loader
     /// needed is taken away from them before they resume.
     drop_caps: bool,
+    /// The caller becomes the job's agent once it runs.
+    agent_follows: bool,
 }
 
 /// Create every process, finish each from the outside, resume them all, and (unless
@@ -460,7 +468,9 @@ fn run_tree(
         return Err(e);
     }
     report_ok();
-    if tree.detach && std::process::id() != 1 {
+    // Detached: done; but an init of a namespace stays as its reaper, unless an agent
+    // takes over the job.
+    if tree.detach && (std::process::id() != 1 || tree.agent_follows) {
         return Ok(0);
     }
     wait_root(root_pid)

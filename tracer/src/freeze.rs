@@ -84,6 +84,22 @@ impl Frozen {
                 what: "checkpointing ckpt itself".into(),
             });
         }
+        // PIDs are recorded as this process sees them: a process of another PID
+        // namespace would be restored under the wrong ones.
+        let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        if let (Ok(mine), Ok(theirs)) =
+            (ns("/proc/self/ns/pid"), ns(&format!("/proc/{pid}/ns/pid")))
+        {
+            if mine != theirs {
+                return Err(TraceError::Unsupported {
+                    pid,
+                    what: "a process in another PID namespace (checkpoint it from inside: a job \
+                           started with `ckpt run --pidns` or restored in a new namespace is \
+                           checkpointed by its coordinator)"
+                        .into(),
+                });
+            }
+        }
         let mut f = Frozen {
             pid,
             threads: Vec::new(),
