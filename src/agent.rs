@@ -100,42 +100,6 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Every process of the tree rooted at `root`, root first.
-fn tree_pids(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
-            for t in tasks.flatten() {
-                let path = t.path().join("children");
-                if let Ok(s) = std::fs::read_to_string(path) {
-                    out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-                }
-            }
-        }
-        i += 1;
-    }
-    out
-}
-
-fn kill_tree(root: i32) {
-    for p in tree_pids(root) {
-        // SAFETY: kill(2) of the job's processes.
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
-}
-
-fn status_code(st: i32) -> i32 {
-    if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st)
-    } else if libc::WIFSIGNALED(st) {
-        128 + libc::WTERMSIG(st)
-    } else {
-        1
-    }
-}
-
 /// Launch `command` in a PID namespace of its own (and a user namespace when not
 /// root), whose init is the agent: its restores never collide with host PIDs, and it
 /// is checkpointed from inside, with the PIDs it sees.
@@ -231,7 +195,7 @@ pub fn supervise(
                     break;
                 }
                 if r == job {
-                    let code = status_code(st);
+                    let code = crate::restore::status_code(st);
                     if let Some(c) = conn.as_mut() {
                         let _ = c.send(&Msg::Exit { code });
                     }
@@ -244,7 +208,7 @@ pub fn supervise(
             let mut st = 0;
             // SAFETY: reap our child.
             unsafe { libc::waitpid(job, &mut st, 0) };
-            let code = status_code(st);
+            let code = crate::restore::status_code(st);
             if let Some(c) = conn.as_mut() {
                 let _ = c.send(&Msg::Exit { code });
             }
@@ -334,7 +298,7 @@ pub fn supervise(
             }
             Msg::Kill => {
                 drop(frozen.take());
-                kill_tree(job);
+                ckpt_tracer::tree::kill_descendants(job);
                 None
             }
             _ => None,

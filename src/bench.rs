@@ -139,28 +139,6 @@ struct Samples {
     read: Vec<Duration>,
 }
 
-fn tree_pids(root: i32) -> Vec<i32> {
-    let mut out = vec![root];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i];
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
-            out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-        }
-        i += 1;
-    }
-    out
-}
-
-fn kill_tree(root: i32) -> Vec<i32> {
-    let pids = tree_pids(root);
-    for &p in &pids {
-        // SAFETY: kill(2) of the benchmark's own workload.
-        unsafe { libc::kill(p, libc::SIGKILL) };
-    }
-    pids
-}
-
 fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -> Result<()> {
     let ckdir = base.join(format!("{}-{run}", w.name));
     let _ = std::fs::remove_dir_all(&ckdir);
@@ -185,7 +163,7 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
         keep: 1,
         coordinator: None,
     });
-    let pids = kill_tree(pid);
+    let pids = ckpt_tracer::tree::kill_descendants(pid);
     child.wait()?;
     let rep = rep?;
     for p in &pids {
@@ -214,7 +192,7 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
         bail!("restore returned {code}");
     }
     // The restored root is our child: kill its tree and reap it.
-    kill_tree(pid);
+    ckpt_tracer::tree::kill_descendants(pid);
     // SAFETY: waitpid on our own child.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     for p in &pids {

@@ -569,7 +569,6 @@ impl Coordinator {
 /// `<ckpt-dir>/ckpt_restart_script.sh`: restores every job of the newest global
 /// checkpoint (each job's own `latest`), like dmtcp_restart_script.sh.
 fn write_restart_script(ckpt_dir: &Path, generations: &[PathBuf]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let exe = std::env::current_exe()?;
     let mut script = String::from(
         "#!/bin/sh\n# Restores every job of the newest checkpoint (written by ckpt coordinator).\n",
@@ -594,18 +593,7 @@ fn write_restart_script(ckpt_dir: &Path, generations: &[PathBuf]) -> Result<()> 
         }
         script.push_str("wait\n");
     }
-    let path = ckpt_dir.join(crate::generation::RESTART_SCRIPT);
-    let tmp = ckpt_dir.join(".ckpt_restart_script.sh.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o700)
-        .open(&tmp)?;
-    f.write_all(script.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
+    crate::generation::write_script(&ckpt_dir.join(crate::generation::RESTART_SCRIPT), &script)
 }
 
 /// Make sure `ckpt_dir` exists (0700).

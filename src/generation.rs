@@ -195,16 +195,26 @@ fn write_restart_script(ckpt_dir: &Path) -> Result<()> {
          exec '{}' restore \"$(dirname \"$0\")/{LATEST}\" \"$@\"\n",
         exe.display()
     );
-    let tmp = ckpt_dir.join(format!(".{RESTART_SCRIPT}.tmp"));
+    write_script(&ckpt_dir.join(RESTART_SCRIPT), &script)
+}
+
+/// Write an executable script (0700) atomically: temporary file, fsync, rename.
+pub fn write_script(path: &Path, script: &str) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
     let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o700)
-        .open(&tmp)?;
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(script.as_bytes())?;
     f.sync_all()?;
-    fs::rename(&tmp, ckpt_dir.join(RESTART_SCRIPT))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -498,7 +498,8 @@ fn wait_root(root: i32) -> Result<i32> {
     }
 }
 
-fn status_code(st: i32) -> i32 {
+/// A wait status as an exit code: the code, or 128 + the signal.
+pub fn status_code(st: i32) -> i32 {
     if libc::WIFEXITED(st) {
         libc::WEXITSTATUS(st)
     } else if libc::WIFSIGNALED(st) {

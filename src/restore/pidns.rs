@@ -53,22 +53,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
 fn write_file(path: &str, data: &str) -> Result<()> {
     std::fs::write(path, data).with_context(|| format!("writing {path}"))
 }
@@ -122,7 +106,7 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
     if userns {
         flags |= libc::CLONE_NEWUSER as u64;
     }
-    let args = CloneArgs {
+    let args = super::spawn::CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -131,8 +115,8 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
+            &args as *const super::spawn::CloneArgs,
+            std::mem::size_of::<super::spawn::CloneArgs>(),
         )
     };
     if r < 0 {

@@ -42,6 +42,29 @@ fn children(pid: i32) -> io::Result<BTreeSet<i32>> {
     Ok(out)
 }
 
+/// `root` and every process below it (as far as /proc shows them now), root first.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(kids) = children(out[i]) {
+            out.extend(kids);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// SIGKILL `root` and every process below it; returns them.
+pub fn kill_descendants(root: i32) -> Vec<i32> {
+    let pids = descendants(root);
+    for &p in &pids {
+        // SAFETY: kill(2).
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    pids
+}
+
 /// (state char, ppid, pgrp, session, exit_code) from /proc/PID/stat.
 fn stat_brief(pid: i32) -> io::Result<(char, i32, i32, i32, i32)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
