@@ -122,6 +122,7 @@ impl PendingGeneration {
             .max()
             .map_or(1, |n| n + 1);
         let name = format!("{PREFIX}{}_{id}_{next}", sanitize(program));
+        remove_abandoned(ckpt_dir);
         let dir = ckpt_dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::DirBuilder::new()
@@ -170,6 +171,29 @@ impl Drop for PendingGeneration {
     fn drop(&mut self) {
         if !self.published {
             let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Remove unfinished generations whose writer is gone (a ckpt killed mid-checkpoint):
+/// `.ckpt_*.tmp.<pid>` with no process <pid>.
+fn remove_abandoned(ckpt_dir: &Path) {
+    let Ok(rd) = fs::read_dir(ckpt_dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&format!(".{PREFIX}")) {
+            continue;
+        }
+        let Some(pid) = name
+            .rsplit_once(".tmp.")
+            .and_then(|(_, p)| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
         }
     }
 }

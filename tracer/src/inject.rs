@@ -63,6 +63,11 @@ impl Injector {
         &self.mem
     }
 
+    /// Address of the `syscall` instruction used.
+    pub fn syscall_insn(&self) -> u64 {
+        self.syscall_insn
+    }
+
     /// Run `nr(args...)` in the stopped thread and return the raw result (-errno on error).
     /// The thread's registers are `t.regs` again afterwards.
     pub fn syscall(&self, t: &mut FrozenThread, nr: i64, args: [u64; 6]) -> io::Result<i64> {

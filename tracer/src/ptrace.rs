@@ -44,6 +44,10 @@ pub fn seize(tid: i32, options: libc::c_long) -> io::Result<()> {
     raw(PTRACE_SEIZE, tid, 0, options as usize).map(drop)
 }
 
+pub fn set_options(tid: i32, options: libc::c_long) -> io::Result<()> {
+    raw(libc::PTRACE_SETOPTIONS, tid, 0, options as usize).map(drop)
+}
+
 pub fn interrupt(tid: i32) -> io::Result<()> {
     raw(PTRACE_INTERRUPT, tid, 0, 0).map(drop)
 }

@@ -23,6 +23,14 @@ pub struct Snapshot {
 
 const CLONE_SYSCALL: i64 = 56;
 
+/// The name (comm) of a snapshot copy.
+pub const SNAPSHOT_COMM: &str = "ckpt-snapshot";
+
+/// An injector for the copy, using the same `syscall` instruction as the original's.
+fn inj_for(child: i32, parent: &Injector) -> io::Result<Injector> {
+    Injector::with_syscall_insn(child, parent.syscall_insn())
+}
+
 impl Snapshot {
     /// Make the copy. `inj` must be an injector for `f.pid`.
     pub fn take(f: &mut Frozen, inj: &Injector) -> io::Result<Snapshot> {
@@ -48,6 +56,33 @@ impl Snapshot {
                 }
                 _ => ptrace::cont(child, 0)?,
             }
+        }
+        // If ckpt dies now, the copy must not run a single instruction: the kernel kills
+        // it with us (EXITKILL). Its name marks the zombie it then leaves in the process,
+        // which the next checkpoint reaps (see `tree::reap_stale_snapshots`).
+        ptrace::set_options(
+            child,
+            (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as libc::c_long,
+        )?;
+        let mut t = FrozenThread {
+            tid: child,
+            regs: ptrace::get_regs(child)?,
+            syscall: None,
+            resend: Vec::new(),
+        };
+        // The copy resumes from the injected clone: a finished syscall, nothing to fix.
+        let name = inj_for(child, inj)?;
+        let mut buf = [0u8; 16];
+        buf[..SNAPSHOT_COMM.len()].copy_from_slice(SNAPSHOT_COMM.as_bytes());
+        let r = name.syscall_with_buf(
+            &mut t,
+            libc::SYS_prctl,
+            |a| [libc::PR_SET_NAME as u64, a, 0, 0, 0, 0],
+            &buf,
+            &mut [],
+        )?;
+        if r < 0 {
+            return Err(io::Error::from_raw_os_error(-r as i32));
         }
         Ok(snap)
     }

@@ -86,6 +86,10 @@ impl FrozenTree {
             let pid = tree.procs[i].pid;
             let kids = children(pid).map_err(|e| TraceError::io(pid, "listing children", e))?;
             for kid in kids {
+                if is_stale_snapshot(kid) {
+                    reap_in(&mut tree.procs[i], kid)?;
+                    continue;
+                }
                 match stat_brief(kid) {
                     Ok(('Z', ppid, pgid, sid, status)) => tree.zombies.push(Zombie {
                         pid: kid,
@@ -117,6 +121,53 @@ impl FrozenTree {
         }
         Ok(tree)
     }
+}
+
+/// A dead snapshot copy left by a ckpt that was killed during a checkpoint: a zombie
+/// named `ckpt-snapshot` with no exit signal, which its parent will never reap itself.
+fn is_stale_snapshot(pid: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let name = s
+        .find('(')
+        .zip(s.rfind(')'))
+        .map(|(a, b)| &s[a + 1..b])
+        .unwrap_or("");
+    let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state); field 38 is exit_signal.
+    name == crate::snapshot::SNAPSHOT_COMM && f.first() == Some(&"Z") && f.get(35) == Some(&"0")
+}
+
+/// Reap zombie `kid` from inside its frozen parent (wait4 with __WALL).
+fn reap_in(parent: &mut Frozen, kid: i32) -> Result<()> {
+    let pid = parent.pid;
+    let ranges =
+        crate::read::exec_ranges(pid).map_err(|e| TraceError::io(pid, "reading maps", e))?;
+    let inj = crate::inject::Injector::new(pid, &ranges)
+        .map_err(|e| TraceError::io(pid, "preparing syscall injection", e))?;
+    let r = inj
+        .syscall(
+            &mut parent.threads[0],
+            libc::SYS_wait4,
+            [
+                kid as u64,
+                0,
+                (libc::__WALL | libc::WNOHANG) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+        .map_err(|e| TraceError::io(pid, format!("reaping stale snapshot {kid}"), e))?;
+    if r != kid as i64 {
+        return Err(TraceError::Unsupported {
+            pid,
+            what: format!("a leftover snapshot process {kid} that cannot be reaped ({r})"),
+        });
+    }
+    Ok(())
 }
 
 impl FrozenTree {
