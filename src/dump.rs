@@ -5,7 +5,7 @@ use crate::generation::{CoordRef, Manifest, ManifestProcess, PendingGeneration};
 use crate::image::{kernel_release, ImageWriter, PAGE};
 use crate::progress;
 use anyhow::{Context, Result};
-use ckpt_tracer::read::{not_from_snapshot, read_process_with, MemReader};
+use ckpt_tracer::read::{read_process_with, MemReader};
 use ckpt_tracer::snapshot::Snapshot;
 use ckpt_tracer::state::ProcessState;
 use ckpt_tracer::tree::{link_descriptors, FrozenTree, Zombie};
@@ -33,6 +33,16 @@ pub struct DumpReport {
 }
 
 const CHUNK: usize = 16 << 20;
+
+/// With CKPT_TIMING set, say on stderr how long each phase of a dump took.
+fn phase(t0: Instant, what: &str) {
+    if std::env::var_os("CKPT_TIMING").is_some() {
+        eprintln!(
+            "ckpt: timing: {what} at {:.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+}
 
 /// Stream the stored page runs of `vmas` that `select` picks from `mem` into `w`.
 fn write_runs(
@@ -100,14 +110,18 @@ impl FrozenDump {
         let t0 = Instant::now();
         let root = opts.pid;
         let mut tree = FrozenTree::freeze(root)?;
+        phase(t0, "frozen");
         let zombies = tree.zombies.clone();
         let mut states = Vec::new();
         let mut injectors = Vec::new();
+        let mut parent_only = Vec::new();
         for f in &mut tree.procs {
-            let (s, inj) = read_process_with(f)?;
+            let (s, extras) = read_process_with(f)?;
             states.push(s);
-            injectors.push(inj);
+            parent_only.push(extras.not_from_snapshot);
+            injectors.push(extras.injector);
         }
+        phase(t0, "state read");
         link_descriptors(&mut states)?;
         let created_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -146,16 +160,13 @@ impl FrozenDump {
             }
         }
         drop(injectors);
+        phase(t0, "snapshots taken");
         // Regions fork does not copy faithfully, and shared ones, come from the originals.
-        let mut from_parent = Vec::new();
-        for s in &states {
-            from_parent.push(if !snapshots.is_empty() {
-                not_from_snapshot(s.pid)
-                    .with_context(|| format!("reading the memory map of process {}", s.pid))?
-            } else {
-                vec![(0, u64::MAX)]
-            });
-        }
+        let from_parent: Vec<Vec<(u64, u64)>> = if snapshots.is_empty() {
+            states.iter().map(|_| vec![(0, u64::MAX)]).collect()
+        } else {
+            parent_only
+        };
         let mut d = FrozenDump {
             t0,
             root,
@@ -174,6 +185,7 @@ impl FrozenDump {
             bar,
         };
         d.write_from_originals()?;
+        phase(t0, "originals-only regions written");
         Ok(d)
     }
 

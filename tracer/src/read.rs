@@ -84,22 +84,21 @@ pub fn exec_ranges(pid: i32) -> io::Result<Vec<(u64, u64)>> {
     Ok(v)
 }
 
-/// Regions fork does not copy faithfully (MADV_DONTFORK, MADV_WIPEONFORK) or that the
-/// running process could change (shared): read them from the original.
-pub fn not_from_snapshot(pid: i32) -> io::Result<Vec<(u64, u64)>> {
-    Ok(maps::read_maps(pid)?
-        .iter()
-        .filter(|m| m.has_flag("dc") || m.has_flag("wf") || m.shared())
-        .map(|m| (m.start, m.end))
-        .collect())
+/// What reading a process yields besides its state, for a copy-on-write snapshot.
+pub struct ReadExtras {
+    /// The injector used (a snapshot is made with it).
+    pub injector: Injector,
+    /// Regions fork does not copy faithfully (MADV_DONTFORK, MADV_WIPEONFORK) or that the
+    /// running process could change (shared): to be read from the original.
+    pub not_from_snapshot: Vec<(u64, u64)>,
 }
 
-/// Read the state of a frozen process; also returns the injector used (for a snapshot).
+/// Read the state of a frozen process.
 pub fn read_process(f: &mut Frozen) -> Result<ProcessState> {
     read_process_with(f).map(|(s, _)| s)
 }
 
-pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
+pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     let pid = f.pid;
     let io_err = |what: &str| {
         let what = what.to_string();
@@ -122,6 +121,11 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
 
     let mut ids = IdentityCache::default();
     let entries: Vec<MapEntry> = maps::read_maps(pid).map_err(io_err("reading smaps"))?;
+    let not_from_snapshot = entries
+        .iter()
+        .filter(|m| m.has_flag("dc") || m.has_flag("wf") || m.shared())
+        .map(|m| (m.start, m.end))
+        .collect();
     let mut vmas = Vec::new();
     for m in &entries {
         if let Some(kind) = maps::classify(pid, m, &mut ids)? {
@@ -312,6 +316,9 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, Injector)> {
             itimers,
             posix_timers,
         },
-        inj,
+        ReadExtras {
+            injector: inj,
+            not_from_snapshot,
+        },
     ))
 }
