@@ -148,6 +148,13 @@ pub fn supervise(
         mask.add(s);
     }
     mask.thread_block().context("blocking signals")?;
+    // The init of a PID namespace never receives a signal whose action is the default
+    // one: give them a handler (they stay blocked and are read from the signalfd).
+    extern "C" fn ignore(_: libc::c_int) {}
+    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installing a handler that does nothing.
+        unsafe { libc::signal(s, ignore as *const () as libc::sighandler_t) };
+    }
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
     if let Some(c) = conn.as_mut() {
         if c.send(&hello(opts, job, command)).is_err() {

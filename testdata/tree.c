@@ -24,6 +24,24 @@
  * session), which reads it only after the stop file appeared; then the
  * writer writes a second block and closes its end; the reader checks both
  * blocks and the end of file.
+ * Socketpairs: every process other than the root is connected to its parent
+ * by a unix socketpair, SOCK_SEQPACKET for odd indices and SOCK_STREAM for
+ * even ones (the parent creates it just before forking the child; nobody
+ * else keeps a copy).  Before entering the ring each side writes a first
+ * batch to the other (stream: 4000 bytes; seqpacket: records of 1, 777 and
+ * 3000 bytes), which stays in flight, unread, until the stop file appeared;
+ * the contents depend on the pair, the direction and the record.  At the end
+ * each side writes a second batch (stream: 1500 bytes; seqpacket: records of
+ * 2000 and 5 bytes), shuts its end down for writing, then reads everything
+ * from the other side and checks it byte for byte (record by record, with
+ * the record boundaries), and then end of file.
+ * Shared memory: the root maps a MAP_SHARED|MAP_ANONYMOUS region before
+ * forking, with two slots per process: the last token value it handled and
+ * how many tokens it handled, both updated before it passes the token on.
+ * On every token a process checks, through that memory, that its ring
+ * predecessor's slots moved to exactly the token it just passed (the region
+ * is still shared, not a private copy); at the end every process checks that
+ * it sees every other process's final values.
  * Every process records getpid(), getppid(), getpgid(0), getsid(0) before
  * "ready" and checks them on every token and at the end: unchanged (except
  * the root's parent, which is outside the tree: the restorer after a
@@ -36,13 +54,16 @@
  * checks and reaps its children (checking their exit status 0, then that no
  * other child exists); the root reaps the zombie, its children, checks
  * RECFILE (every record exactly once, in order, written by the right
- * process) and prints "tree ok <N> rounds=<r> records=<k>", exit 0; or any
- * process prints "FAIL: ..." and the root exits 1.
+ * process) and prints "tree ok <N> rounds=<r> records=<k> pairs=<p>
+ * shm=<handled>" (p: socketpairs checked, N - 1; handled: tokens each process
+ * handled), exit 0; or any process prints "FAIL: ..." and the root exits 1.
  */
 #include "common.h"
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -60,6 +81,13 @@ static int parent[MAXN];
 static int ring[MAXN][2]; /* ring[i] is read by process i, written by i - 1 */
 static int flight[2];     /* WRITER -> READER */
 static int recfd;
+/* socketpair between process c and its parent: sp[c][0] is the parent's
+ * end, sp[c][1] the child's; -1 where this process never had it */
+static int sp[MAXN][2];
+/* shared memory: shm_last[i] the last token process i handled, shm_count[i]
+ * how many it handled */
+static long *shm_last, *shm_count;
+static long handled; /* tokens this process handled */
 static const char *recpath;
 static pid_t root_pid, root_pgid, root_sid;
 
@@ -73,6 +101,12 @@ static struct {
 static pid_t kids[MAXN];
 static int kid_idx[MAXN];
 static int nkids;
+
+/* The socketpair batches: sizes of the records (one record for stream). */
+#define SP_STREAM1 4000
+#define SP_STREAM2 1500
+static const size_t seq1[] = { 1, 777, 3000 };
+static const size_t seq2[] = { 2000, 5 };
 
 /* The root is 0; each child is followed by its (up to 3) grandchildren. */
 static void plan(void)
@@ -153,6 +187,170 @@ static long get_token(int fd)
     return t;
 }
 
+/* ---- socketpairs between each process and its parent ---- */
+
+/* The socketpair of process c with its parent: SOCK_SEQPACKET for odd c,
+ * SOCK_STREAM for even c. */
+static int sp_type(int c)
+{
+    return c % 2 ? SOCK_SEQPACKET : SOCK_STREAM;
+}
+
+/* Byte i of record REC sent in direction DIR (0: parent to child, 1: child
+ * to parent) on the pair of process c. */
+static unsigned char sp_pattern(int c, int dir, int rec, size_t i)
+{
+    return (unsigned char)((i * 31 + (size_t)c * 17 + (size_t)dir * 71 + (size_t)rec * 113 + 5) %
+                           253);
+}
+
+/* The records of batch B (1: in flight at checkpoint time, 2: written at the end). */
+static int sp_batch(int c, int b, const size_t **sizes)
+{
+    static const size_t s1 = SP_STREAM1, s2 = SP_STREAM2;
+    if (sp_type(c) == SOCK_STREAM) {
+        *sizes = b == 1 ? &s1 : &s2;
+        return 1;
+    }
+    *sizes = b == 1 ? seq1 : seq2;
+    return b == 1 ? (int)(sizeof seq1 / sizeof seq1[0]) : (int)(sizeof seq2 / sizeof seq2[0]);
+}
+
+static const char *sp_name(int c, int dir)
+{
+    static char name[160];
+    snprintf(name, sizeof name, "the %s socketpair from process %d to process %d",
+             sp_type(c) == SOCK_STREAM ? "stream" : "seqpacket", dir ? c : parent[c],
+             dir ? parent[c] : c);
+    return name;
+}
+
+/* Sends batch B in direction DIR on the pair of process c. */
+static void sp_send(int c, int dir, int b)
+{
+    int fd = sp[c][dir];
+    CHECK(fd >= 0, "process %d: no descriptor for %s", me.idx, sp_name(c, dir));
+    const size_t *sizes;
+    int count = sp_batch(c, b, &sizes);
+    static unsigned char buf[8192];
+    for (int k = 0; k < count; k++) {
+        for (size_t i = 0; i < sizes[k]; i++)
+            buf[i] = sp_pattern(c, dir, b * 10 + k, i);
+        size_t done = 0;
+        while (done < sizes[k]) {
+            ssize_t w = send(fd, buf + done, sizes[k] - done, MSG_NOSIGNAL);
+            if (w < 0 && errno == EINTR)
+                continue;
+            CHECK(w > 0, "process %d: sending record %d of batch %d on %s: %s", me.idx, k, b,
+                  sp_name(c, dir), w < 0 ? strerror(errno) : "sent nothing");
+            CHECK(sp_type(c) == SOCK_STREAM || (size_t)w == sizes[k],
+                  "process %d: record %d of batch %d on %s: sent %zd of %zu bytes", me.idx, k, b,
+                  sp_name(c, dir), w, sizes[k]);
+            done += (size_t)w;
+        }
+    }
+}
+
+static ssize_t recv_intr(int fd, void *buf, size_t len)
+{
+    ssize_t r;
+    do
+        r = recv(fd, buf, len, 0);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
+/* Receives batch B sent in direction DIR on the pair of process c and checks
+ * it byte for byte (record by record for seqpacket). */
+static void sp_check(int c, int dir, int b)
+{
+    int fd = sp[c][1 - dir];
+    CHECK(fd >= 0, "process %d: no descriptor for %s", me.idx, sp_name(c, dir));
+    const size_t *sizes;
+    int count = sp_batch(c, b, &sizes);
+    static unsigned char buf[8192];
+    for (int k = 0; k < count; k++) {
+        size_t got;
+        if (sp_type(c) == SOCK_STREAM) {
+            got = read_full(fd, buf, sizes[k], sp_name(c, dir));
+        } else {
+            ssize_t r = recv_intr(fd, buf, sizeof buf);
+            CHECK(r >= 0, "process %d: receiving from %s: %s", me.idx, sp_name(c, dir),
+                  strerror(errno));
+            got = (size_t)r;
+        }
+        CHECK(got == sizes[k],
+              "process %d: record %d of batch %d on %s: %zu bytes, expected %zu (data in flight "
+              "lost, or record boundaries changed)",
+              me.idx, k, b, sp_name(c, dir), got, sizes[k]);
+        for (size_t i = 0; i < got; i++)
+            CHECK(buf[i] == sp_pattern(c, dir, b * 10 + k, i),
+                  "process %d: record %d of batch %d on %s differs at byte %zu", me.idx, k, b,
+                  sp_name(c, dir), i);
+    }
+}
+
+/* After both batches: end of file (the peer shut its end down for writing). */
+static void sp_check_eof(int c, int dir)
+{
+    unsigned char buf[64];
+    ssize_t r = recv_intr(sp[c][1 - dir], buf, sizeof buf);
+    CHECK(r == 0, "process %d: %s: %zd after the last record (%s), expected end of file",
+          me.idx, sp_name(c, dir), r, r < 0 ? strerror(errno) : "more data");
+}
+
+/* This process's socketpairs: to its parent (if any) and to each child. */
+static void sp_send_all(int idx, int b)
+{
+    if (idx > 0)
+        sp_send(idx, 1, b);
+    for (int k = 0; k < nkids; k++)
+        sp_send(kid_idx[k], 0, b);
+}
+
+/* ---- shared memory ---- */
+
+static long last_handled = -1;
+
+/* Records in the shared memory that this process handled token T. */
+static void shm_handled(int idx, long t)
+{
+    handled++;
+    last_handled = t;
+    __atomic_store_n(&shm_count[idx], handled, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&shm_last[idx], t, __ATOMIC_SEQ_CST);
+}
+
+/* Token T just came from the ring predecessor, which handled T - 1 (and as
+ * many tokens as this process will have handled with T): its slots must show
+ * exactly that, through the shared memory. */
+static void shm_check_pred(int idx, long t)
+{
+    int pred = (idx + n - 1) % n;
+    long last = __atomic_load_n(&shm_last[pred], __ATOMIC_SEQ_CST);
+    long cnt = __atomic_load_n(&shm_count[pred], __ATOMIC_SEQ_CST);
+    long want = idx == 0 ? handled : handled + 1;
+    CHECK(last == t - 1 && cnt == want,
+          "process %d (pid %d): in the shared memory process %d handled token %ld (%ld tokens); "
+          "it passed token %ld, its %ld-th (the memory is not shared any more?)",
+          idx, (int)me.pid, pred, last, cnt, t - 1, want);
+}
+
+/* After the stop token: every process handled as many tokens as this one,
+ * the last one being the root's last + its index. */
+static void shm_check_final(int idx)
+{
+    long base = last_handled - idx;
+    for (int j = 0; j < n; j++) {
+        long last = __atomic_load_n(&shm_last[j], __ATOMIC_SEQ_CST);
+        long cnt = __atomic_load_n(&shm_count[j], __ATOMIC_SEQ_CST);
+        CHECK(last == base + j && cnt == handled,
+              "process %d (pid %d): at the end the shared memory shows process %d at token %ld "
+              "(%ld tokens), expected token %ld (%ld tokens): not shared any more?",
+              idx, (int)me.pid, j, last, cnt, base + j, handled);
+    }
+}
+
 static void check_ids(const char *when)
 {
     pid_t pid = getpid(), ppid = getppid(), g = getpgid(0), s = getsid(0);
@@ -218,6 +416,16 @@ static void keep_fds(int idx)
         close(flight[1]);
     if (idx != READER)
         close(flight[0]);
+    for (int i = 1; i < n; i++) {
+        if (sp[i][0] >= 0 && parent[i] != idx) {
+            close(sp[i][0]);
+            sp[i][0] = -1;
+        }
+        if (sp[i][1] >= 0 && i != idx) {
+            close(sp[i][1]);
+            sp[i][1] = -1;
+        }
+    }
 }
 
 /* Writes the record of token value T at the shared offset, which must be T * RECSZ. */
@@ -245,6 +453,8 @@ static void spawn_children(int idx)
     for (int c = 1; c < n; c++) {
         if (parent[c] != idx)
             continue;
+        CHECK(socketpair(AF_UNIX, sp_type(c), 0, sp[c]) == 0, "process %d: socketpair: %s", idx,
+              strerror(errno));
         fflush(stdout);
         pid_t p = fork();
         CHECK(p >= 0, "process %d: fork: %s", idx, strerror(errno));
@@ -270,8 +480,10 @@ static void ring_member(int idx)
         }
         CHECK(t == expect, "process %d (pid %d): token %ld, expected %ld (lost or duplicated)",
               idx, (int)me.pid, t, expect);
+        shm_check_pred(idx, t);
         check_ids("in the ring");
         put_record(t);
+        shm_handled(idx, t);
         put_token(wfd, t + 1);
         expect += n;
     }
@@ -307,6 +519,28 @@ static void finish(int idx)
         write_all(flight[1], buf, BLK, "the pipe to the reader");
         close(flight[1]);
     }
+    /* socketpairs: the second batch and a shutdown each way first (never
+     * blocks: the queues have room), then read and check all of it */
+    sp_send_all(idx, 2);
+    if (idx > 0)
+        CHECK(shutdown(sp[idx][1], SHUT_WR) == 0, "process %d: shutdown: %s", idx, strerror(errno));
+    for (int k = 0; k < nkids; k++)
+        CHECK(shutdown(sp[kid_idx[k]][0], SHUT_WR) == 0, "process %d: shutdown: %s", idx,
+              strerror(errno));
+    if (idx > 0) {
+        sp_check(idx, 0, 1);
+        sp_check(idx, 0, 2);
+        sp_check_eof(idx, 0);
+        close(sp[idx][1]);
+    }
+    for (int k = 0; k < nkids; k++) {
+        int c = kid_idx[k];
+        sp_check(c, 1, 1);
+        sp_check(c, 1, 2);
+        sp_check_eof(c, 1);
+        close(sp[c][0]);
+    }
+    shm_check_final(idx);
     check_ids("at the end");
 
     char bad[256] = "";
@@ -340,6 +574,7 @@ static void process(int idx)
     keep_fds(idx);
     setup_ids(idx);
     say("proc %d %d %d %d %d", idx, (int)me.pid, (int)me.ppid, (int)me.pgid, (int)me.sid);
+    sp_send_all(idx, 1);
     if (idx == WRITER) {
         static unsigned char buf[BLK];
         for (size_t i = 0; i < BLK; i++)
@@ -407,6 +642,15 @@ int main(int argc, char **argv)
     for (int i = 0; i < n; i++)
         CHECK(pipe(ring[i]) == 0, "pipe: %s", strerror(errno));
     CHECK(pipe(flight) == 0, "pipe: %s", strerror(errno));
+    for (int i = 0; i < MAXN; i++)
+        sp[i][0] = sp[i][1] = -1;
+    long *shm = mmap(NULL, 2 * MAXN * sizeof(long), PROT_READ | PROT_WRITE,
+                     MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(shm != MAP_FAILED, "mmap MAP_SHARED|MAP_ANONYMOUS: %s", strerror(errno));
+    shm_last = shm;
+    shm_count = shm + MAXN;
+    for (int i = 0; i < MAXN; i++)
+        shm_last[i] = -1;
 
     me.idx = 0;
     spawn_children(0);
@@ -418,16 +662,19 @@ int main(int argc, char **argv)
         _exit(42);
     setup_ids(0);
     say("proc 0 %d %d %d %d", (int)me.pid, (int)me.ppid, (int)me.pgid, (int)me.sid);
+    sp_send_all(0, 1);
 
     int rfd = ring[0][0], wfd = ring[1][1];
     long t = 0, rounds = 0;
     for (;;) {
         check_ids("in the ring");
         put_record(t);
+        shm_handled(0, t);
         put_token(wfd, t + 1);
         long back = get_token(rfd);
         CHECK(back == t + n, "root: token %ld came back, expected %ld (lost or duplicated)", back,
               t + n);
+        shm_check_pred(0, back);
         t = back;
         rounds++;
         if (rounds == 3) {
@@ -456,6 +703,6 @@ int main(int argc, char **argv)
           (int)zpid, st);
     finish(0);
     check_records(t);
-    say("tree ok %d rounds=%ld records=%ld", n, rounds, t);
+    say("tree ok %d rounds=%ld records=%ld pairs=%d shm=%ld", n, rounds, t, n - 1, handled);
     return 0;
 }

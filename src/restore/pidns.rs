@@ -197,5 +197,28 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         let _ = rep.as_raw_fd();
         return Ok(0);
     }
+    forward_signals_to(init)?;
     super::wait_exit(init)
+}
+
+/// SIGINT, SIGTERM and SIGHUP sent to us go to the namespace's init (which passes them
+/// on to the job), as they would to the job itself without a namespace.
+fn forward_signals_to(init: i32) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().context("blocking signals")?;
+    std::thread::spawn(move || loop {
+        // SAFETY: sigwaitinfo on a set blocked in every thread; info is plain data.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let sig = unsafe { libc::sigwaitinfo(mask.as_ref(), &mut info) };
+        // Signals from a process, not the terminal's (those reach the job's group).
+        if sig > 0 && info.si_code <= 0 {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(init, sig) };
+        }
+    });
+    Ok(())
 }
