@@ -245,16 +245,19 @@ impl FrozenDump {
             bar: &bar,
         };
         rest.write_from_snapshots()?;
+        phase(t0, "memory written");
         bar.finish_and_clear();
         for snap in snapshots {
             let pid = snap.pid;
             snap.discard()
                 .with_context(|| format!("removing the snapshot copy of process {pid}"))?;
         }
+        phase(t0, "snapshots removed");
         let mut image_bytes = 0;
         for (state, w) in states.iter().zip(writers) {
             image_bytes += w.finish(state, created_ns)?;
         }
+        phase(t0, "images synced");
         let manifest = Manifest {
             tool_version: env!("CARGO_PKG_VERSION").into(),
             created_unix_ns: created_ns,
