@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use ckpt_tracer::read::{read_process_with, MemReader};
 use ckpt_tracer::snapshot::Snapshot;
 use ckpt_tracer::state::ProcessState;
-use ckpt_tracer::tree::{link_descriptors, FrozenTree, Zombie};
+use ckpt_tracer::tree::{dedupe_shared_pages, link_descriptors, FrozenTree, Zombie};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xxhash_rust::xxh3::Xxh3;
@@ -123,6 +123,7 @@ impl FrozenDump {
         }
         phase(t0, "state read");
         link_descriptors(&mut states)?;
+        dedupe_shared_pages(&mut states);
         let created_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

@@ -26,7 +26,7 @@ fn make_image() -> Image {
     let d = tempdir();
     let exe = d.join("prog/counter");
     fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    fs::copy(testdata("counter"), &exe).unwrap();
+    copy_program(&testdata("counter"), &exe);
     let (out, stop, ck) = (d.join("out"), d.join("stop"), d.join("ckpt"));
     let mut t = Target::start_path(&exe, &[out.as_os_str(), stop.as_os_str(), os("20")]);
     t.stdout.expect_line("ready");
@@ -201,7 +201,7 @@ fn restore_refuses_replaced_executable() {
     let img = make_image();
     // a different program at the same path (new inode, size, content)
     fs::remove_file(&img.exe).unwrap();
-    fs::copy(testdata("signals"), &img.exe).unwrap();
+    copy_program(&testdata("signals"), &img.exe);
     let line = img.assert_refused(&img.generation, "executable replaced since the checkpoint");
     assert!(
         line.contains("counter"),

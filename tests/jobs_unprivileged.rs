@@ -525,7 +525,7 @@ fn assert_in_new_pidns(host: i32, pid: i32, ancestor: i32, user_ns: bool, what: 
 /// of its processes).
 fn own_counter(dir: &Path, owner: Option<(u32, u32)>) -> PathBuf {
     let exe = dir.join("counter");
-    fs::copy(testdata("counter"), &exe).unwrap();
+    copy_program(&testdata("counter"), &exe);
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     if let Some((u, g)) = owner {
         std::os::unix::fs::chown(&exe, Some(u), Some(g)).unwrap();

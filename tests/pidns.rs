@@ -135,7 +135,7 @@ fn as_user(program: &Path) -> Command {
 fn own_copy(name: &str, dir: &Path) -> PathBuf {
     fs::create_dir_all(dir).unwrap();
     let exe = dir.join(name);
-    fs::copy(testdata(name), &exe).unwrap();
+    copy_program(&testdata(name), &exe);
     fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
     exe
 }

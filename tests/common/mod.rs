@@ -46,6 +46,51 @@ pub fn testdata_dir() -> PathBuf {
         .join("testdata")
 }
 
+/// Copy a program to `dst` for a test to run, and wait until no other process still
+/// has the copy open for writing: a child that another test thread forked while the
+/// copy was being written holds that descriptor until it execs, and exec'ing the copy
+/// meanwhile fails with ETXTBSY (runuser and ckpt cannot retry that for us).
+pub fn copy_program(src: &Path, dst: &Path) {
+    fs::copy(src, dst).unwrap_or_else(|e| panic!("copying {}: {e}", src.display()));
+    let deadline = Instant::now() + TIMEOUT;
+    while open_for_writing_elsewhere(dst) {
+        assert!(
+            Instant::now() < deadline,
+            "{} stays open for writing",
+            dst.display()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn open_for_writing_elsewhere(path: &Path) -> bool {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return false;
+    };
+    for p in procs.flatten() {
+        let Ok(fds) = fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if fs::read_link(fd.path()).is_ok_and(|t| t == path) {
+                let info = p.path().join("fdinfo").join(fd.file_name());
+                let flags = fs::read_to_string(info)
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("flags:"))
+                            .and_then(|v| i32::from_str_radix(v.trim(), 8).ok())
+                    })
+                    .unwrap_or(0);
+                if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
+
 /// Path of one test program; panics with "run `make` first" if it is missing.
 pub fn testdata(name: &str) -> PathBuf {
     let path = testdata_dir().join(name);
@@ -286,9 +331,19 @@ impl Target {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        // A program a test has just copied may still be open for writing in a child
+        // another test thread is forking (until that child execs): ETXTBSY, retry.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(c) => break c,
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot start {cmd:?}: {e}"),
+            }
+        };
         let pid = child.id() as i32;
         let stdin = child.stdin.take();
         let stdout = Lines::new(&format!("{pid} stdout"), child.stdout.take().unwrap());

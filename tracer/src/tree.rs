@@ -272,3 +272,52 @@ pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
     // Unix sockets: peers inside the tree or not, queues kept once.
     crate::unix::link(procs)
 }
+
+/// Pages of a shared anonymous memory object are stored once for the whole checkpoint:
+/// every process that maps the object maps the same one again after restore, so the
+/// first process (in tree order) that stores a page keeps it and the others drop it.
+pub fn dedupe_shared_pages(procs: &mut [ProcessState]) {
+    use crate::state::{PageRun, VmaKind};
+    const PAGE: u64 = 4096;
+    // Only objects mapped more than once need it (and it runs while the tree is stopped).
+    let mut mappings: HashMap<u64, usize> = HashMap::new();
+    for p in procs.iter() {
+        for v in &p.vmas {
+            if let VmaKind::SharedAnon { ino } = v.kind {
+                *mappings.entry(ino).or_default() += 1;
+            }
+        }
+    }
+    let mut stored: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+    for p in procs.iter_mut() {
+        for v in &mut p.vmas {
+            let VmaKind::SharedAnon { ino } = v.kind else {
+                continue;
+            };
+            if mappings[&ino] < 2 {
+                continue;
+            }
+            let mut kept: Vec<PageRun> = Vec::new();
+            for r in &v.pages {
+                for i in 0..r.npages {
+                    let addr = r.addr + i * PAGE;
+                    // Page index within the object.
+                    let obj_page = (v.offset + (addr - v.start)) / PAGE;
+                    if !stored.insert((ino, obj_page)) {
+                        continue;
+                    }
+                    match kept.last_mut() {
+                        Some(k) if k.addr + k.npages * PAGE == addr => k.npages += 1,
+                        _ => kept.push(PageRun {
+                            addr,
+                            npages: 1,
+                            file_off: 0,
+                            hash: 0,
+                        }),
+                    }
+                }
+            }
+            v.pages = kept;
+        }
+    }
+}
