@@ -187,12 +187,9 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
-/// The runs of pages of a region whose content must be stored: for private mappings the
-/// pages that are anonymous (present and not file pages, or swapped); for shared
-/// anonymous memory every page.
-pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
-    let mut runs: Vec<PageRun> = Vec::new();
-    let mut push = |addr: u64| match runs.last_mut() {
+/// Append the page at `addr` to `runs`, extending the last run when it is adjacent.
+pub fn push_page(runs: &mut Vec<PageRun>, addr: u64) {
+    match runs.last_mut() {
         Some(r) if r.addr + r.npages * PAGE == addr => r.npages += 1,
         _ => runs.push(PageRun {
             addr,
@@ -200,7 +197,15 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
             file_off: 0,
             hash: 0,
         }),
-    };
+    }
+}
+
+/// The runs of pages of a region whose content must be stored: for private mappings the
+/// pages that are anonymous (present and not file pages, or swapped); for shared
+/// anonymous memory every page.
+pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
+    let mut runs: Vec<PageRun> = Vec::new();
+    let mut push = |addr: u64| push_page(&mut runs, addr);
     match vma.kind {
         VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => return Ok(runs),
         VmaKind::File { .. } | VmaKind::Unlinked { .. } if vma.shared => return Ok(runs),

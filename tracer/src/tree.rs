@@ -306,15 +306,7 @@ pub fn dedupe_shared_pages(procs: &mut [ProcessState]) {
                     if !stored.insert((ino, obj_page)) {
                         continue;
                     }
-                    match kept.last_mut() {
-                        Some(k) if k.addr + k.npages * PAGE == addr => k.npages += 1,
-                        _ => kept.push(PageRun {
-                            addr,
-                            npages: 1,
-                            file_off: 0,
-                            hash: 0,
-                        }),
-                    }
+                    crate::maps::push_page(&mut kept, addr);
                 }
             }
             v.pages = kept;
