@@ -2,7 +2,7 @@
 //! (or kill it once the image is safely on disk). Any failure lets the process go.
 
 use crate::generation::{CoordRef, Manifest, ManifestProcess, PendingGeneration};
-use crate::image::{kernel_release, ImageWriter, PAGE};
+use crate::image::{kernel_release, ImageWriter, PageBuffer, PAGE};
 use crate::progress;
 use anyhow::{Context, Result};
 use ckpt_tracer::read::{read_process_with, MemReader};
@@ -99,7 +99,7 @@ pub struct FrozenDump {
     snapshots: Vec<Snapshot>,
     from_parent: Vec<Vec<(u64, u64)>>,
     created_ns: u64,
-    buf: Vec<u8>,
+    buf: PageBuffer,
     bar: indicatif::ProgressBar,
 }
 
@@ -182,7 +182,7 @@ impl FrozenDump {
             snapshots,
             from_parent,
             created_ns,
-            buf: vec![0u8; CHUNK],
+            buf: PageBuffer::new(CHUNK),
             bar,
         };
         d.write_from_originals()?;
