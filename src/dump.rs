@@ -45,6 +45,8 @@ fn phase(t0: Instant, what: &str) {
 }
 
 /// Stream the stored page runs of `vmas` that `select` picks from `mem` into `w`.
+/// Runs are gathered in `buf` and written a full buffer at a time: with O_DIRECT each
+/// write goes to the disk, and many small runs written one by one would be slow.
 fn write_runs(
     state: &mut ProcessState,
     select: impl Fn(u64, u64) -> bool,
@@ -54,30 +56,40 @@ fn write_runs(
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
     let pid = state.pid;
+    let mut fill = 0usize;
     for vma in &mut state.vmas {
         if !select(vma.start, vma.end) {
             continue;
         }
         for run in &mut vma.pages {
-            run.file_off = w.pos();
+            run.file_off = w.pos() + fill as u64;
             let mut h = Xxh3::new();
             let len = run.npages * PAGE;
             let mut done = 0u64;
             while done < len {
-                let n = (len - done).min(buf.len() as u64) as usize;
-                mem.read(run.addr + done, &mut buf[..n]).with_context(|| {
+                let n = (len - done).min((buf.len() - fill) as u64) as usize;
+                let chunk = &mut buf[fill..fill + n];
+                mem.read(run.addr + done, chunk).with_context(|| {
                     format!(
                         "reading memory of process {pid} at {:#x} ({})",
                         run.addr + done,
                         vma.name
                     )
                 })?;
-                w.write_pages(&buf[..n], &mut h)?;
+                h.update(chunk);
+                fill += n;
                 done += n as u64;
                 bar.inc(n as u64);
+                if fill == buf.len() {
+                    w.write_pages(&buf[..fill])?;
+                    fill = 0;
+                }
             }
             run.hash = h.digest();
         }
+    }
+    if fill > 0 {
+        w.write_pages(&buf[..fill])?;
     }
     Ok(())
 }
@@ -254,9 +266,25 @@ impl FrozenDump {
                 .with_context(|| format!("removing the snapshot copy of process {pid}"))?;
         }
         phase(t0, "snapshots removed");
+        // Metadata, header and fsync of every image, in parallel: with many processes
+        // the syncs, not the bytes, take the time.
+        let finished: Vec<Result<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = states
+                .iter()
+                .zip(writers)
+                .map(|(state, w)| scope.spawn(move || w.finish(state, created_ns)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("writing an image failed")))
+                })
+                .collect()
+        });
         let mut image_bytes = 0;
-        for (state, w) in states.iter().zip(writers) {
-            image_bytes += w.finish(state, created_ns)?;
+        for r in finished {
+            image_bytes += r?;
         }
         phase(t0, "images synced");
         let manifest = Manifest {

@@ -161,11 +161,10 @@ impl ImageWriter {
         self.pos
     }
 
-    /// Append page bytes (a multiple of the page size) and feed them to `hasher`.
+    /// Append page bytes (a multiple of the page size).
     /// With O_DIRECT, `data` must start on a page boundary in memory (see
     /// [`PageBuffer`]); otherwise it is written through the page cache.
-    pub fn write_pages(&mut self, data: &[u8], hasher: &mut Xxh3) -> Result<()> {
-        hasher.update(data);
+    pub fn write_pages(&mut self, data: &[u8]) -> Result<()> {
         let aligned = (data.as_ptr() as usize).is_multiple_of(PAGE as usize)
             && (data.len() as u64).is_multiple_of(PAGE);
         let direct = match (&self.direct, aligned) {
