@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub token: Option<String>,
     /// Start a coordinator in the background when none answers on a local address.
     pub start_coordinator: bool,
+    /// The job's id (see `protocol::new_job_id`), kept across restarts.
+    pub job_id: String,
 }
 
 fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
@@ -35,6 +37,7 @@ fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
         host: protocol::hostname(),
         agent_pid: std::process::id(),
         job_pid: job,
+        job_id: opts.job_id.clone(),
         cmdline,
         token: opts.token.clone(),
     }
@@ -269,6 +272,7 @@ pub fn supervise(
                             port: opts.port,
                             interval: opts.interval,
                             keep: opts.keep,
+                            job_id: opts.job_id.clone(),
                         }),
                     })
                 });

@@ -39,6 +39,7 @@ struct Agent {
     writer: Conn,
     host: String,
     job_pid: i32,
+    job_id: String,
     cmdline: Vec<String>,
 }
 
@@ -309,6 +310,7 @@ impl Coordinator {
         let Msg::Hello {
             host,
             job_pid,
+            job_id,
             cmdline,
             ..
         } = hello
@@ -326,6 +328,7 @@ impl Coordinator {
                 writer: Conn::new(stream)?,
                 host,
                 job_pid,
+                job_id,
                 cmdline,
             },
         );
@@ -415,10 +418,10 @@ impl Coordinator {
         self.agents.len()
     }
 
-    /// Directory of one job's generations: `<ckpt-dir>/job_<host>_<pid>` (the same
-    /// again after a restart, which keeps the PID).
+    /// Directory of one job's generations: `<ckpt-dir>/job_<job id>` (the same
+    /// again after a restart, which keeps the job id).
     fn job_dir(&self, a: &Agent) -> PathBuf {
-        let safe: String = format!("job_{}_{}", a.host, a.job_pid)
+        let safe: String = format!("job_{}", a.job_id)
             .chars()
             .map(|c| {
                 if c.is_ascii_alphanumeric() || "-_.".contains(c) {

@@ -32,6 +32,7 @@ pub struct CoordRef {
     pub port: u16,
     pub interval: u64,
     pub keep: usize,
+    pub job_id: String,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone)]

@@ -216,6 +216,7 @@ fn main() {
                 keep,
                 token: protocol::read_token(coord.token_file)?,
                 start_coordinator: true,
+                job_id: protocol::new_job_id(),
             };
             if pidns {
                 agent::run_in_pidns(&opts, &command)

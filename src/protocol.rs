@@ -20,6 +20,8 @@ pub enum Msg {
         host: String,
         agent_pid: u32,
         job_pid: i32,
+        /// Names the job's checkpoint directory; the same again after every restart.
+        job_id: String,
         cmdline: Vec<String>,
         token: Option<String>,
     },
@@ -176,6 +178,16 @@ pub fn read_token(opt: Option<PathBuf>) -> Result<Option<String>> {
 
 pub fn is_local(host: &str) -> bool {
     matches!(host, "localhost" | "127.0.0.1" | "::1" | "")
+}
+
+/// A new job's id: host, launching process and launch time (two jobs started with
+/// --pidns both have PID 2, so the PID alone does not do).
+pub fn new_job_id() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{}_{}_{secs}", hostname(), std::process::id())
 }
 
 pub fn hostname() -> String {

@@ -309,7 +309,7 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
     assert_eq!(gens.len(), 2, "one generation per job expected: {gens:?}");
     for p in &pids {
         assert!(
-            gens.iter().any(|g| g.contains(&format!("_{p}/"))),
+            gens.iter().any(|g| g.contains(&format!("_{p}_"))),
             "no generation for job {p}: {gens:?}"
         );
     }
@@ -319,9 +319,15 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
     let script = ck.join("ckpt_restart_script.sh");
     let text = fs::read_to_string(&script).expect("ckpt_restart_script.sh after the checkpoint");
     for p in &pids {
+        // The job directory that holds this job's generation (ckpt_<prog>_<pid>_<n>).
+        let gen = gens
+            .iter()
+            .find(|g| g.contains(&format!("_{p}_")))
+            .expect("generation of the job");
+        let job_dir = Path::new(gen).parent().unwrap().display().to_string();
         assert!(
-            text.contains(&format!("_{p}'")),
-            "the restart script does not restore job {p}:\n{text}"
+            text.contains(&format!("'{job_dir}'")),
+            "the restart script does not restore job {p} ({job_dir}):\n{text}"
         );
     }
 

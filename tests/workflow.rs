@@ -156,7 +156,7 @@ fn checkpoint_ok(port: u16) -> Vec<PathBuf> {
     paths
 }
 
-/// The job directories (`job_<host>_<pid>`) in a checkpoint directory.
+/// The job directories (`job_<job id>`) in a checkpoint directory.
 fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(ckpt_dir)
         .map(|rd| {
@@ -170,16 +170,24 @@ fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// The job directory of job `pid`: `<ckpt-dir>/job_<host>_<pid>`.
+/// The job directory of job `pid`: the `<ckpt-dir>/job_<job id>` that holds its
+/// generations (`ckpt_<program>_<pid>_<n>`).
 fn job_dir_of(ckpt_dir: &Path, pid: i32) -> PathBuf {
-    let suffix = format!("_{pid}");
+    let needle = format!("_{pid}_");
     let dirs = job_dirs(ckpt_dir);
     dirs.iter()
-        .find(|d| d.file_name().unwrap().to_string_lossy().ends_with(&suffix))
+        .find(|d| {
+            fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("ckpt_") && n.contains(&needle)
+                })
+            })
+        })
         .cloned()
         .unwrap_or_else(|| {
             panic!(
-                "no job_<host>_{pid} directory in {}: {dirs:?}",
+                "no job directory with generations of pid {pid} in {}: {dirs:?}",
                 ckpt_dir.display()
             )
         })

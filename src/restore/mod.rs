@@ -359,6 +359,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
                     .unwrap_or_default(),
                 interval: c.interval,
                 keep: c.keep,
+                job_id: c.job_id,
                 token: crate::protocol::read_token(None)?,
                 start_coordinator: true,
             })
