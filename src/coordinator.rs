@@ -152,6 +152,34 @@ fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String
     std::thread::spawn(move || {
         let mut next_id = 1u64;
         for stream in listener.incoming().flatten() {
+            // A connection from this host must come from our own user (or root): no
+            // user may act on another user's jobs through a local coordinator.
+            if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
+                if peer.ip().is_loopback() {
+                    let me = unsafe { libc::geteuid() };
+                    match loopback_peer_uid(peer, local) {
+                        Some(uid) if uid == me || uid == 0 => {}
+                        other => {
+                            log(&format!(
+                                "refused a local connection from {peer}: {}",
+                                match other {
+                                    Some(uid) =>
+                                        format!("user {uid} is not the coordinator's user"),
+                                    None => "its user cannot be determined".into(),
+                                }
+                            ));
+                            if let Ok(mut c) = Conn::new(stream) {
+                                let _ = c.send(&Msg::Reply {
+                                    ok: false,
+                                    text: "refused: this coordinator belongs to another user"
+                                        .into(),
+                                });
+                            }
+                            continue;
+                        }
+                    }
+                }
+            }
             let Ok(mut conn) = Conn::new(stream) else {
                 continue;
             };
@@ -209,6 +237,42 @@ fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String
             }
         }
     });
+}
+
+/// The owner of the local TCP socket `peer` connected to our `local` address, from
+/// /proc/net/tcp or tcp6 (the `uid` column).
+fn loopback_peer_uid(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Option<u32> {
+    use std::net::IpAddr;
+    fn hex_addr(a: std::net::SocketAddr) -> (String, bool) {
+        match a.ip() {
+            IpAddr::V4(ip) => (
+                format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port()),
+                false,
+            ),
+            IpAddr::V6(ip) => {
+                let o = ip.octets();
+                let words: String = o
+                    .chunks(4)
+                    .map(|c| format!("{:08X}", u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                    .collect();
+                (format!("{words}:{:04X}", a.port()), true)
+            }
+        }
+    }
+    let (want_local, v6) = hex_addr(peer);
+    let (want_rem, _) = hex_addr(local);
+    let table = std::fs::read_to_string(if v6 {
+        "/proc/net/tcp6"
+    } else {
+        "/proc/net/tcp"
+    })
+    .ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&want_local.as_str()) && f.get(2) == Some(&want_rem.as_str()))
+            .then(|| f.get(7)?.parse().ok())
+            .flatten()
+    })
 }
 
 fn spawn_stdin(tx: Sender<Event>) {

@@ -830,3 +830,58 @@ fn sigterm_is_forwarded_to_the_job() {
 fn sigterm_is_forwarded_to_the_job_in_its_pidns() {
     sigterm_forwarded(true, 0);
 }
+
+/// A local coordinator answers only its own user (and root): an ordinary user can
+/// neither command nor join a root coordinator's jobs (SPEC §6), and the refusal is
+/// logged; root may command an ordinary user's coordinator.
+#[test]
+fn coordinator_refuses_other_users() {
+    let _g = serial();
+    if !is_root() {
+        panic!("this test creates the user {USER}: run it as root");
+    }
+    ensure_user();
+    let d = tempdir();
+    let port = free_port();
+    let _sweep = Sweep::new(&d, port);
+    let log = d.join("coord.log");
+    let mut c = cmd_as(false, ckpt_bin());
+    c.arg("coordinator")
+        .arg("--daemon")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--ckpt-dir")
+        .arg(d.join("ckpt"))
+        .arg("--log-file")
+        .arg(&log);
+    assert_success(&run(&mut c), "starting a root coordinator");
+    let deadline = Instant::now() + TIMEOUT;
+    while !command_at(false, port, &["s"]).status.success() {
+        assert!(Instant::now() < deadline, "the coordinator does not answer");
+        thread::sleep(Duration::from_millis(20));
+    }
+    for words in [&["s"][..], &["k"][..], &["c"][..]] {
+        let out = command_at(true, port, words);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{words:?} as {USER}: {}",
+            describe(&out)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.lines().count() == 1
+                && err.starts_with("ckpt: error:")
+                && err.contains("another user"),
+            "{words:?} as {USER}: {}",
+            describe(&out)
+        );
+    }
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("refused a local connection") && text.contains("not the coordinator's user"),
+        "the refusals are not logged:\n{text}"
+    );
+    // The owner is still served.
+    assert_success(&command_at(false, port, &["q"]), "q as the owner");
+}
