@@ -8,7 +8,7 @@
 use crate::dump::{DumpOptions, FrozenDump};
 use crate::protocol::{self, Conn, Msg};
 use anyhow::{Context, Result};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -95,12 +95,7 @@ pub fn connect(opts: &AgentOptions) -> Option<Conn> {
 }
 
 fn pidfd_open(pid: i32) -> Result<OwnedFd> {
-    // SAFETY: pidfd_open returns a descriptor we own.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("pidfd_open");
-    }
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    ckpt_tracer::procinfo::pidfd_open(pid).context("pidfd_open")
 }
 
 /// Launch `command` in a PID namespace of its own (and a user namespace when not

@@ -1,7 +1,7 @@
 //! `ckpt dump PID`: freeze, read, write one generation, then let the process run on
 //! (or kill it once the image is safely on disk). Any failure lets the process go.
 
-use crate::generation::{CoordRef, Manifest, ManifestProcess, PendingGeneration};
+use crate::generation::{self, CoordRef, Manifest, ManifestProcess, PendingGeneration};
 use crate::image::{kernel_release, ImageWriter, PageBuffer, PAGE};
 use crate::progress;
 use anyhow::{Context, Result};
@@ -268,11 +268,12 @@ impl FrozenDump {
         phase(t0, "snapshots removed");
         // Metadata, header and fsync of every image, in parallel: with many processes
         // the syncs, not the bytes, take the time.
-        let finished: Vec<Result<u64>> = std::thread::scope(|scope| {
+        let gen_id = gen.id;
+        let finished: Vec<Result<(u64, u64)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = states
                 .iter()
                 .zip(writers)
-                .map(|(state, w)| scope.spawn(move || w.finish(state, created_ns)))
+                .map(|(state, w)| scope.spawn(move || w.finish(state, created_ns, gen_id)))
                 .collect();
             handles
                 .into_iter()
@@ -283,23 +284,30 @@ impl FrozenDump {
                 .collect()
         });
         let mut image_bytes = 0;
+        let mut checksums = Vec::new();
         for r in finished {
-            image_bytes += r?;
+            let (bytes, checksum) = r?;
+            image_bytes += bytes;
+            checksums.push(checksum);
         }
         phase(t0, "images synced");
         let manifest = Manifest {
+            name: gen.name().to_string(),
+            generation_id: generation::hex(&gen.id),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             created_unix_ns: created_ns,
             kernel: kernel_release(),
             root_pid: root,
             processes: states
                 .iter()
-                .map(|s| ManifestProcess {
+                .zip(&checksums)
+                .map(|(s, sum)| ManifestProcess {
                     pid: s.pid,
                     ppid: s.ppid,
                     pgid: s.pgid,
                     sid: s.sid,
                     image: image_name(s.pid),
+                    image_checksum: format!("{sum:016x}"),
                     cmdline: s.cmdline.clone(),
                 })
                 .collect(),

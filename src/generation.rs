@@ -2,6 +2,19 @@
 //! (`ckpt_<program>_<id>_<n>/` with `manifest.json` and one `core-<pid>.img` per
 //! process), published atomically by rename; a `latest` link to the newest complete
 //! generation; `ckpt_restart_script.sh`; at most `keep` generations.
+//!
+//! A generation is sealed (SPEC §6): it has a random generation id, written into the
+//! header of each of its images; its manifest lists every image by plain file name
+//! with the process's pid and the image's header checksum (which covers the metadata
+//! and, through the per-run checksums there, the page data), and the manifest itself
+//! carries a checksum. [`open`] checks all of it before anything is restored, so an
+//! image of another generation or another process, a path leading out of the
+//! generation, or a manifest of another generation is refused with the file named.
+//!
+//! `manifest.json` is `{"format": 2, "checksum": "<xxh3 hex>", "manifest": {...}}`, the
+//! checksum taken over the exact text of `manifest`. Compatibility: format 1 (an
+//! unsealed manifest, ckpt 0.1 before sealing) is refused with a message saying so;
+//! a newer format is refused with a message asking for a newer ckpt.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -9,8 +22,11 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::xxh3_64;
 
 pub const MANIFEST: &str = "manifest.json";
+/// The manifest format this ckpt writes and reads.
+pub const MANIFEST_FORMAT: u32 = 2;
 pub const LATEST: &str = "latest";
 pub const RESTART_SCRIPT: &str = "ckpt_restart_script.sh";
 const PREFIX: &str = "ckpt_";
@@ -21,7 +37,10 @@ pub struct ManifestProcess {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// A plain file name inside the generation.
     pub image: String,
+    /// The image's header checksum (xxh3, hex).
+    pub image_checksum: String,
     pub cmdline: Vec<String>,
 }
 
@@ -37,6 +56,10 @@ pub struct CoordRef {
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Manifest {
+    /// The generation's directory name, as published.
+    pub name: String,
+    /// Random, 32 hex digits; every image of the generation carries it.
+    pub generation_id: String,
     pub tool_version: String,
     pub created_unix_ns: u64,
     pub kernel: String,
@@ -54,7 +77,52 @@ pub struct PendingGeneration {
     pub dir: PathBuf,
     ckpt_dir: PathBuf,
     name: String,
+    /// Written into every image and into the manifest.
+    pub id: [u8; 16],
     published: bool,
+}
+
+/// The on-disk form of the manifest: the manifest's exact text and its checksum.
+#[derive(Serialize, Deserialize)]
+struct Sealed<'a> {
+    format: u32,
+    checksum: String,
+    #[serde(borrow)]
+    manifest: &'a serde_json::value::RawValue,
+}
+
+/// Only the format, to tell an old or newer manifest from a damaged one.
+#[derive(Deserialize)]
+struct FormatOnly {
+    format: Option<u32>,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_id() -> Result<[u8; 16]> {
+    let mut id = [0u8; 16];
+    // SAFETY: getrandom into a local buffer of that size.
+    let n = unsafe { libc::getrandom(id.as_mut_ptr().cast(), id.len(), 0) };
+    if n != id.len() as isize {
+        bail!(
+            "drawing a generation id: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(id)
+}
+
+/// Whether `name` is a plain file name: no directory part, not `.` or `..`, not hidden,
+/// only characters ckpt itself uses in names.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -82,7 +150,8 @@ pub fn generations(ckpt_dir: &Path) -> Result<Vec<PathBuf>> {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(n) = gen_number(&name) {
-            if e.path().join(MANIFEST).is_file() {
+            // A generation is a directory of its own, never a link to one elsewhere.
+            if e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join(MANIFEST).is_file() {
                 v.push((n, e.path()));
             }
         }
@@ -134,13 +203,26 @@ impl PendingGeneration {
             dir,
             ckpt_dir: ckpt_dir.to_path_buf(),
             name,
+            id: random_id()?,
             published: false,
         })
     }
 
+    /// The name the generation gets when published.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Write the manifest, fsync, rename into place, point `latest` at it, write the
     /// restart script and drop generations beyond `keep`. Returns the final path.
+    /// The manifest's name and generation id must be this generation's.
     pub fn publish(mut self, manifest: &Manifest, keep: usize) -> Result<PathBuf> {
+        if manifest.name != self.name || manifest.generation_id != hex(&self.id) {
+            bail!(
+                "internal error: the manifest of {} is not its own",
+                self.name
+            );
+        }
         let mpath = self.dir.join(MANIFEST);
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -148,7 +230,7 @@ impl PendingGeneration {
             .mode(0o600)
             .open(&mpath)
             .with_context(|| format!("creating {}", mpath.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(manifest)?)?;
+        f.write_all(&seal(manifest)?)?;
         f.sync_all()?;
         sync_dir(&self.dir)?;
         let fin = self.ckpt_dir.join(&self.name);
@@ -246,15 +328,22 @@ pub fn write_script(path: &Path, script: &str) -> Result<()> {
 /// The generation to restore from `dir`: a generation itself, the target of `latest`,
 /// or the newest complete generation.
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
+    // `DIR/latest` itself (as the restart script names it) is read like DIR.
+    let is_link = fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink());
+    if is_link && dir.file_name().is_some_and(|n| n == LATEST) {
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        if let Some(g) = through_latest(parent)? {
+            return Ok(g);
+        }
+    }
     if dir.join(MANIFEST).is_file() {
         return Ok(dir.to_path_buf());
     }
     if !dir.exists() {
         bail!("checkpoint directory {} does not exist", dir.display());
     }
-    let latest = dir.join(LATEST);
-    if latest.join(MANIFEST).is_file() {
-        return Ok(fs::canonicalize(&latest)?);
+    if let Some(g) = through_latest(dir)? {
+        return Ok(g);
     }
     match generations(dir)?.pop() {
         Some(g) => Ok(g),
@@ -262,8 +351,123 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
     }
 }
 
+/// The generation `DIR/latest` names, if it names a complete one. `latest` names a
+/// generation of this directory, never a path elsewhere.
+fn through_latest(dir: &Path) -> Result<Option<PathBuf>> {
+    let latest = dir.join(LATEST);
+    let Ok(target) = fs::read_link(&latest) else {
+        return Ok(None);
+    };
+    let name = target.to_string_lossy();
+    if !is_plain_name(&name) {
+        bail!(
+            "{} points to {name}, which is not a generation of {}; refusing",
+            latest.display(),
+            dir.display()
+        );
+    }
+    let gen = dir.join(target);
+    let is_dir = fs::symlink_metadata(&gen).is_ok_and(|m| m.is_dir());
+    Ok((is_dir && gen.join(MANIFEST).is_file()).then_some(gen))
+}
+
+/// The manifest's on-disk bytes.
+fn seal(manifest: &Manifest) -> Result<Vec<u8>> {
+    let body = serde_json::to_string_pretty(manifest)?;
+    let raw = serde_json::value::RawValue::from_string(body)?;
+    let sealed = Sealed {
+        format: MANIFEST_FORMAT,
+        checksum: format!("{:016x}", xxh3_64(raw.get().as_bytes())),
+        manifest: &raw,
+    };
+    Ok(serde_json::to_vec_pretty(&sealed)?)
+}
+
+/// Read and check the manifest of generation `gen`: its format, its checksum, and that
+/// it names this generation and only plain image files in it.
 pub fn read_manifest(gen: &Path) -> Result<Manifest> {
     let p = gen.join(MANIFEST);
-    let b = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
-    serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))
+    let pd = p.display();
+    let b = fs::read(&p).with_context(|| format!("reading {pd}"))?;
+    let format = serde_json::from_slice::<FormatOnly>(&b)
+        .map(|f| f.format)
+        .unwrap_or(Some(0));
+    match format {
+        None => bail!(
+            "{pd} was written by an older ckpt (manifest format 1, not sealed); this ckpt restores only sealed checkpoints (format {MANIFEST_FORMAT}): checkpoint the job again"
+        ),
+        Some(f) if f > MANIFEST_FORMAT => bail!(
+            "{pd} has manifest format {f}, newer than this ckpt supports ({MANIFEST_FORMAT}); use a newer ckpt"
+        ),
+        Some(MANIFEST_FORMAT) => {}
+        Some(_) => bail!("{pd} is damaged (not a ckpt manifest)"),
+    }
+    let sealed: Sealed = serde_json::from_slice(&b).with_context(|| format!("{pd} is damaged"))?;
+    let sum = format!("{:016x}", xxh3_64(sealed.manifest.get().as_bytes()));
+    if sum != sealed.checksum {
+        bail!("{pd} is corrupted (manifest checksum mismatch)");
+    }
+    let m: Manifest =
+        serde_json::from_str(sealed.manifest.get()).with_context(|| format!("{pd} is damaged"))?;
+    // A directory named like a generation must be the generation its manifest names:
+    // a generation renamed over another would restore an older state under a newer name.
+    let dir_name = gen
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if dir_name.starts_with(PREFIX) && dir_name != m.name {
+        bail!(
+            "{pd} belongs to generation {}, not to {dir_name}; refusing a generation under another's name",
+            m.name
+        );
+    }
+    let mut pids = std::collections::HashSet::new();
+    let mut names = std::collections::HashSet::new();
+    for proc_ in &m.processes {
+        if !is_plain_name(&proc_.image) {
+            bail!(
+                "{pd} names image {:?} for process {}, which is not a plain file name inside the generation; refusing",
+                proc_.image,
+                proc_.pid
+            );
+        }
+        if !pids.insert(proc_.pid) || !names.insert(proc_.image.as_str()) {
+            bail!(
+                "{pd} is damaged (process {} or image {} is listed twice)",
+                proc_.pid,
+                proc_.image
+            );
+        }
+    }
+    Ok(m)
+}
+
+/// Open and check every image of generation `gen` against its manifest: each must
+/// carry the generation's id, the listed pid, and the listed header checksum.
+pub fn open_images(gen: &Path, m: &Manifest) -> Result<Vec<crate::image::Image>> {
+    let mut images = Vec::new();
+    for proc_ in &m.processes {
+        let path = gen.join(&proc_.image);
+        let img = crate::image::Image::open(&path)?;
+        let p = path.display();
+        if hex(&img.header.generation_id) != m.generation_id {
+            bail!(
+                "{p} belongs to another generation (id {}, the manifest's is {}); refusing a mixed-up checkpoint",
+                hex(&img.header.generation_id),
+                m.generation_id
+            );
+        }
+        if img.header.pid as i32 != proc_.pid {
+            bail!(
+                "{p} holds process {}, but the manifest lists it for process {}; refusing",
+                img.header.pid,
+                proc_.pid
+            );
+        }
+        if format!("{:016x}", img.header.checksum) != proc_.image_checksum {
+            bail!("{p} is not the image its manifest sealed (checksum mismatch); refusing");
+        }
+        images.push(img);
+    }
+    Ok(images)
 }

@@ -10,8 +10,15 @@
 //! length u32 @12, header xxh3 u64 @16 (computed with this field zero), meta offset @24,
 //! meta length @32, meta xxh3 @40, pages offset @48, pages length @56, creation time in
 //! ns since the epoch @64, tool version (32 bytes, NUL-padded) @72, kernel release (64
-//! bytes) @104, pid u32 @168. The version is checked before anything else, so a future
-//! format is refused as such. Each page run carries its own xxh3 in the metadata.
+//! bytes) @104, pid u32 @168, generation id (16 bytes) @172. The version is checked
+//! before anything else, so a future format is refused as such. Each page run carries
+//! its own xxh3 in the metadata, so the header checksum, which covers the metadata
+//! checksum, stands for the whole file: the generation's manifest records it (see
+//! [`crate::generation`]).
+//!
+//! Compatibility: format 1 images (ckpt 0.1 before generations were sealed) carry no
+//! generation id and are refused with a message that says so; a newer format is
+//! refused with a message asking for a newer ckpt.
 
 use anyhow::{bail, Context, Result};
 use ckpt_tracer::state::ProcessState;
@@ -22,7 +29,7 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const MAGIC: &[u8; 8] = b"CKPTIMG\0";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: u64 = 4096;
 pub const PAGE: u64 = 4096;
 
@@ -38,6 +45,10 @@ pub struct Header {
     pub tool_version: String,
     pub kernel: String,
     pub pid: u32,
+    /// The generation this image was written for.
+    pub generation_id: [u8; 16],
+    /// The header's own xxh3 (as stored at offset 16).
+    pub checksum: u64,
 }
 
 fn put_str(buf: &mut [u8], s: &str) {
@@ -74,6 +85,7 @@ impl Header {
         put_str(&mut b[72..104], &self.tool_version);
         put_str(&mut b[104..168], &self.kernel);
         b[168..172].copy_from_slice(&self.pid.to_le_bytes());
+        b[172..188].copy_from_slice(&self.generation_id);
         let h = xxh3_64(&b);
         b[16..24].copy_from_slice(&h.to_le_bytes());
         b
@@ -88,6 +100,11 @@ impl Header {
         if version > FORMAT_VERSION {
             bail!(
                 "{p} has image format version {version}, newer than this ckpt supports ({FORMAT_VERSION}); use a newer ckpt"
+            );
+        }
+        if version == 1 {
+            bail!(
+                "{p} was written by an older ckpt (image format 1, not bound to its generation); this ckpt restores only sealed checkpoints (format {FORMAT_VERSION}): checkpoint the job again"
             );
         }
         if version != FORMAT_VERSION {
@@ -113,6 +130,8 @@ impl Header {
             tool_version: get_str(&b[72..104]),
             kernel: get_str(&b[104..168]),
             pid: u32::from_le_bytes(b[168..172].try_into().unwrap()),
+            generation_id: b[172..188].try_into().unwrap(),
+            checksum: stored,
         })
     }
 }
@@ -189,8 +208,14 @@ impl ImageWriter {
         Ok(())
     }
 
-    /// Write metadata and header, fsync, and close.
-    pub fn finish(self, state: &ProcessState, created_ns: u64) -> Result<u64> {
+    /// Write metadata and header, fsync, and close. Returns the file's size and its
+    /// header checksum, which the manifest records.
+    pub fn finish(
+        self,
+        state: &ProcessState,
+        created_ns: u64,
+        generation_id: [u8; 16],
+    ) -> Result<(u64, u64)> {
         let meta = postcard::to_allocvec(state).context("encoding image metadata")?;
         let meta_offset = self.pos;
         self.file
@@ -207,14 +232,18 @@ impl ImageWriter {
             tool_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel: kernel_release(),
             pid: state.pid as u32,
+            generation_id,
+            checksum: 0,
         };
+        let encoded = header.encode();
+        let checksum = u64_at(&encoded, 16);
         let mut f = &self.file;
-        f.write_all_at(&header.encode(), 0)?;
+        f.write_all_at(&encoded, 0)?;
         f.flush()?;
         self.file
             .sync_all()
             .with_context(|| format!("syncing {}", self.path.display()))?;
-        Ok(meta_offset + meta.len() as u64)
+        Ok((meta_offset + meta.len() as u64, checksum))
     }
 }
 
@@ -271,8 +300,22 @@ pub struct Image {
 impl Image {
     pub fn open(path: &Path) -> Result<Image> {
         let p = path.display();
-        let file = File::open(path).with_context(|| format!("opening image {p}"))?;
-        let size = file.metadata()?.len();
+        // Never through a symbolic link: an image is a plain file of its generation.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => anyhow::anyhow!(
+                    "image {p} is a symbolic link; an image must be a plain file of its generation"
+                ),
+                _ => anyhow::Error::new(e).context(format!("opening image {p}")),
+            })?;
+        let md = file.metadata()?;
+        if !md.is_file() {
+            bail!("image {p} is not a regular file");
+        }
+        let size = md.len();
         let mut head = vec![0u8; HEADER_LEN.min(size) as usize];
         file.read_exact_at(&mut head, 0)
             .with_context(|| format!("reading {p}"))?;
@@ -295,6 +338,13 @@ impl Image {
         }
         let state: ProcessState =
             postcard::from_bytes(&meta).with_context(|| format!("decoding metadata of {p}"))?;
+        if state.pid as u32 != header.pid {
+            bail!(
+                "{p} is damaged (its header names process {}, its metadata process {})",
+                header.pid,
+                state.pid
+            );
+        }
         Ok(Image {
             path: path.to_path_buf(),
             header,

@@ -1,7 +1,7 @@
 //! `ckpt info DIR`: what a checkpoint holds, for people (text) and scripts (--json).
 
 use crate::generation;
-use crate::image::{Image, PAGE};
+use crate::image::PAGE;
 use anyhow::Result;
 use ckpt_tracer::state::{FdKind, VmaKind};
 use serde_json::json;
@@ -11,11 +11,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
     let gen = generation::resolve(dir)?;
     let manifest = generation::read_manifest(&gen)?;
     let all = generation::generations(gen.parent().unwrap_or(Path::new(".")))?;
-    let mut procs = Vec::new();
-    for p in &manifest.processes {
-        let img = Image::open(&gen.join(&p.image))?;
-        procs.push(img);
-    }
+    let procs = generation::open_images(&gen, &manifest)?;
     if as_json {
         let v = json!({
             "generation": gen.display().to_string(),

@@ -41,7 +41,7 @@ fn image_pids(ck: &Path) -> ImagePids {
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(gen.join("manifest.json")).expect("read manifest.json"))
             .expect("manifest.json is not JSON");
-    let zombies = manifest["zombies"]
+    let zombies = manifest["manifest"]["zombies"]
         .as_array()
         .map(|a| a.iter().map(|z| json_u64(z, "pid") as i32).collect())
         .unwrap_or_default();

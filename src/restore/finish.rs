@@ -26,8 +26,12 @@ fn check(r: std::io::Result<i64>, what: &str) -> Result<i64> {
 fn seize_all(state: &ProcessState) -> Result<Vec<FrozenThread>> {
     let mut threads = Vec::new();
     for t in &state.threads {
-        ptrace::seize(t.tid, libc::PTRACE_O_TRACESYSGOOD as libc::c_long)
-            .with_context(|| format!("attaching to restored thread {}", t.tid))?;
+        // EXITKILL: if the restorer dies before it lets go, so does the process.
+        ptrace::seize(
+            t.tid,
+            (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as libc::c_long,
+        )
+        .with_context(|| format!("attaching to restored thread {}", t.tid))?;
         ptrace::interrupt(t.tid)?;
         loop {
             match ptrace::wait(t.tid)?.1 {
@@ -79,6 +83,16 @@ pub fn finish(
     check(
         loader.syscall(leader, libc::SYS_close, [status_fd as u64, 0, 0, 0, 0, 0]),
         "closing the loader's status pipe",
+    )?;
+    // Traced now (EXITKILL covers it): the death signal that tied it to its parent
+    // during the restore goes back to the default.
+    check(
+        loader.syscall(
+            leader,
+            libc::SYS_prctl,
+            [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+        ),
+        "resetting the parent-death signal",
     )?;
     check(
         loader.syscall(

@@ -6,6 +6,7 @@ mod checks;
 mod fds;
 mod fdstate;
 mod finish;
+mod guard;
 pub mod pidns;
 pub mod plan;
 pub use pidns::PidNs;
@@ -249,10 +250,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             gen.display()
         );
     }
-    let mut images = Vec::new();
-    for p in &manifest.processes {
-        images.push(Image::open(&gen.join(&p.image))?);
-    }
+    let images = generation::open_images(&gen, &manifest)?;
     let total = images.iter().map(Image::stored_bytes).sum();
     let bar = progress::bar(total, "verifying");
     for image in &images {
@@ -292,6 +290,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         }
     }
 
+    guard::step("checked");
     raise_nofile();
     let in_tree: std::collections::HashSet<i32> =
         manifest.processes.iter().map(|p| p.pid).collect();
@@ -429,6 +428,7 @@ fn run_tree(
         .chain(manifest.zombies.iter().map(|z| z.pid))
         .collect();
     let root_pid = spawn::spawn_tree(&setups, &tree.children, &manifest.zombies)?;
+    guard::step("spawned");
     drop(setups);
     drop(loader_fd);
     let mut status = Vec::new();
@@ -440,12 +440,15 @@ fn run_tree(
 
     let mut finished = Vec::new();
     let mut result = Ok(());
-    for (image, (status_r, status_fd, exe_fd)) in tree.images.iter().zip(&status) {
+    for (n, (image, (status_r, status_fd, exe_fd))) in tree.images.iter().zip(&status).enumerate() {
         let pid = image.state.pid;
         result = match read_ready(status_r) {
             Some(r) if r.error == 0 => {
-                finish::finish(&image.state, &r, *status_fd, *exe_fd, tree.drop_caps)
-                    .map(|t| finished.push(t))
+                guard::step(&format!("ready#{}", n + 1));
+                finish::finish(&image.state, &r, *status_fd, *exe_fd, tree.drop_caps).map(|t| {
+                    guard::step(&format!("finished#{}", n + 1));
+                    finished.push(t)
+                })
             }
             Some(r) => Err(ready_error(pid, &r)),
             None => Err(anyhow::anyhow!(
@@ -456,18 +459,31 @@ fn run_tree(
             break;
         }
     }
+    // In a new PID namespace the init is the restorer: the namespace dies with it.
+    // Elsewhere a guard kills everything unless the last process was let go.
+    let mut guard = None;
+    if result.is_ok() && std::process::id() != 1 {
+        let pids: Vec<i32> = tree.images.iter().map(|i| i.state.pid).collect();
+        result = guard::Guard::arm(&pids).map(|g| guard = Some(g));
+    }
     if result.is_ok() {
-        for t in &finished {
+        for (n, t) in finished.iter().enumerate() {
             result = finish::resume(t);
             if result.is_err() {
                 break;
             }
+            guard::step(&format!("resumed#{}", n + 1));
         }
     }
     if let Err(e) = result {
+        drop(guard);
         kill_all(&all_pids);
         return Err(e);
     }
+    if let Some(g) = guard {
+        g.commit();
+    }
+    guard::step("committed");
     report_ok();
     // Detached: done; but an init of a namespace stays as its reaper, unless an agent
     // takes over the job.

@@ -132,23 +132,37 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
     }
     if r == 0 {
         // ---- init of the new namespace ----
+        // Until the restore commits, the namespace (and so the job) dies with the
+        // front end; once it runs, it stays whatever becomes of the front end.
+        // (The parent is outside the namespace, so getppid() says 0 here; a front end
+        // that died before the prctl shows as the end of the "go" pipe instead.)
+        // SAFETY: prctl and getppid on ourselves.
+        unsafe { super::guard::die_with_parent(0) };
         drop(go_w);
         drop(rep_r);
-        let mut rep = std::fs::File::from(rep_w);
+        let rep = std::cell::RefCell::new(Some(std::fs::File::from(rep_w)));
         let mut b = [0u8; 1];
-        let _ = std::fs::File::from(go_r).read(&mut b);
-        let report_ok = {
-            let rep2 = rep.try_clone().ok();
-            move || {
-                if let Some(mut f) = rep2.as_ref() {
-                    let _ = f.write_all(OK.as_bytes());
-                }
+        if std::fs::File::from(go_r).read(&mut b).ok() != Some(1) {
+            std::process::exit(137);
+        }
+        let report_ok = || {
+            // SAFETY: prctl on ourselves.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+            if let Some(mut f) = rep.borrow_mut().take() {
+                let _ = f.write_all(OK.as_bytes());
+            }
+            if detach {
+                // The init stays as the namespace's reaper: it must not keep the
+                // caller's terminal or pipes open (`ckpt restore --detach | cat`).
+                detach_stdio();
             }
         };
         let code = match mount_proc().and_then(|_| inner(&report_ok)) {
             Ok(code) => code,
             Err(e) => {
-                let _ = writeln!(rep, "error: {}", format!("{e:#}").replace('\n', " "));
+                if let Some(mut f) = rep.borrow_mut().take() {
+                    let _ = writeln!(f, "error: {}", format!("{e:#}").replace('\n', " "));
+                }
                 1
             }
         };
@@ -199,6 +213,21 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
     }
     forward_signals_to(init)?;
     super::wait_exit(init)
+}
+
+/// Point standard input, output and error at /dev/null.
+pub fn detach_stdio() {
+    let null = c"/dev/null";
+    // SAFETY: open, dup2 and close on descriptors we own.
+    unsafe {
+        let fd = libc::open(null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if fd >= 0 {
+            for target in 0..3 {
+                libc::dup2(fd, target);
+            }
+            libc::close(fd);
+        }
+    }
 }
 
 /// SIGINT, SIGTERM and SIGHUP sent to us go to the namespace's init (which passes them

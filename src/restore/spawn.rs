@@ -210,6 +210,8 @@ fn spawn(
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let empty = c"";
 
+    // SAFETY: plain getter.
+    let parent = unsafe { libc::getpid() };
     let r = clone_with_pid(tid);
     if let Err(e) = r {
         match e.raw_os_error() {
@@ -228,6 +230,8 @@ fn spawn(
     }
     // ---- child ----
     unsafe {
+        // Until the restore commits, this process dies with its parent (see guard).
+        super::guard::die_with_parent(parent);
         let sfd = setup.status_fd;
         if setup.session_leader && libc::setsid() < 0 {
             child_fail(sfd, "creating the saved session (setsid)");

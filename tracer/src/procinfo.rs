@@ -107,3 +107,15 @@ pub fn check_unsupported(pid: i32) -> Result<()> {
     }
     Ok(())
 }
+
+/// A pidfd for `pid` (pidfd_open, Linux 5.3+): names that process for good, whatever
+/// PID is reused later.
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open returns a descriptor we then own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}

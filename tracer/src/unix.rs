@@ -269,12 +269,8 @@ pub fn diag_all() -> io::Result<Vec<Diag>> {
 
 /// Our own descriptor on the open file description behind `fd` of process `pid`.
 fn get_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open / pidfd_getfd return descriptors we own.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let pidfd = crate::procinfo::pidfd_open(pid)?;
+    // SAFETY: pidfd_getfd returns a descriptor we own.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
     if r < 0 {
         return Err(io::Error::last_os_error());
