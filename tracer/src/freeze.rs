@@ -29,6 +29,10 @@ pub struct FrozenThread {
 pub struct Frozen {
     pub pid: i32,
     pub threads: Vec<FrozenThread>,
+    /// Every thread's `regs` were read (and are what it must resume with). Until
+    /// then, letting go must leave the registers alone: a thread seized before an
+    /// error holds only a placeholder, which would crash it.
+    regs_read: bool,
     released: bool,
 }
 
@@ -103,6 +107,7 @@ impl Frozen {
         let mut f = Frozen {
             pid,
             threads: Vec::new(),
+            regs_read: false,
             released: false,
         };
         let mut seized: BTreeSet<i32> = BTreeSet::new();
@@ -158,6 +163,7 @@ impl Frozen {
                 .map_err(|e| TraceError::io(pid, format!("writing registers of {}", t.tid), e))?;
             t.regs = regs;
         }
+        f.regs_read = true;
         Ok(f)
     }
 
@@ -232,7 +238,9 @@ impl Frozen {
         }
         self.released = true;
         for t in &self.threads {
-            let _ = ptrace::set_regs(t.tid, &t.regs);
+            if self.regs_read {
+                let _ = ptrace::set_regs(t.tid, &t.regs);
+            }
             let _ = ptrace::detach(t.tid, 0);
         }
         for t in &self.threads {
