@@ -1,0 +1,225 @@
+//! Messages that name their true cause (issue #7, item 6), end to end:
+//!
+//! - a dump of a process (or of one thread of it) that strace is attached to
+//!   names strace and its pid, leaves the target running and still traced,
+//!   and succeeds once strace has gone;
+//! - a dump of PID 1 (as an ordinary user) and of a kernel thread (as root)
+//!   says what they are instead of asking for root.
+//!
+//! These tests run as root (they create the user `ckpttest`, and use strace).
+//! Timeouts are only a safety net.
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+// ---------------------------------------------------------------- helpers
+
+/// `TracerPid:` of one thread (0: not traced).
+fn tracer_of(pid: i32, tid: i32) -> i32 {
+    let s = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/task/{tid}/status: {e}"));
+    s.lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("TracerPid in status")
+}
+
+/// `strace -p TID` writing its trace nowhere.
+fn strace(tid: i32) -> Child {
+    command("strace")
+        .args(["-q", "-o", "/dev/null", "-p", &tid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start strace (apt-get install strace; .ci/deps installs it)")
+}
+
+/// Ends strace with SIGTERM (it detaches first) and waits until `tid` is
+/// no longer traced.
+fn end_strace(mut s: Child, pid: i32, tid: i32) {
+    send_signal(s.id() as i32, libc::SIGTERM);
+    wait_child(&mut s, "strace");
+    wait_until("strace to detach", || tracer_of(pid, tid) == 0);
+}
+
+fn dump_args(pid: i32, dir: &Path) -> Vec<std::ffi::OsString> {
+    vec![
+        "dump".into(),
+        pid.to_string().into(),
+        "--dir".into(),
+        dir.into(),
+    ]
+}
+
+/// Hidden unfinished generations in a checkpoint directory:
+/// `.ckpt_*.tmp.<pid of the writer>`.
+fn partial_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(ckpt_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = rd
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(".ckpt_") && n.contains(".tmp.")
+        })
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+// ---------------------------------------------------------------- 1. another tracer
+
+/// A process strace is attached to: the dump names strace, not privileges;
+/// the target runs on, still traced; without strace the dump works.
+#[test]
+fn dump_of_a_process_traced_by_strace_names_the_tracer() {
+    let d = tempdir();
+    let (out, stop, ck) = (d.join("out"), d.join("stop"), d.join("ckpt"));
+    let mut t = Target::start("counter", &[out.as_os_str(), stop.as_os_str(), os("20")]);
+    t.stdout.expect_line("ready");
+    let s = strace(t.pid);
+    let spid = s.id() as i32;
+    wait_until("strace to attach", || tracer_of(t.pid, t.pid) == spid);
+
+    let res = ckpt(dump_args(t.pid, &ck));
+    let line = assert_error(&res, "dump of a process strace is attached to");
+    let want = format!(
+        "process {} is already traced by process {spid} (strace); ckpt cannot attach while another tracer is attached",
+        t.pid
+    );
+    assert!(line.contains(&want), "expected {want:?} in: {line}");
+    assert!(
+        !line.contains("CAP_SYS_PTRACE") && !line.contains("root"),
+        "the cause is the other tracer, not privileges: {line}"
+    );
+    // nothing lost: still running, still strace's, making progress, no generation
+    assert_eq!(tracer_of(t.pid, t.pid), spid, "strace lost its tracee");
+    assert_running_not_stopped(t.pid);
+    for _ in 0..3 {
+        t.stdout.expect("a line of progress", |_| true);
+    }
+    assert!(!ck.join("latest").exists(), "a generation was published");
+    assert!(
+        partial_dirs(&ck).is_empty(),
+        "a partial generation was left"
+    );
+
+    end_strace(s, t.pid, t.pid);
+    dump(t.pid, &ck, false);
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_prefix("done ");
+    assert!(t.wait().success());
+}
+
+/// strace attached to one worker thread only: the leader can be seized, the
+/// thread cannot; the message names the thread and strace, and the leader
+/// is let go again.
+#[test]
+fn dump_of_a_process_with_one_thread_traced_names_the_thread_and_tracer() {
+    let d = tempdir();
+    let stop = d.join("stop");
+    let mut t = Target::start("threads", &[stop.as_os_str(), os("4")]);
+    let tid_line = t.stdout.expect_prefix("tid ");
+    let tid: i32 = tid_line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_ne!(tid, t.pid);
+    t.stdout.expect_line("ready");
+    let s = strace(tid);
+    let spid = s.id() as i32;
+    wait_until("strace to attach", || tracer_of(t.pid, tid) == spid);
+
+    let ck = d.join("ckpt");
+    let res = ckpt(dump_args(t.pid, &ck));
+    let line = assert_error(&res, "dump of a process one thread of which strace traces");
+    let want = format!(
+        "thread {tid} of process {} is already traced by process {spid} (strace); ckpt cannot attach while another tracer is attached",
+        t.pid
+    );
+    assert!(line.contains(&want), "expected {want:?} in: {line}");
+    assert!(
+        !line.contains("CAP_SYS_PTRACE"),
+        "the cause is the other tracer, not privileges: {line}"
+    );
+    assert_eq!(tracer_of(t.pid, tid), spid, "strace lost its tracee");
+    for other in tids(t.pid) {
+        if other != tid {
+            assert_eq!(tracer_of(t.pid, other), 0, "thread {other} is still traced");
+        }
+    }
+    assert_running_not_stopped(t.pid);
+    t.stdout.expect_prefix("round ");
+    assert!(!ck.join("latest").exists(), "a generation was published");
+
+    end_strace(s, t.pid, tid);
+    dump(t.pid, &ck, false);
+    touch(&stop);
+    t.stdout.expect_prefix("threads ok");
+    assert!(t.wait().success());
+}
+
+// ---------------------------------------------------------------- 1b. init, kernel threads
+
+/// A kernel thread (PF_KTHREAD in the flags, field 9 of /proc/PID/stat).
+fn a_kernel_thread() -> i32 {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort();
+    pids.into_iter()
+        .find(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s[s.rfind(')')? + 2..].to_string();
+                    rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+                })
+                .is_some_and(|flags| flags & PF_KTHREAD != 0)
+        })
+        .expect("no kernel thread visible in /proc")
+}
+
+/// PID 1 (tried by an ordinary user) and a kernel thread (tried by root):
+/// the refusal says what they are, not that another user's process needs root.
+#[test]
+fn dump_of_init_or_a_kernel_thread_says_what_it_is() {
+    assert_root("dump_of_init_or_a_kernel_thread_says_what_it_is");
+    ensure_test_user();
+    let d = tempdir();
+    open_up(d.path(), &d.join("shared"));
+    let ck = d.join("shared/ckpt");
+
+    let mut cmd = as_test_user(ckpt_bin());
+    cmd.args(dump_args(1, &ck));
+    let res = run(&mut cmd);
+    let line = assert_error(&res, "dump of PID 1 by an ordinary user");
+    assert!(
+        line.contains("process 1 ") && line.contains("init process"),
+        "the refusal should say that PID 1 is init: {line}"
+    );
+    assert!(
+        !line.contains("another user"),
+        "the cause is not the owner: {line}"
+    );
+
+    let kt = a_kernel_thread();
+    let res = ckpt(dump_args(kt, &ck));
+    let line = assert_error(&res, "dump of a kernel thread");
+    assert!(
+        line.contains(&format!("process {kt} ")) && line.contains("is a kernel thread"),
+        "the refusal should say that {kt} is a kernel thread: {line}"
+    );
+    assert!(
+        !line.contains("CAP_SYS_PTRACE"),
+        "root has the privileges; the cause is the kind of process: {line}"
+    );
+    assert!(!ck.join("latest").exists(), "a generation was published");
+    assert!(pid_exists(1) && pid_exists(kt));
+}
