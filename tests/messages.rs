@@ -4,7 +4,8 @@
 //!   names strace and its pid, leaves the target running and still traced,
 //!   and succeeds once strace has gone;
 //! - a dump of PID 1 (as an ordinary user) and of a kernel thread (as root)
-//!   says what they are instead of asking for root.
+//!   says what they are instead of asking for root;
+//! - a token file its owner cannot read (mode 0000) is named, with the cause.
 //!
 //! These tests run as root (they create the user `ckpttest`, and use strace).
 //! Timeouts are only a safety net.
@@ -12,6 +13,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
@@ -222,4 +224,54 @@ fn dump_of_init_or_a_kernel_thread_says_what_it_is() {
     );
     assert!(!ck.join("latest").exists(), "a generation was published");
     assert!(pid_exists(1) && pid_exists(kt));
+}
+
+// ---------------------------------------------------------------- 3. unreadable token
+
+/// A token file its owner cannot read (0000): the error names the file and
+/// says why, for --token-file and for CKPT_TOKEN_FILE.
+#[test]
+fn unreadable_token_file_is_named() {
+    assert_root("unreadable_token_file_is_named");
+    let (uid, gid) = ensure_test_user();
+    let d = tempdir();
+    open_up(d.path(), &d.join("shared"));
+    let token = d.join("shared/token");
+    fs::write(&token, "0123456789abcdef-messages-test\n").unwrap();
+    std::os::unix::fs::chown(&token, Some(uid), Some(gid)).unwrap();
+    fs::set_permissions(&token, fs::Permissions::from_mode(0o000)).unwrap();
+
+    let with_option = {
+        let mut c = as_test_user(ckpt_bin());
+        c.args(["command", "--coord-port", "9", "--token-file"])
+            .arg(&token)
+            .arg("s");
+        c
+    };
+    let with_env = {
+        let mut c = as_test_user(ckpt_bin());
+        c.args(["command", "--coord-port", "9", "s"])
+            .env("CKPT_TOKEN_FILE", &token);
+        c
+    };
+    for (what, mut cmd) in [("--token-file", with_option), ("CKPT_TOKEN_FILE", with_env)] {
+        let res = run(&mut cmd);
+        let line = assert_error(&res, &format!("ckpt command with an unreadable {what}"));
+        assert!(
+            line.contains(&format!("cannot read token file {}", token.display()))
+                && line.contains("permission denied"),
+            "{what}: should name the token file and say permission denied: {line}"
+        );
+        assert!(
+            line.contains("mode 0000"),
+            "{what}: should say what is wrong with the file: {line}"
+        );
+    }
+    // nothing changed
+    let md = fs::metadata(&token).unwrap();
+    assert_eq!(md.permissions().mode() & 0o7777, 0);
+    assert_eq!(
+        fs::read_to_string(&token).unwrap(),
+        "0123456789abcdef-messages-test\n"
+    );
 }
