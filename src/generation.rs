@@ -249,9 +249,7 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
     if dir.join(MANIFEST).is_file() {
         return Ok(dir.to_path_buf());
     }
-    if !dir.exists() {
-        bail!("checkpoint directory {} does not exist", dir.display());
-    }
+    check_readable(dir)?;
     let latest = dir.join(LATEST);
     if latest.join(MANIFEST).is_file() {
         return Ok(fs::canonicalize(&latest)?);
@@ -266,4 +264,72 @@ pub fn read_manifest(gen: &Path) -> Result<Manifest> {
     let p = gen.join(MANIFEST);
     let b = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
     serde_json::from_slice(&b).with_context(|| format!("{} is damaged", p.display()))
+}
+
+/// Fails, with the true cause, when `dir` cannot be read as a checkpoint directory:
+/// it does not exist, or it or a directory on the way to it is closed to this user
+/// (`Path::exists` says false for both).
+fn check_readable(dir: &Path) -> Result<()> {
+    let err = match fs::metadata(dir).and_then(|_| fs::read_dir(dir).map(drop)) {
+        Ok(()) => {
+            // The generation `latest` names may be closed even when the directory is not.
+            let latest = dir.join(LATEST);
+            return match fs::metadata(latest.join(MANIFEST)) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                    "cannot read checkpoint {}: permission denied ({})",
+                    latest.display(),
+                    who_closes(&latest)
+                ),
+                _ => Ok(()),
+            };
+        }
+        Err(e) => e,
+    };
+    match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            bail!("checkpoint directory {} does not exist", dir.display())
+        }
+        std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot read checkpoint directory {}: permission denied ({})",
+            dir.display(),
+            who_closes(dir)
+        ),
+        _ => Err(err).with_context(|| format!("reading checkpoint directory {}", dir.display())),
+    }
+}
+
+/// Which directory on the way to `dir` (or `dir` itself) this user may not enter or
+/// read, and whose it is: "it belongs to user root, mode 0700".
+fn who_closes(dir: &Path) -> String {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::MetadataExt;
+    let n = dir.components().count();
+    let mut closed = None;
+    let mut p = PathBuf::new();
+    for (i, c) in dir.components().enumerate() {
+        p.push(c);
+        let how = if i + 1 == n {
+            AccessFlags::R_OK | AccessFlags::X_OK
+        } else {
+            AccessFlags::X_OK
+        };
+        if access(&p, how).is_err() {
+            closed = Some(p.clone());
+            break;
+        }
+    }
+    let closed = closed.unwrap_or_else(|| dir.to_path_buf());
+    let whose = match fs::metadata(&closed) {
+        Ok(md) => format!(
+            "belongs to user {}, mode {:04o}",
+            crate::protocol::user_name(md.uid()),
+            md.mode() & 0o7777
+        ),
+        Err(_) => "cannot be examined".into(),
+    };
+    if closed.components().eq(dir.components()) {
+        format!("it {whose}")
+    } else {
+        format!("{} {whose}", closed.display())
+    }
 }

@@ -5,6 +5,10 @@
 //!   and succeeds once strace has gone;
 //! - a dump of PID 1 (as an ordinary user) and of a kernel thread (as root)
 //!   says what they are instead of asking for root;
+//! - an ordinary user on a root-owned 0700 checkpoint directory is told
+//!   "permission denied" and who owns it (`ckpt info` and `ckpt restore`,
+//!   on the directory and on its `latest`), not that it does not exist; the
+//!   checkpoint stays restorable by root;
 //! - a token file its owner cannot read (mode 0000) is named, with the cause.
 //!
 //! These tests run as root (they create the user `ckpttest`, and use strace).
@@ -224,6 +228,70 @@ fn dump_of_init_or_a_kernel_thread_says_what_it_is() {
     );
     assert!(!ck.join("latest").exists(), "a generation was published");
     assert!(pid_exists(1) && pid_exists(kt));
+}
+
+// ---------------------------------------------------------------- 2. unreadable directory
+
+/// Root's checkpoint (a 0700 directory) seen by an ordinary user: permission
+/// denied, naming the owner, for info and restore, on the directory and on
+/// its `latest`; nothing is created, and root can still restore it.
+#[test]
+fn unreadable_checkpoint_directory_says_permission_denied() {
+    assert_root("unreadable_checkpoint_directory_says_permission_denied");
+    ensure_test_user();
+    let d = tempdir();
+    open_up(d.path(), &d.join("shared"));
+    let exe = d.join("shared/counter");
+    copy_program(&testdata("counter"), &exe);
+    let (out, stop, ck) = (
+        d.join("shared/out"),
+        d.join("shared/stop"),
+        d.join("shared/ckpt"),
+    );
+    let mut t = Target::start_path(&exe, &[out.as_os_str(), stop.as_os_str(), os("20")]);
+    t.stdout.expect_line("ready");
+    t.dump_kill(&ck);
+    let mode = fs::metadata(&ck).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode, 0o700,
+        "ckpt should create the checkpoint directory 0700"
+    );
+
+    for verb in ["info", "restore"] {
+        for dir in [ck.clone(), ck.join("latest")] {
+            let mut cmd = as_test_user(ckpt_bin());
+            cmd.arg(verb).arg(&dir);
+            let res = run(&mut cmd);
+            let what = format!("ckpt {verb} {} as {TEST_USER}", dir.display());
+            let line = assert_error(&res, &what);
+            assert!(
+                line.contains(&format!(
+                    "cannot read checkpoint directory {}",
+                    dir.display()
+                )) && line.contains("permission denied"),
+                "{what}: should say permission denied on the directory: {line}"
+            );
+            assert!(
+                line.contains("belongs to user root"),
+                "{what}: should name the owner: {line}"
+            );
+            assert!(
+                !line.contains("does not exist"),
+                "{what}: it does exist: {line}"
+            );
+        }
+    }
+    assert!(
+        pids_running(&exe.to_string_lossy()).is_empty(),
+        "a refused restore started a process"
+    );
+
+    // nothing lost: root restores it, and it counts on
+    let mut r = Restored::start(&ck, t.pid, &t.marker);
+    r.assert_same_pid();
+    touch(&stop);
+    r.stdout.expect_prefix("done ");
+    r.wait_success();
 }
 
 // ---------------------------------------------------------------- 3. unreadable token
