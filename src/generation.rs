@@ -176,25 +176,24 @@ impl Drop for PendingGeneration {
     }
 }
 
-/// Remove unfinished generations whose writer is gone (a ckpt killed mid-checkpoint):
-/// `.ckpt_*.tmp.<pid>` with no process <pid>.
+/// Remove unfinished generations whose writer is gone (a ckpt killed mid-checkpoint),
+/// saying so: otherwise nobody learns that a checkpoint was lost that way.
 fn remove_abandoned(ckpt_dir: &Path) {
-    let Ok(rd) = fs::read_dir(ckpt_dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&format!(".{PREFIX}")) {
+    for u in unfinished(ckpt_dir) {
+        if u.writer_running {
             continue;
         }
-        let Some(pid) = name
-            .rsplit_once(".tmp.")
-            .and_then(|(_, p)| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(e.path());
+        match fs::remove_dir_all(&u.path) {
+            Ok(()) => eprintln!(
+                "ckpt: warning: removed an unfinished checkpoint left by an interrupted dump (pid {}): {}",
+                u.writer,
+                u.path.display()
+            ),
+            Err(e) => eprintln!(
+                "ckpt: warning: cannot remove an unfinished checkpoint left by an interrupted dump (pid {}): {}: {e}",
+                u.writer,
+                u.path.display()
+            ),
         }
     }
 }
@@ -332,4 +331,37 @@ fn who_closes(dir: &Path) -> String {
     } else {
         format!("{} {whose}", closed.display())
     }
+}
+
+/// A generation still being written, or left unfinished by a ckpt that died:
+/// `.ckpt_*.tmp.<pid of its writer>` in a checkpoint directory.
+pub struct Unfinished {
+    pub path: PathBuf,
+    pub writer: i32,
+    /// A process with the writer's pid runs (it may be still writing).
+    pub writer_running: bool,
+}
+
+/// The unfinished generations in `ckpt_dir`, by name.
+pub fn unfinished(ckpt_dir: &Path) -> Vec<Unfinished> {
+    let Ok(rd) = fs::read_dir(ckpt_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<Unfinished> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!(".{PREFIX}")) {
+                return None;
+            }
+            let writer = name.rsplit_once(".tmp.")?.1.parse::<i32>().ok()?;
+            Some(Unfinished {
+                path: e.path(),
+                writer,
+                writer_running: Path::new(&format!("/proc/{writer}")).exists(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+    v
 }

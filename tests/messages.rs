@@ -9,7 +9,12 @@
 //!   "permission denied" and who owns it (`ckpt info` and `ckpt restore`,
 //!   on the directory and on its `latest`), not that it does not exist; the
 //!   checkpoint stays restorable by root;
-//! - a token file its owner cannot read (mode 0000) is named, with the cause.
+//! - a token file its owner cannot read (mode 0000) is named, with the cause;
+//! - a dump SIGKILLed while it writes leaves its hidden partial directory:
+//!   `ckpt info` warns about it (and still describes the checkpoint), the
+//!   next dump warns that it removed it and reaps the killed dump's snapshot
+//!   copy (instead of checkpointing it as a zombie of the target); the target
+//!   ran on throughout and the newest generation restores.
 //!
 //! These tests run as root (they create the user `ckpttest`, and use strace).
 //! Timeouts are only a safety net.
@@ -17,9 +22,11 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
+use std::sync::Mutex;
 
 // ---------------------------------------------------------------- helpers
 
@@ -342,4 +349,200 @@ fn unreadable_token_file_is_named() {
         fs::read_to_string(&token).unwrap(),
         "0123456789abcdef-messages-test\n"
     );
+}
+
+// ---------------------------------------------------------------- 4. interrupted dumps
+
+/// The two big-memory tests one at a time (two shared cores).
+static BIG: Mutex<()> = Mutex::new(());
+
+fn big() -> std::sync::MutexGuard<'static, ()> {
+    BIG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The partial directory written by the ckpt process `writer`, if it exists.
+fn partial_dir_of(ckpt_dir: &Path, writer: i32) -> Option<PathBuf> {
+    let suffix = format!(".tmp.{writer}");
+    partial_dirs(ckpt_dir)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(&suffix))
+}
+
+/// Bytes written so far into the image files of a partial directory.
+fn bytes_in(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `ckpt dump PID --dir DIR` started in the background.
+fn spawn_dump(pid: i32, dir: &Path) -> Child {
+    let mut cmd = ckpt_cmd();
+    cmd.args(dump_args(pid, dir))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("$ {cmd:?} &");
+    cmd.spawn().expect("start ckpt dump")
+}
+
+/// Waits for a background ckpt and collects what it printed.
+fn finish(mut child: Child, what: &str) -> Output {
+    let status = wait_child(&mut child, what);
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut stderr)
+        .unwrap();
+    eprintln!(
+        "{what} -> {status:?}\n  stderr: {}",
+        String::from_utf8_lossy(&stderr).trim_end()
+    );
+    Output {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Children of a process (all its threads).
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut v = Vec::new();
+    for tid in tids(pid) {
+        if let Ok(s) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) {
+            v.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+        }
+    }
+    v
+}
+
+/// The generation `latest` names, and how many complete ones there are.
+fn generations(ckpt_dir: &Path) -> (PathBuf, usize) {
+    let info = info_json(ckpt_dir);
+    let gen = PathBuf::from(info["generation"].as_str().expect("info: generation"));
+    let n = info["generations"]
+        .as_array()
+        .expect("info: generations")
+        .len();
+    (fs::canonicalize(gen).unwrap(), n)
+}
+
+/// A dump SIGKILLed while it writes leaves its partial directory; `ckpt
+/// info` warns about it, the next dump warns that it removed it; the target
+/// ran on, and the newest generation restores.
+#[test]
+fn dump_killed_midway_is_reported_by_info_and_removed_by_the_next_dump() {
+    let _g = big();
+    let d = tempdir();
+    let (stop, ck) = (d.join("stop"), d.join("ckpt"));
+    let mut t = Target::start("bigmem", &[stop.as_os_str(), os("1024")]);
+    t.stdout.expect_line("ready");
+    dump(t.pid, &ck, false);
+    let (gen1, _) = generations(&ck);
+
+    let child = spawn_dump(t.pid, &ck);
+    let writer = child.id() as i32;
+    // Killed while it writes memory (not while it injects a system call into the
+    // target, which no tracer can survive unharmed).
+    let mut partial = None;
+    wait_until(
+        "the dump to write 64 MiB into its partial directory",
+        || {
+            partial = partial_dir_of(&ck, writer);
+            partial.as_deref().is_some_and(|p| bytes_in(p) >= 64 << 20)
+        },
+    );
+    let partial = partial.unwrap();
+    send_signal(writer, libc::SIGKILL);
+    let res = finish(child, "the SIGKILLed dump");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&res.status),
+        Some(libc::SIGKILL)
+    );
+    assert!(
+        partial.is_dir(),
+        "the killed dump's partial directory is gone"
+    );
+    assert_running_not_stopped(t.pid);
+
+    // ckpt info: a warning, and the checkpoint described as before
+    let res = ckpt(["info".as_ref(), ck.as_os_str()]);
+    assert_success(
+        &res,
+        "ckpt info with an unfinished checkpoint in the directory",
+    );
+    let lines = stderr_lines(&res);
+    let want = format!(
+        "ckpt: warning: unfinished checkpoint left by an interrupted dump (pid {writer}): {}",
+        partial.display()
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&want)),
+        "ckpt info should warn {want:?}; stderr: {lines:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&res.stdout).contains(&format!("generation  {}", gen1.display())),
+        "ckpt info should still describe the complete generation"
+    );
+    assert!(partial.is_dir(), "ckpt info removed the partial directory");
+
+    // the next dump removes it, and says so
+    let res = ckpt(dump_args(t.pid, &ck));
+    assert_success(&res, "the next dump");
+    let lines = stderr_lines(&res);
+    let want = format!(
+        "ckpt: warning: removed an unfinished checkpoint left by an interrupted dump (pid {writer}): {}",
+        partial.display()
+    );
+    assert!(
+        lines.iter().any(|l| l == &want),
+        "the next dump should warn {want:?}; stderr: {lines:?}"
+    );
+    assert!(!partial.exists(), "the partial directory is still there");
+    assert!(partial_dirs(&ck).is_empty(), "{:?}", partial_dirs(&ck));
+    let (gen2, n) = generations(&ck);
+    assert_ne!(gen2, gen1);
+    assert_eq!(n, 2);
+    assert_running_not_stopped(t.pid);
+    assert!(
+        children_of(t.pid).is_empty(),
+        "the killed dump's snapshot copy was not reaped: {:?}",
+        children_of(t.pid)
+    );
+    let zombies = info_json(&ck)["zombies"].clone();
+    assert_eq!(
+        zombies,
+        serde_json::json!([]),
+        "the killed dump's snapshot copy was checkpointed as a zombie of the target"
+    );
+
+    // nothing lost: the target's memory is intact, and the newest generation restores
+    touch(&stop);
+    t.stdout.expect_line("verify ok 1024 MiB");
+    assert!(t.wait().success());
+    wait_pid_free(t.pid);
+    let mut r = Restored::of(&ck, &t);
+    r.stdout.expect_line("verify ok 1024 MiB");
+    r.wait_success();
 }
