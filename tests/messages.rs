@@ -14,7 +14,10 @@
 //!   `ckpt info` warns about it (and still describes the checkpoint), the
 //!   next dump warns that it removed it and reaps the killed dump's snapshot
 //!   copy (instead of checkpointing it as a zombie of the target); the target
-//!   ran on throughout and the newest generation restores.
+//!   ran on throughout and the newest generation restores;
+//! - a dump interrupted by SIGTERM, SIGINT or SIGHUP removes its partial
+//!   directory, says so in one error line, and leaves the target running,
+//!   not stopped, with no leftover child; the previous generation restores.
 //!
 //! These tests run as root (they create the user `ckpttest`, and use strace).
 //! Timeouts are only a safety net.
@@ -538,6 +541,72 @@ fn dump_killed_midway_is_reported_by_info_and_removed_by_the_next_dump() {
     );
 
     // nothing lost: the target's memory is intact, and the newest generation restores
+    touch(&stop);
+    t.stdout.expect_line("verify ok 1024 MiB");
+    assert!(t.wait().success());
+    wait_pid_free(t.pid);
+    let mut r = Restored::of(&ck, &t);
+    r.stdout.expect_line("verify ok 1024 MiB");
+    r.wait_success();
+}
+
+/// SIGTERM, SIGINT and SIGHUP in the middle of a dump: it removes its
+/// partial directory, says so in one error line, and lets the target go
+/// (running, not stopped, no leftover child); the previous generation stays
+/// the newest, and restores.
+#[test]
+fn dump_interrupted_by_a_signal_removes_its_partial_dir() {
+    let _g = big();
+    let d = tempdir();
+    let (stop, ck) = (d.join("stop"), d.join("ckpt"));
+    let mut t = Target::start("bigmem", &[stop.as_os_str(), os("1024")]);
+    t.stdout.expect_line("ready");
+    dump(t.pid, &ck, false);
+    let (gen1, _) = generations(&ck);
+
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
+        let child = spawn_dump(t.pid, &ck);
+        let writer = child.id() as i32;
+        wait_until("the dump's partial directory", || {
+            partial_dir_of(&ck, writer).is_some()
+        });
+        send_signal(writer, sig);
+        let res = finish(child, &format!("the dump sent {name}"));
+        let line = assert_error(&res, &format!("a dump interrupted by {name}"));
+        assert!(
+            line.contains(&format!("interrupted by {name}"))
+                && line.contains(&format!("process {}", t.pid))
+                && line.contains("unfinished checkpoint was removed"),
+            "the error should say that {name} interrupted the dump of {} and that its unfinished checkpoint was removed: {line}",
+            t.pid
+        );
+        assert!(
+            partial_dirs(&ck).is_empty(),
+            "{name}: a partial directory was left: {:?}",
+            partial_dirs(&ck)
+        );
+        assert_running_not_stopped(t.pid);
+        assert_eq!(
+            tracer_of(t.pid, t.pid),
+            0,
+            "{name}: the target is still traced"
+        );
+        assert!(
+            children_of(t.pid).is_empty(),
+            "{name}: the target has a leftover child (snapshot copy): {:?}",
+            children_of(t.pid)
+        );
+        assert_eq!(
+            generations(&ck),
+            (gen1.clone(), 1),
+            "{name}: generations changed"
+        );
+    }
+
     touch(&stop);
     t.stdout.expect_line("verify ok 1024 MiB");
     assert!(t.wait().success());
