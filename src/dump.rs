@@ -10,6 +10,7 @@ use ckpt_tracer::snapshot::Snapshot;
 use ckpt_tracer::state::ProcessState;
 use ckpt_tracer::tree::{dedupe_shared_pages, link_descriptors, FrozenTree, Zombie};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xxhash_rust::xxh3::Xxh3;
 
@@ -33,6 +34,60 @@ pub struct DumpReport {
 }
 
 const CHUNK: usize = 16 << 20;
+
+/// The signal that asked `ckpt dump` to stop (0: none), set by [`stop_on_signals`].
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop_signal(sig: libc::c_int) {
+    INTERRUPTED.store(sig, Ordering::Relaxed);
+}
+
+/// Make SIGINT, SIGTERM and SIGHUP stop a dump at its next step instead of killing
+/// ckpt on the spot (which would leave the partial generation behind, and a target
+/// it was injecting a system call into would run on with the injected registers):
+/// the dump then fails as on any error, which lets the tree go and removes the
+/// partial generation. A second one of the same signal kills ckpt as before, should
+/// a step never end. Only for `ckpt dump`: an agent passes these signals to its job.
+pub fn stop_on_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe;
+        // SA_RESTART keeps the waits and writes of the dump going until it checks,
+        // SA_RESETHAND restores the default action for the next one.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_stop_signal as *const () as usize;
+            sa.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The error a dump stops with when a signal asked it to.
+#[derive(Debug)]
+struct Interrupted(i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let name = match self.0 {
+            libc::SIGINT => "SIGINT".to_string(),
+            libc::SIGTERM => "SIGTERM".to_string(),
+            libc::SIGHUP => "SIGHUP".to_string(),
+            n => format!("signal {n}"),
+        };
+        write!(f, "interrupted by {name}")
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Stop here if a signal asked to (checked between steps and between chunks of memory).
+fn check_interrupted() -> Result<()> {
+    match INTERRUPTED.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        sig => Err(Interrupted(sig).into()),
+    }
+}
 
 /// With CKPT_TIMING set, say on stderr how long each phase of a dump took.
 fn phase(t0: Instant, what: &str) {
@@ -67,6 +122,7 @@ fn write_runs(
             let len = run.npages * PAGE;
             let mut done = 0u64;
             while done < len {
+                check_interrupted()?;
                 let n = (len - done).min((buf.len() - fill) as u64) as usize;
                 let chunk = &mut buf[fill..fill + n];
                 mem.read(run.addr + done, chunk).with_context(|| {
@@ -123,6 +179,7 @@ impl FrozenDump {
         let root = opts.pid;
         let mut tree = FrozenTree::freeze(root)?;
         phase(t0, "frozen");
+        check_interrupted()?;
         let zombies = tree.zombies.clone();
         let mut states = Vec::new();
         let mut injectors = Vec::new();
@@ -134,6 +191,7 @@ impl FrozenDump {
             injectors.push(extras.injector);
         }
         phase(t0, "state read");
+        check_interrupted()?;
         link_descriptors(&mut states)?;
         dedupe_shared_pages(&mut states);
         let created_ns = SystemTime::now()
@@ -291,6 +349,7 @@ impl FrozenDump {
             checksums.push(checksum);
         }
         phase(t0, "images synced");
+        check_interrupted()?;
         let manifest = Manifest {
             name: gen.name().to_string(),
             generation_id: generation::hex(&gen.id),
@@ -359,7 +418,31 @@ impl FrozenDumpRest<'_> {
 
 /// Checkpoint a tree in one go: freeze, then complete.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
-    FrozenDump::freeze(opts)?.complete()
+    let r = FrozenDump::freeze(opts).and_then(FrozenDump::complete);
+    // By now a failed dump has let the tree go and removed its partial generation.
+    match r {
+        Err(e) if e.is::<Interrupted>() => {
+            let me = std::process::id() as i32;
+            let left: Vec<_> = crate::generation::unfinished(opts.dir)
+                .into_iter()
+                .filter(|u| u.writer == me)
+                .map(|u| u.path.display().to_string())
+                .collect();
+            let removed = if left.is_empty() {
+                "its unfinished checkpoint was removed".to_string()
+            } else {
+                format!(
+                    "its unfinished checkpoint could not be removed: {}",
+                    left.join(", ")
+                )
+            };
+            Err(anyhow::anyhow!(
+                "dump of process {} {e}: {removed}, and the process runs on as before",
+                opts.pid
+            ))
+        }
+        r => r,
+    }
 }
 
 pub fn image_name(pid: i32) -> String {

@@ -258,25 +258,24 @@ impl Drop for PendingGeneration {
     }
 }
 
-/// Remove unfinished generations whose writer is gone (a ckpt killed mid-checkpoint):
-/// `.ckpt_*.tmp.<pid>` with no process <pid>.
+/// Remove unfinished generations whose writer is gone (a ckpt killed mid-checkpoint),
+/// saying so: otherwise nobody learns that a checkpoint was lost that way.
 fn remove_abandoned(ckpt_dir: &Path) {
-    let Ok(rd) = fs::read_dir(ckpt_dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with(&format!(".{PREFIX}")) {
+    for u in unfinished(ckpt_dir) {
+        if u.writer_running {
             continue;
         }
-        let Some(pid) = name
-            .rsplit_once(".tmp.")
-            .and_then(|(_, p)| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = fs::remove_dir_all(e.path());
+        match fs::remove_dir_all(&u.path) {
+            Ok(()) => eprintln!(
+                "ckpt: warning: removed an unfinished checkpoint left by an interrupted dump (pid {}): {}",
+                u.writer,
+                u.path.display()
+            ),
+            Err(e) => eprintln!(
+                "ckpt: warning: cannot remove an unfinished checkpoint left by an interrupted dump (pid {}): {}: {e}",
+                u.writer,
+                u.path.display()
+            ),
         }
     }
 }
@@ -339,9 +338,7 @@ pub fn resolve(dir: &Path) -> Result<PathBuf> {
     if dir.join(MANIFEST).is_file() {
         return Ok(dir.to_path_buf());
     }
-    if !dir.exists() {
-        bail!("checkpoint directory {} does not exist", dir.display());
-    }
+    check_readable(dir)?;
     if let Some(g) = through_latest(dir)? {
         return Ok(g);
     }
@@ -470,4 +467,105 @@ pub fn open_images(gen: &Path, m: &Manifest) -> Result<Vec<crate::image::Image>>
         images.push(img);
     }
     Ok(images)
+}
+
+/// Fails, with the true cause, when `dir` cannot be read as a checkpoint directory:
+/// it does not exist, or it or a directory on the way to it is closed to this user
+/// (`Path::exists` says false for both).
+fn check_readable(dir: &Path) -> Result<()> {
+    let err = match fs::metadata(dir).and_then(|_| fs::read_dir(dir).map(drop)) {
+        Ok(()) => {
+            // The generation `latest` names may be closed even when the directory is not.
+            let latest = dir.join(LATEST);
+            return match fs::metadata(latest.join(MANIFEST)) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                    "cannot read checkpoint {}: permission denied ({})",
+                    latest.display(),
+                    who_closes(&latest)
+                ),
+                _ => Ok(()),
+            };
+        }
+        Err(e) => e,
+    };
+    match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            bail!("checkpoint directory {} does not exist", dir.display())
+        }
+        std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot read checkpoint directory {}: permission denied ({})",
+            dir.display(),
+            who_closes(dir)
+        ),
+        _ => Err(err).with_context(|| format!("reading checkpoint directory {}", dir.display())),
+    }
+}
+
+/// Which directory on the way to `dir` (or `dir` itself) this user may not enter or
+/// read, and whose it is: "it belongs to user root, mode 0700".
+fn who_closes(dir: &Path) -> String {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::fs::MetadataExt;
+    let n = dir.components().count();
+    let mut closed = None;
+    let mut p = PathBuf::new();
+    for (i, c) in dir.components().enumerate() {
+        p.push(c);
+        let how = if i + 1 == n {
+            AccessFlags::R_OK | AccessFlags::X_OK
+        } else {
+            AccessFlags::X_OK
+        };
+        if access(&p, how).is_err() {
+            closed = Some(p.clone());
+            break;
+        }
+    }
+    let closed = closed.unwrap_or_else(|| dir.to_path_buf());
+    let whose = match fs::metadata(&closed) {
+        Ok(md) => format!(
+            "belongs to user {}, mode {:04o}",
+            crate::protocol::user_name(md.uid()),
+            md.mode() & 0o7777
+        ),
+        Err(_) => "cannot be examined".into(),
+    };
+    if closed.components().eq(dir.components()) {
+        format!("it {whose}")
+    } else {
+        format!("{} {whose}", closed.display())
+    }
+}
+
+/// A generation still being written, or left unfinished by a ckpt that died:
+/// `.ckpt_*.tmp.<pid of its writer>` in a checkpoint directory.
+pub struct Unfinished {
+    pub path: PathBuf,
+    pub writer: i32,
+    /// A process with the writer's pid runs (it may be still writing).
+    pub writer_running: bool,
+}
+
+/// The unfinished generations in `ckpt_dir`, by name.
+pub fn unfinished(ckpt_dir: &Path) -> Vec<Unfinished> {
+    let Ok(rd) = fs::read_dir(ckpt_dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<Unfinished> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with(&format!(".{PREFIX}")) {
+                return None;
+            }
+            let writer = name.rsplit_once(".tmp.")?.1.parse::<i32>().ok()?;
+            Some(Unfinished {
+                path: e.path(),
+                writer,
+                writer_running: Path::new(&format!("/proc/{writer}")).exists(),
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| a.path.cmp(&b.path));
+    v
 }

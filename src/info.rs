@@ -11,11 +11,39 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
     let gen = generation::resolve(dir)?;
     let manifest = generation::read_manifest(&gen)?;
     let all = generation::generations(gen.parent().unwrap_or(Path::new(".")))?;
+    // Unfinished generations beside the complete ones: a dump still writing, or one
+    // that died (the next dump removes those).
+    let ckpt_dir = if dir.join(generation::MANIFEST).is_file() {
+        dir.parent().unwrap_or(Path::new("."))
+    } else {
+        dir
+    };
+    let unfinished = generation::unfinished(ckpt_dir);
+    for u in &unfinished {
+        if u.writer_running {
+            eprintln!(
+                "ckpt: warning: checkpoint still being written by process {}: {}",
+                u.writer,
+                u.path.display()
+            );
+        } else {
+            eprintln!(
+                "ckpt: warning: unfinished checkpoint left by an interrupted dump (pid {}): {} (the next dump in this directory removes it)",
+                u.writer,
+                u.path.display()
+            );
+        }
+    }
     let procs = generation::open_images(&gen, &manifest)?;
     if as_json {
         let v = json!({
             "generation": gen.display().to_string(),
             "generations": all.iter().map(|g| g.display().to_string()).collect::<Vec<_>>(),
+            "unfinished": unfinished.iter().map(|u| json!({
+                "path": u.path.display().to_string(),
+                "writer_pid": u.writer,
+                "writer_running": u.writer_running,
+            })).collect::<Vec<_>>(),
             "created_unix_ns": manifest.created_unix_ns,
             "kernel": manifest.kernel,
             "tool_version": manifest.tool_version,

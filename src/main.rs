@@ -179,22 +179,25 @@ fn main() {
             dir,
             kill,
             keep,
-        } => dump::dump(&dump::DumpOptions {
-            pid,
-            dir: &dir,
-            kill,
-            keep,
-            coordinator: None,
-        })
-        .map(|rep| {
-            eprintln!(
-                "ckpt: checkpoint of {pid} written to {} ({} MiB, process stopped {:.1} ms)",
-                rep.generation.display(),
-                rep.image_bytes >> 20,
-                rep.pause.as_secs_f64() * 1e3
-            );
-            0
-        }),
+        } => {
+            dump::stop_on_signals();
+            dump::dump(&dump::DumpOptions {
+                pid,
+                dir: &dir,
+                kill,
+                keep,
+                coordinator: None,
+            })
+            .map(|rep| {
+                eprintln!(
+                    "ckpt: checkpoint of {pid} written to {} ({} MiB, process stopped {:.1} ms)",
+                    rep.generation.display(),
+                    rep.image_bytes >> 20,
+                    rep.pause.as_secs_f64() * 1e3
+                );
+                0
+            })
+        }
         Cmd::Restore { dir, detach, pidns } => restore::restore(&restore::RestoreOptions {
             dir: &dir,
             detach,

@@ -160,20 +160,46 @@ pub fn read_token(opt: Option<PathBuf>) -> Result<Option<String>> {
     let Some(path) = opt.or_else(|| env_first(&["CKPT_TOKEN_FILE"]).map(PathBuf::from)) else {
         return Ok(None);
     };
-    use std::os::unix::fs::PermissionsExt;
-    let md = std::fs::metadata(&path)
-        .with_context(|| format!("reading token file {}", path.display()))?;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let unreadable = |e: std::io::Error, md: Option<&std::fs::Metadata>| {
+        let why = match (e.kind(), md) {
+            (std::io::ErrorKind::PermissionDenied, Some(md)) => format!(
+                "permission denied (mode {:04o}, owner {}; the token file must be readable by \
+                 the user running ckpt and nobody else: chmod 600)",
+                md.mode() & 0o7777,
+                user_name(md.uid())
+            ),
+            (std::io::ErrorKind::PermissionDenied, None) => {
+                "permission denied (a directory on the way to it is closed to this user)".into()
+            }
+            (std::io::ErrorKind::NotFound, _) => "it does not exist".into(),
+            _ => e.to_string(),
+        };
+        anyhow::anyhow!("cannot read token file {}: {why}", path.display())
+    };
+    let md = std::fs::metadata(&path).map_err(|e| unreadable(e, None))?;
     if md.permissions().mode() & 0o077 != 0 {
         bail!(
             "token file {} must not be readable by others (chmod 600)",
             path.display()
         );
     }
-    let t = std::fs::read_to_string(&path)?.trim().to_string();
+    let t = std::fs::read_to_string(&path)
+        .map_err(|e| unreadable(e, Some(&md)))?
+        .trim()
+        .to_string();
     if t.is_empty() {
         bail!("token file {} is empty", path.display());
     }
     Ok(Some(t))
+}
+
+/// The name of a user, or `#UID` when it has none.
+pub fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("#{uid}"),
+    }
 }
 
 pub fn is_local(host: &str) -> bool {

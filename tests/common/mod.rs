@@ -864,3 +864,64 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// ---------------------------------------------------------------- users
+
+/// The unprivileged user that tests run commands as (created by the test,
+/// which runs as root).
+pub const TEST_USER: &str = "ckpttest";
+
+/// Panics unless the test runs as root: it creates and switches to
+/// [`TEST_USER`].
+pub fn assert_root(what: &str) {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "{what} runs commands as the user {TEST_USER}: run it as root"
+    );
+}
+
+/// Creates the unprivileged user [`TEST_USER`] if needed; returns (uid, gid).
+pub fn ensure_test_user() -> (u32, u32) {
+    if run(command("id").args(["-u", TEST_USER])).status.code() != Some(0) {
+        let out = run(command("useradd").args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            TEST_USER,
+        ]));
+        // 9: created meanwhile by a concurrent run
+        assert!(
+            matches!(out.status.code(), Some(0) | Some(9)),
+            "useradd {TEST_USER} failed: {out:?}"
+        );
+    }
+    let id = |flag: &str| -> u32 {
+        let out = run(command("id").args([flag, TEST_USER]));
+        assert_success(&out, &format!("id {flag} {TEST_USER}"));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    (id("-u"), id("-g"))
+}
+
+/// `runuser -u ckpttest -- PROGRAM` (runuser forks: PROGRAM is its child),
+/// without the variables that would point ckpt at another coordinator,
+/// directory or token file.
+pub fn as_test_user(program: impl AsRef<OsStr>) -> Command {
+    let mut c = command("runuser");
+    c.args(["-u", TEST_USER, "--"]).arg(program);
+    for v in [
+        "CKPT_COORD_HOST",
+        "CKPT_COORD_PORT",
+        "CKPT_DIR",
+        "CKPT_INTERVAL",
+        "CKPT_TOKEN_FILE",
+        "DMTCP_COORD_HOST",
+        "DMTCP_COORD_PORT",
+        "DMTCP_CHECKPOINT_INTERVAL",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}

@@ -6,8 +6,23 @@ use thiserror::Error;
 pub enum TraceError {
     #[error("process {0} does not exist")]
     NoSuchProcess(i32),
-    #[error("not allowed to trace process {pid}: {why} (tracing another user's process needs root or CAP_SYS_PTRACE)")]
+    #[error("not allowed to trace process {pid}: {why}")]
     PermissionDenied { pid: i32, why: String },
+    /// `who` is "process PID", or "thread TID of process PID".
+    #[error("{who} is already traced by process {tracer} ({comm}); ckpt cannot attach while another tracer is attached (detach it or let it end first)")]
+    AlreadyTraced {
+        pid: i32,
+        who: String,
+        tracer: i32,
+        comm: String,
+    },
+    /// Init, a kernel thread: not something a checkpoint can hold.
+    #[error("cannot checkpoint process {pid} ({comm}): it {what}")]
+    Untraceable {
+        pid: i32,
+        comm: String,
+        what: String,
+    },
     #[error("process {pid} fd {fd}: {kind} is not supported yet")]
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("process {pid}: {what} is not supported yet")]

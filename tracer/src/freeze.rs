@@ -29,6 +29,10 @@ pub struct FrozenThread {
 pub struct Frozen {
     pub pid: i32,
     pub threads: Vec<FrozenThread>,
+    /// Every thread's `regs` were read (and are what it must resume with). Until
+    /// then, letting go must leave the registers alone: a thread seized before an
+    /// error holds only a placeholder, which would crash it.
+    regs_read: bool,
     released: bool,
 }
 
@@ -69,6 +73,135 @@ fn tgid_of(tid: i32) -> Option<i32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// PF_KTHREAD in the flags of /proc/PID/stat (field 9).
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+fn is_kernel_thread(pid: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
+    // rest starts at field 3 (state): field 9 is the seventh.
+    rest.split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+fn comm_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// Init and kernel threads are refused before anything is attached: the kernel
+/// refuses kernel threads even to root, and init is the ancestor of everything here,
+/// ckpt included (root could freeze it, and with it the whole system).
+fn refuse_untraceable(pid: i32) -> Result<()> {
+    let what = if is_kernel_thread(pid) {
+        "is a kernel thread; only user-space processes can be checkpointed"
+    } else if pid == 1 {
+        "is the init process of this PID namespace, an ancestor of every process here \
+         (ckpt included); checkpoint the process tree of the program instead"
+    } else {
+        return Ok(());
+    };
+    Err(TraceError::Untraceable {
+        pid,
+        comm: comm_of(pid),
+        what: what.into(),
+    })
+}
+
+/// One line of /proc/PID/task/TID/status.
+fn task_status(pid: i32, tid: i32, key: &str) -> Option<String> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// Why the kernel refused to let us seize thread `tid` of `pid` (EPERM): another
+/// tracer on it or on another thread (the usual case, strace or gdb), or else
+/// privileges.
+fn why_not_allowed(pid: i32, tid: i32, e: &io::Error) -> TraceError {
+    let me = std::process::id() as i32;
+    let mut threads = vec![tid];
+    threads.extend(
+        list_tasks(pid)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&t| t != tid),
+    );
+    for t in threads {
+        let tracer = task_status(pid, t, "TracerPid")
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(0);
+        if tracer != 0 && tracer != me {
+            return TraceError::AlreadyTraced {
+                pid,
+                who: if t == pid {
+                    format!("process {pid}")
+                } else {
+                    format!("thread {t} of process {pid}")
+                },
+                tracer,
+                comm: comm_of(tracer),
+            };
+        }
+    }
+    // The kernel lets a user trace a process whose real, effective and saved ids are
+    // all its own; anything else needs CAP_SYS_PTRACE.
+    // SAFETY: geteuid cannot fail.
+    let my_uid = unsafe { libc::geteuid() };
+    let uids: Vec<u32> = task_status(pid, pid, "Uid")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|u| u.parse().ok())
+        .collect();
+    let why = match uids.iter().find(|&&u| u != my_uid) {
+        Some(&owner) if my_uid != 0 => format!(
+            "it belongs to user {} (uid {owner}), and tracing another user's process needs \
+             root or CAP_SYS_PTRACE",
+            user_name(owner)
+        ),
+        _ => match yama_ptrace_scope() {
+            Some(1) => "kernel.yama.ptrace_scope is 1: a process can be traced only by its \
+                        ancestors (start it with `ckpt run`), or by root or with CAP_SYS_PTRACE"
+                .into(),
+            Some(n) if n >= 2 => format!(
+                "kernel.yama.ptrace_scope is {n}: tracing needs {}",
+                if n == 2 {
+                    "root or CAP_SYS_PTRACE"
+                } else {
+                    "a reboot with a lower setting"
+                }
+            ),
+            _ => format!(
+                "{e} (it may be set-user-ID or have made itself non-dumpable, or a security \
+                 module forbids it; tracing it needs root or CAP_SYS_PTRACE)"
+            ),
+        },
+    };
+    TraceError::PermissionDenied { pid, why }
+}
+
+fn yama_ptrace_scope() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn user_name(uid: u32) -> String {
+    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
+        Ok(Some(u)) => u.name,
+        _ => format!("#{uid}"),
+    }
+}
+
 impl Frozen {
     /// Seize and stop every thread of `pid`.
     pub fn freeze(pid: i32) -> Result<Frozen> {
@@ -78,6 +211,7 @@ impl Frozen {
         if tgid_of(pid) != Some(pid) {
             return Err(TraceError::NoSuchProcess(pid));
         }
+        refuse_untraceable(pid)?;
         if pid == std::process::id() as i32 {
             return Err(TraceError::Unsupported {
                 pid,
@@ -103,6 +237,7 @@ impl Frozen {
         let mut f = Frozen {
             pid,
             threads: Vec::new(),
+            regs_read: false,
             released: false,
         };
         let mut seized: BTreeSet<i32> = BTreeSet::new();
@@ -130,10 +265,7 @@ impl Frozen {
                         continue;
                     }
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-                        return Err(TraceError::PermissionDenied {
-                            pid,
-                            why: e.to_string(),
-                        })
+                        return Err(why_not_allowed(pid, tid, &e))
                     }
                     Err(e) => return Err(TraceError::io(pid, format!("seizing thread {tid}"), e)),
                 }
@@ -158,6 +290,7 @@ impl Frozen {
                 .map_err(|e| TraceError::io(pid, format!("writing registers of {}", t.tid), e))?;
             t.regs = regs;
         }
+        f.regs_read = true;
         Ok(f)
     }
 
@@ -232,7 +365,9 @@ impl Frozen {
         }
         self.released = true;
         for t in &self.threads {
-            let _ = ptrace::set_regs(t.tid, &t.regs);
+            if self.regs_read {
+                let _ = ptrace::set_regs(t.tid, &t.regs);
+            }
             let _ = ptrace::detach(t.tid, 0);
         }
         for t in &self.threads {

@@ -87,6 +87,7 @@ impl FrozenTree {
             let kids = children(pid).map_err(|e| TraceError::io(pid, "listing children", e))?;
             for kid in kids {
                 if is_stale_snapshot(kid) {
+                    wait_zombie(kid);
                     reap_in(&mut tree.procs[i], kid)?;
                     continue;
                 }
@@ -123,8 +124,10 @@ impl FrozenTree {
     }
 }
 
-/// A dead snapshot copy left by a ckpt that was killed during a checkpoint: a zombie
-/// named `ckpt-snapshot` with no exit signal, which its parent will never reap itself.
+/// A snapshot copy left by a ckpt that was killed during a checkpoint: named
+/// `ckpt-snapshot`, with no exit signal, traced by nobody (the kernel killed it when its
+/// ckpt died), which its parent will never reap itself. It may still be exiting (freeing
+/// a large address space takes a while): dead or dying, it is not part of the job.
 fn is_stale_snapshot(pid: i32) -> bool {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
@@ -137,7 +140,18 @@ fn is_stale_snapshot(pid: i32) -> bool {
     let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3 (state); field 38 is exit_signal.
-    name == crate::snapshot::SNAPSHOT_COMM && f.first() == Some(&"Z") && f.get(35) == Some(&"0")
+    name == crate::snapshot::SNAPSHOT_COMM
+        && f.get(35) == Some(&"0")
+        && crate::procinfo::status_field(pid, "TracerPid").is_ok_and(|t| t == "0")
+}
+
+/// Wait (a few seconds at most) until a process that is exiting is a zombie.
+fn wait_zombie(pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !matches!(stat_brief(pid), Ok(('Z', ..)) | Err(_)) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
 }
 
 /// Reap zombie `kid` from inside its frozen parent (wait4 with __WALL).
