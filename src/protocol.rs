@@ -95,6 +95,12 @@ impl Conn {
         let _ = self.reader.get_ref().set_read_timeout(t);
     }
 
+    /// Whether a message (or part of one) was read from the socket but not returned
+    /// yet: polling the socket does not show it.
+    pub fn has_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
     pub fn stream(&self) -> &TcpStream {
         self.reader.get_ref()
     }
