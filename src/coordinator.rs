@@ -5,8 +5,11 @@
 //! generation is published, and the failure is reported with the job that failed
 //! (in the log, to `ckpt command c`, and in `ckpt command s`).
 //!
-//! While a checkpoint runs, `s`, `l`, `h` and `i N` are answered at once; `c`, `k`
-//! and `q` wait for its end.
+//! Every connection is served on its own: a new one gets a thread that checks its
+//! user and token and reads its first line (within CKPT_HANDSHAKE_TIMEOUT seconds, 10
+//! by default, or it is closed and logged); an agent's messages are then read by that
+//! thread, and the main loop only ever sends with a timeout. While a checkpoint runs,
+//! `s`, `l`, `h` and `i N` are answered at once; `c`, `k` and `q` wait for its end.
 
 use crate::protocol::{Conn, Msg};
 use anyhow::{bail, Context, Result};
@@ -14,8 +17,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a send to one client may block the coordinator.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// New connections whose first line is still awaited, at most (each has a thread).
+const MAX_HANDSHAKES: usize = 128;
 
 pub struct CoordinatorOptions {
     pub port: u16,
@@ -79,6 +90,7 @@ const HELP: &str = "keys (each followed by Return):
   i N  checkpoint every N seconds (0: off)";
 
 pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
+    let handshake = crate::protocol::handshake_timeout()?;
     let loopback = matches!(opts.bind.as_str(), "127.0.0.1" | "::1" | "localhost");
     if !loopback && opts.token.is_none() {
         bail!(
@@ -96,7 +108,7 @@ pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
         daemonize(opts.log_file.as_deref())?;
     }
     let (tx, rx) = channel();
-    spawn_acceptor(listener, tx.clone(), opts.token.clone());
+    spawn_acceptor(listener, tx.clone(), opts.token.clone(), handshake);
     if !opts.daemon {
         spawn_stdin(tx);
     } else {
@@ -161,95 +173,137 @@ fn daemonize(log: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String>) {
+fn spawn_acceptor(
+    listener: TcpListener,
+    tx: Sender<Event>,
+    token: Option<String>,
+    handshake: Duration,
+) {
     std::thread::spawn(move || {
-        let mut next_id = 1u64;
-        for stream in listener.incoming().flatten() {
-            // A connection from this host must come from our own user (or root): no
-            // user may act on another user's jobs through a local coordinator.
-            if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
-                if peer.ip().is_loopback() {
-                    let me = unsafe { libc::geteuid() };
-                    match loopback_peer_uid(peer, local) {
-                        Some(uid) if uid == me || uid == 0 => {}
-                        other => {
-                            log(&format!(
-                                "refused a local connection from {peer}: {}",
-                                match other {
-                                    Some(uid) =>
-                                        format!("user {uid} is not the coordinator's user"),
-                                    None => "its user cannot be determined".into(),
-                                }
-                            ));
-                            if let Ok(mut c) = Conn::new(stream) {
-                                let _ = c.send(&Msg::Reply {
-                                    ok: false,
-                                    text: "refused: this coordinator belongs to another user"
-                                        .into(),
-                                });
-                            }
-                            continue;
-                        }
-                    }
+        let next_id = Arc::new(AtomicU64::new(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(_) => {
+                    // Out of descriptors, most likely: let some connections end.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
                 }
-            }
-            let Ok(mut conn) = Conn::new(stream) else {
-                continue;
             };
-            conn.set_read_timeout(Some(Duration::from_secs(10)));
-            let first = match conn.recv() {
-                Ok(Some(m)) => m,
-                _ => continue,
-            };
-            conn.set_read_timeout(None);
-            let presented = match &first {
-                Msg::Hello { token, .. } | Msg::Command { token, .. } => token.clone(),
-                _ => None,
-            };
-            if token.is_some() && presented != token {
+            if pending.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
                 log(&format!(
-                    "refused a connection from {}: wrong or missing token",
-                    conn.stream()
-                        .peer_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default()
+                    "closed a connection from {}: {MAX_HANDSHAKES} other new connections have not sent their first line yet",
+                    peer_of(&stream)
                 ));
-                let _ = conn.send(&Msg::Reply {
-                    ok: false,
-                    text: "refused: wrong or missing token".into(),
-                });
                 continue;
             }
-            match first {
-                Msg::Hello { .. } => {
-                    let id = next_id;
-                    next_id += 1;
-                    let Ok(writer) = conn.try_clone_writer() else {
-                        continue;
-                    };
-                    if tx.send(Event::Joined(id, writer, first)).is_err() {
-                        return;
-                    }
-                    let tx = tx.clone();
-                    std::thread::spawn(move || {
-                        while let Ok(Some(m)) = conn.recv() {
-                            if tx.send(Event::FromAgent(id, m)).is_err() {
-                                return;
-                            }
+            pending.fetch_add(1, Ordering::SeqCst);
+            let (tx, token, next_id, pending) =
+                (tx.clone(), token.clone(), next_id.clone(), pending.clone());
+            std::thread::spawn(move || {
+                let agent = serve_connection(stream, &tx, token.as_deref(), handshake, &next_id);
+                pending.fetch_sub(1, Ordering::SeqCst);
+                // An agent's messages, read by this thread until it goes.
+                if let Some((id, mut conn)) = agent {
+                    while let Ok(Some(m)) = conn.recv() {
+                        if tx.send(Event::FromAgent(id, m)).is_err() {
+                            return;
                         }
-                        let _ = tx.send(Event::Gone(id));
-                    });
-                }
-                Msg::Command { verb, arg, .. } => {
-                    let sent = tx.send(Event::Command(conn, verb, arg));
-                    if sent.is_err() {
-                        return;
                     }
+                    let _ = tx.send(Event::Gone(id));
                 }
-                _ => {}
-            }
+            });
         }
     });
+}
+
+fn peer_of(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "an unknown address".into())
+}
+
+/// Check a new connection (user, token) and read its first line; hand a command to
+/// the main loop, or register an agent and return its connection to read from.
+fn serve_connection(
+    stream: TcpStream,
+    tx: &Sender<Event>,
+    token: Option<&str>,
+    handshake: Duration,
+    next_id: &AtomicU64,
+) -> Option<(u64, Conn)> {
+    // A connection from this host must come from our own user (or root): no
+    // user may act on another user's jobs through a local coordinator.
+    if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
+        if peer.ip().is_loopback() {
+            let me = unsafe { libc::geteuid() };
+            match loopback_peer_uid(peer, local) {
+                Some(uid) if uid == me || uid == 0 => {}
+                other => {
+                    log(&format!(
+                        "refused a local connection from {peer}: {}",
+                        match other {
+                            Some(uid) => format!("user {uid} is not the coordinator's user"),
+                            None => "its user cannot be determined".into(),
+                        }
+                    ));
+                    if let Ok(mut c) = Conn::new(stream) {
+                        c.set_write_timeout(Some(SEND_TIMEOUT));
+                        let _ = c.send(&Msg::Reply {
+                            ok: false,
+                            text: "refused: this coordinator belongs to another user".into(),
+                        });
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+    let peer = peer_of(&stream);
+    let mut conn = Conn::new(stream).ok()?;
+    conn.set_write_timeout(Some(SEND_TIMEOUT));
+    let first = match conn.recv_within(handshake) {
+        Ok(Some(m)) => m,
+        Ok(None) => return None,
+        Err(e) => {
+            log(&format!("closed a connection from {peer}: {e:#}"));
+            return None;
+        }
+    };
+    let presented = match &first {
+        Msg::Hello { token, .. } | Msg::Command { token, .. } => token.as_deref(),
+        _ => None,
+    };
+    if token.is_some() && presented != token {
+        log(&format!(
+            "refused a connection from {peer}: wrong or missing token"
+        ));
+        let _ = conn.send(&Msg::Reply {
+            ok: false,
+            text: "refused: wrong or missing token".into(),
+        });
+        return None;
+    }
+    match first {
+        Msg::Hello { .. } => {
+            let id = next_id.fetch_add(1, Ordering::SeqCst);
+            let writer = conn.try_clone_writer().ok()?;
+            tx.send(Event::Joined(id, writer, first)).ok()?;
+            Some((id, conn))
+        }
+        Msg::Command { verb, arg, .. } => {
+            let _ = tx.send(Event::Command(conn, verb, arg));
+            None
+        }
+        other => {
+            log(&format!(
+                "closed a connection from {peer}: it began with {other:?}, not hello or command"
+            ));
+            None
+        }
+    }
 }
 
 /// The owner of the local TCP socket `peer` connected to our `local` address, from
