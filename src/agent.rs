@@ -172,7 +172,12 @@ pub fn supervise(
         if let Some(b) = &borrowed {
             fds.push(PollFd::new(b.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = if conn.is_none() || frozen.is_some() || std::process::id() == 1 {
+        // Messages that came in one read wait in the connection's buffer, where poll
+        // does not see them: handle them without waiting.
+        let buffered = conn.as_ref().is_some_and(Conn::has_buffered);
+        let timeout = if buffered {
+            PollTimeout::ZERO
+        } else if conn.is_none() || frozen.is_some() || std::process::id() == 1 {
             PollTimeout::from(1000u16)
         } else {
             PollTimeout::NONE
@@ -187,7 +192,7 @@ pub fn supervise(
                 .and_then(|f| f.revents())
                 .is_some_and(|r| !r.is_empty())
         };
-        let (job_done, sig_ready, conn_ready) = (ready(0), ready(1), ready(2));
+        let (job_done, sig_ready, conn_ready) = (ready(0), ready(1), ready(2) || buffered);
         drop(fds);
         // As init of a PID namespace, reap the orphans it inherits (never while the
         // job is frozen: its ptrace stops are ours to collect then).

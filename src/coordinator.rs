@@ -2,7 +2,14 @@
 //! restored job) register over TCP; a checkpoint (key `c`, `ckpt command c`, or every
 //! `-i` seconds) is one consistent global snapshot: every job is frozen and read
 //! first, then all resume and finish writing; if any job fails, all resume, no
-//! generation is published, and the failure is reported with the job that failed.
+//! generation is published, and the failure is reported with the job that failed
+//! (in the log, to `ckpt command c`, and in `ckpt command s`).
+//!
+//! Every connection is served on its own: a new one gets a thread that checks its
+//! user and token and reads its first line (within CKPT_HANDSHAKE_TIMEOUT seconds, 10
+//! by default, or it is closed and logged); an agent's messages are then read by that
+//! thread, and the main loop only ever sends with a timeout. While a checkpoint runs,
+//! `s`, `l`, `h` and `i N` are answered at once; `c`, `k` and `q` wait for its end.
 
 use crate::protocol::{Conn, Msg};
 use anyhow::{bail, Context, Result};
@@ -10,8 +17,16 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufRead, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a send to one client may block the coordinator.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// New connections whose first line is still awaited, at most (each has a thread).
+const MAX_HANDSHAKES: usize = 128;
 
 pub struct CoordinatorOptions {
     pub port: u16,
@@ -53,6 +68,11 @@ struct Coordinator {
     next: Option<Instant>,
     last: Option<(u64, Vec<PathBuf>)>,
     seen_agent: bool,
+    completed: u64,
+    failed: u64,
+    last_failure: Option<(u64, String)>,
+    /// The checkpoint being taken, and how many jobs it covers.
+    running: Option<(u64, usize)>,
 }
 
 fn log(msg: &str) {
@@ -70,6 +90,7 @@ const HELP: &str = "keys (each followed by Return):
   i N  checkpoint every N seconds (0: off)";
 
 pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
+    let handshake = crate::protocol::handshake_timeout()?;
     let loopback = matches!(opts.bind.as_str(), "127.0.0.1" | "::1" | "localhost");
     if !loopback && opts.token.is_none() {
         bail!(
@@ -87,7 +108,7 @@ pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
         daemonize(opts.log_file.as_deref())?;
     }
     let (tx, rx) = channel();
-    spawn_acceptor(listener, tx.clone(), opts.token.clone());
+    spawn_acceptor(listener, tx.clone(), opts.token.clone(), handshake);
     if !opts.daemon {
         spawn_stdin(tx);
     } else {
@@ -111,6 +132,10 @@ pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
         next: None,
         last: None,
         seen_agent: false,
+        completed: 0,
+        failed: 0,
+        last_failure: None,
+        running: None,
     };
     c.reset_timer();
     c.run()
@@ -148,95 +173,137 @@ fn daemonize(log: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn spawn_acceptor(listener: TcpListener, tx: Sender<Event>, token: Option<String>) {
+fn spawn_acceptor(
+    listener: TcpListener,
+    tx: Sender<Event>,
+    token: Option<String>,
+    handshake: Duration,
+) {
     std::thread::spawn(move || {
-        let mut next_id = 1u64;
-        for stream in listener.incoming().flatten() {
-            // A connection from this host must come from our own user (or root): no
-            // user may act on another user's jobs through a local coordinator.
-            if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
-                if peer.ip().is_loopback() {
-                    let me = unsafe { libc::geteuid() };
-                    match loopback_peer_uid(peer, local) {
-                        Some(uid) if uid == me || uid == 0 => {}
-                        other => {
-                            log(&format!(
-                                "refused a local connection from {peer}: {}",
-                                match other {
-                                    Some(uid) =>
-                                        format!("user {uid} is not the coordinator's user"),
-                                    None => "its user cannot be determined".into(),
-                                }
-                            ));
-                            if let Ok(mut c) = Conn::new(stream) {
-                                let _ = c.send(&Msg::Reply {
-                                    ok: false,
-                                    text: "refused: this coordinator belongs to another user"
-                                        .into(),
-                                });
-                            }
-                            continue;
-                        }
-                    }
+        let next_id = Arc::new(AtomicU64::new(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        for stream in listener.incoming() {
+            let stream = match stream {
+                Ok(s) => s,
+                Err(_) => {
+                    // Out of descriptors, most likely: let some connections end.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
                 }
-            }
-            let Ok(mut conn) = Conn::new(stream) else {
-                continue;
             };
-            conn.set_read_timeout(Some(Duration::from_secs(10)));
-            let first = match conn.recv() {
-                Ok(Some(m)) => m,
-                _ => continue,
-            };
-            conn.set_read_timeout(None);
-            let presented = match &first {
-                Msg::Hello { token, .. } | Msg::Command { token, .. } => token.clone(),
-                _ => None,
-            };
-            if token.is_some() && presented != token {
+            if pending.load(Ordering::SeqCst) >= MAX_HANDSHAKES {
                 log(&format!(
-                    "refused a connection from {}: wrong or missing token",
-                    conn.stream()
-                        .peer_addr()
-                        .map(|a| a.to_string())
-                        .unwrap_or_default()
+                    "closed a connection from {}: {MAX_HANDSHAKES} other new connections have not sent their first line yet",
+                    peer_of(&stream)
                 ));
-                let _ = conn.send(&Msg::Reply {
-                    ok: false,
-                    text: "refused: wrong or missing token".into(),
-                });
                 continue;
             }
-            match first {
-                Msg::Hello { .. } => {
-                    let id = next_id;
-                    next_id += 1;
-                    let Ok(writer) = conn.try_clone_writer() else {
-                        continue;
-                    };
-                    if tx.send(Event::Joined(id, writer, first)).is_err() {
-                        return;
-                    }
-                    let tx = tx.clone();
-                    std::thread::spawn(move || {
-                        while let Ok(Some(m)) = conn.recv() {
-                            if tx.send(Event::FromAgent(id, m)).is_err() {
-                                return;
-                            }
+            pending.fetch_add(1, Ordering::SeqCst);
+            let (tx, token, next_id, pending) =
+                (tx.clone(), token.clone(), next_id.clone(), pending.clone());
+            std::thread::spawn(move || {
+                let agent = serve_connection(stream, &tx, token.as_deref(), handshake, &next_id);
+                pending.fetch_sub(1, Ordering::SeqCst);
+                // An agent's messages, read by this thread until it goes.
+                if let Some((id, mut conn)) = agent {
+                    while let Ok(Some(m)) = conn.recv() {
+                        if tx.send(Event::FromAgent(id, m)).is_err() {
+                            return;
                         }
-                        let _ = tx.send(Event::Gone(id));
-                    });
-                }
-                Msg::Command { verb, arg, .. } => {
-                    let sent = tx.send(Event::Command(conn, verb, arg));
-                    if sent.is_err() {
-                        return;
                     }
+                    let _ = tx.send(Event::Gone(id));
                 }
-                _ => {}
-            }
+            });
         }
     });
+}
+
+fn peer_of(stream: &TcpStream) -> String {
+    stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "an unknown address".into())
+}
+
+/// Check a new connection (user, token) and read its first line; hand a command to
+/// the main loop, or register an agent and return its connection to read from.
+fn serve_connection(
+    stream: TcpStream,
+    tx: &Sender<Event>,
+    token: Option<&str>,
+    handshake: Duration,
+    next_id: &AtomicU64,
+) -> Option<(u64, Conn)> {
+    // A connection from this host must come from our own user (or root): no
+    // user may act on another user's jobs through a local coordinator.
+    if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
+        if peer.ip().is_loopback() {
+            let me = unsafe { libc::geteuid() };
+            match loopback_peer_uid(peer, local) {
+                Some(uid) if uid == me || uid == 0 => {}
+                other => {
+                    log(&format!(
+                        "refused a local connection from {peer}: {}",
+                        match other {
+                            Some(uid) => format!("user {uid} is not the coordinator's user"),
+                            None => "its user cannot be determined".into(),
+                        }
+                    ));
+                    if let Ok(mut c) = Conn::new(stream) {
+                        c.set_write_timeout(Some(SEND_TIMEOUT));
+                        let _ = c.send(&Msg::Reply {
+                            ok: false,
+                            text: "refused: this coordinator belongs to another user".into(),
+                        });
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+    let peer = peer_of(&stream);
+    let mut conn = Conn::new(stream).ok()?;
+    conn.set_write_timeout(Some(SEND_TIMEOUT));
+    let first = match conn.recv_within(handshake) {
+        Ok(Some(m)) => m,
+        Ok(None) => return None,
+        Err(e) => {
+            log(&format!("closed a connection from {peer}: {e:#}"));
+            return None;
+        }
+    };
+    let presented = match &first {
+        Msg::Hello { token, .. } | Msg::Command { token, .. } => token.as_deref(),
+        _ => None,
+    };
+    if token.is_some() && presented != token {
+        log(&format!(
+            "refused a connection from {peer}: wrong or missing token"
+        ));
+        let _ = conn.send(&Msg::Reply {
+            ok: false,
+            text: "refused: wrong or missing token".into(),
+        });
+        return None;
+    }
+    match first {
+        Msg::Hello { .. } => {
+            let id = next_id.fetch_add(1, Ordering::SeqCst);
+            let writer = conn.try_clone_writer().ok()?;
+            tx.send(Event::Joined(id, writer, first)).ok()?;
+            Some((id, conn))
+        }
+        Msg::Command { verb, arg, .. } => {
+            let _ = tx.send(Event::Command(conn, verb, arg));
+            None
+        }
+        other => {
+            log(&format!(
+                "closed a connection from {peer}: it began with {other:?}, not hello or command"
+            ));
+            None
+        }
+    }
 }
 
 /// The owner of the local TCP socket `peer` connected to our `local` address, from
@@ -294,11 +361,25 @@ impl Coordinator {
             (self.interval > 0).then(|| Instant::now() + Duration::from_secs(self.interval));
     }
 
+    /// The next event to handle. Periodic checkpoints run in here when they are due:
+    /// after what arrived during the previous checkpoint (a job that left meanwhile is
+    /// not in the next one), before anything new (a stream of clients cannot hold the
+    /// timer back).
     fn next_event(&mut self) -> Option<Event> {
-        if let Some(e) = self.deferred.pop_front() {
-            return Some(e);
-        }
         loop {
+            if let Some(e) = self.deferred.pop_front() {
+                return Some(e);
+            }
+            if let Some(t) = self.next {
+                if Instant::now() >= t {
+                    self.reset_timer();
+                    if !self.agents.is_empty() {
+                        // Its outcome is logged and counted in the status.
+                        let _ = self.checkpoint();
+                    }
+                    continue;
+                }
+            }
             let r = match self.next {
                 Some(t) => self
                     .events
@@ -310,23 +391,42 @@ impl Coordinator {
             };
             match r {
                 Ok(e) => return Some(e),
-                Err(RecvTimeoutError::Timeout) => {
-                    self.reset_timer();
-                    if !self.agents.is_empty() {
-                        if let Err(e) = self.checkpoint() {
-                            log(&format!("periodic checkpoint failed: {e:#}"));
-                        }
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
+        }
+    }
+
+    /// Handle an event that arrives while a checkpoint runs: questions are answered
+    /// at once, everything else waits until the checkpoint is over.
+    fn during_checkpoint(&mut self, ev: Event) {
+        const AT_ONCE: &[&str] = &[
+            "h", "help", "?", "s", "status", "l", "list", "i", "interval",
+        ];
+        match ev {
+            Event::Command(mut conn, verb, arg) if AT_ONCE.contains(&verb.as_str()) => {
+                let (_, ok, text) = self.command(&verb, arg.as_deref());
+                let _ = conn.send(&Msg::Reply { ok, text });
+            }
+            Event::Key(line)
+                if line
+                    .split_whitespace()
+                    .next()
+                    .is_some_and(|v| AT_ONCE.contains(&v)) =>
+            {
+                let mut it = line.split_whitespace();
+                let verb = it.next().unwrap_or_default();
+                let (_, _, text) = self.command(verb, it.next());
+                println!("{text}");
+            }
+            other => self.deferred.push_back(other),
         }
     }
 
     fn run(&mut self) -> Result<i32> {
         while let Some(ev) = self.next_event() {
             match ev {
-                Event::Joined(id, stream, hello) => self.join(id, stream, hello)?,
+                Event::Joined(id, stream, hello) => self.join(id, stream, hello),
                 Event::FromAgent(id, Msg::Exit { code }) => {
                     if let Some(a) = self.agents.get(&id) {
                         log(&format!(
@@ -370,7 +470,7 @@ impl Coordinator {
         Ok(0)
     }
 
-    fn join(&mut self, id: u64, stream: TcpStream, hello: Msg) -> Result<()> {
+    fn join(&mut self, id: u64, stream: TcpStream, hello: Msg) {
         let Msg::Hello {
             host,
             job_pid,
@@ -379,7 +479,16 @@ impl Coordinator {
             ..
         } = hello
         else {
-            return Ok(());
+            return;
+        };
+        let writer = match Conn::new(stream) {
+            Ok(w) => w,
+            Err(e) => {
+                log(&format!(
+                    "job {id} (pid {job_pid} on {host}) not registered: {e:#}"
+                ));
+                return;
+            }
         };
         log(&format!(
             "job {id} joined: pid {job_pid} on {host}: {}",
@@ -389,14 +498,13 @@ impl Coordinator {
         self.agents.insert(
             id,
             Agent {
-                writer: Conn::new(stream)?,
+                writer,
                 host,
                 job_pid,
                 job_id,
                 cmdline,
             },
         );
-        Ok(())
     }
 
     /// Returns (quit, success, text to show).
@@ -439,16 +547,23 @@ impl Coordinator {
                     ),
                     None => "none".into(),
                 };
-                (
-                    false,
-                    true,
-                    format!(
-                        "jobs: {}\ninterval: {} s\ncheckpoint directory: {}\nlast checkpoint: {last}",
-                        self.agents.len(),
-                        self.interval,
-                        self.opts.ckpt_dir.display()
-                    ),
-                )
+                let mut text = format!(
+                    "jobs: {}\ninterval: {} s\ncheckpoint directory: {}\ncheckpoints completed: {}\ncheckpoints failed: {}\nlast checkpoint: {last}",
+                    self.agents.len(),
+                    self.interval,
+                    self.opts.ckpt_dir.display(),
+                    self.completed,
+                    self.failed,
+                );
+                if let Some((g, why)) = &self.last_failure {
+                    text.push_str(&format!("\nlast failed checkpoint: checkpoint {g}: {why}"));
+                }
+                if let Some((g, n)) = self.running {
+                    text.push_str(&format!(
+                        "\ncheckpoint in progress: checkpoint {g} of {n} job(s)"
+                    ));
+                }
+                (false, true, text)
             }
             "k" | "kill" => {
                 let n = self.kill_all();
@@ -498,7 +613,8 @@ impl Coordinator {
         self.opts.ckpt_dir.join(safe)
     }
 
-    /// Wait for one reply from each agent in `waiting`, deferring other events.
+    /// Wait for one reply from each agent in `waiting`; other events are answered or
+    /// deferred (see `during_checkpoint`).
     fn collect(
         &mut self,
         gen: u64,
@@ -513,18 +629,17 @@ impl Coordinator {
                 Ok(ev) => ev,
                 Err(_) => break,
             };
+            let answer = |m: &Msg| match m {
+                Msg::Frozen { gen: g } | Msg::Done { gen: g, .. } | Msg::Failed { gen: g, .. } => {
+                    *g == gen
+                }
+                _ => false,
+            };
             match ev {
-                Event::FromAgent(id, m) if waiting.contains(&id) => match &m {
-                    Msg::Frozen { gen: g }
-                    | Msg::Done { gen: g, .. }
-                    | Msg::Failed { gen: g, .. }
-                        if *g == gen =>
-                    {
-                        waiting.retain(|&w| w != id);
-                        replies.insert(id, m);
-                    }
-                    _ => {}
-                },
+                Event::FromAgent(id, m) if waiting.contains(&id) && answer(&m) => {
+                    waiting.retain(|&w| w != id);
+                    replies.insert(id, m);
+                }
                 Event::Gone(id) if waiting.contains(&id) => {
                     waiting.retain(|&w| w != id);
                     replies.insert(
@@ -536,7 +651,7 @@ impl Coordinator {
                     );
                     self.deferred.push_back(Event::Gone(id));
                 }
-                other => self.deferred.push_back(other),
+                other => self.during_checkpoint(other),
             }
         }
         for id in waiting {
@@ -544,32 +659,83 @@ impl Coordinator {
                 id,
                 Msg::Failed {
                     gen,
-                    error: "no answer in time".into(),
+                    error: format!("no answer within {} s", timeout.as_secs()),
                 },
             );
         }
         replies
     }
 
+    /// Send `msg` to each agent of `ids`; returns those reached, and a failure for
+    /// each of the others.
+    fn send_all(
+        &mut self,
+        gen: u64,
+        ids: &[u64],
+        msg: impl Fn(&Self, &Agent) -> Msg,
+    ) -> (Vec<u64>, BTreeMap<u64, Msg>) {
+        let mut reached = Vec::new();
+        let mut failed = BTreeMap::new();
+        for &id in ids {
+            let Some(a) = self.agents.get(&id) else {
+                continue;
+            };
+            let m = msg(self, a);
+            let a = self.agents.get_mut(&id).unwrap();
+            match a.writer.send(&m) {
+                Ok(()) => reached.push(id),
+                Err(e) => {
+                    // Part of a line may have gone out: end the connection (the agent
+                    // lets its job go and registers again).
+                    let _ = a.writer.stream().shutdown(std::net::Shutdown::Both);
+                    failed.insert(
+                        id,
+                        Msg::Failed {
+                            gen,
+                            error: format!("sending to its agent: {}", e.root_cause()),
+                        },
+                    );
+                }
+            }
+        }
+        (reached, failed)
+    }
+
+    /// One global checkpoint: every job frozen, then every job written. Its outcome is
+    /// logged and counted; a failure names each job that failed and why.
     fn checkpoint(&mut self) -> Result<Vec<PathBuf>> {
         if self.agents.is_empty() {
             bail!("no job is registered");
         }
         self.gen += 1;
         let gen = self.gen;
+        self.running = Some((gen, self.agents.len()));
+        let r = self.round(gen);
+        self.running = None;
+        match &r {
+            Ok(_) => self.completed += 1,
+            Err(e) => {
+                self.failed += 1;
+                self.last_failure = Some((gen, format!("{e:#}")));
+            }
+        }
+        r
+    }
+
+    fn round(&mut self, gen: u64) -> Result<Vec<PathBuf>> {
         let t0 = Instant::now();
         log(&format!(
             "checkpoint {gen}: freezing {} job(s)",
             self.agents.len()
         ));
         let ids: Vec<u64> = self.agents.keys().copied().collect();
-        for &id in &ids {
-            let dir = self.job_dir(&self.agents[&id]);
-            let keep = self.opts.keep;
-            let a = self.agents.get_mut(&id).unwrap();
-            let _ = a.writer.send(&Msg::Freeze { gen, dir, keep });
-        }
-        let frozen = self.collect(gen, ids.clone(), Duration::from_secs(300));
+        let keep = self.opts.keep;
+        let (reached, mut frozen) = self.send_all(gen, &ids, |c, a| Msg::Freeze {
+            gen,
+            dir: c.job_dir(a),
+            keep,
+        });
+        frozen.extend(self.collect(gen, reached, Duration::from_secs(300)));
         let failed: Vec<(u64, String)> = frozen
             .iter()
             .filter_map(|(id, m)| match m {
@@ -578,11 +744,7 @@ impl Coordinator {
             })
             .collect();
         if !failed.is_empty() {
-            for &id in &ids {
-                if let Some(a) = self.agents.get_mut(&id) {
-                    let _ = a.writer.send(&Msg::Abort { gen });
-                }
-            }
+            let _ = self.send_all(gen, &ids, |_, _| Msg::Abort { gen });
             let why = failed
                 .iter()
                 .map(|(id, e)| {
@@ -597,12 +759,8 @@ impl Coordinator {
             bail!("{why}");
         }
         let pause = t0.elapsed();
-        for &id in &ids {
-            if let Some(a) = self.agents.get_mut(&id) {
-                let _ = a.writer.send(&Msg::Commit { gen });
-            }
-        }
-        let done = self.collect(gen, ids, Duration::from_secs(3600));
+        let (reached, mut done) = self.send_all(gen, &ids, |_, _| Msg::Commit { gen });
+        done.extend(self.collect(gen, reached, Duration::from_secs(3600)));
         let mut paths = Vec::new();
         let mut errors = Vec::new();
         for (id, m) in done {
@@ -617,7 +775,12 @@ impl Coordinator {
             log(&format!("checkpoint {gen} failed while writing: {why}"));
             bail!("{why}");
         }
-        write_restart_script(&self.opts.ckpt_dir, &paths)?;
+        if let Err(e) = write_restart_script(&self.opts.ckpt_dir, &paths) {
+            log(&format!(
+                "checkpoint {gen} failed writing the restart script: {e:#}"
+            ));
+            return Err(e);
+        }
         log(&format!(
             "checkpoint {gen} complete in {:.0} ms (jobs stopped {:.0} ms): {}",
             t0.elapsed().as_secs_f64() * 1e3,

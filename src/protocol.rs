@@ -8,9 +8,15 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const DEFAULT_PORT: u16 = 7779;
+
+/// How long a new connection may take to send its first line (CKPT_HANDSHAKE_TIMEOUT).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest line accepted on a connection (a message is a few hundred bytes).
+const MAX_LINE: usize = 1 << 20;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -91,8 +97,68 @@ impl Conn {
         )?))
     }
 
-    pub fn set_read_timeout(&self, t: Option<Duration>) {
-        let _ = self.reader.get_ref().set_read_timeout(t);
+    /// The first message of a connection, which must be complete within `timeout`: a
+    /// client that sends nothing, part of a line, or a byte now and then is cut off
+    /// then. None if the connection ends before a byte arrives.
+    pub fn recv_within(&mut self, timeout: Duration) -> Result<Option<Msg>> {
+        let deadline = Instant::now() + timeout;
+        let mut line = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no complete first line within {} s", timeout.as_secs());
+            }
+            self.reader.get_ref().set_read_timeout(Some(left))?;
+            // One read at a time (read_until would wait on as long as bytes trickle in).
+            let chunk = match self.reader.fill_buf() {
+                Ok(c) => c,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            let (n, end) = match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (chunk.len(), false),
+            };
+            line.extend_from_slice(&chunk[..n]);
+            self.reader.consume(n);
+            if end {
+                break;
+            }
+            if line.len() > MAX_LINE {
+                bail!("a line longer than {MAX_LINE} bytes");
+            }
+        }
+        self.reader.get_ref().set_read_timeout(None)?;
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let text = String::from_utf8_lossy(&line);
+        Ok(Some(serde_json::from_str(text.trim_end()).with_context(
+            || format!("bad message {:?}", text.trim_end()),
+        )?))
+    }
+
+    /// Whether a message (or part of one) was read from the socket but not returned
+    /// yet: polling the socket does not show it.
+    pub fn has_buffered(&self) -> bool {
+        !self.reader.buffer().is_empty()
+    }
+
+    /// Bound every send: a peer that does not read cannot hold the sender.
+    pub fn set_write_timeout(&self, t: Option<Duration>) {
+        let _ = self.writer.set_write_timeout(t);
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -147,6 +213,18 @@ pub fn interval(opt: Option<u64>) -> Result<u64> {
             Some(v) => v.parse().with_context(|| format!("bad interval {v:?}")),
             None => Ok(0),
         },
+    }
+}
+
+/// How long the coordinator waits for the first line of a new connection:
+/// CKPT_HANDSHAKE_TIMEOUT seconds (1 to 86400), 10 by default.
+pub fn handshake_timeout() -> Result<Duration> {
+    match env_first(&["CKPT_HANDSHAKE_TIMEOUT"]) {
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if (1..=86400).contains(&n) => Ok(Duration::from_secs(n)),
+            _ => bail!("bad CKPT_HANDSHAKE_TIMEOUT {v:?} (whole seconds, 1 to 86400)"),
+        },
+        None => Ok(DEFAULT_HANDSHAKE_TIMEOUT),
     }
 }
 

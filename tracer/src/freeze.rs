@@ -66,6 +66,62 @@ pub fn fixup_interrupted_syscall(regs: &mut Regs) -> Option<i64> {
     Some(nr)
 }
 
+/// Whether thread `tid` of process `pid` has ended: gone, a zombie, or being reaped.
+pub(crate) fn has_ended(pid: i32, tid: i32) -> bool {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
+        return true;
+    };
+    let state = s
+        .rfind(')')
+        .and_then(|i| s[i + 1..].trim_start().chars().next());
+    matches!(state, None | Some('Z' | 'X' | 'x'))
+}
+
+/// Whether process `pid` has ended: every one of its threads has (a main thread that
+/// called pthread_exit is a zombie while the others run on). A process whose main
+/// thread has ended is given a moment for the others to follow (an exit_group).
+pub(crate) fn process_ended(pid: i32) -> bool {
+    let ended = || match list_tasks(pid) {
+        Ok(tasks) => tasks.into_iter().all(|t| has_ended(pid, t)),
+        Err(_) => true,
+    };
+    if !has_ended(pid, pid) {
+        return false;
+    }
+    for _ in 0..20 {
+        if ended() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    false
+}
+
+/// Let a seized task go whatever state it is in: detach it from a ptrace stop, or,
+/// if it is running or dead, stop it first or collect its end (a task that died
+/// while traced stays hidden from its parent until its tracer has waited for it).
+pub(crate) fn let_go(tid: i32) {
+    if ptrace::detach(tid, 0).is_ok() {
+        return;
+    }
+    let _ = ptrace::interrupt(tid);
+    loop {
+        match ptrace::wait(tid) {
+            Ok((_, Stop::Exited(_) | Stop::Killed(_))) | Err(_) => return,
+            Ok((_, Stop::Signal(sig))) => {
+                if ptrace::detach(tid, sig).is_ok() {
+                    return;
+                }
+            }
+            Ok(_) => {
+                if ptrace::detach(tid, 0).is_ok() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 fn tgid_of(tid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
     s.lines()
@@ -245,7 +301,7 @@ impl Frozen {
         // threads created after their parent was seized.
         loop {
             let tasks = list_tasks(pid).map_err(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
+                if e.kind() == io::ErrorKind::NotFound || process_ended(pid) {
                     TraceError::NoSuchProcess(pid)
                 } else {
                     TraceError::io(pid, "listing threads", e)
@@ -262,6 +318,22 @@ impl Frozen {
                         if tid == pid {
                             return Err(TraceError::NoSuchProcess(pid));
                         }
+                        continue;
+                    }
+                    // A task that has ended (a zombie, or one being reaped) cannot be
+                    // seized either: that is no lack of permission.
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EPERM)
+                            && tid == pid
+                            && process_ended(pid) =>
+                    {
+                        return Err(TraceError::Exited { pid });
+                    }
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EPERM)
+                            && tid != pid
+                            && has_ended(pid, tid) =>
+                    {
                         continue;
                     }
                     Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -368,7 +440,9 @@ impl Frozen {
             if self.regs_read {
                 let _ = ptrace::set_regs(t.tid, &t.regs);
             }
-            let _ = ptrace::detach(t.tid, 0);
+            if ptrace::detach(t.tid, 0).is_err() {
+                let_go(t.tid);
+            }
         }
         for t in &self.threads {
             for &sig in &t.resend {

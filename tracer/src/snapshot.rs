@@ -112,16 +112,40 @@ impl Snapshot {
                 Err(e) => return Err(e),
             }
         }
-        // Now a zombie child of the process: reap it from inside, with __WALL.
+        // The process runs on meanwhile: a short-lived one may have exited (its state
+        // is from the freeze, so the checkpoint holds). Then the copy went to the
+        // reaper of its orphans, which collects it like any other.
+        if !self.parent_must_reap() {
+            return Ok(());
+        }
+        match self.reap_in_parent() {
+            Err(_) if !self.parent_must_reap() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Whether the dead copy is still the process's zombie child, which only the
+    /// process itself can reap (no exit signal: its parent never learns of it).
+    fn parent_must_reap(&self) -> bool {
+        let Ok(copy) = crate::procinfo::read_stat(self.child) else {
+            return false; // reaped already
+        };
+        copy.ppid == self.pid && !crate::freeze::process_ended(self.pid)
+    }
+
+    /// Seize the process again and reap the copy from inside, with an injected
+    /// wait4(__WALL).
+    fn reap_in_parent(&self) -> io::Result<()> {
         ptrace::seize(self.pid, libc::PTRACE_O_TRACESYSGOOD as libc::c_long)?;
-        ptrace::interrupt(self.pid)?;
         let mut t = FrozenThread {
             tid: self.pid,
             regs: [0; 27],
             syscall: None,
             resend: Vec::new(),
         };
+        let mut stopped = false;
         let result = (|| -> io::Result<()> {
+            ptrace::interrupt(self.pid)?;
             loop {
                 match ptrace::wait(self.pid)?.1 {
                     Stop::Event | Stop::Group(_) => break,
@@ -130,6 +154,7 @@ impl Snapshot {
                     _ => ptrace::cont(self.pid, 0)?,
                 }
             }
+            stopped = true;
             let mut regs = ptrace::get_regs(self.pid)?;
             t.syscall = crate::freeze::fixup_interrupted_syscall(&mut regs);
             ptrace::set_regs(self.pid, &regs)?;
@@ -155,7 +180,11 @@ impl Snapshot {
             }
             Ok(())
         })();
-        let _ = ptrace::detach(self.pid, 0);
+        if !(stopped && ptrace::detach(self.pid, 0).is_ok()) {
+            // Not in a stop we know of (it died, or an error came first): never leave
+            // it traced, or its end would stay hidden from its parent.
+            crate::freeze::let_go(self.pid);
+        }
         for sig in t.resend {
             // SAFETY: tgkill(2) to hand back a signal that arrived meanwhile.
             unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, sig) };

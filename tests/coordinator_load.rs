@@ -1,0 +1,623 @@
+//! The coordinator under load and with misbehaving clients (SPEC §6: periodic
+//! checkpoints either complete for every job or report why not; the coordinator
+//! serves every client independently).
+//!
+//! - 16 `ckpt run` jobs of shell loops that fork and exit constantly, under one
+//!   coordinator with `-i 2 --keep 2` for 60 s: every round completes (the log and
+//!   `ckpt command s` agree, no failure), `--keep 2` holds for every job, and the
+//!   newest generation of a job restores and counts on;
+//! - a client that connects and sends part of a line, then nothing: meanwhile
+//!   `ckpt command s` answers, a job registers and a periodic checkpoint completes;
+//!   with the default handshake timeout the idle connection (and one that trickles
+//!   bytes without ever ending its line) is closed, and the log says so.
+//!
+//! Every test uses its own port and temporary directory; a [`Sweep`] guard kills
+//! every process whose command line mentions that directory when the test ends.
+//! Timeouts are only a safety net; no test asserts on timing.
+mod common;
+
+use common::*;
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::thread;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------- helpers
+
+/// Variables that would redirect ckpt to another coordinator or directory.
+const ENV_VARS: &[&str] = &[
+    "CKPT_COORD_HOST",
+    "CKPT_COORD_PORT",
+    "CKPT_DIR",
+    "CKPT_INTERVAL",
+    "CKPT_TOKEN_FILE",
+    "CKPT_HANDSHAKE_TIMEOUT",
+    "DMTCP_COORD_HOST",
+    "DMTCP_COORD_PORT",
+    "DMTCP_CHECKPOINT_INTERVAL",
+];
+
+/// A generous safety net for what depends on many jobs on a loaded machine.
+const LONG: Duration = Duration::from_secs(600);
+
+/// `ckpt` with none of the coordinator variables of the test's environment.
+fn ck() -> Command {
+    let mut c = ckpt_cmd();
+    for v in ENV_VARS {
+        c.env_remove(v);
+    }
+    c
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `ckpt command --coord-port PORT WORDS...`.
+fn command_at(port: u16, words: &[&str]) -> Output {
+    let mut c = ck();
+    c.arg("command")
+        .arg("--coord-port")
+        .arg(port.to_string())
+        .args(words);
+    run(&mut c)
+}
+
+/// `ckpt command ... WORDS`, which must succeed; returns its output.
+fn command_ok(port: u16, words: &[&str]) -> String {
+    let out = command_at(port, words);
+    assert_success(&out, &format!("ckpt command {}", words.join(" ")));
+    text(&out)
+}
+
+/// A port for test number `n` of this file (see tests/workflow.rs): below the
+/// ephemeral range, different per test and per run, checked free.
+fn test_port(n: u16) -> u16 {
+    let base = (std::process::id() % 500) * 20;
+    for k in 0..10u32 {
+        let p = (20000 + (base + 10 + n as u32 + k * 997) % 12000) as u16;
+        let any = TcpListener::bind(("0.0.0.0", p)).is_ok();
+        let lo = TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if any && lo {
+            return p;
+        }
+    }
+    panic!("no free port found for test {n}");
+}
+
+/// Starts a coordinator (a child of the test, its log on the stdout pipe) and
+/// waits for its "listening" line.
+fn start_coordinator(port: u16, ckpt_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Target {
+    let mut c = ck();
+    c.arg("coordinator")
+        .arg("--port")
+        .arg(port.to_string())
+        .arg("--ckpt-dir")
+        .arg(ckpt_dir)
+        .args(extra);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut t = Target::spawn(c, &ckpt_dir.to_string_lossy());
+    t.stdout.expect_prefix("[ckpt coordinator] listening on");
+    t
+}
+
+/// A bash loop that forks and exits constantly (`sleep`, `/bin/true`, a command
+/// substitution) and writes its counter to COUNTFILE (overwritten each time).
+const SHELL_LOOP: &str =
+    r#"i=0; while :; do i=$((i+1)); echo $i > "$0"; sleep 0.05; /bin/true; x=$(echo $i); done"#;
+
+/// `ckpt run --coord-port PORT -- bash -c SHELL_LOOP COUNTFILE`.
+fn start_shell_job(port: u16, count: &Path) -> Target {
+    let mut c = ck();
+    c.arg("run")
+        .arg("--coord-port")
+        .arg(port.to_string())
+        .arg("--")
+        .args(["bash", "-c", SHELL_LOOP])
+        .arg(count);
+    Target::spawn(c, &count.to_string_lossy())
+}
+
+/// The counter a shell job last wrote (None before the first write, or while
+/// the file is being rewritten).
+fn count(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn wait_count(path: &Path) -> u64 {
+    let mut v = 0;
+    wait_until(&format!("a counter in {}", path.display()), || {
+        count(path).map(|c| v = c).is_some()
+    });
+    v
+}
+
+/// Children of a process (all its threads).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+/// The job of an agent: its one child.
+fn job_of(agent: &Target) -> i32 {
+    let mut kids = Vec::new();
+    wait_until(&format!("agent {} to have its job", agent.pid), || {
+        kids = children(agent.pid);
+        !kids.is_empty()
+    });
+    kids[0]
+}
+
+/// PIDs of the jobs in `ckpt command l` output ("  job N: pid P on HOST: CMD").
+fn listed_pids(text: &str) -> Vec<i32> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.trim_start().strip_prefix("job ")?;
+            let rest = &rest[rest.find(": pid ")? + 6..];
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Polls `ckpt command l` until it lists every one of `pids`.
+fn wait_listed(port: u16, pids: &[i32]) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let out = command_at(port, &["l"]);
+        let listed = listed_pids(&text(&out));
+        if out.status.success() && pids.iter().all(|p| listed.contains(p)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the coordinator does not list the jobs {pids:?}; last answer: {out:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The value of a "NAME: VALUE" line of `ckpt command s`.
+fn status_field(status: &str, name: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .map(str::to_string)
+}
+
+/// The job directories (`job_<job id>`) in a checkpoint directory.
+fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(ckpt_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("job_"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The job directory that holds generations of the job with root `pid`.
+fn job_dir_of(ckpt_dir: &Path, pid: i32) -> PathBuf {
+    let needle = format!("_{pid}_");
+    job_dirs(ckpt_dir)
+        .into_iter()
+        .find(|d| {
+            fs::read_dir(d).is_ok_and(|rd| {
+                rd.flatten().any(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.starts_with("ckpt_") && n.contains(&needle)
+                })
+            })
+        })
+        .unwrap_or_else(|| panic!("no job directory with generations of pid {pid}"))
+}
+
+/// The complete generations (`ckpt_*` with a manifest) of a job directory; checks
+/// that nothing unfinished is visible and that `latest` names one of them.
+fn generations(job_dir: &Path) -> Vec<String> {
+    let mut gens = Vec::new();
+    for e in fs::read_dir(job_dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("ckpt_") && e.path().is_dir() {
+            assert!(
+                e.path().join("manifest.json").is_file(),
+                "{}: generation {name} has no manifest.json",
+                job_dir.display()
+            );
+            gens.push(name);
+        }
+    }
+    let latest = fs::read_link(job_dir.join("latest"))
+        .unwrap_or_else(|e| panic!("{}: no latest link: {e}", job_dir.display()));
+    let latest = latest.to_string_lossy().into_owned();
+    assert!(
+        gens.contains(&latest),
+        "{}: latest -> {latest}, not one of the generations {gens:?}",
+        job_dir.display()
+    );
+    gens.sort();
+    gens
+}
+
+/// Every PID (processes and zombies) recorded in a generation's manifest.
+fn manifest_pids(gen: &Path) -> Vec<i32> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(gen.join("manifest.json")).expect("read manifest.json"))
+            .expect("manifest.json is not JSON");
+    let mut pids = Vec::new();
+    for key in ["processes", "zombies"] {
+        for p in m[key].as_array().into_iter().flatten() {
+            pids.push(p["pid"].as_i64().expect("a pid in the manifest") as i32);
+        }
+    }
+    pids
+}
+
+/// What the coordinator's log says about checkpoint rounds so far.
+#[derive(Debug, Default, PartialEq)]
+struct Rounds {
+    started: usize,
+    completed: usize,
+    failure_lines: Vec<String>,
+}
+
+fn rounds(log: &[String]) -> Rounds {
+    let mut r = Rounds::default();
+    for l in log {
+        let Some(rest) = l.strip_prefix("[ckpt coordinator] checkpoint ") else {
+            if l.contains("fail") {
+                r.failure_lines.push(l.clone());
+            }
+            continue;
+        };
+        if rest.contains(": freezing ") {
+            r.started += 1;
+        } else if rest.contains(" complete in ") {
+            r.completed += 1;
+        } else if rest.contains("fail") {
+            r.failure_lines.push(l.clone());
+        }
+    }
+    r
+}
+
+/// Kills everything whose command line mentions the test's directory (the
+/// coordinator, agents, jobs, restorers) when the test ends, also on failure.
+struct Sweep(String);
+
+impl Sweep {
+    fn new(dir: &TestDir) -> Sweep {
+        Sweep(dir.path().to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for _ in 0..5 {
+            let pids = pids_running(&self.0);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+// ---------------------------------------------------------------- 1. load
+
+/// 16 shell-loop jobs under one coordinator with `-i 2 --keep 2` for 60 s.
+#[test]
+fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
+    const JOBS: usize = 16;
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(1);
+    let ck_dir = d.join("ckpt");
+    let mut coord = start_coordinator(port, &ck_dir, &["-i", "2", "--keep", "2"], &[]);
+
+    let counts: Vec<PathBuf> = (0..JOBS).map(|i| d.join(format!("count{i}"))).collect();
+    let mut agents: Vec<Target> = counts.iter().map(|c| start_shell_job(port, c)).collect();
+    let jobs: Vec<i32> = agents.iter().map(job_of).collect();
+    wait_listed(port, &jobs);
+    for c in &counts {
+        wait_count(c);
+    }
+
+    // 60 s of periodic checkpoints (and at least a few rounds, however slow); `s`
+    // answers now and then meanwhile, also while a round runs, and counts no failure.
+    let t0 = Instant::now();
+    let deadline = t0 + LONG;
+    let mut asked = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) || rounds(coord.stdout.seen()).started < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "fewer than 5 checkpoint rounds started: {:?}",
+            rounds(coord.stdout.seen())
+        );
+        if coord.stdout.next_line(LONG).is_none() {
+            panic!("the coordinator's log ended");
+        }
+        if asked.elapsed() >= Duration::from_secs(5) {
+            let status = command_ok(port, &["s"]);
+            assert_eq!(
+                status_field(&status, "checkpoints failed").as_deref(),
+                Some("0"),
+                "`ckpt command s` during the periodic checkpoints:\n{status}"
+            );
+            asked = Instant::now();
+        }
+    }
+    for a in &mut agents {
+        assert!(
+            a.child.try_wait().unwrap().is_none(),
+            "agent {} ended under periodic checkpoints",
+            a.pid
+        );
+    }
+
+    // Stop the timer, then one more checkpoint (the one restored below): once it
+    // has answered, no round is running.
+    command_ok(port, &["i", "0"]);
+    let before = wait_count(&counts[0]);
+    let paths = command_ok(port, &["c"]);
+    let status = command_ok(port, &["s"]);
+
+    // The log and the status agree on the rounds, and none failed. The last round
+    // is the `c` above: wait until the log shows it.
+    let last: u64 = status_field(&status, "last checkpoint")
+        .and_then(|v| {
+            v.strip_prefix("checkpoint ")?
+                .split(':')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("`ckpt command s` names no last checkpoint:\n{status}"));
+    let done = format!("[ckpt coordinator] checkpoint {last} complete in ");
+    coord
+        .stdout
+        .expect(&format!("the log line {done:?}"), |l| l.starts_with(&done));
+    let r = rounds(coord.stdout.seen());
+    assert!(
+        r.failure_lines.is_empty(),
+        "{} of {} checkpoint rounds failed; failures in the coordinator log:\n{}",
+        r.failure_lines.len(),
+        r.started,
+        r.failure_lines.join("\n")
+    );
+    let completed: usize = status_field(&status, "checkpoints completed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            panic!("`ckpt command s` does not count completed checkpoints:\n{status}")
+        });
+    assert_eq!(
+        (r.started, r.completed),
+        (completed, completed),
+        "rounds started and completed in the coordinator log vs {completed} completed in `ckpt command s`:\n{status}"
+    );
+    assert_eq!(
+        status_field(&status, "checkpoints failed").as_deref(),
+        Some("0"),
+        "`ckpt command s`:\n{status}"
+    );
+    assert!(completed >= 6, "only {completed} checkpoints completed");
+
+    // Every snapshot copy is gone: no job is left with a dead `ckpt-snapshot` child.
+    for &job in &jobs {
+        let copies: Vec<i32> = children(job)
+            .into_iter()
+            .filter(|&k| {
+                fs::read_to_string(format!("/proc/{k}/comm"))
+                    .is_ok_and(|c| c.trim() == "ckpt-snapshot")
+            })
+            .collect();
+        assert!(
+            copies.is_empty(),
+            "job {job} keeps snapshot copies {copies:?}"
+        );
+    }
+
+    // --keep 2 for every job; each has a latest generation.
+    let dirs = job_dirs(&ck_dir);
+    assert_eq!(dirs.len(), JOBS, "job directories: {dirs:?}");
+    for dir in &dirs {
+        let gens = generations(dir);
+        assert!(
+            !gens.is_empty() && gens.len() <= 2,
+            "--keep 2: {} holds {gens:?}",
+            dir.display()
+        );
+    }
+    // `c` printed one generation per job, each its job's latest.
+    let printed: Vec<PathBuf> = paths.lines().map(|l| PathBuf::from(l.trim())).collect();
+    assert_eq!(printed.len(), JOBS, "`ckpt command c` printed:\n{paths}");
+    for p in &printed {
+        let dir = p.parent().unwrap();
+        assert_eq!(
+            fs::read_link(dir.join("latest")).ok().as_deref(),
+            p.file_name().map(Path::new),
+            "{} is not its job's latest",
+            p.display()
+        );
+    }
+
+    // Kill every job; the newest generation of the first one restores and counts on.
+    command_ok(port, &["k"]);
+    for a in &mut agents {
+        a.wait();
+    }
+    let killed_at = count(&counts[0]).unwrap_or(0);
+    let dir0 = job_dir_of(&ck_dir, jobs[0]);
+    let latest0 = dir0.join(fs::read_link(dir0.join("latest")).unwrap());
+    for pid in manifest_pids(&latest0) {
+        wait_pid_free(pid);
+    }
+    let mut c = ck();
+    c.arg("restore").arg(&dir0);
+    let mut restorer = Target::spawn(c, &d.path().to_string_lossy());
+    let mut first = None;
+    let deadline = Instant::now() + LONG;
+    while first.is_none() {
+        if let Some(st) = restorer.child.try_wait().unwrap() {
+            restorer.stderr.read_to_end();
+            panic!(
+                "ckpt restore {} exited with {st:?}: {}",
+                dir0.display(),
+                restorer.stderr.seen().join("\n")
+            );
+        }
+        assert!(Instant::now() < deadline, "the restored job writes nothing");
+        first = count(&counts[0]).filter(|&v| v != killed_at);
+        thread::sleep(Duration::from_millis(5));
+    }
+    let first = first.unwrap();
+    assert!(
+        first >= before,
+        "the restored job wrote {first} first: it did not continue from the checkpoint \
+         (its counter was at {before} when the checkpoint started, {killed_at} when killed)"
+    );
+    wait_until("the restored job to count on", || {
+        count(&counts[0]).is_some_and(|v| v >= first + 5)
+    });
+    assert!(
+        cmdline(jobs[0]).is_some_and(|c| c.contains(&counts[0].to_string_lossy().into_owned())),
+        "the restored job does not run under its PID {}",
+        jobs[0]
+    );
+}
+
+// ---------------------------------------------------------------- 2. idle client
+
+/// Connects to the coordinator and sends part of a line, then nothing.
+fn idle_client(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the coordinator");
+    s.write_all(br#"{"type":"command","verb":"s""#).unwrap();
+    s
+}
+
+/// Whether the coordinator closed (or answered on) a connection: reads without
+/// blocking; "open" means nothing to read and no end of stream.
+fn still_open(s: &mut TcpStream) -> Result<(), String> {
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    let r = match s.read(&mut buf) {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(()),
+        Ok(0) => Err("closed by the coordinator".to_string()),
+        Ok(n) => Err(format!(
+            "the coordinator sent {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        )),
+        Err(e) => Err(format!("read error: {e}")),
+    };
+    s.set_nonblocking(false).unwrap();
+    r
+}
+
+/// A connection that stays open with half a line: meanwhile other clients are
+/// served, a job registers and a periodic checkpoint completes. (The handshake
+/// timeout is set far beyond this test, so that the connection stays open
+/// however slow the machine is.)
+#[test]
+fn idle_client_does_not_stall_the_coordinator() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(2);
+    let ck_dir = d.join("ckpt");
+    let mut coord = start_coordinator(
+        port,
+        &ck_dir,
+        &["-i", "2"],
+        &[("CKPT_HANDSHAKE_TIMEOUT", "3600")],
+    );
+    let mut idle = idle_client(port);
+
+    // with the idle connection open: a job registers, `s` answers
+    let count0 = d.join("count");
+    let mut agent = start_shell_job(port, &count0);
+    let job = job_of(&agent);
+    wait_listed(port, &[job]);
+    let status = command_ok(port, &["s"]);
+    assert!(status.contains("jobs: 1"), "`ckpt command s`:\n{status}");
+    still_open(&mut idle)
+        .unwrap_or_else(|e| panic!("the idle connection, while `s` was answered: {e}"));
+
+    // and the timer still checkpoints
+    coord.stdout.expect("a completed periodic checkpoint", |l| {
+        l.starts_with("[ckpt coordinator] checkpoint ") && l.contains(" complete in ")
+    });
+    let dir = job_dir_of(&ck_dir, job);
+    assert!(!generations(&dir).is_empty());
+    still_open(&mut idle).unwrap_or_else(|e| {
+        panic!("the idle connection, while a periodic checkpoint completed: {e}")
+    });
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent ended");
+    drop(idle);
+}
+
+/// With the default handshake timeout the coordinator closes a connection that
+/// does not send a full first line, also one that trickles bytes, and logs it;
+/// it serves other clients meanwhile.
+#[test]
+fn idle_connection_is_closed_and_logged() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(3);
+    let ck_dir = d.join("ckpt");
+    let mut coord = start_coordinator(port, &ck_dir, &[], &[]);
+    let mut idle = idle_client(port);
+    let trickle = thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let deadline = Instant::now() + TIMEOUT;
+        // one byte every 200 ms, never a newline, until the coordinator hangs up
+        while Instant::now() < deadline {
+            if s.write_all(b" ").is_err() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+        false
+    });
+    let status = command_ok(port, &["s"]);
+    assert!(status.contains("jobs: 0"), "`ckpt command s`:\n{status}");
+
+    idle.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 64];
+    let n = idle.read(&mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || n.as_ref()
+                .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
+        "the idle connection should have been closed by the coordinator: {n:?}"
+    );
+    assert!(
+        trickle.join().unwrap(),
+        "a connection that trickles bytes without a newline stays open"
+    );
+    let mut closed = 0;
+    while closed < 2 {
+        coord
+            .stdout
+            .expect("a log line about an idle connection", |l| {
+                l.contains("connection") && l.contains("closed")
+            });
+        closed += 1;
+    }
+    command_ok(port, &["s"]);
+}
