@@ -26,8 +26,15 @@ pub fn step(what: &str) {
         eprintln!("ckpt: restore step: {what}");
     }
     if std::env::var_os("CKPT_FAULT_KILL_AT").is_some_and(|v| v == what) {
-        // SAFETY: raise(2) on ourselves.
-        unsafe { libc::raise(libc::SIGKILL) };
+        // SAFETY: raise(2) / _exit(2) on ourselves. A namespace's init cannot be
+        // killed from inside it; it dies as abruptly by _exit (no unwinding, no
+        // destructors), and its namespace with it.
+        unsafe {
+            if libc::getpid() == 1 {
+                libc::_exit(137);
+            }
+            libc::raise(libc::SIGKILL);
+        }
     }
 }
 

@@ -169,6 +169,10 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         std::process::exit(code);
     }
     let init = r as i32;
+    // Everything prepared for the restore (the job's pipes and sockets among them) is
+    // the init's now: a copy kept here would hold them open, and a reader in the job
+    // would never see the end of a pipe.
+    drop(inner);
     drop(go_r);
     drop(rep_w);
     if userns {
