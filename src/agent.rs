@@ -34,6 +34,7 @@ fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| command.to_vec());
     Msg::Hello {
+        protocol: protocol::PROTOCOL_VERSION,
         host: protocol::hostname(),
         agent_pid: std::process::id(),
         job_pid: job,

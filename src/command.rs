@@ -9,7 +9,12 @@ pub fn command(host: &str, port: u16, token: Option<String>, words: &[String]) -
     let mut conn = Conn::connect(host, port).with_context(|| {
         format!("cannot reach the coordinator at {host}:{port} (is one running? see --coord-host/--coord-port)")
     })?;
-    conn.send(&Msg::Command { verb, arg, token })?;
+    conn.send(&Msg::Command {
+        protocol: crate::protocol::PROTOCOL_VERSION,
+        verb,
+        arg,
+        token,
+    })?;
     match conn.recv()? {
         Some(Msg::Reply { ok: true, text }) => {
             if !text.is_empty() {

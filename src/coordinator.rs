@@ -276,6 +276,18 @@ fn serve_connection(
         Msg::Hello { token, .. } | Msg::Command { token, .. } => token.as_deref(),
         _ => None,
     };
+    let version = match &first {
+        Msg::Hello { protocol, .. } | Msg::Command { protocol, .. } => *protocol,
+        _ => crate::protocol::PROTOCOL_VERSION,
+    };
+    if let Some(why) = crate::protocol::protocol_mismatch(version) {
+        log(&format!("{why} (a connection from {peer})"));
+        let _ = conn.send(&Msg::Reply {
+            ok: false,
+            text: why,
+        });
+        return None;
+    }
     if token.is_some() && presented != token {
         log(&format!(
             "refused a connection from {peer}: wrong or missing token"

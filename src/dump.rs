@@ -5,9 +5,9 @@ use crate::generation::{self, CoordRef, Manifest, ManifestProcess, PendingGenera
 use crate::image::{kernel_release, ImageWriter, PageBuffer, PAGE};
 use crate::progress;
 use anyhow::{Context, Result};
+use ckpt_format::state::ProcessState;
 use ckpt_tracer::read::{read_process_with, MemReader};
 use ckpt_tracer::snapshot::Snapshot;
-use ckpt_tracer::state::ProcessState;
 use ckpt_tracer::tree::{dedupe_shared_pages, link_descriptors, FrozenTree, Zombie};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -3,74 +3,19 @@
 //! process), published atomically by rename; a `latest` link to the newest complete
 //! generation; `ckpt_restart_script.sh`; at most `keep` generations.
 //!
-//! A generation is sealed (SPEC §6): it has a random generation id, written into the
-//! header of each of its images; its manifest lists every image by plain file name
-//! with the process's pid and the image's header checksum (which covers the metadata
-//! and, through the per-run checksums there, the page data), and the manifest itself
-//! carries a checksum. [`open`] checks all of it before anything is restored, so an
-//! image of another generation or another process, a path leading out of the
-//! generation, or a manifest of another generation is refused with the file named.
-//!
-//! `manifest.json` is `{"format": 2, "checksum": "<xxh3 hex>", "manifest": {...}}`, the
-//! checksum taken over the exact text of `manifest`. Compatibility: format 1 (an
-//! unsealed manifest, ckpt 0.1 before sealing) is refused with a message saying so;
-//! a newer format is refused with a message asking for a newer ckpt.
+//! A generation is sealed: see `ckpt_format::manifest` for its manifest and checks.
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+pub use ckpt_format::manifest::{
+    self, hex, is_plain_name, open_images, CoordRef, Manifest, ManifestProcess, MANIFEST, PREFIX,
+};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use xxhash_rust::xxh3::xxh3_64;
 
-pub const MANIFEST: &str = "manifest.json";
-/// The manifest format this ckpt writes and reads.
-pub const MANIFEST_FORMAT: u32 = 2;
 pub const LATEST: &str = "latest";
 pub const RESTART_SCRIPT: &str = "ckpt_restart_script.sh";
-const PREFIX: &str = "ckpt_";
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct ManifestProcess {
-    pub pid: i32,
-    pub ppid: i32,
-    pub pgid: i32,
-    pub sid: i32,
-    /// A plain file name inside the generation.
-    pub image: String,
-    /// The image's header checksum (xxh3, hex).
-    pub image_checksum: String,
-    pub cmdline: Vec<String>,
-}
-
-/// Where a coordinated job's coordinator was, and how it was checkpointed.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct CoordRef {
-    pub host: String,
-    pub port: u16,
-    pub interval: u64,
-    pub keep: usize,
-    pub job_id: String,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Manifest {
-    /// The generation's directory name, as published.
-    pub name: String,
-    /// Random, 32 hex digits; every image of the generation carries it.
-    pub generation_id: String,
-    pub tool_version: String,
-    pub created_unix_ns: u64,
-    pub kernel: String,
-    pub root_pid: i32,
-    /// Parents before children.
-    pub processes: Vec<ManifestProcess>,
-    /// Children that had exited but were not reaped yet.
-    pub zombies: Vec<ckpt_tracer::tree::Zombie>,
-    /// The coordinator the job was registered with, if any.
-    pub coordinator: Option<CoordRef>,
-}
 
 /// A generation being written: a hidden temporary directory until `publish`.
 pub struct PendingGeneration {
@@ -80,25 +25,6 @@ pub struct PendingGeneration {
     /// Written into every image and into the manifest.
     pub id: [u8; 16],
     published: bool,
-}
-
-/// The on-disk form of the manifest: the manifest's exact text and its checksum.
-#[derive(Serialize, Deserialize)]
-struct Sealed<'a> {
-    format: u32,
-    checksum: String,
-    #[serde(borrow)]
-    manifest: &'a serde_json::value::RawValue,
-}
-
-/// Only the format, to tell an old or newer manifest from a damaged one.
-#[derive(Deserialize)]
-struct FormatOnly {
-    format: Option<u32>,
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn random_id() -> Result<[u8; 16]> {
@@ -112,17 +38,6 @@ fn random_id() -> Result<[u8; 16]> {
         );
     }
     Ok(id)
-}
-
-/// Whether `name` is a plain file name: no directory part, not `.` or `..`, not hidden,
-/// only characters ckpt itself uses in names.
-pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -230,7 +145,7 @@ impl PendingGeneration {
             .mode(0o600)
             .open(&mpath)
             .with_context(|| format!("creating {}", mpath.display()))?;
-        f.write_all(&seal(manifest)?)?;
+        f.write_all(&manifest::seal(manifest)?)?;
         f.sync_all()?;
         sync_dir(&self.dir)?;
         let fin = self.ckpt_dir.join(&self.name);
@@ -368,105 +283,11 @@ fn through_latest(dir: &Path) -> Result<Option<PathBuf>> {
     Ok((is_dir && gen.join(MANIFEST).is_file()).then_some(gen))
 }
 
-/// The manifest's on-disk bytes.
-fn seal(manifest: &Manifest) -> Result<Vec<u8>> {
-    let body = serde_json::to_string_pretty(manifest)?;
-    let raw = serde_json::value::RawValue::from_string(body)?;
-    let sealed = Sealed {
-        format: MANIFEST_FORMAT,
-        checksum: format!("{:016x}", xxh3_64(raw.get().as_bytes())),
-        manifest: &raw,
-    };
-    Ok(serde_json::to_vec_pretty(&sealed)?)
-}
-
-/// Read and check the manifest of generation `gen`: its format, its checksum, and that
-/// it names this generation and only plain image files in it.
+/// Read and check the manifest of generation `gen` (see [`manifest::unseal`]).
 pub fn read_manifest(gen: &Path) -> Result<Manifest> {
     let p = gen.join(MANIFEST);
-    let pd = p.display();
-    let b = fs::read(&p).with_context(|| format!("reading {pd}"))?;
-    let format = serde_json::from_slice::<FormatOnly>(&b)
-        .map(|f| f.format)
-        .unwrap_or(Some(0));
-    match format {
-        None => bail!(
-            "{pd} was written by an older ckpt (manifest format 1, not sealed); this ckpt restores only sealed checkpoints (format {MANIFEST_FORMAT}): checkpoint the job again"
-        ),
-        Some(f) if f > MANIFEST_FORMAT => bail!(
-            "{pd} has manifest format {f}, newer than this ckpt supports ({MANIFEST_FORMAT}); use a newer ckpt"
-        ),
-        Some(MANIFEST_FORMAT) => {}
-        Some(_) => bail!("{pd} is damaged (not a ckpt manifest)"),
-    }
-    let sealed: Sealed = serde_json::from_slice(&b).with_context(|| format!("{pd} is damaged"))?;
-    let sum = format!("{:016x}", xxh3_64(sealed.manifest.get().as_bytes()));
-    if sum != sealed.checksum {
-        bail!("{pd} is corrupted (manifest checksum mismatch)");
-    }
-    let m: Manifest =
-        serde_json::from_str(sealed.manifest.get()).with_context(|| format!("{pd} is damaged"))?;
-    // A directory named like a generation must be the generation its manifest names:
-    // a generation renamed over another would restore an older state under a newer name.
-    let dir_name = gen
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    if dir_name.starts_with(PREFIX) && dir_name != m.name {
-        bail!(
-            "{pd} belongs to generation {}, not to {dir_name}; refusing a generation under another's name",
-            m.name
-        );
-    }
-    let mut pids = std::collections::HashSet::new();
-    let mut names = std::collections::HashSet::new();
-    for proc_ in &m.processes {
-        if !is_plain_name(&proc_.image) {
-            bail!(
-                "{pd} names image {:?} for process {}, which is not a plain file name inside the generation; refusing",
-                proc_.image,
-                proc_.pid
-            );
-        }
-        if !pids.insert(proc_.pid) || !names.insert(proc_.image.as_str()) {
-            bail!(
-                "{pd} is damaged (process {} or image {} is listed twice)",
-                proc_.pid,
-                proc_.image
-            );
-        }
-    }
-    Ok(m)
-}
-
-/// Open and check every image of generation `gen` against its manifest: each must
-/// carry the generation's id, the listed pid, and the listed header checksum.
-pub fn open_images(gen: &Path, m: &Manifest) -> Result<Vec<crate::image::Image>> {
-    let mut images = Vec::new();
-    for proc_ in &m.processes {
-        let path = gen.join(&proc_.image);
-        let img = crate::image::Image::open(&path)?;
-        let p = path.display();
-        if hex(&img.header.generation_id) != m.generation_id {
-            bail!(
-                "{p} belongs to another generation (id {}, the manifest's is {}); refusing a mixed-up checkpoint",
-                hex(&img.header.generation_id),
-                m.generation_id
-            );
-        }
-        if img.header.pid as i32 != proc_.pid {
-            bail!(
-                "{p} holds process {}, but the manifest lists it for process {}; refusing",
-                img.header.pid,
-                proc_.pid
-            );
-        }
-        if format!("{:016x}", img.header.checksum) != proc_.image_checksum {
-            bail!("{p} is not the image its manifest sealed (checksum mismatch); refusing");
-        }
-        images.push(img);
-    }
-    Ok(images)
+    let b = fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+    manifest::unseal(&b, &p, gen)
 }
 
 /// Fails, with the true cause, when `dir` cannot be read as a checkpoint directory:

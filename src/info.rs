@@ -3,7 +3,7 @@
 use crate::generation;
 use crate::image::PAGE;
 use anyhow::Result;
-use ckpt_tracer::state::{FdKind, VmaKind};
+use ckpt_format::state::{FdKind, VmaKind};
 use serde_json::json;
 use std::path::Path;
 

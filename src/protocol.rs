@@ -12,6 +12,24 @@ use std::time::{Duration, Instant};
 
 pub const DEFAULT_PORT: u16 = 7779;
 
+/// The protocol version every first message (hello, command) carries. A peer of
+/// another version is refused with a message naming both; ckpt 0.1 before versions
+/// sent none, which reads as 1. See docs/FORMAT.md.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+fn unversioned() -> u32 {
+    1
+}
+
+/// Why a first message of protocol `theirs` is refused, if it is.
+pub fn protocol_mismatch(theirs: u32) -> Option<String> {
+    (theirs != PROTOCOL_VERSION).then(|| {
+        format!(
+            "refused: protocol version {theirs}, this coordinator speaks {PROTOCOL_VERSION}; use the same ckpt release for the coordinator, the jobs and ckpt command"
+        )
+    })
+}
+
 /// How long a new connection may take to send its first line (CKPT_HANDSHAKE_TIMEOUT).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -23,6 +41,8 @@ const MAX_LINE: usize = 1 << 20;
 pub enum Msg {
     /// Agent → coordinator, first message.
     Hello {
+        #[serde(default = "unversioned")]
+        protocol: u32,
         host: String,
         agent_pid: u32,
         job_pid: i32,
@@ -49,6 +69,8 @@ pub enum Msg {
     Exit { code: i32 },
     /// `ckpt command` → coordinator.
     Command {
+        #[serde(default = "unversioned")]
+        protocol: u32,
         verb: String,
         arg: Option<String>,
         token: Option<String>,

@@ -260,7 +260,10 @@ fn manifest_pids(gen: &Path) -> Vec<i32> {
             .expect("manifest.json is not JSON");
     let mut pids = Vec::new();
     for key in ["processes", "zombies"] {
-        for p in m[key].as_array().into_iter().flatten() {
+        let list = m["manifest"][key]
+            .as_array()
+            .unwrap_or_else(|| panic!("no {key} list in the sealed manifest: {m}"));
+        for p in list {
             pids.push(p["pid"].as_i64().expect("a pid in the manifest") as i32);
         }
     }
@@ -620,4 +623,38 @@ fn idle_connection_is_closed_and_logged() {
         closed += 1;
     }
     command_ok(port, &["s"]);
+}
+
+// ---------------------------------------------------------------- 3. protocol version
+
+/// A client of another protocol version (here: ckpt 0.1's, which sent none) is refused
+/// with a reply naming both versions, and logged; the coordinator serves others on.
+#[test]
+fn other_protocol_version_is_refused_by_name() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(4);
+    let ck_dir = d.join("ckpt");
+    let mut coord = start_coordinator(port, &ck_dir, &[], &[]);
+    for line in [
+        &br#"{"type":"command","verb":"s"}"#[..],
+        &br#"{"type":"command","protocol":99,"verb":"s"}"#[..],
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(line).unwrap();
+        s.write_all(b"\n").unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        assert!(
+            reply.contains("\"ok\":false") && reply.contains("protocol version"),
+            "reply to {:?}: {reply:?}",
+            String::from_utf8_lossy(line)
+        );
+        coord.stdout.expect("a log line about the protocol", |l| {
+            l.contains("protocol version")
+        });
+    }
+    let status = command_ok(port, &["s"]);
+    assert!(status.contains("jobs: 0"), "`ckpt command s`:\n{status}");
 }

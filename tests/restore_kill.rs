@@ -24,6 +24,9 @@ struct Job {
     d: TestDir,
     ck: PathBuf,
     stop: PathBuf,
+    /// The tree's record file, and its content at the checkpoint.
+    rec: PathBuf,
+    rec_at_dump: Vec<u8>,
     marker: String,
     /// Every process and zombie of the checkpoint.
     pids: Vec<i32>,
@@ -60,10 +63,13 @@ fn checkpointed_tree() -> Job {
     let root = t.pid;
     t.dump_kill(&ck);
     pids.push(zombie);
+    let rec_at_dump = fs::read(&rec).unwrap();
     let job = Job {
         d,
         ck,
         stop,
+        rec,
+        rec_at_dump,
         marker,
         pids,
         root,
@@ -190,6 +196,9 @@ impl Job {
 
     /// Restore normally and let the tree finish: the checkpoint is intact.
     fn restore_and_finish(&self, pidns: &str) {
+        // The record file is the job's output, outside the checkpoint: the complete
+        // restores above wrote on in it. Put back what it held at the checkpoint.
+        fs::write(&self.rec, &self.rec_at_dump).unwrap();
         let mut r = Restored::start_with(&self.ck, self.root, &self.marker, &["--pidns", pidns]);
         if pidns == "never" {
             r.assert_same_pid();

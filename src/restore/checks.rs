@@ -4,8 +4,8 @@
 
 use super::plan::layout::{LOADER_ZONE_END, LOADER_ZONE_START};
 use anyhow::{bail, Result};
+use ckpt_format::state::{FdKind, FileIdentity, ProcessState, VmaKind};
 use ckpt_tracer::files::file_identity;
-use ckpt_tracer::state::{FdKind, FileIdentity, ProcessState, VmaKind};
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -196,7 +196,7 @@ pub fn machine_compatible(state: &ProcessState) -> Result<()> {
     Ok(())
 }
 
-pub fn zombie_pids_free(zombies: &[ckpt_tracer::tree::Zombie]) -> Result<()> {
+pub fn zombie_pids_free(zombies: &[ckpt_format::state::Zombie]) -> Result<()> {
     for z in zombies {
         if Path::new(&format!("/proc/{}", z.pid)).exists() {
             bail!(

@@ -3,7 +3,7 @@
 //! dup2()s to its target number before it execs the loader.
 
 use anyhow::{bail, Context, Result};
-use ckpt_tracer::state::{Fd, FdKind, InotifyWatch, UnlinkedFile, Vma, VmaKind};
+use ckpt_format::state::{Fd, FdKind, InotifyWatch, UnlinkedFile, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

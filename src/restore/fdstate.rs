@@ -9,9 +9,9 @@
 //!   through a descriptor of ours on the process's memfd.
 
 use anyhow::{Context, Result};
+use ckpt_format::state::{FdKind, ProcessState, UnlinkedFile, VmaKind};
 use ckpt_tracer::freeze::FrozenThread;
 use ckpt_tracer::inject::Injector;
-use ckpt_tracer::state::{FdKind, ProcessState, UnlinkedFile, VmaKind};
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 

@@ -4,10 +4,10 @@
 
 use super::plan::layout::Ready;
 use anyhow::{bail, Context, Result};
+use ckpt_format::state::{reg, ProcessState, VmaKind};
 use ckpt_tracer::freeze::FrozenThread;
 use ckpt_tracer::inject::Injector;
 use ckpt_tracer::ptrace::{self, Stop};
-use ckpt_tracer::state::{reg, ProcessState, VmaKind};
 use std::os::unix::fs::FileExt;
 
 const PR_SET_MM: u64 = 35;

@@ -71,7 +71,7 @@ fn read_ready(fd: &OwnedFd) -> Option<Ready> {
     (r.magic == READY_MAGIC).then_some(r)
 }
 
-fn rlimits_for(saved: &[ckpt_tracer::state::Rlimit]) -> Vec<(i32, libc::rlimit64)> {
+fn rlimits_for(saved: &[ckpt_format::state::Rlimit]) -> Vec<(i32, libc::rlimit64)> {
     saved
         .iter()
         .map(|r| {
@@ -107,7 +107,7 @@ struct Prepared {
 /// Descriptors backing file mappings, by `fds::map_key` (one per file; read-write when a
 /// shared writable mapping needs it).
 fn map_fds_for(
-    state: &ckpt_tracer::state::ProcessState,
+    state: &ckpt_format::state::ProcessState,
     base: RawFd,
     shared: &mut fds::Shared,
 ) -> Result<(std::collections::HashMap<String, RawFd>, Vec<OwnedFd>)> {

@@ -5,7 +5,7 @@
 pub mod layout;
 
 use crate::image::PAGE;
-use ckpt_tracer::state::{ProcessState, VmaKind};
+use ckpt_format::state::{ProcessState, VmaKind};
 use layout::*;
 use std::collections::HashMap;
 

@@ -5,7 +5,7 @@
 use super::fds::Install;
 use super::plan::layout::{Ready, READY_MAGIC};
 use anyhow::{bail, Result};
-use ckpt_tracer::tree::Zombie;
+use ckpt_format::state::Zombie;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 

@@ -21,9 +21,9 @@
 //! the highest restored id).
 
 use anyhow::{bail, Context, Result};
+use ckpt_format::state::{PosixTimer, ProcessState};
 use ckpt_tracer::freeze::FrozenThread;
 use ckpt_tracer::inject::Injector;
-use ckpt_tracer::state::{PosixTimer, ProcessState};
 use ckpt_tracer::timers::{parse_proc_timers, SIGEV_THREAD_ID};
 
 const PR_TIMER_CREATE_RESTORE_IDS: u64 = 77;

@@ -41,7 +41,7 @@
 
 use super::fds::{cvt, set_status_flags};
 use anyhow::{bail, Context, Result};
-use ckpt_tracer::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
+use ckpt_format::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
 use ckpt_tracer::unix::{display_name, type_name};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};

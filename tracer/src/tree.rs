@@ -6,21 +6,12 @@
 use crate::error::{Result, TraceError};
 use crate::freeze::Frozen;
 use crate::state::{FdKind, ProcessState};
-use serde::{Deserialize, Serialize};
+
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
-/// A child that had exited but was not yet reaped at checkpoint time.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
-pub struct Zombie {
-    pub pid: i32,
-    pub ppid: i32,
-    pub pgid: i32,
-    pub sid: i32,
-    /// The wait status its parent will collect (as from waitpid).
-    pub wait_status: i32,
-}
+pub use ckpt_format::state::Zombie;
 
 /// Every process of a tree frozen, parents before children.
 pub struct FrozenTree {
