@@ -279,6 +279,6 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
     }
     println!("dump/raw: raw write+fsync time of the same bytes / dump time (target >= 0.70)");
     println!("rst/raw: restore time / raw read of the images into fresh memory (target <= 1.30)");
-    println!("CRIU: not measured (Debian's criu does not run on this kernel, see KERNEL-NOTES)");
+    println!("CRIU: not measured (Debian's criu does not run on this kernel, see docs/KERNEL.md)");
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! The checkpoint directory (SPEC §3): one generation directory per checkpoint
+//! The checkpoint directory (docs/CONTRACT.md §3): one generation directory per checkpoint
 //! (`ckpt_<program>_<id>_<n>/` with `manifest.json` and one `core-<pid>.img` per
 //! process), published atomically by rename; a `latest` link to the newest complete
 //! generation; `ckpt_restart_script.sh`; at most `keep` generations.

@@ -1,4 +1,4 @@
-//! Progress bars for long work (SPEC §2: more than ~100 MiB, only on a terminal).
+//! Progress bars for long work (docs/CONTRACT.md §2: more than ~100 MiB, only on a terminal).
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;

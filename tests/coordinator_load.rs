@@ -1,4 +1,4 @@
-//! The coordinator under load and with misbehaving clients (SPEC §6: periodic
+//! The coordinator under load and with misbehaving clients (docs/CONTRACT.md §6: periodic
 //! checkpoints either complete for every job or report why not; the coordinator
 //! serves every client independently).
 //!

@@ -1,4 +1,4 @@
-//! Descriptor kinds of one process (SPEC §4 tier 1): eventfd, timerfd,
+//! Descriptor kinds of one process (docs/CONTRACT.md §4 tier 1): eventfd, timerfd,
 //! signalfd, inotify and epoll with its interest list keep working after a
 //! restore; memfds, deleted files and FIFOs come back with their content,
 //! offsets, seals and data in flight.

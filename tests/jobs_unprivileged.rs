@@ -1,4 +1,4 @@
-//! `ckpt run` jobs in PID namespaces and as an ordinary user (SPEC §1, §2):
+//! `ckpt run` jobs in PID namespaces and as an ordinary user (docs/CONTRACT.md §1, §2):
 //!
 //! - `ckpt run --pidns` as root: the job sees namespace PIDs (the agent is
 //!   the namespace's init, the job a small PID such as 2); `ckpt command c`,
@@ -832,7 +832,7 @@ fn sigterm_is_forwarded_to_the_job_in_its_pidns() {
 }
 
 /// A local coordinator answers only its own user (and root): an ordinary user can
-/// neither command nor join a root coordinator's jobs (SPEC §6), and the refusal is
+/// neither command nor join a root coordinator's jobs (docs/CONTRACT.md §6), and the refusal is
 /// logged; root may command an ordinary user's coordinator.
 #[test]
 fn coordinator_refuses_other_users() {

@@ -1,4 +1,4 @@
-//! A reboot between checkpoint and restart (SPEC §1, use case 1): a job under
+//! A reboot between checkpoint and restart (docs/CONTRACT.md §1, use case 1): a job under
 //! `ckpt run` (with the background coordinator it starts) holds a POSIX shared
 //! memory segment in /dev/shm and an O_APPEND file. `ckpt command c`
 //! checkpoints it; then everything that a reboot ends goes: every process of

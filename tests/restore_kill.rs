@@ -1,4 +1,4 @@
-//! A restore is all or nothing (SPEC §6), even when the restorer itself is killed at
+//! A restore is all or nothing (docs/CONTRACT.md §6), even when the restorer itself is killed at
 //! any moment: SIGKILLed at each named step (`CKPT_FAULT_KILL_AT`) and at 24 moments
 //! spread over a restore, `ckpt restore` leaves nothing of the job running (no
 //! restored process, no loader parked in it, no guard, no namespace init), or, killed

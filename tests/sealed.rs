@@ -1,4 +1,4 @@
-//! A generation is sealed (SPEC §6): its manifest is checksummed and lists every image
+//! A generation is sealed (docs/CONTRACT.md §6): its manifest is checksummed and lists every image
 //! by plain file name, with its pid and checksum, and each image carries the id of
 //! its generation. A forged or mixed-up layout — a path leading out of the generation,
 //! an image of another process or generation, a manifest of another generation, a

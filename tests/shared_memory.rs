@@ -1,4 +1,4 @@
-//! Memory shared between processes (SPEC §4 tier 2): a python3
+//! Memory shared between processes (docs/CONTRACT.md §4 tier 2): a python3
 //! multiprocessing Pool with a Queue, MAP_SHARED anonymous memory in a tree
 //! (rebuilt on one object per shared object, so it stays shared), and a
 //! /dev/shm segment that is gone at restore time (as after a reboot) or still

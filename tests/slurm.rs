@@ -1,4 +1,4 @@
-//! The seed's Slurm workflow (SPEC §3, shared/seed/dmtcp-workflow.txt) on a
+//! The seed's Slurm workflow (docs/CONTRACT.md §3, shared/seed/dmtcp-workflow.txt) on a
 //! one-node Slurm cluster that the test starts on localhost: `sbatch
 //! examples/slurm/slurm_launch.job` runs date.py under `ckpt run` with a
 //! coordinator on the node, `./ckpt_command.<jobid> c` checkpoints it, the

@@ -1,4 +1,4 @@
-//! Unix domain sockets (SPEC §4 tier 2: socketpairs between processes, unix
+//! Unix domain sockets (docs/CONTRACT.md §4 tier 2: socketpairs between processes, unix
 //! sockets with queued data): stream, seqpacket and dgram socketpairs, a named
 //! listening socket with a connection, abstract dgram sockets, data in flight
 //! in every one of them, across a parent and its child; a socket whose peer

@@ -1,4 +1,4 @@
-//! Process trees (SPEC §4 tier 2): `ckpt dump PID` takes PID and all its
+//! Process trees (docs/CONTRACT.md §4 tier 2): `ckpt dump PID` takes PID and all its
 //! descendants; `ckpt restore` recreates them with their PIDs, parent links,
 //! process groups, sessions, zombies, shared open file descriptions and the
 //! pipes between them (with the data in flight).

@@ -1,4 +1,4 @@
-//! The DMTCP workflow end to end (SPEC §1.3, §2, §3, §6): `ckpt coordinator`,
+//! The DMTCP workflow end to end (docs/CONTRACT.md §1.3, §2, §3, §6): `ckpt coordinator`,
 //! `ckpt run`, `ckpt command`, the restart script.
 //!
 //! - the seed's interactive session, driven in tmux: coordinator in one window,

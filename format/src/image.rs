@@ -1,4 +1,4 @@
-//! The image file of one process (SPEC §3):
+//! The image file of one process (docs/CONTRACT.md §3):
 //!
 //! ```text
 //! 0      header, 4096 bytes (layout below), with its own xxh3 checksum

@@ -1,4 +1,4 @@
-//! Everything a restore verifies before it creates a process (SPEC §6): the files the
+//! Everything a restore verifies before it creates a process (docs/CONTRACT.md §6): the files the
 //! image refers to are unchanged, the original PIDs are free, the kernel and CPU can
 //! take the saved state, and nothing collides with the loader.
 

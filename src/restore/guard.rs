@@ -1,4 +1,4 @@
-//! All or nothing (SPEC §6): whatever moment the restorer dies at, nothing it created
+//! All or nothing (docs/CONTRACT.md §6): whatever moment the restorer dies at, nothing it created
 //! keeps running. Three layers cover the whole restore:
 //!
 //! - from creation until it is seized, every restored process has PR_SET_PDEATHSIG

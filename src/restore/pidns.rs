@@ -1,5 +1,5 @@
 //! Restoring inside a new PID namespace, so that the original PIDs are free whatever
-//! runs on the host (SPEC §1, §2 `--pidns`): the front end forks an init process with
+//! runs on the host (docs/CONTRACT.md §1, §2 `--pidns`): the front end forks an init process with
 //! CLONE_NEWPID | CLONE_NEWNS (and CLONE_NEWUSER when not root, mapping the user to
 //! itself, so that an ordinary user may do it and the job still sees its own uid). The
 //! init mounts a /proc of the new namespace, which then agrees with the original PIDs,

@@ -24,7 +24,7 @@
 //! - connected to a peer outside the checkpoint, or to a peer closed since: one end of a
 //!   socketpair whose other end is closed once the queued data is in (reads return that
 //!   data then EOF; writes fail with EPIPE or ECONNREFUSED), with a warning when the
-//!   peer was still open (the KERNEL-NOTES rule for descriptors leading outside).
+//!   peer was still open (docs/KERNEL.md: descriptors leading outside the job).
 //!
 //! Queued data is written through the socket's (restored or stand-in) peer so that it
 //! lands in its receive queue, one send per datagram or record. Datagrams queued on an
