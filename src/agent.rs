@@ -29,7 +29,7 @@ pub struct AgentOptions {
 fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
     // Right after the spawn the job may not have exec'd yet: its /proc cmdline is
     // empty then, and the command it was given is what to show.
-    let cmdline = ckpt_tracer::procinfo::cmdline(job)
+    let cmdline = ckpt_tracer::proc::cmdline(job)
         .ok()
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| command.to_vec());

@@ -29,6 +29,16 @@ pub enum TraceError {
     Unsupported { pid: i32, what: String },
     #[error("process {pid} exited while it was being checkpointed")]
     Exited { pid: i32 },
+    /// A field of a /proc file that the checkpoint depends on is missing or does not
+    /// parse: the dump refuses rather than save something wrong. `file` is the full
+    /// path (/proc/PID/fdinfo/FD names the descriptor).
+    #[error("process {pid}: {file}: field {field} {why}")]
+    Proc {
+        pid: i32,
+        file: String,
+        field: String,
+        why: String,
+    },
     #[error("process {pid}: {what}: {source}")]
     Io {
         pid: i32,

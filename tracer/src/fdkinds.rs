@@ -1,20 +1,12 @@
 //! Descriptor kinds beyond plain files and pipes, read from the outside while the process
 //! is frozen: eventfd, timerfd, signalfd, inotify and epoll (from fdinfo), memfds and
 //! regular files deleted after they were opened or mapped (content stored), and FIFOs.
-//!
-//! fdinfo formats (fs/eventfd.c, fs/timerfd.c, fs/signalfd.c, fs/notify/fdinfo.c,
-//! fs/eventpoll.c):
-//! - `eventfd-count: %16llx` (hex), `eventfd-id: %d`, `eventfd-semaphore: %d` (5.x+)
-//! - `clockid: %d`, `ticks: %llu`, `settime flags: 0%o`, `it_value: (%llu, %llu)`,
-//!   `it_interval: (%llu, %llu)`; it_value is the time left (0 once expired)
-//! - `sigmask:\t%016x` (the accepted signals)
-//! - `inotify wd:%x ino:%lx sdev:%x mask:%x ignored_mask:0 fhandle-bytes:%x
-//!   fhandle-type:%x f_handle:%02x...` (all hex; sdev is a kernel dev_t)
-//! - `tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x`
+//! The fdinfo lines of each kind are parsed in [`crate::proc`] (formats there).
 
 use crate::error::{Result, TraceError};
 use crate::files::IdentityCache;
 use crate::maps::MapEntry;
+use crate::proc;
 use crate::state::{EpollEntry, Fd, FdKind, InotifyWatch, UnlinkedFile, VmaKind};
 use std::collections::HashMap;
 use std::io;
@@ -26,58 +18,6 @@ pub const MAX_STORED_FILE: u64 = 256 << 20;
 
 const TFD_TIMER_ABSTIME: i32 = 1;
 const HUGETLBFS_MAGIC: i64 = 0x958458f6;
-
-fn invalid(what: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what)
-}
-
-/// The value of the fdinfo line `key: value`.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k.trim() == key).then(|| v.trim())
-    })
-}
-
-/// `key:value` and `key: value` pairs of one fdinfo line, in order.
-fn pairs(line: &str) -> Vec<(&str, &str)> {
-    let mut out = Vec::new();
-    let mut it = line.split_whitespace().peekable();
-    while let Some(tok) = it.next() {
-        if let Some(k) = tok.strip_suffix(':') {
-            if let Some(v) = it.next() {
-                out.push((k, v));
-            }
-        } else if let Some((k, v)) = tok.split_once(':') {
-            out.push((k, v));
-        }
-    }
-    out
-}
-
-fn get<'a>(p: &[(&str, &'a str)], key: &str) -> Option<&'a str> {
-    p.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
-}
-
-fn hex(v: Option<&str>) -> Option<u64> {
-    u64::from_str_radix(v?.trim(), 16).ok()
-}
-
-/// `(sec, nsec)` → nanoseconds.
-fn timespec_ns(v: Option<&str>) -> Option<u64> {
-    let (s, n) = v?
-        .trim()
-        .strip_prefix('(')?
-        .strip_suffix(')')?
-        .split_once(',')?;
-    let (s, n): (u64, u64) = (s.trim().parse().ok()?, n.trim().parse().ok()?);
-    s.checked_mul(1_000_000_000)?.checked_add(n)
-}
-
-/// A kernel-internal dev_t (as fdinfo prints s_dev) as userspace sees it in st_dev.
-fn kdev_to_dev(k: u64) -> u64 {
-    libc::makedev((k >> 20) as u32, (k & 0xfffff) as u32)
-}
 
 fn clock_now_ns(clockid: i32) -> u64 {
     // The alarm clocks read like the clocks they are based on.
@@ -97,7 +37,7 @@ fn clock_now_ns(clockid: i32) -> u64 {
 
 /// Classify an `anon_inode:` descriptor; kinds not listed here are refused with
 /// [`TraceError::UnsupportedFd`].
-pub fn anon_fd(pid: i32, fd: i32, name: &str) -> Result<FdKind> {
+pub fn anon_fd(pid: i32, fd: i32, name: &str, info: &proc::FdInfo) -> Result<FdKind> {
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
     if !matches!(
         name,
@@ -105,67 +45,41 @@ pub fn anon_fd(pid: i32, fd: i32, name: &str) -> Result<FdKind> {
     ) {
         return Err(unsupported(name.to_string()));
     }
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .map_err(|e| TraceError::io(pid, format!("fdinfo {fd}"), e))?;
-    let bad = |what: &str| {
-        TraceError::io(
-            pid,
-            format!("fd {fd} ({name})"),
-            invalid(format!("unexpected fdinfo: no valid {what}")),
-        )
-    };
+    let text = info.text.as_str();
+    let bad = |b: proc::Bad| b.at(pid, &proc::fdinfo_path(pid, fd));
     match name {
-        "[eventfd]" => Ok(FdKind::Eventfd {
-            count: hex(field(&text, "eventfd-count")).ok_or_else(|| bad("eventfd-count"))?,
-            // Older kernels do not show it: taken as a plain counter.
-            semaphore: field(&text, "eventfd-semaphore") == Some("1"),
-        }),
+        "[eventfd]" => {
+            let e = proc::parse_eventfd(text).map_err(bad)?;
+            Ok(FdKind::Eventfd {
+                count: e.count,
+                // Older kernels do not show it: taken as a plain counter.
+                semaphore: e.semaphore.unwrap_or(false),
+            })
+        }
         "[timerfd]" => {
-            let clockid: i32 = field(&text, "clockid")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad("clockid"))?;
-            let settime_flags = field(&text, "settime flags")
-                .and_then(|v| i32::from_str_radix(v, 8).ok())
-                .ok_or_else(|| bad("settime flags"))?;
-            let ticks = field(&text, "ticks")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad("ticks"))?;
-            let value_ns = timespec_ns(field(&text, "it_value")).ok_or_else(|| bad("it_value"))?;
-            let interval_ns =
-                timespec_ns(field(&text, "it_interval")).ok_or_else(|| bad("it_interval"))?;
-            let deadline_ns = if settime_flags & TFD_TIMER_ABSTIME != 0 {
-                clock_now_ns(clockid) + value_ns
+            let t = proc::parse_timerfd(text).map_err(bad)?;
+            let deadline_ns = if t.settime_flags & TFD_TIMER_ABSTIME != 0 {
+                clock_now_ns(t.clockid) + t.value_ns
             } else {
                 0
             };
             Ok(FdKind::Timerfd {
-                clockid,
-                settime_flags,
-                ticks,
-                value_ns,
-                interval_ns,
+                clockid: t.clockid,
+                settime_flags: t.settime_flags,
+                ticks: t.ticks,
+                value_ns: t.value_ns,
+                interval_ns: t.interval_ns,
                 deadline_ns,
             })
         }
         "[signalfd]" => Ok(FdKind::Signalfd {
-            mask: hex(field(&text, "sigmask")).ok_or_else(|| bad("sigmask"))?,
+            mask: proc::parse_signalfd(text).map_err(bad)?,
         }),
         "inotify" => {
             let mut watches = Vec::new();
-            for line in text.lines().filter(|l| l.starts_with("inotify ")) {
-                let p = pairs(line.trim_start_matches("inotify "));
-                let wd = hex(get(&p, "wd")).ok_or_else(|| bad("inotify wd"))? as i32;
-                let ino = hex(get(&p, "ino")).ok_or_else(|| bad("inotify ino"))?;
-                let dev = kdev_to_dev(hex(get(&p, "sdev")).ok_or_else(|| bad("inotify sdev"))?);
-                let mask = hex(get(&p, "mask")).ok_or_else(|| bad("inotify mask"))? as u32;
-                let handle = match (
-                    hex(get(&p, "fhandle-type")),
-                    get(&p, "f_handle").and_then(unhex),
-                ) {
-                    (Some(t), Some(h)) if !h.is_empty() => Some((t as i32, h)),
-                    _ => None,
-                };
-                let path = watch_path(dev, ino, handle).map_err(|why| {
+            for w in proc::parse_inotify(text).map_err(bad)? {
+                let (wd, ino, dev, mask) = (w.wd, w.ino, proc::kdev_to_dev(w.sdev), w.mask);
+                let path = watch_path(dev, ino, w.handle).map_err(|why| {
                     unsupported(format!(
                         "inotify watch wd {wd} on inode {ino} whose path cannot be found ({why})"
                     ))
@@ -184,19 +98,15 @@ pub fn anon_fd(pid: i32, fd: i32, name: &str) -> Result<FdKind> {
         _ => {
             // "[eventpoll]"
             let mut entries = Vec::new();
-            for line in text.lines().filter(|l| l.starts_with("tfd:")) {
-                let p = pairs(line);
-                let tfd: i32 = get(&p, "tfd")
-                    .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| bad("epoll tfd"))?;
-                let events = hex(get(&p, "events")).ok_or_else(|| bad("epoll events"))? as u32;
-                let data = hex(get(&p, "data")).ok_or_else(|| bad("epoll data"))?;
+            for e in proc::parse_epoll(text).map_err(bad)? {
+                let (tfd, events, data) = (e.tfd, e.events, e.data);
                 // The entry is keyed by (file, fd number): the number must still name that
-                // file in this process, or the entry cannot be added back.
-                let ino = hex(get(&p, "ino"));
-                let sdev = hex(get(&p, "sdev")).map(kdev_to_dev);
+                // file in this process, or the entry cannot be added back. Kernels before
+                // 3.18 show no ino/sdev: then only kcmp checks it.
+                let ino = e.ino;
+                let sdev = e.sdev.map(proc::kdev_to_dev);
                 let toff = entries.iter().filter(|e: &&EpollEntry| e.fd == tfd).count();
-                match std::fs::metadata(format!("/proc/{pid}/fd/{tfd}")) {
+                match std::fs::metadata(proc::path(pid, &format!("fd/{tfd}"))) {
                     Ok(md)
                         if ino.is_none_or(|i| i == md.ino())
                             && sdev.is_none_or(|d| d == md.dev())
@@ -261,34 +171,21 @@ fn same_epoll_target(pid: i32, epfd: i32, tfd: i32, toff: usize) -> Option<bool>
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
-        .collect()
-}
-
 /// A mount point of the filesystem `dev` in our mount namespace (the one mounting its
 /// root, if any).
-fn mount_of(dev: u64) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+fn mount_of(dev: u64) -> std::result::Result<Option<String>, String> {
     let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let mut best: Option<String> = None;
-    for l in text.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.len() < 5 || f[2] != want {
+    for m in proc::own_mounts()? {
+        if m.majmin != want {
             continue;
         }
-        let point = f[4].replace("\\040", " ");
-        if f[3] == "/" {
-            return Some(point);
+        if m.root == "/" {
+            return Ok(Some(m.point));
         }
-        best.get_or_insert(point);
+        best.get_or_insert(m.point);
     }
-    best
+    Ok(best)
 }
 
 /// The path of the watched inode: open_by_handle_at(2) with the handle fdinfo shows (needs
@@ -300,7 +197,7 @@ fn watch_path(
 ) -> std::result::Result<String, String> {
     let (htype, bytes) =
         handle.ok_or("its filesystem gives no file handle; ckpt does not search by inode")?;
-    let mnt = mount_of(dev).ok_or("its filesystem is not mounted here")?;
+    let mnt = mount_of(dev)?.ok_or("its filesystem is not mounted here")?;
     let mnt_c = std::ffi::CString::new(mnt.clone()).map_err(|e| e.to_string())?;
     // SAFETY: open(2) with a valid C string.
     let mfd = unsafe {
@@ -426,7 +323,7 @@ pub fn unlinked_fd(
         Some(n) => (true, n, "memfd"),
         None => (false, base, "deleted file"),
     };
-    let link = format!("/proc/{pid}/fd/{fd}");
+    let link = proc::path(pid, &format!("fd/{fd}"));
     if !memfd {
         let md = std::fs::metadata(&link)
             .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
@@ -461,16 +358,15 @@ pub fn unlinked_vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<V
         None => (false, base, "deleted file"),
     };
     let dev = libc::makedev(m.dev.0, m.dev.1);
-    let by_fd = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()
-        .and_then(|d| {
-            d.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-                std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode && md.dev() == dev)
-            })
-        });
+    let fds = proc::fd_numbers(pid).map_err(|e| TraceError::io(pid, "listing descriptors", e))?;
+    // A descriptor closed meanwhile (no metadata) is simply not one to read through.
+    let by_fd = fds
+        .into_iter()
+        .map(|fd| proc::path(pid, &format!("fd/{fd}")))
+        .find(|p| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode && md.dev() == dev));
     let open_path = match by_fd {
-        Some(p) => p.to_string_lossy().into_owned(),
-        None => format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end),
+        Some(p) => p,
+        None => proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end)),
     };
     let file = unlinked(&open_path, memfd, name, ids).map_err(|why| TraceError::Unsupported {
         pid,

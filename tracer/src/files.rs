@@ -106,15 +106,6 @@ pub fn elf_build_id(path: &Path) -> io::Result<Option<Vec<u8>>> {
     Ok(None)
 }
 
-fn fdinfo(pid: i32, fd: i32) -> io::Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-    Ok(text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect())
-}
-
 fn is_tty_rdev(rdev: u64) -> bool {
     let major = libc::major(rdev);
     matches!(major, 4 | 5 | 136..=143)
@@ -123,27 +114,18 @@ fn is_tty_rdev(rdev: u64) -> bool {
 /// Read every descriptor of `pid` and classify it; unsupported kinds are an error that
 /// names the pid, fd and kind.
 pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
-    let dir = format!("/proc/{pid}/fd");
-    let mut nums: Vec<i32> = std::fs::read_dir(&dir)
-        .map_err(|e| TraceError::io(pid, "listing descriptors", e))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    nums.sort_unstable();
+    use crate::proc::FdTarget;
+    let nums =
+        crate::proc::fd_numbers(pid).map_err(|e| TraceError::io(pid, "listing descriptors", e))?;
     let mut out = Vec::new();
     let mut pipe_ends: HashMap<u64, Vec<(usize, bool)>> = HashMap::new();
     for fd in nums {
-        let link_path = format!("{dir}/{fd}");
-        let target = match std::fs::read_link(&link_path) {
-            Ok(t) => t.to_string_lossy().into_owned(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // closed meanwhile
-            Err(e) => return Err(TraceError::io(pid, format!("reading fd {fd}"), e)),
+        let link_path = crate::proc::path(pid, &format!("fd/{fd}"));
+        let Some(target) = crate::proc::fd_target(pid, fd)? else {
+            continue; // closed meanwhile
         };
-        let info = fdinfo(pid, fd).map_err(|e| TraceError::io(pid, format!("fdinfo {fd}"), e))?;
-        let raw_flags = info
-            .get("flags")
-            .and_then(|v| i32::from_str_radix(v, 8).ok())
-            .unwrap_or(0);
-        let pos: u64 = info.get("pos").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let info = crate::proc::fdinfo(pid, fd)?;
+        let (raw_flags, pos) = (info.flags, info.pos);
         let cloexec = raw_flags & libc::O_CLOEXEC != 0;
         let flags = raw_flags & !libc::O_CLOEXEC;
         let unsupported = |kind: &str| TraceError::UnsupportedFd {
@@ -151,64 +133,65 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
             fd,
             kind: kind.to_string(),
         };
-        let kind = if let Some(rest) = target.strip_prefix("pipe:[") {
-            let ino: u64 = rest.trim_end_matches(']').parse().unwrap_or(0);
-            let write_end = flags & libc::O_ACCMODE == libc::O_WRONLY;
-            pipe_ends
-                .entry(ino)
-                .or_default()
-                .push((out.len(), write_end));
-            FdKind::Pipe {
-                ino,
-                write_end,
-                peer_in_process: false,
-                data: Vec::new(),
-            }
-        } else if let Some(rest) = target.strip_prefix("socket:[") {
-            let ino: u64 = rest.trim_end_matches(']').parse().unwrap_or(0);
-            crate::unix::socket_fd(pid, fd, ino)?
-        } else if let Some(k) = target.strip_prefix("anon_inode:") {
-            crate::fdkinds::anon_fd(pid, fd, k)?
-        } else if target.starts_with("/memfd:") || target.ends_with(" (deleted)") {
-            crate::fdkinds::unlinked_fd(pid, fd, &target, pos, ids)?
-        } else if target.starts_with('/') {
-            let md = std::fs::metadata(&link_path)
-                .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-            let ft = md.file_type();
-            use std::os::unix::fs::FileTypeExt;
-            if ft.is_file() {
-                let id = file_identity(Path::new(&link_path), &target)
-                    .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-                match ids.identity(&target) {
-                    Ok(cur) if cur.ino == id.ino && cur.dev == id.dev => {}
-                    _ => {
-                        return Err(unsupported(&format!(
-                            "file {target} that was replaced or renamed since it was opened"
-                        )))
-                    }
+        let kind = match target {
+            FdTarget::Pipe(ino) => {
+                let write_end = flags & libc::O_ACCMODE == libc::O_WRONLY;
+                pipe_ends
+                    .entry(ino)
+                    .or_default()
+                    .push((out.len(), write_end));
+                FdKind::Pipe {
+                    ino,
+                    write_end,
+                    peer_in_process: false,
+                    data: Vec::new(),
                 }
-                FdKind::File { id, pos }
-            } else if ft.is_dir() {
-                FdKind::Dir { path: target }
-            } else if ft.is_char_device() && is_tty_rdev(md.rdev()) {
-                FdKind::Tty { path: target }
-            } else if ft.is_char_device()
-                && matches!(
-                    target.as_str(),
-                    "/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom"
-                )
+            }
+            FdTarget::Socket(ino) => crate::unix::socket_fd(pid, fd, ino)?,
+            FdTarget::AnonInode(k) => crate::fdkinds::anon_fd(pid, fd, &k, &info)?,
+            FdTarget::Other(target)
+                if target.starts_with("/memfd:") || target.ends_with(" (deleted)") =>
             {
-                FdKind::CharDev {
-                    path: target,
-                    rdev: md.rdev(),
-                }
-            } else if ft.is_fifo() {
-                crate::fdkinds::fifo_fd(&target, md.ino())
-            } else {
-                return Err(unsupported(&format!("device or special file {target}")));
+                crate::fdkinds::unlinked_fd(pid, fd, &target, pos, ids)?
             }
-        } else {
-            return Err(unsupported(&target));
+            FdTarget::Other(target) if target.starts_with('/') => {
+                let md = std::fs::metadata(&link_path)
+                    .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
+                let ft = md.file_type();
+                use std::os::unix::fs::FileTypeExt;
+                if ft.is_file() {
+                    let id = file_identity(Path::new(&link_path), &target)
+                        .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
+                    match ids.identity(&target) {
+                        Ok(cur) if cur.ino == id.ino && cur.dev == id.dev => {}
+                        _ => {
+                            return Err(unsupported(&format!(
+                                "file {target} that was replaced or renamed since it was opened"
+                            )))
+                        }
+                    }
+                    FdKind::File { id, pos }
+                } else if ft.is_dir() {
+                    FdKind::Dir { path: target }
+                } else if ft.is_char_device() && is_tty_rdev(md.rdev()) {
+                    FdKind::Tty { path: target }
+                } else if ft.is_char_device()
+                    && matches!(
+                        target.as_str(),
+                        "/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom"
+                    )
+                {
+                    FdKind::CharDev {
+                        path: target,
+                        rdev: md.rdev(),
+                    }
+                } else if ft.is_fifo() {
+                    crate::fdkinds::fifo_fd(&target, md.ino())
+                } else {
+                    return Err(unsupported(&format!("device or special file {target}")));
+                }
+            }
+            FdTarget::Other(target) => return Err(unsupported(&target)),
         };
         let inherit = fd <= 2 && matches!(kind, FdKind::Tty { .. } | FdKind::Pipe { .. });
         out.push(Fd {
@@ -253,7 +236,7 @@ pub(crate) fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
     let src = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags_nonblock()
-        .open(format!("/proc/{pid}/fd/{fd}"))?;
+        .open(crate::proc::path(pid, &format!("fd/{fd}")))?;
     let mut p = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {

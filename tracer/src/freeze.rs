@@ -3,6 +3,7 @@
 //! process runs on unharmed when we let go (explicitly, or because of an error: `Drop`).
 
 use crate::error::{Result, TraceError};
+use crate::proc;
 use crate::ptrace::{self, Stop};
 use crate::state::{reg, Regs};
 use std::collections::BTreeSet;
@@ -37,13 +38,7 @@ pub struct Frozen {
 }
 
 fn list_tasks(pid: i32) -> io::Result<BTreeSet<i32>> {
-    let mut set = BTreeSet::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        if let Some(t) = e?.file_name().to_str().and_then(|s| s.parse().ok()) {
-            set.insert(t);
-        }
-    }
-    Ok(set)
+    proc::tasks(pid)
 }
 
 /// The kernel's state after signal handling without a handler: restartable syscalls
@@ -67,14 +62,14 @@ pub fn fixup_interrupted_syscall(regs: &mut Regs) -> Option<i64> {
 }
 
 /// Whether thread `tid` of process `pid` has ended: gone, a zombie, or being reaped.
+/// A stat that cannot be read or parsed counts as not ended: the caller goes on as with
+/// a live thread, and the next read of it fails with the reason.
 pub(crate) fn has_ended(pid: i32, tid: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) else {
-        return true;
-    };
-    let state = s
-        .rfind(')')
-        .and_then(|i| s[i + 1..].trim_start().chars().next());
-    matches!(state, None | Some('Z' | 'X' | 'x'))
+    match proc::task_stat_if_exists(pid, tid) {
+        Ok(None) => true,
+        Ok(Some(s)) => matches!(s.state, 'Z' | 'X' | 'x'),
+        Err(_) => false,
+    }
 }
 
 /// Whether process `pid` has ended: every one of its threads has (a main thread that
@@ -122,39 +117,30 @@ pub(crate) fn let_go(tid: i32) {
     }
 }
 
-fn tgid_of(tid: i32) -> Option<i32> {
-    let s = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("Tgid:"))
-        .and_then(|v| v.trim().parse().ok())
+/// The process of thread `tid`. None: no such thread; a status that does not parse is
+/// an error.
+fn tgid_of(tid: i32) -> Result<Option<i32>> {
+    Ok(proc::status_if_exists(tid)?.map(|s| s.tgid))
 }
 
 /// PF_KTHREAD in the flags of /proc/PID/stat (field 9).
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-fn is_kernel_thread(pid: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let rest = &s[s.rfind(')').map_or(0, |i| i + 2)..];
-    // rest starts at field 3 (state): field 9 is the seventh.
-    rest.split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse::<u64>().ok())
-        .is_some_and(|flags| flags & PF_KTHREAD != 0)
+/// Gone meanwhile: not a kernel thread (the attach then finds it gone).
+fn is_kernel_thread(pid: i32) -> Result<bool> {
+    Ok(proc::stat_if_exists(pid)?.is_some_and(|s| s.flags as u64 & PF_KTHREAD != 0))
 }
 
+/// The name of a process, for messages only ("?" once it is gone).
 fn comm_of(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim_end().to_string())
-        .unwrap_or_else(|_| "?".into())
+    proc::comm(pid, pid).unwrap_or_else(|_| "?".into())
 }
 
 /// Init and kernel threads are refused before anything is attached: the kernel
 /// refuses kernel threads even to root, and init is the ancestor of everything here,
 /// ckpt included (root could freeze it, and with it the whole system).
 fn refuse_untraceable(pid: i32) -> Result<()> {
-    let what = if is_kernel_thread(pid) {
+    let what = if is_kernel_thread(pid)? {
         "is a kernel thread; only user-space processes can be checkpointed"
     } else if pid == 1 {
         "is the init process of this PID namespace, an ancestor of every process here \
@@ -169,14 +155,6 @@ fn refuse_untraceable(pid: i32) -> Result<()> {
     })
 }
 
-/// One line of /proc/PID/task/TID/status.
-fn task_status(pid: i32, tid: i32, key: &str) -> Option<String> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .map(|v| v.trim().to_string())
-}
-
 /// Why the kernel refused to let us seize thread `tid` of `pid` (EPERM): another
 /// tracer on it or on another thread (the usual case, strace or gdb), or else
 /// privileges.
@@ -189,10 +167,11 @@ fn why_not_allowed(pid: i32, tid: i32, e: &io::Error) -> TraceError {
             .into_iter()
             .filter(|&t| t != tid),
     );
+    // Only to explain an EPERM already in hand: a thread gone or a status that cannot be
+    // read tells nothing, and the explanation falls back to privileges.
+    let status = |t: i32| proc::task_status_if_exists(pid, t).ok().flatten();
     for t in threads {
-        let tracer = task_status(pid, t, "TracerPid")
-            .and_then(|v| v.parse::<i32>().ok())
-            .unwrap_or(0);
+        let tracer = status(t).map_or(0, |s| s.tracer_pid);
         if tracer != 0 && tracer != me {
             return TraceError::AlreadyTraced {
                 pid,
@@ -210,19 +189,14 @@ fn why_not_allowed(pid: i32, tid: i32, e: &io::Error) -> TraceError {
     // all its own; anything else needs CAP_SYS_PTRACE.
     // SAFETY: geteuid cannot fail.
     let my_uid = unsafe { libc::geteuid() };
-    let uids: Vec<u32> = task_status(pid, pid, "Uid")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .filter_map(|u| u.parse().ok())
-        .collect();
+    let uids: Vec<u32> = status(pid).map(|s| s.uids.to_vec()).unwrap_or_default();
     let why = match uids.iter().find(|&&u| u != my_uid) {
         Some(&owner) if my_uid != 0 => format!(
             "it belongs to user {} (uid {owner}), and tracing another user's process needs \
              root or CAP_SYS_PTRACE",
             user_name(owner)
         ),
-        _ => match yama_ptrace_scope() {
+        _ => match proc::yama_ptrace_scope() {
             Some(1) => "kernel.yama.ptrace_scope is 1: a process can be traced only by its \
                         ancestors (start it with `ckpt run`), or by root or with CAP_SYS_PTRACE"
                 .into(),
@@ -243,14 +217,6 @@ fn why_not_allowed(pid: i32, tid: i32, e: &io::Error) -> TraceError {
     TraceError::PermissionDenied { pid, why }
 }
 
-fn yama_ptrace_scope() -> Option<u32> {
-    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 fn user_name(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
         Ok(Some(u)) => u.name,
@@ -261,10 +227,10 @@ fn user_name(uid: u32) -> String {
 impl Frozen {
     /// Seize and stop every thread of `pid`.
     pub fn freeze(pid: i32) -> Result<Frozen> {
-        if pid <= 0 || !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if pid <= 0 || !std::path::Path::new(&proc::path(pid, "")).exists() {
             return Err(TraceError::NoSuchProcess(pid));
         }
-        if tgid_of(pid) != Some(pid) {
+        if tgid_of(pid)? != Some(pid) {
             return Err(TraceError::NoSuchProcess(pid));
         }
         refuse_untraceable(pid)?;
@@ -277,9 +243,7 @@ impl Frozen {
         // PIDs are recorded as this process sees them: a process of another PID
         // namespace would be restored under the wrong ones.
         let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-        if let (Ok(mine), Ok(theirs)) =
-            (ns("/proc/self/ns/pid"), ns(&format!("/proc/{pid}/ns/pid")))
-        {
+        if let (Ok(mine), Ok(theirs)) = (ns("/proc/self/ns/pid"), ns(&proc::path(pid, "ns/pid"))) {
             if mine != theirs {
                 return Err(TraceError::Unsupported {
                     pid,
@@ -379,7 +343,7 @@ impl Frozen {
                     let _ = ptrace::cont(tid, sig);
                 }
                 Stop::NewTask(child) => {
-                    if tgid_of(child) == Some(self.pid) && seized.insert(child) {
+                    if tgid_of(child)? == Some(self.pid) && seized.insert(child) {
                         self.threads.push(FrozenThread {
                             tid: child,
                             regs: [0; 27],

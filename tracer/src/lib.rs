@@ -3,6 +3,7 @@
 //!
 //! - [`freeze`]: seize and stop every thread, and let them go unharmed.
 //! - [`inject`]: run system calls inside a frozen thread.
+//! - [`proc`]: every /proc text read and parsed (procfs-core where it has the field).
 //! - [`maps`] / [`files`] / [`procinfo`]: what /proc shows.
 //! - [`read`]: puts it together into a [`state::ProcessState`].
 //! - [`state`]: the serde types of a checkpointed process.
@@ -13,6 +14,7 @@ pub mod files;
 pub mod freeze;
 pub mod inject;
 pub mod maps;
+pub mod proc;
 pub mod procinfo;
 pub mod ptrace;
 pub mod read;

@@ -1,8 +1,9 @@
-//! The address space of a process: /proc/PID/smaps (regions and their VmFlags) and
-//! /proc/PID/pagemap (which pages hold data worth storing).
+//! The address space of a process: the regions of /proc/PID/smaps (read and parsed in
+//! [`crate::proc::smaps`]) and /proc/PID/pagemap (which pages hold data worth storing).
 
 use crate::error::{Result, TraceError};
 use crate::files::IdentityCache;
+use crate::proc::VmFlags;
 use crate::state::{PageRun, Vma, VmaKind};
 use std::fs::File;
 use std::io;
@@ -15,7 +16,7 @@ pub const PAGE: u64 = 4096;
 pub const SHARED_ANON_MEMFD: &str = "ckpt-shared-anon";
 const SHARED_ANON_MEMFD_PREFIX: &str = "/memfd:ckpt-shared-anon";
 
-/// One line of /proc/PID/maps plus its VmFlags.
+/// One region of /proc/PID/smaps: its maps line and its VmFlags.
 #[derive(Debug, Clone)]
 pub struct MapEntry {
     pub start: u64,
@@ -25,7 +26,7 @@ pub struct MapEntry {
     pub dev: (u32, u32),
     pub inode: u64,
     pub name: String,
-    pub vmflags: Vec<String>,
+    pub vmflags: VmFlags,
 }
 
 impl MapEntry {
@@ -45,61 +46,9 @@ impl MapEntry {
     pub fn shared(&self) -> bool {
         self.perms[3] == b's'
     }
-    pub fn has_flag(&self, f: &str) -> bool {
-        self.vmflags.iter().any(|v| v == f)
+    pub fn has_flag(&self, f: VmFlags) -> bool {
+        self.vmflags.contains(f)
     }
-}
-
-fn parse_map_line(line: &str) -> Option<MapEntry> {
-    let mut it = line.splitn(6, ' ');
-    let range = it.next()?;
-    let perms = it.next()?.as_bytes();
-    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
-    let dev = it.next()?;
-    let inode: u64 = it.next()?.parse().ok()?;
-    let name = it.next().unwrap_or("").trim_start().to_string();
-    let (s, e) = range.split_once('-')?;
-    let (maj, min) = dev.split_once(':')?;
-    Some(MapEntry {
-        start: u64::from_str_radix(s, 16).ok()?,
-        end: u64::from_str_radix(e, 16).ok()?,
-        perms: [perms[0], perms[1], perms[2], perms[3]],
-        offset,
-        dev: (
-            u32::from_str_radix(maj, 16).ok()?,
-            u32::from_str_radix(min, 16).ok()?,
-        ),
-        inode,
-        name,
-        vmflags: Vec::new(),
-    })
-}
-
-fn is_header(line: &str) -> bool {
-    let first = line.split(' ').next().unwrap_or("");
-    first.split_once('-').is_some_and(|(a, b)| {
-        !a.is_empty()
-            && a.bytes().all(|c| c.is_ascii_hexdigit())
-            && b.bytes().all(|c| c.is_ascii_hexdigit())
-    })
-}
-
-/// Regions of the process from /proc/PID/smaps, in address order.
-pub fn read_maps(pid: i32) -> io::Result<Vec<MapEntry>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    let mut out: Vec<MapEntry> = Vec::new();
-    for line in text.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let Some(last) = out.last_mut() {
-                last.vmflags = flags.split_whitespace().map(str::to_string).collect();
-            }
-        } else if is_header(line) {
-            if let Some(e) = parse_map_line(line) {
-                out.push(e);
-            }
-        }
-    }
-    Ok(out)
 }
 
 /// Decide how a region is saved; refuse what cannot be restored faithfully.
@@ -112,13 +61,13 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         "[vvar_vclock]" => return Ok(Some(VmaKind::VvarVclock)),
         _ => {}
     }
-    if m.has_flag("ht") {
+    if m.has_flag(VmFlags::HT) {
         return Err(unsupported(format!(
             "hugetlb mapping at {:#x} ({})",
             m.start, m.name
         )));
     }
-    if m.has_flag("io") || m.has_flag("pf") {
+    if m.has_flag(VmFlags::IO) || m.has_flag(VmFlags::PF) {
         return Err(unsupported(format!(
             "device mapping at {:#x} ({})",
             m.start, m.name
@@ -252,9 +201,9 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
 /// privileges). None when the object cannot be opened: the caller stores every page.
 pub fn shared_anon_runs(pid: i32, vma: &Vma) -> Option<Vec<PageRun>> {
     use std::os::fd::AsRawFd;
-    let f = File::open(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        vma.start, vma.end
+    let f = File::open(crate::proc::path(
+        pid,
+        &format!("map_files/{:x}-{:x}", vma.start, vma.end),
     ))
     .ok()?;
     let fd = f.as_raw_fd();

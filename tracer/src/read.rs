@@ -6,6 +6,7 @@ use crate::files::{self, IdentityCache};
 use crate::freeze::Frozen;
 use crate::inject::Injector;
 use crate::maps::{self, MapEntry};
+use crate::proc::{self, VmFlags};
 use crate::procinfo;
 use crate::ptrace;
 use crate::state::*;
@@ -21,7 +22,7 @@ pub struct MemReader {
 impl MemReader {
     pub fn open(pid: i32) -> io::Result<MemReader> {
         Ok(MemReader {
-            mem: File::open(format!("/proc/{pid}/mem"))?,
+            mem: File::open(proc::path(pid, "mem"))?,
         })
     }
     /// Fill `buf` from address `addr`.
@@ -68,9 +69,9 @@ pub fn exec_ranges_of(vmas: &[Vma]) -> Vec<(u64, u64)> {
     exec
 }
 
-/// The same, read from /proc/PID/maps of a live process.
-pub fn exec_ranges(pid: i32) -> io::Result<Vec<(u64, u64)>> {
-    let maps = maps::read_maps(pid)?;
+/// The same, read from /proc/PID/smaps of a live process.
+pub fn exec_ranges(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let maps = proc::smaps(pid)?;
     let mut v: Vec<(u64, u64)> = maps
         .iter()
         .filter(|m| m.name == "[vdso]")
@@ -105,8 +106,13 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         move |e: io::Error| TraceError::io(pid, what.clone(), e)
     };
     procinfo::check_unsupported(pid)?;
-    let features = procinfo::status_field(pid, "x86_Thread_features").unwrap_or_default();
-    if features.contains("shstk") {
+    let status = proc::status(pid)?;
+    // No x86_Thread_features line: a kernel without user shadow stacks.
+    if status
+        .thread_features
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == "shstk"))
+    {
         return Err(TraceError::Unsupported {
             pid,
             what: "shadow stacks".into(),
@@ -120,10 +126,10 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     }
 
     let mut ids = IdentityCache::default();
-    let entries: Vec<MapEntry> = maps::read_maps(pid).map_err(io_err("reading smaps"))?;
+    let entries: Vec<MapEntry> = proc::smaps(pid)?;
     let not_from_snapshot = entries
         .iter()
-        .filter(|m| m.has_flag("dc") || m.has_flag("wf") || m.shared())
+        .filter(|m| m.has_flag(VmFlags::DC) || m.has_flag(VmFlags::WF) || m.shared())
         .map(|m| (m.start, m.end))
         .collect();
     let mut vmas = Vec::new();
@@ -135,7 +141,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
                 prot: m.prot(),
                 shared: m.shared(),
                 offset: m.offset,
-                growsdown: m.has_flag("gd"),
+                growsdown: m.has_flag(VmFlags::GD),
                 name: m.name.clone(),
                 kind,
                 pages: Vec::new(),
@@ -167,7 +173,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         let rseq = ptrace::get_rseq(tid).map_err(io_err(&what("reading rseq")))?;
         let (robust_head, robust_len) =
             ptrace::get_robust_list(tid).map_err(io_err(&what("reading robust list")))?;
-        let name = procinfo::comm(pid, tid).map_err(io_err(&what("reading name")))?;
+        let name = proc::comm(pid, tid).map_err(io_err(&what("reading name")))?;
         let pending =
             ptrace::peek_siginfo(tid, false).map_err(io_err(&what("reading pending signals")))?;
         let t = &mut f.threads[i];
@@ -213,16 +219,8 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     // Per-process state that needs injection: brk, handlers, itimers.
     let leader = &mut f.threads[0];
     let brk = injected(pid, "brk(0)", inj.syscall(leader, libc::SYS_brk, [0; 6]))? as u64;
-    let caught = u64::from_str_radix(
-        &procinfo::status_field(pid, "SigCgt").map_err(io_err("reading status"))?,
-        16,
-    )
-    .unwrap_or(0);
-    let ignored = u64::from_str_radix(
-        &procinfo::status_field(pid, "SigIgn").map_err(io_err("reading status"))?,
-        16,
-    )
-    .unwrap_or(0);
+    // Read while the process is frozen: handlers cannot change until it runs again.
+    let (caught, ignored) = (status.sig_caught, status.sig_ignored);
     let mut sigactions = Vec::new();
     for sig in 1..=64i32 {
         let bit = 1u64 << (sig - 1);
@@ -258,19 +256,16 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
 
     let shared_pending =
         ptrace::peek_siginfo(pid, true).map_err(io_err("reading pending signals"))?;
-    let stat = procinfo::read_stat(pid).map_err(io_err("reading stat"))?;
+    let stat = proc::stat(pid)?;
     let mut mm = stat.mm;
     mm.brk = brk;
     let fds = files::read_fds(pid, &mut ids)?;
     let volatile_files = files::volatile_files(pid, &vmas, &fds)?;
-    let exe_path = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map_err(io_err("reading exe link"))?
-        .to_string_lossy()
-        .into_owned();
-    let exe = files::file_identity(std::path::Path::new(&format!("/proc/{pid}/exe")), &exe_path)
+    let exe_path = proc::link(pid, "exe").map_err(io_err("reading exe link"))?;
+    let exe = files::file_identity(std::path::Path::new(&proc::path(pid, "exe")), &exe_path)
         .map_err(io_err("reading the executable"))?;
 
-    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io_err("opening pagemap"))?;
+    let pagemap = File::open(proc::path(pid, "pagemap")).map_err(io_err("opening pagemap"))?;
     for v in &mut vmas {
         v.pages = match v.kind {
             VmaKind::SharedAnon { .. } => maps::shared_anon_runs(pid, v),
@@ -286,22 +281,15 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
             ppid: stat.ppid,
             pgid: stat.pgrp,
             sid: stat.session,
-            comm: procinfo::comm(pid, pid).map_err(io_err("reading comm"))?,
-            cmdline: procinfo::cmdline(pid).map_err(io_err("reading cmdline"))?,
+            comm: proc::comm(pid, pid).map_err(io_err("reading comm"))?,
+            cmdline: proc::cmdline(pid).map_err(io_err("reading cmdline"))?,
             exe,
-            cwd: std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .map_err(io_err("reading cwd"))?
-                .to_string_lossy()
-                .into_owned(),
-            umask: u32::from_str_radix(
-                &procinfo::status_field(pid, "Umask").map_err(io_err("reading status"))?,
-                8,
-            )
-            .unwrap_or(0o022),
-            personality: procinfo::personality(pid).map_err(io_err("reading personality"))?,
+            cwd: proc::link(pid, "cwd").map_err(io_err("reading cwd"))?,
+            umask: status.umask_of(pid)?,
+            personality: proc::personality(pid)?,
             rlimits: procinfo::rlimits(pid).map_err(io_err("reading rlimits"))?,
             mm,
-            auxv: procinfo::auxv(pid).map_err(io_err("reading auxv"))?,
+            auxv: proc::auxv(pid)?,
             xfeatures: threads
                 .first()
                 .map(|t| xstate_features(&t.xstate))

@@ -127,8 +127,10 @@ impl Snapshot {
     /// Whether the dead copy is still the process's zombie child, which only the
     /// process itself can reap (no exit signal: its parent never learns of it).
     fn parent_must_reap(&self) -> bool {
-        let Ok(copy) = crate::procinfo::read_stat(self.child) else {
-            return false; // reaped already
+        // Gone: reaped already. Unreadable or unparsable: nothing to do about it here,
+        // the copy is dead either way.
+        let Ok(Some(copy)) = crate::proc::stat_if_exists(self.child) else {
+            return false;
         };
         copy.ppid == self.pid && !crate::freeze::process_ended(self.pid)
     }
@@ -159,7 +161,8 @@ impl Snapshot {
             t.syscall = crate::freeze::fixup_interrupted_syscall(&mut regs);
             ptrace::set_regs(self.pid, &regs)?;
             t.regs = regs;
-            let inj = Injector::new(self.pid, &crate::read::exec_ranges(self.pid)?)?;
+            let ranges = crate::read::exec_ranges(self.pid).map_err(io::Error::other)?;
+            let inj = Injector::new(self.pid, &ranges)?;
             let r = inj.syscall(
                 &mut t,
                 libc::SYS_wait4,

@@ -22,84 +22,15 @@ use crate::inject::Injector;
 use crate::state::{ITimer, PosixTimer, ThreadState};
 use std::io;
 
-pub const SIGEV_SIGNAL: i32 = 0;
-pub const SIGEV_NONE: i32 = 1;
-pub const SIGEV_THREAD: i32 = 2;
-pub const SIGEV_THREAD_ID: i32 = 4;
+pub use crate::proc::{ProcTimer, SIGEV_NONE, SIGEV_SIGNAL, SIGEV_THREAD, SIGEV_THREAD_ID};
+
+/// Parse the text of /proc/PID/timers ([`crate::proc::parse_timers`]), for callers
+/// outside the tracer that want an `io::Error` (the restore's check of the ids).
+pub fn parse_proc_timers(text: &str) -> io::Result<Vec<ProcTimer>> {
+    crate::proc::parse_timers(text).map_err(|b| b.into_io("/proc/PID/timers"))
+}
 
 const ITIMER_NAMES: [&str; 3] = ["ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF"];
-
-/// One block of /proc/PID/timers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcTimer {
-    pub id: i32,
-    pub signo: i32,
-    pub sigval: u64,
-    /// sigev_notify as the kernel keeps it (SIGEV_THREAD_ID included).
-    pub notify: i32,
-    /// The pid (or, with SIGEV_THREAD_ID, the tid) that is signalled.
-    pub target: i32,
-    pub clock: i32,
-}
-
-fn bad(line: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("unexpected line in /proc/PID/timers: {line:?}"),
-    )
-}
-
-/// Parse the text of /proc/PID/timers.
-pub fn parse_proc_timers(text: &str) -> io::Result<Vec<ProcTimer>> {
-    let mut out: Vec<ProcTimer> = Vec::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let (key, val) = line.split_once(':').ok_or_else(|| bad(line))?;
-        let val = val.trim();
-        if key == "ID" {
-            out.push(ProcTimer {
-                id: val.parse().map_err(|_| bad(line))?,
-                signo: 0,
-                sigval: 0,
-                notify: SIGEV_SIGNAL,
-                target: 0,
-                clock: 0,
-            });
-            continue;
-        }
-        let t = out.last_mut().ok_or_else(|| bad(line))?;
-        match key {
-            "signal" => {
-                let (sig, value) = val.split_once('/').ok_or_else(|| bad(line))?;
-                t.signo = sig.parse().map_err(|_| bad(line))?;
-                // %px prints 16 hex digits; old kernels printed "(null)" for NULL.
-                t.sigval = match value {
-                    "(null)" => 0,
-                    v => u64::from_str_radix(v.trim_start_matches("0x"), 16)
-                        .map_err(|_| bad(line))?,
-                };
-            }
-            "notify" => {
-                let (kind, who) = val.split_once('/').ok_or_else(|| bad(line))?;
-                let base = match kind {
-                    "signal" => SIGEV_SIGNAL,
-                    "none" => SIGEV_NONE,
-                    "thread" => SIGEV_THREAD,
-                    _ => return Err(bad(line)),
-                };
-                let (pt, n) = who.split_once('.').ok_or_else(|| bad(line))?;
-                t.notify = match pt {
-                    "pid" => base,
-                    "tid" => base | SIGEV_THREAD_ID,
-                    _ => return Err(bad(line)),
-                };
-                t.target = n.parse().map_err(|_| bad(line))?;
-            }
-            "ClockID" => t.clock = val.parse().map_err(|_| bad(line))?,
-            _ => {} // a field added by a newer kernel
-        }
-    }
-    Ok(out)
-}
 
 /// Why a timer on `clock` cannot be restored faithfully, if it cannot.
 /// `pid`: the process; `tids`: its threads (leader first).
@@ -195,19 +126,9 @@ pub fn read_timers(
         }
     }
 
-    let text = match std::fs::read_to_string(format!("/proc/{pid}/timers")) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(), // !CONFIG_CHECKPOINT_RESTORE
-        Err(e) => return Err(TraceError::io(pid, "reading /proc/PID/timers", e)),
-    };
-    let listed =
-        parse_proc_timers(&text).map_err(|e| TraceError::io(pid, "reading /proc/PID/timers", e))?;
-    if listed.is_empty() && !text.trim().is_empty() {
-        return Err(TraceError::Unsupported {
-            pid,
-            what: "POSIX timers in an unknown /proc/PID/timers format".into(),
-        });
-    }
+    // No /proc/PID/timers: a kernel without CONFIG_CHECKPOINT_RESTORE, which cannot
+    // list POSIX timers (as before, none are saved).
+    let listed = crate::proc::timers(pid)?.unwrap_or_default();
     let mut posix = Vec::new();
     for t in listed {
         let unsupported = |why: String| TraceError::Unsupported {
@@ -263,34 +184,6 @@ pub fn read_timers(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SAMPLE: &str =
-        "ID: 5\nsignal: 10/000000001234abcd\nnotify: signal/pid.27967\nClockID: -223738\n\
-ID: 2\nsignal: 34/0000000000000000\nnotify: signal/tid.27968\nClockID: -6\n\
-ID: 1\nsignal: 14/(null)\nnotify: none/pid.27967\nClockID: 0\n\
-ID: 0\nsignal: 12/00007ffd00000001\nnotify: thread/pid.27967\nClockID: 1\n";
-
-    #[test]
-    fn parses_every_notify_kind() {
-        let t = parse_proc_timers(SAMPLE).unwrap();
-        assert_eq!(t.len(), 4);
-        assert_eq!(
-            t[0],
-            ProcTimer {
-                id: 5,
-                signo: 10,
-                sigval: 0x1234abcd,
-                notify: SIGEV_SIGNAL,
-                target: 27967,
-                clock: -223738
-            }
-        );
-        assert_eq!((t[1].notify, t[1].target), (SIGEV_THREAD_ID, 27968));
-        assert_eq!((t[2].notify, t[2].sigval, t[2].signo), (SIGEV_NONE, 0, 14));
-        assert_eq!((t[3].notify, t[3].sigval), (SIGEV_THREAD, 0x7ffd00000001));
-        assert!(parse_proc_timers("").unwrap().is_empty());
-        assert!(parse_proc_timers("signal: 1/0\n").is_err());
-    }
 
     #[test]
     fn clocks() {

@@ -20,17 +20,7 @@ pub struct FrozenTree {
 }
 
 fn children(pid: i32) -> io::Result<BTreeSet<i32>> {
-    let mut out = BTreeSet::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let t = t?.file_name();
-        let Ok(s) =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{}/children", t.to_string_lossy()))
-        else {
-            continue;
-        };
-        out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-    }
-    Ok(out)
+    crate::proc::children(pid)
 }
 
 /// `root` and every process below it (as far as /proc shows them now), root first.
@@ -56,14 +46,15 @@ pub fn kill_descendants(root: i32) -> Vec<i32> {
     pids
 }
 
-/// (state char, ppid, pgrp, session, exit_code) from /proc/PID/stat.
-fn stat_brief(pid: i32) -> io::Result<(char, i32, i32, i32, i32)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let n = |i: usize| f.get(i - 3).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let state = f.first().and_then(|s| s.chars().next()).unwrap_or('?');
-    Ok((state, n(4), n(5), n(6), n(52)))
+/// (state char, ppid, pgrp, session, exit_code) from /proc/PID/stat. `Ok(None)`: gone
+/// (and reaped) already.
+type Brief = (char, i32, i32, i32, i32);
+
+fn stat_brief(pid: i32) -> Result<Option<Brief>> {
+    Ok(
+        crate::proc::stat_if_exists(pid)?
+            .map(|s| (s.state, s.ppid, s.pgrp, s.session, s.exit_code)),
+    )
 }
 
 impl FrozenTree {
@@ -77,24 +68,24 @@ impl FrozenTree {
             let pid = tree.procs[i].pid;
             let kids = children(pid).map_err(|e| TraceError::io(pid, "listing children", e))?;
             for kid in kids {
-                if is_stale_snapshot(kid) {
+                if is_stale_snapshot(kid)? {
                     wait_zombie(kid);
                     reap_in(&mut tree.procs[i], kid)?;
                     continue;
                 }
-                match stat_brief(kid) {
-                    Ok(('Z', ppid, pgid, sid, status)) => tree.zombies.push(Zombie {
+                match stat_brief(kid)? {
+                    Some(('Z', ppid, pgid, sid, status)) => tree.zombies.push(Zombie {
                         pid: kid,
                         ppid,
                         pgid,
                         sid,
                         wait_status: status,
                     }),
-                    Ok(_) => match Frozen::freeze(kid) {
+                    Some(_) => match Frozen::freeze(kid) {
                         Ok(f) => tree.procs.push(f),
                         // Exited between listing and seizing: it is a zombie now.
                         Err(TraceError::NoSuchProcess(_)) | Err(TraceError::Exited { .. }) => {
-                            if let Ok(('Z', ppid, pgid, sid, status)) = stat_brief(kid) {
+                            if let Some(('Z', ppid, pgid, sid, status)) = stat_brief(kid)? {
                                 tree.zombies.push(Zombie {
                                     pid: kid,
                                     ppid,
@@ -106,7 +97,7 @@ impl FrozenTree {
                         }
                         Err(e) => return Err(e),
                     },
-                    Err(_) => {} // gone and reaped already
+                    None => {} // gone and reaped already
                 }
             }
             i += 1;
@@ -119,27 +110,21 @@ impl FrozenTree {
 /// `ckpt-snapshot`, with no exit signal, traced by nobody (the kernel killed it when its
 /// ckpt died), which its parent will never reap itself. It may still be exiting (freeing
 /// a large address space takes a while): dead or dying, it is not part of the job.
-fn is_stale_snapshot(pid: i32) -> bool {
-    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
+fn is_stale_snapshot(pid: i32) -> Result<bool> {
+    let Some(s) = crate::proc::stat_if_exists(pid)? else {
+        return Ok(false); // gone
     };
-    let name = s
-        .find('(')
-        .zip(s.rfind(')'))
-        .map(|(a, b)| &s[a + 1..b])
-        .unwrap_or("");
-    let rest = &s[s.rfind(')').map(|i| i + 2).unwrap_or(0)..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state); field 38 is exit_signal.
-    name == crate::snapshot::SNAPSHOT_COMM
-        && f.get(35) == Some(&"0")
-        && crate::procinfo::status_field(pid, "TracerPid").is_ok_and(|t| t == "0")
+    if s.comm != crate::snapshot::SNAPSHOT_COMM || s.exit_signal != 0 {
+        return Ok(false);
+    }
+    Ok(crate::proc::status_if_exists(pid)?.is_some_and(|st| st.tracer_pid == 0))
 }
 
 /// Wait (a few seconds at most) until a process that is exiting is a zombie.
 fn wait_zombie(pid: i32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !matches!(stat_brief(pid), Ok(('Z', ..)) | Err(_)) && std::time::Instant::now() < deadline
+    while !matches!(stat_brief(pid), Ok(Some(('Z', ..)) | None) | Err(_))
+        && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
@@ -148,8 +133,7 @@ fn wait_zombie(pid: i32) {
 /// Reap zombie `kid` from inside its frozen parent (wait4 with __WALL).
 fn reap_in(parent: &mut Frozen, kid: i32) -> Result<()> {
     let pid = parent.pid;
-    let ranges =
-        crate::read::exec_ranges(pid).map_err(|e| TraceError::io(pid, "reading maps", e))?;
+    let ranges = crate::read::exec_ranges(pid)?;
     let inj = crate::inject::Injector::new(pid, &ranges)
         .map_err(|e| TraceError::io(pid, "preparing syscall injection", e))?;
     let r = inj
@@ -207,7 +191,7 @@ pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
     let mut groups: HashMap<(u64, u64), Vec<(usize, usize)>> = HashMap::new();
     for (pi, p) in procs.iter().enumerate() {
         for (fi, fd) in p.fds.iter().enumerate() {
-            let md = std::fs::metadata(format!("/proc/{}/fd/{}", p.pid, fd.fd))
+            let md = std::fs::metadata(crate::proc::path(p.pid, &format!("fd/{}", fd.fd)))
                 .map_err(|e| TraceError::io(p.pid, format!("stat of fd {}", fd.fd), e))?;
             groups
                 .entry((md.dev(), md.ino()))
