@@ -25,6 +25,9 @@
 mod validate;
 
 pub use validate::{validate, validate_header, PlanError, PlanErrorKind, PlanView};
+/// The conversions (`IntoBytes::as_bytes`, `FromBytes::read_from_bytes`...) the records
+/// implement, for the front end and the loader to use with exactly this version.
+pub use zerocopy;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 

@@ -18,7 +18,7 @@ use crate::generation;
 use crate::image::Image;
 use crate::progress;
 use anyhow::{bail, Context, Result};
-use plan::layout::{stage_name, Ready, READY_MAGIC};
+use ckpt_plan::{stage_name, Ready};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -66,9 +66,7 @@ fn read_ready(fd: &OwnedFd) -> Option<Ready> {
         }
         got += n as usize;
     }
-    // SAFETY: Ready is plain data of exactly this size.
-    let r: Ready = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-    (r.magic == READY_MAGIC).then_some(r)
+    Ready::parse(&buf)
 }
 
 fn rlimits_for(saved: &[ckpt_tracer::state::Rlimit]) -> Vec<(i32, libc::rlimit64)> {
@@ -146,6 +144,7 @@ fn prepare_process(
         unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
         "creating a pipe",
     )?;
+    // SAFETY: pipe2 just returned these two descriptors, which nothing else owns.
     let (status_r, status_w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
     let status_w = fds::above(status_w0, base)?;
     let plan_bytes = plan::build(
