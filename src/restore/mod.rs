@@ -156,6 +156,14 @@ fn prepare_process(
             map_files: map_files.iter().map(|f| f.as_raw_fd()).collect(),
         },
     );
+    // The loader's own checks, before any process exists: a plan it would refuse is a bug
+    // here, better reported now and with its cause.
+    if let Err(e) = plan::check(&plan_bytes) {
+        bail!(
+            "internal error: the restore plan of process {} is invalid: {e}",
+            state.pid
+        );
+    }
     let plan_fd = fds::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
     let mut loader_fds = vec![
         image_fd.as_raw_fd(),

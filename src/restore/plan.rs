@@ -165,3 +165,11 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
     body[..hdr_len].copy_from_slice(h.as_bytes());
     body
 }
+
+/// Runs `ckpt_plan::validate` (the checks the loader makes first) on a plan built here.
+pub fn check(plan: &[u8]) -> Result<(), PlanError> {
+    // `validate` reads the records in place, so it wants them 8-byte aligned.
+    let mut words = vec![0u64; plan.len().div_ceil(8)];
+    words.as_mut_bytes()[..plan.len()].copy_from_slice(plan);
+    validate(&words.as_bytes()[..plan.len()]).map(|_| ())
+}
