@@ -132,7 +132,7 @@ fn restore(plan_fd: i32) -> Result<()> {
     threads::create_threads(&plan)?;
 
     status::set_stage(STAGE_THREAD_STATE);
-    threads::restore_thread_state(&plan.threads[0])?;
+    threads::restore_thread_state(plan.leader())?;
     threads::wait_for_threads(&plan);
 
     close_fds(&plan);

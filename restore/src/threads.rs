@@ -49,11 +49,12 @@ const _: () = assert!(core::mem::size_of::<CloneArgs>() == 88);
 #[inline(never)]
 pub fn create_threads(plan: &Plan) -> Result<()> {
     let pid = syscall::getpid();
-    if plan.threads[0].tid != pid {
+    let leader = plan.leader();
+    if leader.tid != pid {
         return Err(Fail::new(
             STAGE_THREAD,
             syscall::ESRCH,
-            plan.threads[0].tid,
+            leader.tid,
             "threads[0] is not this process",
         ));
     }
