@@ -10,6 +10,10 @@ fn main() {
     for p in ["src", "Cargo.toml", "build.rs", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", restore.join(p).display());
     }
+    // The plan crate is built into the loader too.
+    for p in ["plan/src", "plan/Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", manifest_dir.join(p).display());
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let target_dir = out.join("loader-target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

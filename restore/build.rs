@@ -1,16 +1,11 @@
 //! Link the loader as a static, non-PIE executable placed inside the loader zone.
 //!
-//! The link address comes from `src/plan.rs` (the contract shared with the front end), so
-//! the zone is defined in exactly one place. Everything here is passed as link arguments
+//! The link address comes from the `ckpt-plan` crate (the contract shared with the front
+//! end), so the zone is defined in exactly one place. Everything here is passed as link arguments
 //! of the binary, which apply whatever the working directory of the cargo invocation is.
-
-#[allow(dead_code)]
-#[path = "src/plan.rs"]
-mod plan;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=src/plan.rs");
 
     let args = [
         // No C runtime, no libc: `_start` is ours (src/main.rs).
@@ -24,7 +19,7 @@ fn main() {
         "-static".to_string(),
         "-no-pie".to_string(),
         // Put the first PT_LOAD at the start of the loader zone; the rest follows it.
-        base_address_arg(plan::LOADER_ZONE_START),
+        base_address_arg(ckpt_plan::LOADER_ZONE_START),
         "-Wl,--build-id=none".to_string(),
         "-Wl,-z,noexecstack".to_string(),
         // No PT_INTERP, no dynamic section.

@@ -3,9 +3,9 @@
 //! Everything outside the zone except the vdso pieces and `[vsyscall]` is unmapped.
 
 use crate::maps::{self, MapEntry};
-use crate::plan::{LOADER_ZONE_END, LOADER_ZONE_START, STAGE_UNMAP};
 use crate::status::{Context, Fail, Result};
 use crate::syscall::{self, EINVAL};
+use ckpt_plan::{LOADER_ZONE_END, LOADER_ZONE_START, STAGE_UNMAP};
 
 /// Mappings the kernel provides that must survive (the vdso pieces are moved later;
 /// `[vsyscall]` lies above the user address space and cannot be unmapped).

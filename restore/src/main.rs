@@ -1,6 +1,6 @@
 //! `ckpt-restore <plan_fd>`: the restore loader.
 //!
-//! A static, libc-free executable linked inside the loader zone (`plan::LOADER_ZONE_*`).
+//! A static, libc-free executable linked inside the loader zone (`ckpt_plan::LOADER_ZONE_*`).
 //! The `ckpt restore` front end forks a child with the original PID, recreates its file
 //! descriptors and execs this loader in it. The loader turns its own process into the
 //! checkpointed memory image:
@@ -24,8 +24,6 @@
 
 mod clear;
 mod maps;
-#[allow(dead_code)]
-mod plan;
 mod planfile;
 mod process;
 mod regions;
@@ -37,7 +35,7 @@ mod vdso;
 
 use core::arch::naked_asm;
 
-use plan::*;
+use ckpt_plan::*;
 use status::{Fail, Result};
 
 /// Size of the main thread's stack (in `.bss`, inside the loader zone).
@@ -134,7 +132,7 @@ fn restore(plan_fd: i32) -> Result<()> {
     threads::create_threads(&plan)?;
 
     status::set_stage(STAGE_THREAD_STATE);
-    threads::restore_thread_state(&plan.threads[0])?;
+    threads::restore_thread_state(plan.leader())?;
     threads::wait_for_threads(&plan);
 
     close_fds(&plan);

@@ -6,9 +6,9 @@
 //! entries may be missed; callers that change the address space repeat the walk until it
 //! changes nothing.
 
-use crate::plan::STAGE_UNMAP;
 use crate::status::{Context, Fail, Result};
 use crate::syscall::{self, ERANGE};
+use ckpt_plan::STAGE_UNMAP;
 
 /// One line of the maps file. `name` is what follows the inode column ("" if nothing).
 #[derive(Clone, Copy)]

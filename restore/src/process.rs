@@ -1,10 +1,10 @@
 //! Process-wide state: signal handlers and the mm fields (code/data/brk/stack/arg/env
 //! boundaries and auxv) set with `prctl(PR_SET_MM, PR_SET_MM_MAP)`.
 
-use crate::plan::*;
 use crate::planfile::Plan;
 use crate::status::{Context, Result};
 use crate::syscall::{self, KernelSigaction};
+use ckpt_plan::*;
 
 /// Installs every signal handler of the plan.
 #[inline(never)]

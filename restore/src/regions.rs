@@ -6,13 +6,13 @@
 //! bounce buffer), then given its final protection; a region without data is mapped with
 //! its final protection at once.
 
-use crate::plan::*;
 use crate::planfile::Plan;
 use crate::status::{Context, Fail, Result};
 use crate::syscall::{
     self, EEXIST, EIO, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_GROWSDOWN, MAP_PRIVATE, MAP_SHARED,
     PROT_READ, PROT_WRITE,
 };
+use ckpt_plan::*;
 
 /// Maps and fills every non-vdso region of the plan.
 #[inline(never)]

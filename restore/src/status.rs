@@ -1,4 +1,4 @@
-//! Reporting to the front end: exactly one `plan::Ready` record on the status pipe.
+//! Reporting to the front end: exactly one `ckpt_plan::Ready` record on the status pipe.
 //!
 //! Failures anywhere (any thread, any stage, a panic) end in [`fail`], which writes the
 //! record once and ends the whole process with `exit_group(127)`. Success is reported by
@@ -6,13 +6,14 @@
 
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
-use crate::plan::{self, Ready};
 use crate::syscall::{self, Errno};
+use ckpt_plan::zerocopy::IntoBytes;
+use ckpt_plan::{self as plan, Ready};
 
 /// Exit status of the loader after a failure.
 pub const EXIT_FAILURE: i32 = 127;
 
-/// Why the loader gave up: errno, stage (`plan::STAGE_*`), address of the failing object.
+/// Why the loader gave up: errno, stage (`ckpt_plan::STAGE_*`), address of the failing object.
 #[derive(Clone, Copy, Debug)]
 pub struct Fail {
     pub errno: Errno,
@@ -66,19 +67,13 @@ pub fn current_stage() -> u64 {
 }
 
 fn ready(error: Errno, stage: u64, addr: u64, msg: &[u8]) -> Ready {
-    let mut r = Ready {
-        magic: plan::READY_MAGIC,
+    Ready::new(
         error,
         stage,
         addr,
-        loader_start: plan::LOADER_ZONE_START,
-        loader_end: plan::LOADER_ZONE_END,
-        msg: [0; 80],
-    };
-    // Keep at least one NUL at the end.
-    let n = msg.len().min(r.msg.len() - 1);
-    r.msg[..n].copy_from_slice(&msg[..n]);
-    r
+        (plan::LOADER_ZONE_START, plan::LOADER_ZONE_END),
+        msg,
+    )
 }
 
 /// Writes the record (128 bytes, below PIPE_BUF, so one atomic write on a pipe).
@@ -88,13 +83,7 @@ fn write_ready(r: &Ready) {
         // Nothing to tell it through: the exit status 127 must do.
         return;
     }
-    // SAFETY: Ready is plain old data without padding.
-    let bytes = unsafe {
-        core::slice::from_raw_parts(
-            r as *const Ready as *const u8,
-            core::mem::size_of::<Ready>(),
-        )
-    };
+    let bytes = r.as_bytes();
     let mut done = 0;
     while done < bytes.len() {
         match syscall::write(fd as i32, &bytes[done..]) {

@@ -67,8 +67,6 @@ pub const SS_DISABLE: u64 = 2;
 const FUTEX_WAIT_PRIVATE: usize = 128;
 const FUTEX_WAKE_PRIVATE: usize = 1 | 128;
 
-pub const PAGE_SIZE: u64 = 4096;
-
 #[inline(always)]
 unsafe fn syscall6(
     n: usize,

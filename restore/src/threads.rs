@@ -10,12 +10,12 @@
 use core::arch::naked_asm;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use crate::plan::*;
 use crate::planfile::Plan;
 use crate::status::{self, Context, Fail, Result};
 use crate::syscall::{
     self, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
 };
+use ckpt_plan::*;
 
 /// Number of non-main threads that have restored their state and parked (futex word).
 static ARRIVED: AtomicU32 = AtomicU32::new(0);
@@ -49,11 +49,12 @@ const _: () = assert!(core::mem::size_of::<CloneArgs>() == 88);
 #[inline(never)]
 pub fn create_threads(plan: &Plan) -> Result<()> {
     let pid = syscall::getpid();
-    if plan.threads[0].tid != pid {
+    let leader = plan.leader();
+    if leader.tid != pid {
         return Err(Fail::new(
             STAGE_THREAD,
             syscall::ESRCH,
-            plan.threads[0].tid,
+            leader.tid,
             "threads[0] is not this process",
         ));
     }

@@ -8,10 +8,10 @@
 //! first moved to the scratch area (keeping the layout), then to its final address.
 
 use crate::maps;
-use crate::plan::*;
 use crate::planfile::Plan;
 use crate::status::{Context, Fail, Result};
 use crate::syscall::{self, EINVAL, ENOENT};
+use ckpt_plan::*;
 
 /// Names of the pieces, indexed by `kind - VMA_VVAR`.
 const NAMES: [&[u8]; 3] = [b"[vvar]", b"[vvar_vclock]", b"[vdso]"];

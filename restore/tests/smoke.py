@@ -3,12 +3,12 @@
 
 Usage: python3 restore/tests/smoke.py <path-to-ckpt-restore>   (as root: clone3 set_tid)
 
-It builds an image file and a plan (layout: restore/src/plan.rs), forks a child that
+It builds an image file and a plan (layout: the ckpt-plan crate, plan/src/lib.rs), forks a child that
 execs the loader with them, and checks the parked result through /proc: memory regions
 and their contents, the vdso pieces at the planned addresses, two threads with the
 planned TIDs and names, the rseq registration, the signal handler, the mm fields, the
 auxv and the closed descriptors. Then two plans that must fail: overlapping regions
-(stage MAP) and a thread whose TID is taken (stage THREAD).
+(refused by the plan checks, stage PLAN) and a thread whose TID is taken (stage THREAD).
 Exit status 0 when everything passed.
 """
 
@@ -32,7 +32,7 @@ VMA_F_GROWSDOWN = 1
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
 
 STAGE_DONE, STAGE_PLAN, STAGE_MAP, STAGE_THREAD = 0, 1, 4, 9
-EEXIST = 17
+EEXIST, EINVAL = 17, 22
 
 HEADER_FMT = "<4Q12Q2q11Q"    # PlanHeader (with PrctlMmMap)
 VMA_FMT = "<QQIIIiQQQ"         # PlanVma
@@ -393,7 +393,7 @@ def main():
         img.write(image)
         img.flush()
         test_good(loader, img.name, image, pieces)
-        test_failure(loader, img.name, "overlap", STAGE_MAP, EEXIST, pieces)
+        test_failure(loader, img.name, "overlap", STAGE_PLAN, EINVAL, pieces)
         test_failure(loader, img.name, "tid_taken", STAGE_THREAD, EEXIST, pieces)
     print(f"{'FAILED' if failures else 'PASSED'}: {len(failures)} failure(s)")
     return 1 if failures else 0

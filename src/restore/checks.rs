@@ -2,9 +2,9 @@
 //! image refers to are unchanged, the original PIDs are free, the kernel and CPU can
 //! take the saved state, and nothing collides with the loader.
 
-use super::plan::layout::{LOADER_ZONE_END, LOADER_ZONE_START};
 use anyhow::{bail, Result};
 use ckpt_format::state::{FdKind, FileIdentity, ProcessState, VmaKind};
+use ckpt_plan::{LOADER_ZONE_END, LOADER_ZONE_START};
 use ckpt_tracer::files::file_identity;
 use std::collections::HashSet;
 use std::path::Path;

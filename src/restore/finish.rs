@@ -2,9 +2,9 @@
 //! thread: seize them, give each its saved registers, xstate and signal mask, unmap the
 //! loader, set the exe link and close-on-exec flags, and let everything run.
 
-use super::plan::layout::Ready;
 use anyhow::{bail, Context, Result};
 use ckpt_format::state::{reg, ProcessState, VmaKind};
+use ckpt_plan::Ready;
 use ckpt_tracer::freeze::FrozenThread;
 use ckpt_tracer::inject::Injector;
 use ckpt_tracer::ptrace::{self, Stop};

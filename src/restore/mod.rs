@@ -18,7 +18,7 @@ use crate::generation;
 use crate::image::Image;
 use crate::progress;
 use anyhow::{bail, Context, Result};
-use plan::layout::{stage_name, Ready, READY_MAGIC};
+use ckpt_plan::{stage_name, Ready};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -66,9 +66,7 @@ fn read_ready(fd: &OwnedFd) -> Option<Ready> {
         }
         got += n as usize;
     }
-    // SAFETY: Ready is plain data of exactly this size.
-    let r: Ready = unsafe { std::ptr::read_unaligned(buf.as_ptr().cast()) };
-    (r.magic == READY_MAGIC).then_some(r)
+    Ready::parse(&buf)
 }
 
 fn rlimits_for(saved: &[ckpt_format::state::Rlimit]) -> Vec<(i32, libc::rlimit64)> {
@@ -146,6 +144,7 @@ fn prepare_process(
         unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
         "creating a pipe",
     )?;
+    // SAFETY: pipe2 just returned these two descriptors, which nothing else owns.
     let (status_r, status_w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
     let status_w = fds::above(status_w0, base)?;
     let plan_bytes = plan::build(
@@ -157,6 +156,14 @@ fn prepare_process(
             map_files: map_files.iter().map(|f| f.as_raw_fd()).collect(),
         },
     );
+    // The loader's own checks, before any process exists: a plan it would refuse is a bug
+    // here, better reported now and with its cause.
+    if let Err(e) = plan::check(&plan_bytes) {
+        bail!(
+            "internal error: the restore plan of process {} is invalid: {e}",
+            state.pid
+        );
+    }
     let plan_fd = fds::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
     let mut loader_fds = vec![
         image_fd.as_raw_fd(),

@@ -1,12 +1,9 @@
-//! Builds the restore plan the loader executes (format: restore/src/plan.rs).
-
-#[path = "../../restore/src/plan.rs"]
-#[allow(dead_code)]
-pub mod layout;
+//! Builds the restore plan the loader executes (format and checks: the `ckpt-plan` crate).
 
 use crate::image::PAGE;
 use ckpt_format::state::{ProcessState, VmaKind};
-use layout::*;
+use ckpt_plan::zerocopy::IntoBytes;
+use ckpt_plan::*;
 use std::collections::HashMap;
 
 /// The descriptors the plan refers to, as numbers they will have in the loader.
@@ -17,13 +14,6 @@ pub struct PlanFds {
     pub map_fds: HashMap<String, i32>,
     /// Every descriptor opened for mappings (the loader closes them all).
     pub map_files: Vec<i32>,
-}
-
-fn push_struct<T: Copy>(buf: &mut Vec<u8>, v: &T) {
-    // SAFETY: T is a repr(C) plain-old-data struct from layout.rs.
-    let b =
-        unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) };
-    buf.extend_from_slice(b);
 }
 
 fn align8(buf: &mut Vec<u8>) {
@@ -154,31 +144,32 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
     align8(&mut body);
     h.vmas_off = body.len() as u64;
     h.nr_vmas = vmas.len() as u64;
-    vmas.iter().for_each(|v| push_struct(&mut body, v));
+    body.extend_from_slice(vmas.as_bytes());
     h.runs_off = body.len() as u64;
     h.nr_runs = runs.len() as u64;
-    runs.iter().for_each(|v| push_struct(&mut body, v));
+    body.extend_from_slice(runs.as_bytes());
     h.threads_off = body.len() as u64;
     h.nr_threads = threads.len() as u64;
-    threads.iter().for_each(|v| push_struct(&mut body, v));
+    body.extend_from_slice(threads.as_bytes());
     h.sigactions_off = body.len() as u64;
     h.nr_sigactions = sigactions.len() as u64;
-    sigactions.iter().for_each(|v| push_struct(&mut body, v));
+    body.extend_from_slice(sigactions.as_bytes());
     h.auxv_off = body.len() as u64;
     h.auxv_words = state.auxv.len() as u64;
-    state
-        .auxv
-        .iter()
-        .for_each(|w| body.extend_from_slice(&w.to_le_bytes()));
+    body.extend_from_slice(state.auxv.as_bytes());
     h.close_fds_off = body.len() as u64;
     h.nr_close_fds = close_fds.len() as u64;
-    close_fds
-        .iter()
-        .for_each(|f| body.extend_from_slice(&f.to_le_bytes()));
+    body.extend_from_slice(close_fds.as_bytes());
     align8(&mut body);
     h.size = body.len() as u64;
-    let mut head = Vec::new();
-    push_struct(&mut head, &h);
-    body[..hdr_len].copy_from_slice(&head);
+    body[..hdr_len].copy_from_slice(h.as_bytes());
     body
+}
+
+/// Runs `ckpt_plan::validate` (the checks the loader makes first) on a plan built here.
+pub fn check(plan: &[u8]) -> Result<(), PlanError> {
+    // `validate` reads the records in place, so it wants them 8-byte aligned.
+    let mut words = vec![0u64; plan.len().div_ceil(8)];
+    words.as_mut_bytes()[..plan.len()].copy_from_slice(plan);
+    validate(&words.as_bytes()[..plan.len()]).map(|_| ())
 }

@@ -3,9 +3,10 @@
 //! Everything the child does is prepared beforehand: it only makes system calls.
 
 use super::fds::Install;
-use super::plan::layout::{Ready, READY_MAGIC};
 use anyhow::{bail, Result};
 use ckpt_format::state::Zombie;
+use ckpt_plan::zerocopy::IntoBytes;
+use ckpt_plan::Ready;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -99,24 +100,11 @@ unsafe fn raise_ambient_checkpoint_cap() -> bool {
 
 fn child_fail(status_fd: RawFd, what: &str) -> ! {
     let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-    let mut r = Ready {
-        magic: READY_MAGIC,
-        error: errno.max(1) as u64,
-        stage: 100,
-        addr: 0,
-        loader_start: 0,
-        loader_end: 0,
-        msg: [0; 80],
-    };
-    let n = what.len().min(79);
-    r.msg[..n].copy_from_slice(&what.as_bytes()[..n]);
-    // SAFETY: async-signal-safe calls only; the struct is plain data.
+    let r = Ready::new(errno.max(1) as u64, 100, 0, (0, 0), what.as_bytes());
+    let bytes = r.as_bytes();
+    // SAFETY: async-signal-safe calls only; `bytes` is a live buffer of its length.
     unsafe {
-        libc::write(
-            status_fd,
-            &r as *const Ready as *const libc::c_void,
-            std::mem::size_of::<Ready>(),
-        );
+        libc::write(status_fd, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(126)
     }
 }

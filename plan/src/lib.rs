@@ -1,13 +1,14 @@
 //! The restore plan: the contract between the `ckpt restore` front end (std, in `src/`)
-//! and the no_std loader (this crate). The front end writes one plan into a memfd and
-//! execs the loader with it; the loader only reads it.
+//! and the no_std loader (`restore/`). The front end writes one plan into a memfd and
+//! execs the loader with it; the loader only reads it, and writes one [`Ready`] record
+//! back on its status pipe.
 //!
-//! Layout of the plan file (all little-endian, all structs `#[repr(C)]`, every offset
-//! counted from the start of the file and 8-byte aligned):
+//! Layout of the plan file (all little-endian, all records `#[repr(C)]` without padding,
+//! every offset counted from the start of the file and 8-byte aligned):
 //!
 //! ```text
 //! PlanHeader
-//! PlanVma      [nr_vmas]        sorted by start address
+//! PlanVma      [nr_vmas]        sorted by start address, not overlapping
 //! PlanRun      [nr_runs]        page data to copy; runs of VMA i are runs[vma.first_run ..][..vma.nr_runs]
 //! PlanThread   [nr_threads]     threads[0] is the thread-group leader (tid == pid)
 //! PlanSigaction[nr_sigactions]  only signals whose handler is not SIG_DFL
@@ -15,12 +16,29 @@
 //! i32          [nr_close_fds]   descriptors the loader closes before it parks
 //! ```
 //!
-//! This file is compiled twice: as a module of the loader and, via `#[path]`, as a module
-//! of the `ckpt` crate. It must stay `no_std`-clean and dependency-free.
+//! [`validate`] checks a plan against everything the loader relies on and returns typed
+//! slices of it ([`PlanView`]). The crate is `no_std` without `alloc` and never panics on
+//! any input, so that the loader can use it as it is.
+
+#![no_std]
+
+mod validate;
+
+pub use validate::{validate, validate_header, PlanError, PlanErrorKind, PlanView};
+/// The conversions (`IntoBytes::as_bytes`, `FromBytes::read_from_bytes`...) the records
+/// implement, for the front end and the loader to use with exactly this version.
+pub use zerocopy;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// "CKPTPLAN"
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CKPTPLAN");
 pub const PLAN_VERSION: u64 = 1;
+
+/// The page size every address, length and file offset of the plan is a multiple of.
+pub const PAGE_SIZE: u64 = 4096;
+/// Largest end of a user mapping on x86-64 with 4-level paging.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
 /// The loader is linked at this address (see restore/build.rs) and keeps everything it
 /// maps itself (plan, stacks) inside `[LOADER_ZONE_START, LOADER_ZONE_END)`. No region of a
@@ -34,6 +52,10 @@ pub const LOADER_SCRATCH_ADDR: u64 = 0x3ff1_8000_0000;
 /// Per-thread loader stacks are carved from here, `LOADER_THREAD_STACK` bytes each.
 pub const LOADER_STACKS_ADDR: u64 = 0x3ff1_4000_0000;
 pub const LOADER_THREAD_STACK: u64 = 64 * 1024;
+/// The plan must fit below the thread stacks.
+pub const MAX_PLAN_SIZE: u64 = LOADER_STACKS_ADDR - LOADER_PLAN_ADDR;
+/// How many thread stacks fit between `LOADER_STACKS_ADDR` and the scratch area.
+pub const MAX_THREADS: u64 = (LOADER_SCRATCH_ADDR - LOADER_STACKS_ADDR) / LOADER_THREAD_STACK;
 
 /// `PlanVma::kind`
 pub const VMA_ANON_PRIVATE: u32 = 0;
@@ -54,8 +76,13 @@ pub const VMA_VDSO: u32 = 6;
 /// `PlanVma::flags` bits
 pub const VMA_F_GROWSDOWN: u32 = 1;
 
+/// `PlanVma::prot` bits (PROT_READ | PROT_WRITE | PROT_EXEC).
+pub const VMA_PROT_MASK: u32 = 7;
+
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct PlanHeader {
     pub magic: u64,
     pub version: u64,
@@ -87,10 +114,29 @@ pub struct PlanHeader {
     pub mm: PrctlMmMap,
 }
 
+impl PlanHeader {
+    /// The status pipe, once magic and version are right and the descriptor is one: the
+    /// loader reports every later error through it.
+    pub fn status_pipe(&self) -> Option<i32> {
+        if self.magic == PLAN_MAGIC && self.version == PLAN_VERSION {
+            as_fd(self.status_fd)
+        } else {
+            None
+        }
+    }
+}
+
+/// `fd` as a descriptor number, if it is one (0 ..= i32::MAX).
+pub fn as_fd(fd: i64) -> Option<i32> {
+    i32::try_from(fd).ok().filter(|&fd| fd >= 0)
+}
+
 /// Mirror of the kernel's `struct prctl_mm_map` (include/uapi/linux/prctl.h) minus the
 /// auxv pointer/size and exe_fd, which the loader fills in.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct PrctlMmMap {
     pub start_code: u64,
     pub end_code: u64,
@@ -106,7 +152,9 @@ pub struct PrctlMmMap {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct PlanVma {
     pub start: u64,
     pub end: u64,
@@ -126,10 +174,19 @@ pub struct PlanVma {
     pub nr_runs: u64,
 }
 
+impl PlanVma {
+    /// `[vvar]`, `[vvar_vclock]` or `[vdso]`: moved by the loader, not mapped.
+    pub fn is_vdso_piece(&self) -> bool {
+        (VMA_VVAR..=VMA_VDSO).contains(&self.kind)
+    }
+}
+
 /// `len` bytes at address `addr` are read from `image_fd` at `file_off`.
 /// `addr`, `len` and `file_off` are page-aligned.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct PlanRun {
     pub addr: u64,
     pub len: u64,
@@ -137,7 +194,9 @@ pub struct PlanRun {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct PlanThread {
     pub tid: u64,
     /// set_robust_list(head, len); head 0 = none.
@@ -153,14 +212,16 @@ pub struct PlanThread {
     pub ss_sp: u64,
     pub ss_flags: u64,
     pub ss_size: u64,
-    /// NUL-padded thread name (prctl PR_SET_NAME).
+    /// NUL-padded thread name (prctl PR_SET_NAME); the last byte is always NUL.
     pub name: [u8; 16],
 }
 
 /// One rt_sigaction(signo, &act, NULL, 8) to perform; mirrors the kernel's
 /// `struct sigaction` for x86-64 (handler, flags, restorer, mask).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct PlanSigaction {
     pub signo: u64,
     pub handler: u64,
@@ -176,7 +237,7 @@ pub const READY_MAGIC: u64 = u64::from_le_bytes(*b"CKPTRDY!");
 /// On failure `error` is the positive errno, `stage` says what failed, `msg` is a short
 /// NUL-padded text, and the loader exits with status 127 right after writing.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub struct Ready {
     pub magic: u64,
     pub error: u64,
@@ -187,6 +248,33 @@ pub struct Ready {
     pub loader_start: u64,
     pub loader_end: u64,
     pub msg: [u8; 80],
+}
+
+impl Ready {
+    /// A record with magic set; `msg` is cut to keep at least one NUL at the end.
+    pub fn new(error: u64, stage: u64, addr: u64, loader: (u64, u64), msg: &[u8]) -> Ready {
+        let mut r = Ready {
+            magic: READY_MAGIC,
+            error,
+            stage,
+            addr,
+            loader_start: loader.0,
+            loader_end: loader.1,
+            msg: [0; 80],
+        };
+        let n = msg.len().min(r.msg.len() - 1);
+        if let (Some(dst), Some(src)) = (r.msg.get_mut(..n), msg.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        r
+    }
+
+    /// The record in `bytes` (exactly one record long), if its magic is right.
+    pub fn parse(bytes: &[u8]) -> Option<Ready> {
+        Ready::read_from_bytes(bytes)
+            .ok()
+            .filter(|r| r.magic == READY_MAGIC)
+    }
 }
 
 /// `Ready::stage` values
@@ -218,3 +306,12 @@ pub fn stage_name(stage: u64) -> &'static str {
         _ => "unknown stage",
     }
 }
+
+// The sizes the front end, the loader and restore/tests/smoke.py agree on.
+const _: () = assert!(core::mem::size_of::<PlanHeader>() == 232);
+const _: () = assert!(core::mem::size_of::<PlanVma>() == 56);
+const _: () = assert!(core::mem::size_of::<PlanRun>() == 24);
+const _: () = assert!(core::mem::size_of::<PlanThread>() == 96);
+const _: () = assert!(core::mem::size_of::<PlanSigaction>() == 40);
+// One write below PIPE_BUF, so atomic on a pipe.
+const _: () = assert!(core::mem::size_of::<Ready>() == 128);
