@@ -209,3 +209,27 @@ fn itimer_real_with_pending_sigalrm_rearms_after_restore() {
     r.stdout.expect_prefix("pending alarm ok ");
     r.wait_success();
 }
+
+/// Timer signals that arrive while a live dump runs code in the process (injected
+/// system calls) are handed back with their own siginfo (si_code SI_TIMER, si_value,
+/// the timer id), not as a plain tgkill: twenty live dumps in a row, then the
+/// program's own check of every siginfo it received.
+#[test]
+fn live_dumps_hand_back_timer_signals_with_their_siginfo() {
+    let d = tempdir();
+    let (stop, ck) = (d.join("stop"), d.join("ckpt"));
+    let mut t = Target::start("timers", &[stop.as_os_str()]);
+    let ids = ids_line(&mut t);
+    t.stdout.expect_line("ready");
+    for _ in 0..20 {
+        dump(t.pid, &ck, false);
+        assert_running_not_stopped(t.pid);
+    }
+    t.stdout.expect_prefix("tick ");
+    touch(&stop);
+    let verdict = t.stdout.expect_prefix("timers ok ");
+    assert_eq!(verdict_ids(&verdict), ids);
+    assert!(t.wait().success(), "the original failed after the dumps");
+    t.stdout.read_to_end();
+    t.stdout.assert_no_fail();
+}

@@ -23,7 +23,64 @@ pub struct FrozenThread {
     /// The syscall the thread was in when it was interrupted.
     pub syscall: Option<i64>,
     /// Signals that arrived while the thread was ours; sent again after we let go.
-    pub resend: Vec<i32>,
+    pub resend: Vec<Held>,
+}
+
+/// A signal that arrived while a thread ran code of ours (an injected system call),
+/// with the siginfo the kernel had for it.
+#[derive(Clone, Debug)]
+pub struct Held {
+    pub sig: i32,
+    pub info: Option<[u8; 128]>,
+}
+
+const SI_TKILL: i32 = -6;
+
+impl Held {
+    /// Take the signal `tid` is in a signal-delivery-stop for, with its siginfo.
+    pub fn take(tid: i32, sig: i32) -> Held {
+        let mut info = [0u8; 128];
+        // SAFETY: PTRACE_GETSIGINFO writes one siginfo_t (128 bytes) into `info`.
+        let r = unsafe {
+            libc::ptrace(
+                libc::PTRACE_GETSIGINFO,
+                tid,
+                std::ptr::null_mut::<libc::c_void>(),
+                info.as_mut_ptr(),
+            )
+        };
+        Held {
+            sig,
+            info: (r == 0).then_some(info),
+        }
+    }
+
+    /// Send the signal again to thread `tid` of `pid`: with its own siginfo where the
+    /// kernel lets another process queue it (timers, sigqueue, mq: si_code < 0 but not
+    /// tkill), so that si_code, si_value and the rest arrive as they were; otherwise
+    /// as a tgkill (kernel-made siginfo cannot be forged from outside).
+    pub fn hand_back(&self, pid: i32, tid: i32) {
+        if let Some(info) = &self.info {
+            let code = i32::from_le_bytes(info[8..12].try_into().unwrap_or_default());
+            if code < 0 && code != SI_TKILL {
+                // SAFETY: rt_tgsigqueueinfo reads one siginfo_t from `info`.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_tgsigqueueinfo,
+                        pid,
+                        tid,
+                        self.sig,
+                        info.as_ptr(),
+                    )
+                };
+                if r == 0 {
+                    return;
+                }
+            }
+        }
+        // SAFETY: plain tgkill(2).
+        unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, self.sig) };
+    }
 }
 
 /// A process whose every thread is in a ptrace stop.
@@ -409,9 +466,8 @@ impl Frozen {
             }
         }
         for t in &self.threads {
-            for &sig in &t.resend {
-                // SAFETY: plain tgkill(2).
-                unsafe { libc::syscall(libc::SYS_tgkill, self.pid, t.tid, sig) };
+            for held in &t.resend {
+                held.hand_back(self.pid, t.tid);
             }
         }
     }

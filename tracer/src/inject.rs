@@ -99,7 +99,7 @@ impl Injector {
                 Stop::Syscall => {
                     return Ok(ptrace::get_regs(t.tid)?[reg::RAX] as i64);
                 }
-                Stop::Signal(sig) => t.resend.push(sig),
+                Stop::Signal(sig) => t.resend.push(crate::freeze::Held::take(t.tid, sig)),
                 Stop::Exited(_) | Stop::Killed(_) => {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH))
                 }

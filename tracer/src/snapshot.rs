@@ -188,9 +188,8 @@ impl Snapshot {
             // it traced, or its end would stay hidden from its parent.
             crate::freeze::let_go(self.pid);
         }
-        for sig in t.resend {
-            // SAFETY: tgkill(2) to hand back a signal that arrived meanwhile.
-            unsafe { libc::syscall(libc::SYS_tgkill, self.pid, self.pid, sig) };
+        for held in &t.resend {
+            held.hand_back(self.pid, self.pid);
         }
         result
     }
