@@ -91,6 +91,7 @@ fn check_interrupted() -> Result<()> {
 
 /// With CKPT_TIMING set, say on stderr how long each phase of a dump took.
 fn phase(t0: Instant, what: &str) {
+    log::debug!("dump: {what} at {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
     if std::env::var_os("CKPT_TIMING").is_some() {
         eprintln!(
             "ckpt: timing: {what} at {:.1} ms",
@@ -418,6 +419,11 @@ impl FrozenDumpRest<'_> {
 
 /// Checkpoint a tree in one go: freeze, then complete.
 pub fn dump(opts: &DumpOptions) -> Result<DumpReport> {
+    log::info!(
+        "dump of process {} and its descendants into {}",
+        opts.pid,
+        opts.dir.display()
+    );
     let r = FrozenDump::freeze(opts).and_then(FrozenDump::complete);
     // By now a failed dump has let the tree go and removed its partial generation.
     match r {

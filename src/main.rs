@@ -8,6 +8,7 @@ mod dump;
 mod generation;
 mod image;
 mod info;
+mod logging;
 mod progress;
 mod protocol;
 mod restore;
@@ -22,6 +23,13 @@ use std::path::PathBuf;
     about = "Checkpoint and restore running Linux processes from the outside"
 )]
 struct Cli {
+    /// Say more on stderr: -v what ckpt does, -vv its phases and details, -vvv all.
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Append a diagnostic log (debug level; trace with -vvv) to FILE. For the
+    /// coordinator, its own log goes there too.
+    #[arg(long, global = true, value_name = "FILE")]
+    log_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -105,9 +113,6 @@ enum Cmd {
         /// Shared secret (a 0600 file) that agents and `ckpt command` must present.
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// With --daemon: append the coordinator's log to this file.
-        #[arg(long)]
-        log_file: Option<PathBuf>,
     },
     /// Send one command to a coordinator: checkpoint (c), status (s), list (l),
     /// kill (k), quit (q), interval N (i N).
@@ -173,6 +178,17 @@ fn main() {
         bench::workload(&args[2..]);
     }
     let cli = Cli::parse();
+    if let Err(e) = logging::init(cli.verbose, cli.log_file.as_deref()) {
+        eprintln!("ckpt: error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+    log::info!(
+        "ckpt {} ({}): {}",
+        env!("CARGO_PKG_VERSION"),
+        image::kernel_release(),
+        args.join(" ")
+    );
+    let log_file = cli.log_file.clone();
     let r = match cli.cmd {
         Cmd::Dump {
             pid,
@@ -236,7 +252,6 @@ fn main() {
             bind,
             keep,
             token_file,
-            log_file,
         } => (|| {
             coordinator::coordinator(coordinator::CoordinatorOptions {
                 log_file,
@@ -273,9 +288,13 @@ fn main() {
         Cmd::Man { dir } => man_pages(&dir).map(|_| 0),
     };
     match r {
-        Ok(code) => std::process::exit(code),
+        Ok(code) => {
+            log::info!("exit status {code}");
+            std::process::exit(code)
+        }
         Err(e) => {
             let msg = format!("{e:#}").replace('\n', " ");
+            log::error!("{msg}");
             eprintln!("ckpt: error: {msg}");
             std::process::exit(1);
         }

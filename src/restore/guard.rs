@@ -22,6 +22,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 /// A point of the restore: said on stderr with CKPT_TIMING; the restorer kills itself
 /// there when CKPT_FAULT_KILL_AT names it.
 pub fn step(what: &str) {
+    log::debug!("restore step: {what}");
     if std::env::var_os("CKPT_TIMING").is_some() {
         eprintln!("ckpt: restore step: {what}");
     }
