@@ -8,6 +8,7 @@ mod dump;
 mod generation;
 mod image;
 mod info;
+mod job;
 mod progress;
 mod protocol;
 mod restore;

@@ -7,15 +7,14 @@ mod fds;
 mod fdstate;
 mod finish;
 mod guard;
-pub mod pidns;
 pub mod plan;
-pub use pidns::PidNs;
 mod spawn;
 mod timers;
 mod unix;
 
 use crate::generation;
 use crate::image::Image;
+use crate::job::{self, status_code, wait_exit};
 use crate::progress;
 use anyhow::{bail, Context, Result};
 use ckpt_plan::{stage_name, Ready};
@@ -25,6 +24,19 @@ use std::path::Path;
 
 /// The loader binary, built from restore/ by build.rs.
 static LOADER: &[u8] = include_bytes!(env!("CKPT_LOADER_PATH"));
+
+/// Where to restore (docs/CONTRACT.md §2 `--pidns`; the namespace itself is made by
+/// `job::run_in_new_pidns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PidNs {
+    /// In the current namespace when the PIDs are free and ckpt may choose PIDs there,
+    /// else in a new one.
+    Auto,
+    /// Always in a new PID namespace.
+    Always,
+    /// Never: fail if the original PIDs cannot be had here.
+    Never,
+}
 
 pub struct RestoreOptions<'a> {
     pub dir: &'a Path,
@@ -273,7 +285,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             checks::pids_free(&image.state)?;
         }
         checks::zombie_pids_free(&manifest.zombies)?;
-        if !pidns::may_choose_pids() {
+        if !job::may_choose_pids() {
             bail!(
                 "restoring the original PIDs here needs CAP_CHECKPOINT_RESTORE (run as root, or let ckpt restore in a new PID namespace with --pidns auto)"
             );
@@ -380,7 +392,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     let tree = Tree {
         detach: tree.detach || agent.is_some(),
         agent_follows: agent.is_some(),
-        drop_caps: new_ns && pidns::needs_user_ns(),
+        drop_caps: new_ns && job::needs_user_ns(),
         ..tree
     };
     if tree.drop_caps {
@@ -398,7 +410,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     if !new_ns {
         return go(&|| {});
     }
-    pidns::run_in_new_pidns(opts.detach, go)
+    job::run_in_new_pidns(opts.detach, go)
 }
 
 /// The restored tree, as `run_tree` needs it.
@@ -522,17 +534,6 @@ fn wait_root(root: i32) -> Result<i32> {
     }
 }
 
-/// A wait status as an exit code: the code, or 128 + the signal.
-pub fn status_code(st: i32) -> i32 {
-    if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st)
-    } else if libc::WIFSIGNALED(st) {
-        128 + libc::WTERMSIG(st)
-    } else {
-        1
-    }
-}
-
 /// Whether `pid` descends from this process (so is one we created).
 fn is_descendant(pid: i32) -> bool {
     let me = std::process::id() as i32;
@@ -573,22 +574,4 @@ fn kill_all(pids: &[i32]) {
             break;
         }
     }
-}
-
-/// Wait for the restored process and turn its end into ckpt's exit code.
-fn wait_exit(pid: i32) -> Result<i32> {
-    let mut st = 0;
-    loop {
-        // SAFETY: waitpid on our own child.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("waiting for the restored process");
-        }
-        break;
-    }
-    Ok(status_code(st))
 }
