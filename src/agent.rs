@@ -9,7 +9,7 @@ use crate::dump::{DumpOptions, FrozenDump};
 use crate::protocol::{self, Conn, Msg};
 use anyhow::{Context, Result};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -24,6 +24,30 @@ pub struct AgentOptions {
     pub start_coordinator: bool,
     /// The job's id (see `protocol::new_job_id`), kept across restarts.
     pub job_id: String,
+}
+
+impl AgentOptions {
+    /// The agent of a job restored from generation `gen` of a coordinated checkpoint
+    /// (`coord` is the coordinator its manifest names): it registers again, with the
+    /// same job id, and can be checkpointed again.
+    pub fn for_restart(coord: crate::generation::CoordRef, gen: &Path) -> Result<AgentOptions> {
+        let (host, port) = protocol::coordinator_for_restart(coord.host, coord.port)?;
+        Ok(AgentOptions {
+            host,
+            port,
+            // <ckpt-dir>/<job dir>/<generation>
+            ckpt_dir: gen
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            interval: coord.interval,
+            keep: coord.keep,
+            job_id: coord.job_id,
+            token: protocol::read_token(None)?,
+            start_coordinator: true,
+        })
+    }
 }
 
 fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
