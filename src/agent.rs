@@ -9,7 +9,7 @@ use crate::dump::{DumpOptions, FrozenDump};
 use crate::protocol::{self, Conn, Msg};
 use anyhow::{Context, Result};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -24,6 +24,30 @@ pub struct AgentOptions {
     pub start_coordinator: bool,
     /// The job's id (see `protocol::new_job_id`), kept across restarts.
     pub job_id: String,
+}
+
+impl AgentOptions {
+    /// The agent of a job restored from generation `gen` of a coordinated checkpoint
+    /// (`coord` is the coordinator its manifest names): it registers again, with the
+    /// same job id, and can be checkpointed again.
+    pub fn for_restart(coord: crate::generation::CoordRef, gen: &Path) -> Result<AgentOptions> {
+        let (host, port) = protocol::coordinator_for_restart(coord.host, coord.port)?;
+        Ok(AgentOptions {
+            host,
+            port,
+            // <ckpt-dir>/<job dir>/<generation>
+            ckpt_dir: gen
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+            interval: coord.interval,
+            keep: coord.keep,
+            job_id: coord.job_id,
+            token: protocol::read_token(None)?,
+            start_coordinator: true,
+        })
+    }
 }
 
 fn hello(opts: &AgentOptions, job: i32, command: &[String]) -> Msg {
@@ -110,7 +134,7 @@ pub fn run_in_pidns(opts: &AgentOptions, command: &[String]) -> Result<i32> {
         start_coordinator: false,
         ..opts.clone()
     };
-    crate::restore::pidns::run_in_new_pidns(false, move |report_ok| {
+    crate::job::run_in_new_pidns(false, move |report_ok| {
         report_ok();
         run(&inner, command)
     })
@@ -139,22 +163,8 @@ pub fn supervise(
     command: &[String],
 ) -> Result<i32> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use nix::sys::signal::{SigSet, Signal};
-    use nix::sys::signalfd::{SfdFlags, SignalFd};
     let pidfd = pidfd_open(job)?;
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        mask.add(s);
-    }
-    mask.thread_block().context("blocking signals")?;
-    // The init of a PID namespace never receives a signal whose action is the default
-    // one: give them a handler (they stay blocked and are read from the signalfd).
-    extern "C" fn ignore(_: libc::c_int) {}
-    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installing a handler that does nothing.
-        unsafe { libc::signal(s, ignore as *const () as libc::sighandler_t) };
-    }
-    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    let signals = crate::job::Signals::catch()?;
     if let Some(c) = conn.as_mut() {
         if c.send(&hello(opts, job, command)).is_err() {
             conn = None;
@@ -166,7 +176,7 @@ pub fn supervise(
         let conn_fd = conn.as_ref().map(|c| c.stream().as_raw_fd());
         let mut fds = vec![
             PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
         ];
         // SAFETY: the stream outlives this poll call.
         let borrowed = conn_fd.map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
@@ -206,7 +216,7 @@ pub fn supervise(
                     break;
                 }
                 if r == job {
-                    let code = crate::restore::status_code(st);
+                    let code = crate::job::status_code(st);
                     if let Some(c) = conn.as_mut() {
                         let _ = c.send(&Msg::Exit { code });
                     }
@@ -219,21 +229,14 @@ pub fn supervise(
             let mut st = 0;
             // SAFETY: reap our child.
             unsafe { libc::waitpid(job, &mut st, 0) };
-            let code = crate::restore::status_code(st);
+            let code = crate::job::status_code(st);
             if let Some(c) = conn.as_mut() {
                 let _ = c.send(&Msg::Exit { code });
             }
             return Ok(code);
         }
         if sig_ready {
-            while let Ok(Some(info)) = sigfd.read_signal() {
-                // Forward signals sent to us by a process; the terminal already sent
-                // its own (Ctrl-C) to the job's process group.
-                if info.ssi_code <= 0 {
-                    // SAFETY: kill(2) of our job.
-                    unsafe { libc::kill(job, info.ssi_signo as i32) };
-                }
-            }
+            signals.forward_to(job);
         }
         if conn.is_none() {
             if last_try.elapsed() >= Duration::from_secs(1) {

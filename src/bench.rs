@@ -4,7 +4,7 @@
 //! shared and noisy, so runs are interleaved and the report gives medians and ratios.
 
 use crate::dump::{dump, DumpOptions};
-use crate::restore::{restore, RestoreOptions};
+use crate::restore::{restore, RestoreOptions, Then};
 use anyhow::{bail, Context, Result};
 use std::fs::File;
 use std::io::{Read, Write};
@@ -182,11 +182,14 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
     }
     s.read.push(read);
     let t = Instant::now();
-    let code = restore(&RestoreOptions {
-        dir: &ckdir,
-        detach: true,
-        pidns: crate::restore::PidNs::Never,
-    })?;
+    let code = restore(
+        &RestoreOptions {
+            dir: &ckdir,
+            detach: true,
+            pidns: crate::restore::PidNs::Never,
+        },
+        Then::Wait,
+    )?;
     s.restore.push(t.elapsed());
     if code != 0 {
         bail!("restore returned {code}");

@@ -8,6 +8,7 @@ mod dump;
 mod generation;
 mod image;
 mod info;
+mod job;
 mod logging;
 mod progress;
 mod protocol;
@@ -172,6 +173,26 @@ struct CoordArgs {
     token_file: Option<PathBuf>,
 }
 
+/// `ckpt restore`: check and prepare the restore, then let the tree run. A job that
+/// ran under a coordinator registers again and can be checkpointed again: unless
+/// detached, the restorer (or, in a new PID namespace, its init) becomes its agent.
+fn restore_job(opts: &restore::RestoreOptions) -> anyhow::Result<i32> {
+    let prepared = restore::prepare(opts)?;
+    let coordinator = prepared.manifest().coordinator.clone();
+    let then = match coordinator.filter(|_| !opts.detach) {
+        Some(c) => {
+            let a = agent::AgentOptions::for_restart(c, prepared.generation())?;
+            // Make sure a coordinator runs outside any namespace the job gets.
+            drop(agent::connect(&a));
+            restore::Then::HandOver(Box::new(move |root| {
+                agent::supervise(&a, root, agent::connect(&a), &[])
+            }))
+        }
+        None => restore::Then::Wait,
+    };
+    prepared.run(then)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() >= 2 && args[1] == "__bench-workload" {
@@ -214,7 +235,7 @@ fn main() {
                 0
             })
         }
-        Cmd::Restore { dir, detach, pidns } => restore::restore(&restore::RestoreOptions {
+        Cmd::Restore { dir, detach, pidns } => restore_job(&restore::RestoreOptions {
             dir: &dir,
             detach,
             pidns,

@@ -52,7 +52,7 @@ fn verbose_dump_and_log_file_name_every_phase() {
     }
     assert!(text
         .lines()
-        .all(|l| l.contains(&format!("ckpt[")) && l.starts_with('[')));
+        .all(|l| l.contains("ckpt[") && l.starts_with('[')));
     touch(&stop);
     assert!(t.wait().success());
 }

@@ -2,8 +2,8 @@
 //! keeps running. Three layers cover the whole restore:
 //!
 //! - from creation until it is seized, every restored process has PR_SET_PDEATHSIG
-//!   SIGKILL (set first thing in the child, see `spawn`): when the restorer dies the
-//!   root dies, then its children, and so on down the tree;
+//!   SIGKILL (set first thing in the child by `job::die_with_parent`, see `spawn`):
+//!   when the restorer dies the root dies, then its children, and so on down the tree;
 //! - from seizing until it is let go, each process is traced with PTRACE_O_EXITKILL;
 //!   its death signal is reset to the saved one while traced (see `finish`);
 //! - while the processes are let go one after another, a [`Guard`]: a small process in
@@ -36,25 +36,6 @@ pub fn step(what: &str) {
             }
             libc::raise(libc::SIGKILL);
         }
-    }
-}
-
-/// Make the calling process die when its parent does, as long as it is part of an
-/// unfinished restore. `parent` is the PID it must have; if the parent is already
-/// gone, exit at once. Async-signal-safe (used between clone and exec).
-///
-/// # Safety
-/// Only system calls; may be called in a child of a multi-threaded process.
-pub unsafe fn die_with_parent(parent: i32) {
-    libc::prctl(
-        libc::PR_SET_PDEATHSIG,
-        libc::SIGKILL as libc::c_ulong,
-        0,
-        0,
-        0,
-    );
-    if libc::getppid() != parent {
-        libc::_exit(137);
     }
 }
 

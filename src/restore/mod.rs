@@ -7,24 +7,36 @@ mod fds;
 mod fdstate;
 mod finish;
 mod guard;
-pub mod pidns;
 pub mod plan;
-pub use pidns::PidNs;
 mod spawn;
 mod timers;
 mod unix;
 
 use crate::generation;
 use crate::image::Image;
+use crate::job::{self, status_code, wait_exit};
 use crate::progress;
 use anyhow::{bail, Context, Result};
 use ckpt_plan::{stage_name, Ready};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The loader binary, built from restore/ by build.rs.
 static LOADER: &[u8] = include_bytes!(env!("CKPT_LOADER_PATH"));
+
+/// Where to restore (docs/CONTRACT.md §2 `--pidns`; the namespace itself is made by
+/// `job::run_in_new_pidns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PidNs {
+    /// In the current namespace when the PIDs are free and ckpt may choose PIDs there,
+    /// else in a new one.
+    Auto,
+    /// Always in a new PID namespace.
+    Always,
+    /// Never: fail if the original PIDs cannot be had here.
+    Never,
+}
 
 pub struct RestoreOptions<'a> {
     pub dir: &'a Path,
@@ -93,7 +105,7 @@ fn rlimits_for(saved: &[ckpt_format::state::Rlimit]) -> Vec<(i32, libc::rlimit64
 }
 
 /// Everything prepared in the front end for one process before any process exists.
-struct Prepared {
+struct PreparedProcess {
     setup: spawn::ChildSetup,
     status_r: OwnedFd,
     status_fd_child: RawFd,
@@ -127,7 +139,7 @@ fn prepare_process(
     base: RawFd,
     shared: &mut fds::Shared,
     loader_fd: RawFd,
-) -> Result<Prepared> {
+) -> Result<PreparedProcess> {
     let state = &image.state;
     let installs = fds::prepare(state.pid, &state.fds, base, shared)?;
     let image_fd = fds::above(
@@ -204,7 +216,7 @@ fn prepare_process(
     };
     let mut keep = vec![image_fd, plan_fd, exe_fd, status_w];
     keep.extend(map_files);
-    Ok(Prepared {
+    Ok(PreparedProcess {
         status_fd_child: setup.status_fd,
         exe_fd_child: setup.loader_fds[3],
         setup,
@@ -244,8 +256,39 @@ fn ready_error(pid: i32, r: &Ready) -> anyhow::Error {
     anyhow::anyhow!("restore of process {pid} failed while {stage} ({msg}{at}): {err}")
 }
 
-/// Restore the newest complete generation in `opts.dir`. Returns the exit code for ckpt.
-pub fn restore(opts: &RestoreOptions) -> Result<i32> {
+/// What the restorer does once every process of the tree runs; the caller decides
+/// (`ckpt restore` keeps supervising a job that ran under a coordinator, see main.rs).
+pub enum Then {
+    /// Wait for the root and return its exit code; with `detach`, return 0 at once.
+    Wait,
+    /// Call this with the root's PID where the restorer runs (as init of the new PID
+    /// namespace when there is one) instead of waiting; its result is the exit code.
+    HandOver(Box<dyn FnOnce(i32) -> Result<i32>>),
+}
+
+/// A generation checked and ready to be restored: every step that can fail before a
+/// process exists is done (docs/RESTORE.md §1, §2). Dropping it creates nothing.
+pub struct Prepared {
+    gen: PathBuf,
+    manifest: generation::Manifest,
+    images: Vec<Image>,
+    prepared: Vec<PreparedProcess>,
+    loader_fd: OwnedFd,
+    /// Indices of each process's children.
+    children: Vec<Vec<usize>>,
+    new_ns: bool,
+    detach: bool,
+}
+
+/// Restore the newest complete generation in `opts.dir`, then do `then`. Returns the
+/// exit code for ckpt.
+pub fn restore(opts: &RestoreOptions, then: Then) -> Result<i32> {
+    prepare(opts)?.run(then)
+}
+
+/// Check the newest complete generation in `opts.dir` and prepare its restore, up to
+/// the creation of the first process.
+pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     let gen = generation::resolve(opts.dir)?;
     let manifest = generation::read_manifest(&gen)?;
     let Some(root) = manifest.processes.first() else {
@@ -257,6 +300,14 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             gen.display()
         );
     }
+    log::info!(
+        "restoring generation {} ({} processes, root {}, written by ckpt {} on {})",
+        gen.display(),
+        manifest.processes.len(),
+        manifest.root_pid,
+        manifest.tool_version,
+        manifest.kernel
+    );
     let images = generation::open_images(&gen, &manifest)?;
     let total = images.iter().map(Image::stored_bytes).sum();
     let bar = progress::bar(total, "verifying");
@@ -273,7 +324,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
             checks::pids_free(&image.state)?;
         }
         checks::zombie_pids_free(&manifest.zombies)?;
-        if !pidns::may_choose_pids() {
+        if !job::may_choose_pids() {
             bail!(
                 "restoring the original PIDs here needs CAP_CHECKPOINT_RESTORE (run as root, or let ckpt restore in a new PID namespace with --pidns auto)"
             );
@@ -311,7 +362,7 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
         + 1;
     let loader_fd = fds::above(memfd("ckpt-loader", LOADER)?, base)?;
     let mut shared = fds::Shared::default();
-    let mut prepared: Vec<Prepared> = Vec::new();
+    let mut prepared: Vec<PreparedProcess> = Vec::new();
     for (image, m) in images.iter().zip(&manifest.processes) {
         prepared.push(prepare_process(
             image,
@@ -341,64 +392,71 @@ pub fn restore(opts: &RestoreOptions) -> Result<i32> {
     for c in &mut children {
         c.sort_by_key(|&i| manifest.processes[i].pid);
     }
-    let tree = Tree {
-        images: &images,
-        manifest: &manifest,
+    Ok(Prepared {
+        gen,
+        manifest,
+        images,
+        prepared,
+        loader_fd,
         children,
+        new_ns,
         detach: opts.detach,
-        drop_caps: false,
-        agent_follows: false,
-    };
-    // A job that ran under a coordinator registers again and can be checkpointed again:
-    // the restorer (or, in a new PID namespace, its init) becomes its agent.
-    let agent = match manifest.coordinator.clone().filter(|_| !opts.detach) {
-        Some(c) => {
-            let (host, port) = crate::protocol::coordinator_for_restart(c.host, c.port)?;
-            Some(crate::agent::AgentOptions {
-                host,
-                port,
-                // <ckpt-dir>/<job dir>/<generation>
-                ckpt_dir: gen
-                    .parent()
-                    .and_then(Path::parent)
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default(),
-                interval: c.interval,
-                keep: c.keep,
-                job_id: c.job_id,
-                token: crate::protocol::read_token(None)?,
-                start_coordinator: true,
-            })
-        }
-        None => None,
-    };
-    if let Some(a) = &agent {
-        // Make sure a coordinator runs outside any namespace the job gets.
-        drop(crate::agent::connect(a));
+    })
+}
+
+impl Prepared {
+    /// The generation directory being restored.
+    pub fn generation(&self) -> &Path {
+        &self.gen
     }
-    let root_pid = manifest.root_pid;
-    let tree = Tree {
-        detach: tree.detach || agent.is_some(),
-        agent_follows: agent.is_some(),
-        drop_caps: new_ns && pidns::needs_user_ns(),
-        ..tree
-    };
-    if tree.drop_caps {
-        for p in &mut prepared {
-            p.setup.ambient_checkpoint_cap = true;
-        }
+
+    /// Its sealed manifest (the coordinator the job ran under, among others).
+    pub fn manifest(&self) -> &generation::Manifest {
+        &self.manifest
     }
-    let go = move |report_ok: &dyn Fn()| -> Result<i32> {
-        let code = run_tree(tree, prepared, loader_fd, report_ok)?;
-        match &agent {
-            Some(a) => crate::agent::supervise(a, root_pid, crate::agent::connect(a), &[]),
-            None => Ok(code),
+
+    /// Create the tree, let it run, then do `then`. Returns the exit code for ckpt.
+    pub fn run(self, then: Then) -> Result<i32> {
+        let Prepared {
+            gen: _,
+            manifest,
+            images,
+            mut prepared,
+            loader_fd,
+            children,
+            new_ns,
+            detach,
+        } = self;
+        let hand_over = match then {
+            Then::Wait => None,
+            Then::HandOver(f) => Some(f),
+        };
+        let root_pid = manifest.root_pid;
+        let tree = Tree {
+            images: &images,
+            manifest: &manifest,
+            children,
+            detach: detach || hand_over.is_some(),
+            handed_over: hand_over.is_some(),
+            drop_caps: new_ns && job::needs_user_ns(),
+        };
+        if tree.drop_caps {
+            for p in &mut prepared {
+                p.setup.ambient_checkpoint_cap = true;
+            }
         }
-    };
-    if !new_ns {
-        return go(&|| {});
+        let go = move |report_ok: &dyn Fn()| -> Result<i32> {
+            let code = run_tree(tree, prepared, loader_fd, report_ok)?;
+            match hand_over {
+                Some(f) => f(root_pid),
+                None => Ok(code),
+            }
+        };
+        if !new_ns {
+            return go(&|| {});
+        }
+        job::run_in_new_pidns(detach, go)
     }
-    pidns::run_in_new_pidns(opts.detach, go)
 }
 
 /// The restored tree, as `run_tree` needs it.
@@ -411,15 +469,15 @@ struct Tree<'a> {
     /// The processes run in a user namespace ckpt made: the capability the loader
     /// needed is taken away from them before they resume.
     drop_caps: bool,
-    /// The caller becomes the job's agent once it runs.
-    agent_follows: bool,
+    /// The caller takes the job over once it runs (`Then::HandOver`).
+    handed_over: bool,
 }
 
 /// Create every process, finish each from the outside, resume them all, and (unless
 /// detached) wait for the root. `report_ok` is called once everything runs.
 fn run_tree(
     tree: Tree,
-    prepared: Vec<Prepared>,
+    prepared: Vec<PreparedProcess>,
     loader_fd: OwnedFd,
     report_ok: &dyn Fn(),
 ) -> Result<i32> {
@@ -492,9 +550,9 @@ fn run_tree(
     }
     guard::step("committed");
     report_ok();
-    // Detached: done; but an init of a namespace stays as its reaper, unless an agent
-    // takes over the job.
-    if tree.detach && (std::process::id() != 1 || tree.agent_follows) {
+    // Detached: done; but an init of a namespace stays as its reaper, unless the caller
+    // takes the job over.
+    if tree.detach && (std::process::id() != 1 || tree.handed_over) {
         return Ok(0);
     }
     wait_root(root_pid)
@@ -519,17 +577,6 @@ fn wait_root(root: i32) -> Result<i32> {
         if r == root {
             return Ok(status_code(st));
         }
-    }
-}
-
-/// A wait status as an exit code: the code, or 128 + the signal.
-pub fn status_code(st: i32) -> i32 {
-    if libc::WIFEXITED(st) {
-        libc::WEXITSTATUS(st)
-    } else if libc::WIFSIGNALED(st) {
-        128 + libc::WTERMSIG(st)
-    } else {
-        1
     }
 }
 
@@ -573,22 +620,4 @@ fn kill_all(pids: &[i32]) {
             break;
         }
     }
-}
-
-/// Wait for the restored process and turn its end into ckpt's exit code.
-fn wait_exit(pid: i32) -> Result<i32> {
-    let mut st = 0;
-    loop {
-        // SAFETY: waitpid on our own child.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e).context("waiting for the restored process");
-        }
-        break;
-    }
-    Ok(status_code(st))
 }

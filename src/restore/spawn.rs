@@ -3,29 +3,13 @@
 //! Everything the child does is prepared beforehand: it only makes system calls.
 
 use super::fds::Install;
+use crate::job::CloneArgs;
 use anyhow::{bail, Result};
 use ckpt_format::state::Zombie;
 use ckpt_plan::zerocopy::IntoBytes;
 use ckpt_plan::Ready;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, RawFd};
-
-/// The kernel's `struct clone_args` (clone3), version 2.
-#[repr(C)]
-#[derive(Default)]
-pub struct CloneArgs {
-    pub flags: u64,
-    pub pidfd: u64,
-    pub child_tid: u64,
-    pub parent_tid: u64,
-    pub exit_signal: u64,
-    pub stack: u64,
-    pub stack_size: u64,
-    pub tls: u64,
-    pub set_tid: u64,
-    pub set_tid_size: u64,
-    pub cgroup: u64,
-}
 
 /// How a restored process enters its process group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,7 +203,7 @@ fn spawn(
     // ---- child ----
     unsafe {
         // Until the restore commits, this process dies with its parent (see guard).
-        super::guard::die_with_parent(parent);
+        crate::job::die_with_parent(parent);
         let sfd = setup.status_fd;
         if setup.session_leader && libc::setsid() < 0 {
             child_fail(sfd, "creating the saved session (setsid)");

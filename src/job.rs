@@ -1,24 +1,53 @@
-//! Restoring inside a new PID namespace, so that the original PIDs are free whatever
-//! runs on the host (docs/CONTRACT.md §1, §2 `--pidns`): the front end forks an init process with
-//! CLONE_NEWPID | CLONE_NEWNS (and CLONE_NEWUSER when not root, mapping the user to
-//! itself, so that an ordinary user may do it and the job still sees its own uid). The
-//! init mounts a /proc of the new namespace, which then agrees with the original PIDs,
-//! runs the whole restore there (it holds every capability of its user namespace), and
-//! stays as the namespace's reaper: it exits with the restored root's status.
+//! Running a job, shared by the restore front end and the agent (and so importing
+//! neither): a process as init of a new PID namespace, a wait status as an exit code,
+//! and SIGINT/SIGTERM/SIGHUP sent to ckpt passed on to the job.
+//!
+//! A new PID namespace (docs/CONTRACT.md §1, §2 `--pidns`; `ckpt run --pidns`) makes
+//! the original PIDs free whatever runs on the host: the front end forks an init
+//! process with CLONE_NEWPID | CLONE_NEWNS (and CLONE_NEWUSER when not root, mapping
+//! the user to itself, so that an ordinary user may do it and the job still sees its
+//! own uid). The init mounts a /proc of the new namespace, which then agrees with the
+//! original PIDs, runs what it is given there (it holds every capability of its user
+//! namespace), and stays as the namespace's reaper: it exits with the job's status.
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum PidNs {
-    /// In the current namespace when the PIDs are free and ckpt may choose PIDs there,
-    /// else in a new one.
-    Auto,
-    /// Always in a new PID namespace.
-    Always,
-    /// Never: fail if the original PIDs cannot be had here.
-    Never,
+/// The kernel's `struct clone_args` (clone3), version 2.
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// Make the calling process die when its parent does, as long as it is part of an
+/// unfinished restore. `parent` is the PID it must have; if the parent is already
+/// gone, exit at once. Async-signal-safe (used between clone and exec).
+///
+/// # Safety
+/// Only system calls; may be called in a child of a multi-threaded process.
+pub unsafe fn die_with_parent(parent: i32) {
+    libc::prctl(
+        libc::PR_SET_PDEATHSIG,
+        libc::SIGKILL as libc::c_ulong,
+        0,
+        0,
+        0,
+    );
+    if libc::getppid() != parent {
+        libc::_exit(137);
+    }
 }
 
 /// Whether this process may choose PIDs in its PID namespace (clone3 set_tid needs
@@ -50,6 +79,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         bail!("creating a pipe: {}", std::io::Error::last_os_error());
     }
+    // SAFETY: pipe2 just returned these two descriptors, which nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
@@ -92,13 +122,13 @@ fn mount_proc() -> Result<()> {
 /// "error: ..." when the restore failed.
 const OK: &str = "ok\n";
 
-/// Run `inner` as init of a new PID namespace. `inner` restores the tree and returns
-/// the root's exit code (after waiting for it, unless detached). Returns the code for
-/// ckpt: the root's status, or 0 once everything runs when `detach`.
+/// Run `inner` as init of a new PID namespace. `inner` starts the job (restores the
+/// tree, or launches a command), calls `report_ok` once it runs, and returns its exit
+/// code (after waiting for it, unless detached). Returns the code for ckpt: the job's
+/// status, or 0 once everything runs when `detach`.
 pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i32>) -> Result<i32> {
     // SAFETY: plain getters.
-    let (uid, gid, euid) = unsafe { (libc::getuid(), libc::getgid(), libc::geteuid()) };
-    let _ = euid;
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let userns = needs_user_ns();
     let (go_r, go_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
@@ -106,7 +136,7 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
     if userns {
         flags |= libc::CLONE_NEWUSER as u64;
     }
-    let args = super::spawn::CloneArgs {
+    let args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
@@ -115,8 +145,8 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &args as *const super::spawn::CloneArgs,
-            std::mem::size_of::<super::spawn::CloneArgs>(),
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
         )
     };
     if r < 0 {
@@ -137,7 +167,7 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         // (The parent is outside the namespace, so getppid() says 0 here; a front end
         // that died before the prctl shows as the end of the "go" pipe instead.)
         // SAFETY: prctl and getppid on ourselves.
-        unsafe { super::guard::die_with_parent(0) };
+        unsafe { die_with_parent(0) };
         drop(go_w);
         drop(rep_r);
         let rep = std::cell::RefCell::new(Some(std::fs::File::from(rep_w)));
@@ -208,15 +238,14 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         bail!("{}", msg.trim_end());
     }
     if line != OK {
-        let code = super::wait_exit(init)?;
+        let code = wait_exit(init)?;
         bail!("the restore in a new PID namespace failed (its init exited with status {code})");
     }
     if detach {
-        let _ = rep.as_raw_fd();
         return Ok(0);
     }
     forward_signals_to(init)?;
-    super::wait_exit(init)
+    wait_exit(init)
 }
 
 /// Point standard input, output and error at /dev/null.
@@ -234,23 +263,93 @@ pub fn detach_stdio() {
     }
 }
 
-/// SIGINT, SIGTERM and SIGHUP sent to us go to the namespace's init (which passes them
-/// on to the job), as they would to the job itself without a namespace.
-fn forward_signals_to(init: i32) -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut mask = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        mask.add(s);
+/// A wait status as an exit code: the code, or 128 + the signal.
+pub fn status_code(st: i32) -> i32 {
+    if libc::WIFEXITED(st) {
+        libc::WEXITSTATUS(st)
+    } else if libc::WIFSIGNALED(st) {
+        128 + libc::WTERMSIG(st)
+    } else {
+        1
     }
-    mask.thread_block().context("blocking signals")?;
+}
+
+/// Wait for our child `pid` and turn its end into ckpt's exit code.
+pub fn wait_exit(pid: i32) -> Result<i32> {
+    let mut st = 0;
+    loop {
+        // SAFETY: waitpid on our own child.
+        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("waiting for the restored process");
+        }
+        break;
+    }
+    Ok(status_code(st))
+}
+
+/// SIGINT, SIGTERM and SIGHUP sent to ckpt, to be passed on to the job as they would
+/// reach the job itself without ckpt in between. The one place that forwards them: the
+/// agent polls [`Signals::as_fd`] in its loop, the front end of a new PID namespace
+/// forwards them to the init with [`forward_signals_to`].
+pub struct Signals {
+    fd: nix::sys::signalfd::SignalFd,
+}
+
+impl Signals {
+    /// Block the three signals in the calling thread (threads started afterwards
+    /// inherit the mask) and read them from a descriptor from now on.
+    pub fn catch() -> Result<Signals> {
+        use nix::sys::signal::{SigSet, Signal};
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block().context("blocking signals")?;
+        // The init of a PID namespace never receives a signal whose action is the
+        // default one: give them a handler (they stay blocked and are read from the
+        // signalfd, so it never runs).
+        extern "C" fn ignore(_: libc::c_int) {}
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: installing a handler that does nothing.
+            unsafe { libc::signal(s, ignore as *const () as libc::sighandler_t) };
+        }
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        Ok(Signals { fd })
+    }
+
+    /// Readable when a signal waits.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Pass every waiting signal on to `pid`: those sent by a process; the terminal
+    /// already sent its own (Ctrl-C) to the job's process group.
+    pub fn forward_to(&self, pid: i32) {
+        while let Ok(Some(info)) = self.fd.read_signal() {
+            if info.ssi_code <= 0 {
+                // SAFETY: kill(2) of the job we run (our child).
+                unsafe { libc::kill(pid, info.ssi_signo as i32) };
+            }
+        }
+    }
+}
+
+/// Forward SIGINT, SIGTERM and SIGHUP sent to us to `pid` from a thread of their own,
+/// for as long as ckpt lives (while the main thread waits for `pid`).
+pub fn forward_signals_to(pid: i32) -> Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let signals = Signals::catch()?;
     std::thread::spawn(move || loop {
-        // SAFETY: sigwaitinfo on a set blocked in every thread; info is plain data.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let sig = unsafe { libc::sigwaitinfo(mask.as_ref(), &mut info) };
-        // Signals from a process, not the terminal's (those reach the job's group).
-        if sig > 0 && info.si_code <= 0 {
-            // SAFETY: kill(2) of our own child.
-            unsafe { libc::kill(init, sig) };
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => signals.forward_to(pid),
+            Err(_) => break,
         }
     });
     Ok(())
