@@ -50,6 +50,8 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         bail!("creating a pipe: {}", std::io::Error::last_os_error());
     }
+    // SAFETY: pipe2 succeeded (checked >= 0 above), so `p[0]` and `p[1]` are two fresh
+    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one.
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
@@ -246,6 +248,10 @@ fn forward_signals_to(init: i32) -> Result<()> {
     std::thread::spawn(move || loop {
         // SAFETY: sigwaitinfo on a set blocked in every thread; info is plain data.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: sigwaitinfo(2) reads the sigset `mask` (a nix SigSet, i.e. a valid libc
+        // sigset_t, moved into this thread) and writes one siginfo_t into `info`, a local
+        // of exactly that type; the set is blocked in every thread (blocked above, before
+        // this thread was spawned, so it inherits the mask).
         let sig = unsafe { libc::sigwaitinfo(mask.as_ref(), &mut info) };
         // Signals from a process, not the terminal's (those reach the job's group).
         if sig > 0 && info.si_code <= 0 {
