@@ -64,6 +64,12 @@ pub struct ChildSetup {
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// Raise CAP_CHECKPOINT_RESTORE into the inheritable and ambient sets.
+///
+/// # Safety
+/// No memory precondition: capget/capset only access the local header and the
+/// two-element data array, laid out as the kernel's version-3 ABI (0x2008_0522) wants.
+/// Call it only in the forked child about to exec the loader: an ambient capability
+/// survives exec, so raising it anywhere else would leak it into later programs.
 unsafe fn raise_ambient_checkpoint_cap() -> bool {
     #[repr(C)]
     struct Header {
