@@ -238,6 +238,7 @@ fn serve_connection(
     // user may act on another user's jobs through a local coordinator.
     if let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) {
         if peer.ip().is_loopback() {
+            // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
             let me = unsafe { libc::geteuid() };
             match loopback_peer_uid(peer, local) {
                 Some(uid) if uid == me || uid == 0 => {}

@@ -256,6 +256,7 @@ fn dump_refuses_untraceable_process() {
     let d = tempdir();
     let dir = d.join("shared/ckpt");
     open_up(d.path(), &d.join("shared"));
+    // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         let out = ckpt([
             "dump".as_ref(),

@@ -316,6 +316,9 @@ impl Drop for Sweep {
                 break;
             }
             for pid in pids {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `pids` are the test's leftover processes, and a stale pid only
+                // makes kill fail (ESRCH).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             thread::sleep(Duration::from_millis(50));

@@ -62,6 +62,7 @@ fn clean_env(c: &mut Command) {
 const USER: &str = "ckpttest";
 
 fn is_root() -> bool {
+    // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -232,6 +233,9 @@ impl Drop for Sweep {
                 break;
             }
             for pid in left {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `left` are the test's leftover processes, and a stale pid only
+                // makes kill fail (ESRCH).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             thread::sleep(Duration::from_millis(50));

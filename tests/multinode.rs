@@ -26,6 +26,7 @@ const HOST_ADDRS: [&str; 2] = ["10.77.0.2", "10.77.0.3"];
 const PORT: &str = "7781";
 
 fn netns_available() -> bool {
+    // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
         .iter()
@@ -133,6 +134,9 @@ impl Drop for KillAll {
                 return;
             }
             for p in left {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `left` are the test's leftover processes, and a stale pid only
+                // makes kill fail (ESRCH).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             std::thread::sleep(std::time::Duration::from_millis(100));

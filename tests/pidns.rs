@@ -99,6 +99,7 @@ fn ns_tids(host_pid: i32) -> BTreeSet<i32> {
 const USER: &str = "ckpttest";
 
 fn is_root() -> bool {
+    // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -285,6 +286,9 @@ impl Drop for NsRestore {
     fn drop(&mut self) {
         if !self.done {
             for p in descendants(self.child.id() as i32) {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; the pids are descendants of the test's own child, and a stale
+                // pid only makes kill fail (ESRCH).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             let _ = self.child.kill();

@@ -29,6 +29,9 @@ impl Drop for Cleanup {
                 break;
             }
             for p in left {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `left` are the test's leftover processes, and a stale pid only
+                // makes kill fail (ESRCH).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             reap_orphans();
@@ -59,6 +62,9 @@ fn reap_orphans() {
                     .ok()
             });
         if ppid == Some(std::process::id()) {
+            // SAFETY: waitpid(2) with a null status pointer writes nothing, and WNOHANG
+            // keeps it from blocking; `pid` is a child of ours (its ppid was just checked),
+            // so at worst it reaps nothing.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
     }
@@ -99,6 +105,8 @@ fn coord_command(port: u16, args: &[&str]) -> std::process::Output {
 fn job_with_dev_shm_and_append_file_survives_a_reboot() {
     // orphans (the background coordinator, a job whose agent died) become our
     // children, so that they can be reaped: no zombie keeps the job's PID
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes only integers and only changes how
+    // this process's orphaned descendants are reparented; no memory is touched.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let d = tempdir();
     let ck = d.join("ckpt");
@@ -170,6 +178,7 @@ fn job_with_dev_shm_and_append_file_survives_a_reboot() {
         assert_success(&out, sh);
     };
     run("sync");
+    // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         run("echo 3 > /proc/sys/vm/drop_caches");
     } else {

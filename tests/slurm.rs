@@ -41,6 +41,7 @@ fn slurm_available() -> bool {
             .any(|d| Path::new(d).join(p).exists())
     })
     .collect();
+    // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
     if missing.is_empty() && root {
         return true;
@@ -377,6 +378,9 @@ impl Drop for Cluster {
                 break;
             }
             for p in left {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `left` are the test's leftover processes, and a stale pid only
+                // makes kill fail (ESRCH).
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             reap_orphans();
@@ -407,6 +411,9 @@ fn reap_orphans() {
                     .ok()
             });
         if ppid == Some(std::process::id()) {
+            // SAFETY: waitpid(2) with a null status pointer writes nothing, and WNOHANG
+            // keeps it from blocking; `pid` is a child of ours (its ppid was just checked),
+            // so at worst it reaps nothing.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
         }
     }
@@ -484,6 +491,8 @@ fn slurm_launch_checkpoint_cancel_restart() {
     }
     // orphans (the jobs' daemonized coordinators, slurmstepd) become our
     // children, so that the cleanup can reap them
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes only integers and only changes how
+    // this process's orphaned descendants are reparented; no memory is touched.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let d = tempdir();
     let submit = d.join("submit");

@@ -131,6 +131,10 @@ fn socket_leading_outside_is_restored_with_its_peer_closed() {
     let mut cmd = command(&program);
     cmd.args([os("outside"), os("3"), stop.as_os_str(), os(TEXT)]);
     let raw = theirs.as_raw_fd();
+    // SAFETY: pre_exec's closure runs in the forked child before exec: it only makes the
+    // async-signal-safe dup2 and fcntl calls on integers and reads errno
+    // (io::Error::last_os_error allocates nothing). `raw` is the descriptor of `theirs`,
+    // which stays open until after Target::spawn, so it is still valid in the child.
     unsafe {
         cmd.pre_exec(move || {
             if libc::dup2(raw, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {

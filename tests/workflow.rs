@@ -388,11 +388,17 @@ impl Drop for Sweep {
             let mut any = false;
             for &(pid, ref m) in &self.pids {
                 if cmdline(pid).is_some_and(|c| c.contains(m.as_str())) {
+                    // SAFETY: kill(2) takes only integers and touches no memory of this
+                    // process; `pid` was just seen running a command line with this job's
+                    // marker.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     any = true;
                 }
             }
             for pid in pids_running(&self.marker) {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `pid` was just found running this job's marker, and a stale pid
+                // only makes kill fail (ESRCH).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 any = true;
             }

@@ -62,7 +62,8 @@ fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
     .ctx(STAGE_MAP, vma.start, "mmap of a region failed")?;
     if got != vma.start {
         // A kernel without MAP_FIXED_NOREPLACE treats it as a hint.
-        // SAFETY: we just created this mapping.
+        // SAFETY: `[got, got+len)` is the mapping this mmap just created at an address the
+        // kernel chose; nothing (loader or image) refers to it yet.
         let _ = unsafe { syscall::munmap(got, len) };
         return Err(Fail::new(
             STAGE_MAP,
@@ -78,7 +79,9 @@ fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
     for run in runs {
         fill(plan.image_fd(), run)?;
     }
-    // SAFETY: our own fresh mapping.
+    // SAFETY: `[vma.start, vma.start+len)` is exactly the mapping created above, outside the
+    // loader zone (checked with the plan); only its protection changes, no loader data
+    // lives in it, and `fill` has finished writing it.
     unsafe { syscall::mprotect(vma.start, len, vma.prot) }.ctx(
         STAGE_PROTECT,
         vma.start,

@@ -7,12 +7,21 @@
 
 use core::arch::naked_asm;
 
+/// `memcpy(3)`: copies `n` bytes from `src` to `dest`, returns `dest`.
+///
+/// # Safety
+/// `dest` must be valid for writes and `src` for reads of `n` bytes, and the two ranges
+/// must not overlap (as the C standard requires).
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn memcpy(_dest: *mut u8, _src: *const u8, _n: usize) -> *mut u8 {
     naked_asm!("mov rax, rdi", "mov rcx, rdx", "rep movsb", "ret")
 }
 
+/// `memmove(3)`: copies `n` bytes from `src` to `dest`, ranges may overlap; returns `dest`.
+///
+/// # Safety
+/// `dest` must be valid for writes and `src` for reads of `n` bytes.
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn memmove(_dest: *mut u8, _src: *const u8, _n: usize) -> *mut u8 {
@@ -37,6 +46,10 @@ pub unsafe extern "C" fn memmove(_dest: *mut u8, _src: *const u8, _n: usize) -> 
     )
 }
 
+/// `memset(3)`: fills `n` bytes at `dest` with the low byte of `c`, returns `dest`.
+///
+/// # Safety
+/// `dest` must be valid for writes of `n` bytes.
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn memset(_dest: *mut u8, _c: i32, _n: usize) -> *mut u8 {
@@ -50,6 +63,10 @@ pub unsafe extern "C" fn memset(_dest: *mut u8, _c: i32, _n: usize) -> *mut u8 {
     )
 }
 
+/// `memcmp(3)`: compares `n` bytes, returns <0, 0 or >0.
+///
+/// # Safety
+/// `a` and `b` must both be valid for reads of `n` bytes.
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn memcmp(_a: *const u8, _b: *const u8, _n: usize) -> i32 {
@@ -71,6 +88,10 @@ pub unsafe extern "C" fn memcmp(_a: *const u8, _b: *const u8, _n: usize) -> i32 
     )
 }
 
+/// `bcmp(3)`: 0 iff the `n` bytes are equal (here simply `memcmp`).
+///
+/// # Safety
+/// As for [`memcmp`].
 #[unsafe(no_mangle)]
 #[unsafe(naked)]
 pub unsafe extern "C" fn bcmp(_a: *const u8, _b: *const u8, _n: usize) -> i32 {

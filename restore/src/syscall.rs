@@ -67,6 +67,15 @@ pub const SS_DISABLE: u64 = 2;
 const FUTEX_WAIT_PRIVATE: usize = 128;
 const FUTEX_WAKE_PRIVATE: usize = 1 | 128;
 
+/// The raw `syscall` instruction: number in rax, arguments in rdi, rsi, rdx, r10, r8, r9;
+/// the kernel clobbers rcx and r11 and returns in rax.
+///
+/// # Safety
+/// The kernel dereferences whatever the arguments of syscall `n` say are pointers and may
+/// change this process's memory map, signal state or existence: the caller guarantees
+/// that every pointer argument is valid for the access syscall `n` makes through it (and
+/// for as long as the kernel keeps it), and that the call does not unmap, remap or write
+/// memory Rust code still uses.
 #[inline(always)]
 unsafe fn syscall6(
     n: usize,
@@ -88,6 +97,10 @@ unsafe fn syscall6(
     ret
 }
 
+/// [`syscall6`] with the kernel's `-4095..0` error convention decoded into an errno.
+///
+/// # Safety
+/// As for [`syscall6`].
 #[inline(always)]
 unsafe fn sys(
     n: usize,
@@ -107,6 +120,9 @@ unsafe fn sys(
 }
 
 pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
+    // SAFETY: read(2) writes at most `buf.len()` bytes at `buf.as_mut_ptr()`, and `buf` is
+    // an exclusive borrow valid for writes of exactly that many bytes; any byte is a valid
+    // u8. No other argument is a pointer.
     unsafe {
         sys(
             SYS_READ,
@@ -121,6 +137,8 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Result<usize, Errno> {
 }
 
 pub fn write(fd: i32, buf: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: write(2) only reads `buf.len()` bytes at `buf.as_ptr()`, which the shared
+    // borrow `buf` keeps valid for the whole call. No other argument is a pointer.
     unsafe {
         sys(
             SYS_WRITE,
@@ -153,6 +171,10 @@ pub unsafe fn pread_raw(fd: i32, addr: u64, len: u64, off: u64) -> Result<usize,
 /// `path` must be NUL-terminated.
 pub fn open(path: &[u8], flags: u32) -> Result<i32, Errno> {
     debug_assert!(path.last() == Some(&0));
+    // SAFETY: openat(2) only reads the path, from `path.as_ptr()` up to its first NUL; the
+    // borrow keeps `path` valid for the call, and the caller's NUL terminator (documented
+    // above, checked only in debug builds: every caller passes a `b"...\0"` literal) keeps
+    // that read inside the slice. The kernel keeps no pointer after the call.
     unsafe {
         sys(
             SYS_OPENAT,
@@ -168,6 +190,8 @@ pub fn open(path: &[u8], flags: u32) -> Result<i32, Errno> {
 }
 
 pub fn close(fd: i32) -> Result<usize, Errno> {
+    // SAFETY: close(2) takes no pointer and touches no memory of this process; the loader
+    // holds descriptors as plain integers, so no Rust object owns `fd`.
     unsafe { sys(SYS_CLOSE, fd as usize, 0, 0, 0, 0, 0) }
 }
 
@@ -175,6 +199,9 @@ pub fn close(fd: i32) -> Result<usize, Errno> {
 pub fn file_size(fd: i32) -> Result<u64, Errno> {
     // struct stat on x86-64 is 144 bytes; st_size is the i64 at offset 48.
     let mut st = [0u64; 18];
+    // SAFETY: fstat(2) writes exactly one x86-64 `struct stat` (144 bytes) at its second
+    // argument; `st` is a local, 8-aligned, 144-byte (18 * 8) buffer, and any bit pattern is
+    // a valid u64.
     unsafe { sys(SYS_FSTAT, fd as usize, st.as_mut_ptr() as usize, 0, 0, 0, 0)? };
     Ok(st[6])
 }
@@ -238,6 +265,9 @@ pub unsafe fn mprotect(addr: u64, len: u64, prot: u32) -> Result<usize, Errno> {
 
 /// Sets the signal mask of the calling thread.
 pub fn sigprocmask_set(mask: u64) -> Result<usize, Errno> {
+    // SAFETY: rt_sigprocmask(2) reads one 8-byte sigset (sigsetsize = 8) at `&mask`, a
+    // local that lives across the call; the old-set pointer is NULL, so nothing is written.
+    // Changing the mask does not touch memory.
     unsafe {
         sys(
             SYS_RT_SIGPROCMASK,
@@ -261,6 +291,12 @@ pub struct KernelSigaction {
 }
 
 pub fn rt_sigaction(signo: u64, act: &KernelSigaction) -> Result<usize, Errno> {
+    // SAFETY: rt_sigaction(2) reads one kernel `struct sigaction` at `act`, which is a
+    // borrowed repr(C) `KernelSigaction` with exactly the kernel's x86-64 layout (four u64:
+    // handler, flags, restorer, mask; sigsetsize = 8); the old-action pointer is NULL, so
+    // nothing is written. The handler and restorer addresses are not dereferenced now: they
+    // only run when a signal is delivered, and the caller installs the restored image's own
+    // handlers, which point into that image's code.
     unsafe {
         sys(
             SYS_RT_SIGACTION,
@@ -287,17 +323,24 @@ pub unsafe fn prctl(
 }
 
 pub fn getpid() -> u64 {
+    // SAFETY: getpid(2) takes no argument and touches no memory.
     unsafe { syscall6(SYS_GETPID, 0, 0, 0, 0, 0, 0) as u64 }
 }
 
 /// Registers the robust futex list head of the calling thread (the address belongs to the
 /// restored image; the kernel only stores it).
 pub fn set_robust_list(head: u64, len: u64) -> Result<usize, Errno> {
+    // SAFETY: set_robust_list(2) only records `head` and `len` for the calling thread; the
+    // kernel walks the list only when the thread exits, and the caller passes the restored
+    // image's own list head, which lives in image memory the loader does not use.
     unsafe { sys(SYS_SET_ROBUST_LIST, head as usize, len as usize, 0, 0, 0, 0) }
 }
 
 /// Sets clear_child_tid of the calling thread (only stored by the kernel).
 pub fn set_tid_address(addr: u64) {
+    // SAFETY: set_tid_address(2) only records `addr`; the kernel writes 0 there (and
+    // futex-wakes it) when the thread exits. The caller passes the restored image's own
+    // clear_child_tid word (or 0, which disables it), not loader memory.
     unsafe { syscall6(SYS_SET_TID_ADDRESS, addr as usize, 0, 0, 0, 0, 0) };
 }
 
@@ -311,17 +354,28 @@ pub struct StackT {
 }
 
 pub fn sigaltstack(ss: &StackT) -> Result<usize, Errno> {
+    // SAFETY: sigaltstack(2) reads one kernel `stack_t` at `ss`, a borrowed repr(C)
+    // `StackT` with the kernel's x86-64 layout (sp, flags + padding, size: 24 bytes); the
+    // old-stack pointer is NULL. The stack itself is only written when a signal is
+    // delivered on it, and the caller passes the restored image's own alternate stack.
     unsafe { sys(SYS_SIGALTSTACK, ss as *const _ as usize, 0, 0, 0, 0, 0) }
 }
 
 /// Registers an rseq area for the calling thread. The kernel writes into the area, which
 /// must be mapped and writable.
 pub fn rseq(addr: u64, len: u64, sig: u64) -> Result<usize, Errno> {
+    // SAFETY: rseq(2) with flags 0 registers `[addr, addr+len)`; from then on the kernel
+    // writes the cpu fields there on every return to user space. The caller passes the
+    // restored image's own rseq area, which is mapped and writable in the rebuilt address
+    // space and lies outside the loader's zone, so the writes never land in loader memory.
     unsafe { sys(SYS_RSEQ, addr as usize, len as usize, 0, sig as usize, 0, 0) }
 }
 
 /// Sleeps while `*word == expected` (spurious wake-ups possible; callers loop).
 pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT only reads the aligned 4-byte word at `word.as_ptr()`, which the
+    // borrow of an `AtomicU32` keeps valid (and which may be read concurrently); the
+    // timeout pointer is NULL (wait forever), the other arguments are ignored.
     unsafe {
         syscall6(
             SYS_FUTEX,
@@ -336,6 +390,8 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32) {
 }
 
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) {
+    // SAFETY: FUTEX_WAKE uses the address of `word` only as a wait-queue key and reads or
+    // writes no memory; the other arguments are ignored.
     unsafe {
         syscall6(
             SYS_FUTEX,
@@ -350,10 +406,14 @@ pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) {
 }
 
 pub fn pause() {
+    // SAFETY: pause(2) takes no argument and touches no memory.
     unsafe { syscall6(SYS_PAUSE, 0, 0, 0, 0, 0, 0) };
 }
 
 pub fn exit_group(code: i32) -> ! {
+    // SAFETY: exit_group(2) takes no pointer and ends every thread of the process, so it
+    // never returns; the `ud2` after it is therefore unreachable, which is what its
+    // `noreturn` option promises (and would trap rather than fall through if not).
     unsafe {
         syscall6(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0);
         // exit_group does not return.

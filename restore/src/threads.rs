@@ -120,6 +120,11 @@ pub fn create_threads(plan: &Plan) -> Result<()> {
 
 /// `clone3(args, size)`; the child starts on its new stack in `thread_entry(index, plan)`.
 /// Returns the child TID or `-errno` in the parent.
+///
+/// # Safety
+/// `args` points to a valid `CloneArgs` of `size` bytes whose stack is a mapped, unused
+/// slot that nothing else runs on, and `plan` stays valid for as long as the child runs
+/// (the child dereferences it in `thread_entry`, and never returns into the caller).
 #[unsafe(naked)]
 unsafe extern "C" fn clone3_thread(
     _args: *const CloneArgs,

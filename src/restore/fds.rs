@@ -30,6 +30,9 @@ pub fn above(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) },
         "duplicating a descriptor",
     )?;
+    // SAFETY: `n` was just returned by a successful fcntl(F_DUPFD_CLOEXEC) (cvt rejects
+    // negative results): a new descriptor that nothing else owns. `fd` keeps its own number
+    // and closes it when dropped.
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
@@ -42,16 +45,21 @@ fn open(path: &str, flags: i32, what: &str) -> Result<OwnedFd> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("reopening {path} for {what}"));
     }
+    // SAFETY: `fd` was just returned by a successful open(2) (checked >= 0 above): a fresh
+    // descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let mut p = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
     cvt(
+        // SAFETY: pipe2(2) writes exactly two c_ints into `p`, a local `[c_int; 2]` that
+        // outlives the call.
         unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
         "creating a pipe",
     )?;
+    // SAFETY: pipe2 succeeded (cvt returned Ok), so `p[0]` and `p[1]` are two fresh
+    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one.
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
@@ -85,10 +93,11 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
 }
 
 pub(super) fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
-    // SAFETY: fcntl on our own descriptor.
     let keep = flags
         & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
     cvt(
+        // SAFETY: fcntl(F_SETFL) on `fd`, an OwnedFd borrowed (so open) for the call; its
+        // argument is an integer, not a pointer.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, keep) },
         "setting descriptor flags",
     )?;
@@ -256,6 +265,8 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
                     unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
                     "creating an epoll instance",
                 )?;
+                // SAFETY: `e` was just returned by a successful epoll_create1 (cvt rejects
+                // negatives): a fresh descriptor nothing else owns.
                 let e = unsafe { OwnedFd::from_raw_fd(e) };
                 set_status_flags(&e, fd.flags)?;
                 e
@@ -334,14 +345,19 @@ pub fn map_fd_for(
                 }
             };
             // The object must cover every mapping of it in the whole tree.
-            // SAFETY: fstat/ftruncate on our own memfd.
+            // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
+            // value, and fstat overwrites it.
             let mut st: libc::stat = unsafe { std::mem::zeroed() };
             cvt(
+                // SAFETY: fstat(2) writes one `struct stat` into `st`, a local of exactly
+                // that type; `obj` is our own open memfd.
                 unsafe { libc::fstat(obj.as_raw_fd(), &mut st) },
                 "fstat of a memfd",
             )?;
             if (st.st_size as u64) < size {
                 cvt(
+                    // SAFETY: ftruncate(2) on `obj`, our own open memfd, with an integer
+                    // length; no pointer is involved.
                     unsafe { libc::ftruncate(obj.as_raw_fd(), size as i64) },
                     "sizing shared memory",
                 )?;
@@ -386,9 +402,13 @@ fn new_memfd(name: &str) -> Result<OwnedFd> {
     // SAFETY: memfd_create returns a descriptor we own.
     let mut fd = unsafe { libc::memfd_create(c.as_ptr(), base | MFD_EXEC) };
     if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: `c` is a NUL-terminated CString alive for the call; memfd_create only
+        // reads the name and keeps no pointer to it.
         fd = unsafe { libc::memfd_create(c.as_ptr(), base) };
     }
     cvt(fd, &format!("creating memfd {name}"))?;
+    // SAFETY: `fd` was just returned by a successful memfd_create (cvt rejected negatives):
+    // a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -413,8 +433,9 @@ fn unlinked_backing(
             .with_context(|| format!("writing the content of {}", f.name))?;
         file.set_len(f.size)
             .with_context(|| format!("setting the size of {}", f.name))?;
-        // SAFETY: fchmod on our own descriptor.
         cvt(
+            // SAFETY: fchmod(2) on `fd`, a descriptor this function holds open, with an
+            // integer mode; no pointer is involved.
             unsafe { libc::fchmod(fd.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
             &format!("setting the mode of {}", f.name),
         )?;
@@ -445,6 +466,8 @@ fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> Result<OwnedFd> {
         )
     };
     if r >= 0 {
+        // SAFETY: `r` was just returned by a successful open(O_TMPFILE) (checked >= 0): a
+        // fresh descriptor nothing else owns.
         return Ok(unsafe { OwnedFd::from_raw_fd(r) });
     }
     let what = if fdnum >= 0 {
@@ -476,9 +499,12 @@ fn fifo(
 ) -> Result<OwnedFd> {
     if let std::collections::hash_map::Entry::Vacant(v) = keepers.entry(ino) {
         let k = open(path, libc::O_RDWR | libc::O_NONBLOCK, "a FIFO")?;
+        // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
+        // value, and fstat overwrites it.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat on our own descriptor into a local.
         cvt(
+            // SAFETY: fstat(2) writes one `struct stat` into `st`, a local of exactly that
+            // type; `k` is the descriptor just opened and owned here.
             unsafe { libc::fstat(k.as_raw_fd(), &mut st) },
             "stat of a FIFO",
         )?;
@@ -511,10 +537,13 @@ fn eventfd(count: u64, semaphore: bool, flags: i32) -> Result<OwnedFd> {
         unsafe { libc::eventfd(0, efd_flags) },
         "creating an eventfd",
     )?;
+    // SAFETY: `e` was just returned by a successful eventfd(2) (cvt rejects negatives): a
+    // fresh descriptor nothing else owns.
     let e = unsafe { OwnedFd::from_raw_fd(e) };
     if count > 0 {
         let b = count.to_ne_bytes();
-        // SAFETY: write 8 bytes from a local.
+        // SAFETY: write(2) reads exactly 8 bytes from `b`, a local `[u8; 8]`; `e` is our own
+        // open eventfd.
         if unsafe { libc::write(e.as_raw_fd(), b.as_ptr().cast(), 8) } != 8 {
             bail!(
                 "setting an eventfd counter to {count}: {}",
@@ -560,14 +589,18 @@ fn timerfd(
         unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) },
         &format!("creating a timerfd on clock {clockid}"),
     )?;
+    // SAFETY: `t` was just returned by a successful timerfd_create (cvt rejects negatives):
+    // a fresh descriptor nothing else owns.
     let t = unsafe { OwnedFd::from_raw_fd(t) };
     let settime = |flags: i32, value: u64, interval: u64| -> Result<()> {
         let its = libc::itimerspec {
             it_interval: timespec(interval),
             it_value: timespec(value),
         };
-        // SAFETY: timerfd_settime with a local itimerspec.
         cvt(
+            // SAFETY: timerfd_settime(2) reads one itimerspec from `&its`, a local alive
+            // for the call; the old-value pointer is null, so nothing is written; `t` is
+            // our own open timerfd.
             unsafe { libc::timerfd_settime(t.as_raw_fd(), flags, &its, std::ptr::null_mut()) },
             "arming a timerfd",
         )?;
@@ -606,6 +639,8 @@ fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd> {
         )
     };
     let s = cvt(s as libc::c_int, "creating a signalfd")?;
+    // SAFETY: `s` was just returned by a successful signalfd4 (cvt rejects negatives; a
+    // descriptor always fits a c_int): a fresh descriptor nothing else owns.
     let s = unsafe { OwnedFd::from_raw_fd(s) };
     set_status_flags(&s, flags)?;
     Ok(s)
@@ -621,6 +656,8 @@ fn inotify(watches: &[InotifyWatch], flags: i32) -> Result<OwnedFd> {
         unsafe { libc::inotify_init1(libc::IN_CLOEXEC) },
         "creating an inotify instance",
     )?;
+    // SAFETY: `i` was just returned by a successful inotify_init1 (cvt rejects negatives):
+    // a fresh descriptor nothing else owns.
     let i = unsafe { OwnedFd::from_raw_fd(i) };
     let mut spare: Option<(OwnedFd, CString)> = None;
     let mut next = 1i32;
@@ -651,6 +688,8 @@ fn inotify(watches: &[InotifyWatch], flags: i32) -> Result<OwnedFd> {
                 unsafe { libc::inotify_add_watch(i.as_raw_fd(), p.as_ptr(), libc::IN_OPEN) },
                 "skipping an inotify watch number",
             )?;
+            // SAFETY: inotify_rm_watch(2) on our own inotify descriptor `i` with the wd
+            // just returned; both are integers, no memory is touched.
             unsafe { libc::inotify_rm_watch(i.as_raw_fd(), wd) };
             next = wd + 1;
         }
@@ -682,5 +721,7 @@ fn memfd_rw(name: &str) -> Result<OwnedFd> {
         unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) },
         "creating a memfd",
     )?;
+    // SAFETY: `fd` was just returned by a successful memfd_create (cvt rejects negatives):
+    // a fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

@@ -65,6 +65,8 @@ impl Guard {
                 std::io::Error::last_os_error()
             );
         }
+        // SAFETY: pipe2 succeeded (checked >= 0 above), so `p[0]` and `p[1]` are two fresh
+        // descriptors that nothing else owns; each OwnedFd takes sole ownership of one.
         let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
         let raw: Vec<i32> = pidfds.iter().map(|f| f.as_raw_fd()).collect();
         let mut keep: Vec<i32> = raw.clone();
@@ -80,6 +82,14 @@ impl Guard {
             );
         }
         if pid == 0 {
+            // SAFETY: the forked child only makes system calls, reads data prepared before
+            // the fork (`keep`, `raw`, `name`, a C string literal) and allocates nothing,
+            // so it does not depend on locks another thread may have held at the fork.
+            // prctl(PR_SET_NAME) reads the NUL-terminated `name`; read(2) writes one byte
+            // into the local `b`; errno is read through `__errno_location`, valid for this
+            // thread. close_range closes descriptors that OwnedFds in this copy of memory
+            // still own (`w` among them), but the child never returns or drops them: it
+            // always ends in `_exit`, which runs no destructors.
             unsafe {
                 // Out of the restorer's session and group: a kill of the group that ran
                 // `ckpt restore` must not take the guard with it.

@@ -51,6 +51,8 @@ fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd> {
         unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) },
         "creating a memfd",
     )?;
+    // SAFETY: `fd` was just returned by a successful memfd_create (cvt rejects negatives):
+    // a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let f = std::fs::File::from(fd.try_clone()?);
     use std::io::Write;
@@ -151,8 +153,9 @@ fn prepare_process(
         .with_context(|| format!("opening the executable {}", state.exe.path))?;
     let exe_fd = fds::above(OwnedFd::from(exe), base)?;
     let mut p = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we own.
     fds::cvt(
+        // SAFETY: pipe2(2) writes exactly two c_ints into `p`, a local `[c_int; 2]` that
+        // outlives the call.
         unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
         "creating a pipe",
     )?;

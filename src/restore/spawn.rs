@@ -48,6 +48,12 @@ pub struct ChildSetup {
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
 
 /// Raise CAP_CHECKPOINT_RESTORE into the inheritable and ambient sets.
+///
+/// # Safety
+/// No memory precondition: capget/capset only access the local header and the
+/// two-element data array, laid out as the kernel's version-3 ABI (0x2008_0522) wants.
+/// Call it only in the forked child about to exec the loader: an ambient capability
+/// survives exec, so raising it anywhere else would leak it into later programs.
 unsafe fn raise_ambient_checkpoint_cap() -> bool {
     #[repr(C)]
     struct Header {
@@ -133,6 +139,12 @@ fn clone_with_pid(pid: i32) -> std::io::Result<i32> {
 /// restored parent will reap.
 fn spawn_zombie(z: &Zombie) -> Result<()> {
     match clone_with_pid(z.pid) {
+        // SAFETY: this is the child of clone_with_pid (a fork); it only makes
+        // async-signal-safe calls and allocates nothing: setrlimit64 reads the local `nocore`,
+        // sigemptyset and sigprocmask use the local `set` (an all-zero sigset_t is a valid
+        // value, and sigemptyset initialises it anyway) with a null old-set,
+        // signal/kill/getpid take integers, and it always ends in `_exit` (or dies of the
+        // signal), running no destructors.
         Ok(0) => unsafe {
             let st = z.wait_status;
             if libc::WIFSIGNALED(st) {
@@ -201,6 +213,15 @@ fn spawn(
         return Ok(r);
     }
     // ---- child ----
+    // SAFETY: this is the child of clone_with_pid (a fork without CLONE_VM). Every pointer
+    // passed below points into data built before the fork and still alive in this copy
+    // (`setup`'s C strings and rlimits, `argv_ptrs` and `envp` NULL-terminated, `empty`),
+    // and the block never returns: it ends in execveat or in child_fail's `_exit`, so the
+    // OwnedFds that close_range closes here are never dropped. Unlike a forked child of a
+    // multi-threaded process, it also allocates (format!, and the Vecs of the recursive
+    // `spawn` of its own children), which is sound only because the front end is
+    // single-threaded while it builds the tree (see clone_with_pid): no other thread can hold the
+    // allocator's lock.
     unsafe {
         // Until the restore commits, this process dies with its parent (see guard).
         crate::job::die_with_parent(parent);

@@ -100,16 +100,21 @@ fn new_socket(ty: i32) -> Result<OwnedFd> {
         unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) },
         "creating a unix socket",
     )?;
+    // SAFETY: `s` was just returned by a successful socket(2) (cvt rejects negatives): a
+    // fresh descriptor nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(s) })
 }
 
 fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
     let mut p = [0; 2];
-    // SAFETY: socketpair fills two descriptors we then own.
     cvt(
+        // SAFETY: socketpair(2) writes exactly two c_ints into `p`, a local `[c_int; 2]`
+        // that outlives the call.
         unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, p.as_mut_ptr()) },
         "creating a unix socket pair",
     )?;
+    // SAFETY: socketpair succeeded (cvt returned Ok), so `p[0]` and `p[1]` are two fresh
+    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one.
     Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
 }
 
@@ -357,9 +362,12 @@ impl Sockets {
             );
         }
         let standin = new_socket(*sock_type)?;
+        // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
+        // value, and fstat overwrites it.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat on our own descriptor into a local.
         cvt(
+            // SAFETY: fstat(2) writes one `struct stat` into `st`, a local of exactly that
+            // type; `standin` is the socket just created and owned here.
             unsafe { libc::fstat(standin.as_raw_fd(), &mut st) },
             "stat of a socket",
         )?;
@@ -424,6 +432,8 @@ fn replace_standins(standins: &HashMap<u64, u64>, made: &HashMap<u64, OwnedFd>) 
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
     for n in nums {
+        // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
+        // value, and fstat overwrites it.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat of a descriptor number into a local (it may be gone: skipped).
         if unsafe { libc::fstat(n, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
@@ -435,8 +445,11 @@ fn replace_standins(standins: &HashMap<u64, u64>, made: &HashMap<u64, OwnedFd>) 
         let real = made
             .get(ino)
             .with_context(|| format!("unix socket {ino} was not rebuilt"))?;
-        // SAFETY: dup3 onto a descriptor of ours that names a stand-in.
         cvt(
+            // SAFETY: dup3(2) takes only descriptor numbers. `n` names a stand-in socket
+            // (its inode is a stand-in's), so it differs from `real` (dup3 would fail with
+            // EINVAL, not misbehave, if not); whoever owns number `n` keeps owning it, and
+            // it now names the rebuilt socket, which is the point. No memory is touched.
             unsafe { libc::dup3(real.as_raw_fd(), n, libc::O_CLOEXEC) },
             "putting a unix socket in place",
         )?;
@@ -463,8 +476,9 @@ impl Builder<'_> {
             let s = new_socket(r.ty)?;
             self.bind_name(&s, r)
                 .with_context(|| format!("{}: binding the listening socket", r.what()))?;
-            // SAFETY: listen on our own socket.
             cvt(
+                // SAFETY: listen(2) on `s`, a socket this function owns and keeps open; its
+                // arguments are integers.
                 unsafe { libc::listen(s.as_raw_fd(), r.backlog as i32) },
                 &format!("{}: listen", r.what()),
             )?;
@@ -628,6 +642,8 @@ impl Builder<'_> {
             },
             &format!("{}: accepting its connection again", server.what()),
         )?;
+        // SAFETY: `a` was just returned by a successful accept4 (cvt rejects negatives): a
+        // fresh descriptor nothing else owns.
         Ok(Some(unsafe { OwnedFd::from_raw_fd(a) }))
     }
 

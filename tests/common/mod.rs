@@ -301,6 +301,9 @@ impl Lines {
 /// what the test gives it (the environment passes a few stray pipes down).
 pub fn command(program: impl AsRef<OsStr>) -> Command {
     let mut cmd = Command::new(program);
+    // SAFETY: pre_exec's closure runs in the forked child before exec, where only
+    // async-signal-safe code is allowed: this one makes a single raw close_range syscall on
+    // integers (no allocation, no lock) and returns Ok.
     unsafe {
         cmd.pre_exec(|| {
             // close_range(3, ~0, CLOSE_RANGE_CLOEXEC)
@@ -705,6 +708,9 @@ pub fn cmdline(pid: i32) -> Option<String> {
 /// Kills `pid` if it is running a command line that contains `marker`.
 pub fn kill_if_running(pid: i32, marker: &str) {
     if cmdline(pid).is_some_and(|c| c.contains(marker)) {
+        // SAFETY: kill(2) takes only integers and touches no memory of this process; `pid`
+        // was just seen running a command line with the test's marker, so it is one of the
+        // test's processes.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
@@ -834,6 +840,8 @@ pub fn open_up(root: &Path, dir: &Path) {
 
 /// Sends a signal.
 pub fn send_signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) takes only integers and touches no memory of this process; its result
+    // is checked by the assertion below.
     let r = unsafe { libc::kill(pid, sig) };
     assert_eq!(
         r,
@@ -875,6 +883,7 @@ pub const TEST_USER: &str = "ckpttest";
 /// [`TEST_USER`].
 pub fn assert_root(what: &str) {
     assert_eq!(
+        // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
         unsafe { libc::geteuid() },
         0,
         "{what} runs commands as the user {TEST_USER}: run it as root"

@@ -209,6 +209,9 @@ fn watch_path(
     if mfd < 0 {
         return Err(format!("opening {mnt}: {}", io::Error::last_os_error()));
     }
+    // SAFETY: `mfd` was just returned by a successful open(2) (checked >= 0 above), so it
+    // is a fresh descriptor that nothing else owns; the OwnedFd becomes its only owner and
+    // closes it once.
     let mfd = unsafe { OwnedFd::from_raw_fd(mfd) };
     // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
     let mut fh = Vec::with_capacity(8 + bytes.len());
@@ -232,6 +235,9 @@ fn watch_path(
             format!("open_by_handle_at: {e}")
         });
     }
+    // SAFETY: `r` was just returned by a successful open_by_handle_at(2) (checked >= 0
+    // above): a fresh descriptor (it fits an i32, as every fd does) that nothing else owns
+    // or closes.
     let f = unsafe { OwnedFd::from_raw_fd(r as i32) };
     let path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
         .map_err(|e| e.to_string())?
@@ -283,6 +289,8 @@ fn unlinked(
         return Ok(file);
     }
     let f = std::fs::File::open(open_path).map_err(|e| format!("opening it: {e}"))?;
+    // SAFETY: `libc::statfs` is a plain C struct of integers and integer arrays, for which
+    // all-zero bytes are a valid value; fstatfs overwrites it anyway.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs/fcntl on our own descriptor.
     if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
@@ -290,6 +298,8 @@ fn unlinked(
         return Err("a hugetlbfs file".into());
     }
     if memfd {
+        // SAFETY: fcntl(F_GET_SEALS) takes no pointer argument and only reads the seals of
+        // `f`, a File that is open and borrowed for the whole call.
         let s = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
         file.seals = s.max(0) as u32;
     }

@@ -242,12 +242,18 @@ pub(crate) fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: pipe2 succeeded (checked above), so `p[0]` and `p[1]` are two fresh
+    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one of them.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
     // SAFETY: fcntl on our own descriptors.
     let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
     if size > 0 {
+        // SAFETY: fcntl(F_SETPIPE_SZ) on `w`, a pipe end we own and keep open across the
+        // call; its argument is an integer, not a pointer.
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
     }
+    // SAFETY: tee(2) only moves pipe buffer references between `src` and `w`, two
+    // descriptors this function holds open; it takes no pointer argument.
     let n = unsafe {
         libc::tee(
             src.as_raw_fd(),
@@ -266,6 +272,9 @@ pub(crate) fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
     let mut data = vec![0u8; n as usize];
     let mut got = 0;
     while got < data.len() {
+        // SAFETY: read(2) writes at most `data.len() - got` bytes at
+        // `data[got..].as_mut_ptr()`, which is exactly the writable tail of `data` (got <
+        // data.len() by the loop condition); `r` is our own open read end.
         let k = unsafe {
             libc::read(
                 r.as_raw_fd(),
@@ -301,8 +310,11 @@ pub fn on_memory_fs(path: &str) -> bool {
     let Ok(c) = std::ffi::CString::new(path) else {
         return false;
     };
-    // SAFETY: statfs into a local struct.
+    // SAFETY: `libc::statfs` is a plain C struct of integers and integer arrays: all-zero
+    // bytes are a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated CString alive for the call, and `st` a local `statfs`
+    // that statfs(2) fills and does not retain.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
         return false;
     }

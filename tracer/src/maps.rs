@@ -224,6 +224,8 @@ pub fn shared_anon_runs(pid: i32, vma: &Vma) -> Option<Vec<PageRun>> {
         if data >= hi {
             break;
         }
+        // SAFETY: lseek(SEEK_HOLE) takes no pointer; `fd` is the descriptor of `f`, which
+        // stays open until the end of this function.
         let hole = unsafe { libc::lseek(fd, data as i64, libc::SEEK_HOLE) };
         if hole < 0 {
             return None;

@@ -21,8 +21,17 @@ pub const FREEZE_OPTIONS: libc::c_long = (libc::PTRACE_O_TRACESYSGOOD
     | libc::PTRACE_O_TRACEVFORK) as libc::c_long;
 
 fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
-    // SAFETY: ptrace with caller-checked pointers; errors come back through errno.
+    // SAFETY: `__errno_location` returns a valid, aligned pointer to the calling thread's
+    // errno, which only this thread accesses; clearing it lets a -1 result from
+    // PTRACE_PEEK* be told from an error.
     unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: `raw` is private to this module, and every caller passes as `addr`/`data`
+    // either a plain integer (options, signal, size, regset type) or a pointer to a live
+    // local of at least the size the request reads or writes: Regs (27 * 8 bytes, checked
+    // against user_regs_struct) for GETREGS/SETREGS, an iovec over a buffer of iov_len
+    // bytes for GETREGSET/SETREGSET, a u64 sigset with size 8, an RseqConfig with its
+    // size, a c_ulong for GETEVENTMSG, and for PEEKSIGINFO the args plus a buffer of
+    // `nr * 128` bytes. The kernel keeps none of them after the call.
     let r = unsafe {
         libc::ptrace(
             req,
@@ -146,7 +155,8 @@ pub fn get_rseq(tid: i32) -> io::Result<Option<Rseq>> {
 pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
     let mut head: u64 = 0;
     let mut len: u64 = 0;
-    // SAFETY: the kernel writes one pointer and one size_t.
+    // SAFETY: get_robust_list(2) writes one pointer-sized head and one size_t, i.e. one
+    // u64 each on x86-64, at `&mut head` and `&mut len`, two live locals.
     let r = unsafe {
         libc::syscall(
             libc::SYS_get_robust_list,
@@ -184,7 +194,8 @@ pub enum Stop {
 pub fn wait(tid: i32) -> io::Result<(i32, Stop)> {
     let mut status = 0;
     let r = loop {
-        // SAFETY: plain waitpid.
+        // SAFETY: waitpid(2) writes one c_int at `&mut status`, a live local; no other
+        // argument is a pointer.
         let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
         if r < 0 {
             let e = io::Error::last_os_error();

@@ -169,6 +169,8 @@ fn diag_request(ino: u32, dump: bool) -> io::Result<Vec<Diag>> {
     if nl < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `nl` was just returned by a successful socket(2) (checked >= 0 above): a
+    // fresh descriptor nothing else owns, now owned only by this OwnedFd.
     let nl = unsafe { OwnedFd::from_raw_fd(nl) };
     let mut req = [0u8; 40];
     // struct nlmsghdr: u32 len, u16 type, u16 flags, u32 seq, u32 pid.
@@ -186,6 +188,8 @@ fn diag_request(ino: u32, dump: bool) -> io::Result<Vec<Diag>> {
         UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
     req[28..32].copy_from_slice(&show.to_ne_bytes());
     req[32..40].copy_from_slice(&[0xff; 8]);
+    // SAFETY: `sockaddr_nl` is a plain C struct of integers: all-zero bytes are a valid
+    // value (and the kernel's "any" address); nl_family is set next.
     let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     sa.nl_family = libc::AF_NETLINK as u16;
     // SAFETY: sendto from a live buffer to a local address.
@@ -275,6 +279,8 @@ fn get_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: `r` was just returned by a successful pidfd_getfd(2) (checked >= 0 above): a
+    // new descriptor in this process that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
 }
 
@@ -384,6 +390,8 @@ struct Peeked {
 
 /// recvmsg(MSG_PEEK) at the current SO_PEEK_OFF; None when nothing (more) is queued.
 fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Peeked>> {
+    // SAFETY: `sockaddr_un` is a plain C struct (a family integer and a byte array): all-
+    // zero bytes are a valid value.
     let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     let mut control = [0u64; 64];
     let mut iov = libc::iovec {
@@ -396,6 +404,9 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Pe
         flags |= libc::MSG_TRUNC;
     }
     let (n, msg) = loop {
+        // SAFETY: `msghdr` is a plain C struct of pointers and integers: all-zero bytes
+        // (null pointers, zero lengths) are a valid value; the fields recvmsg needs are set
+        // right below.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = (&mut name as *mut libc::sockaddr_un).cast();
         msg.msg_namelen = std::mem::size_of::<libc::sockaddr_un>() as u32;
