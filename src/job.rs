@@ -31,6 +31,30 @@ pub struct CloneArgs {
     pub cgroup: u64,
 }
 
+/// clone3 without CLONE_VM or a stack, which behaves like fork: the child's pid (0 in
+/// the child).
+///
+/// # Safety
+/// As fork: the caller is single-threaded, or the child makes only async-signal-safe
+/// calls until it execs or exits.
+pub unsafe fn fork_with(args: &CloneArgs) -> std::io::Result<i32> {
+    debug_assert!(args.flags & libc::CLONE_VM as u64 == 0 && args.stack == 0);
+    // SAFETY: `args` is a live, fully initialised clone_args of the size passed; without
+    // CLONE_VM the child gets its own copy of memory, so neither side's stack is shared.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as i32)
+    }
+}
+
 /// Make the calling process die when its parent does, as long as it is part of an
 /// unfinished restore. `parent` is the PID it must have; if the parent is already
 /// gone, exit at once. Async-signal-safe (used between clone and exec).
@@ -141,16 +165,9 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
-    // SAFETY: clone3 without CLONE_VM behaves like fork; the front end is single-threaded.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
+    // SAFETY: the front end is single-threaded here (signal forwarding starts after).
+    let r = unsafe { fork_with(&args) };
+    if let Err(e) = r {
         bail!(
             "creating a new PID namespace{}: {e}",
             if userns {
@@ -160,6 +177,7 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
             }
         );
     }
+    let r = r.unwrap_or(0);
     if r == 0 {
         // ---- init of the new namespace ----
         // Until the restore commits, the namespace (and so the job) dies with the
@@ -198,7 +216,7 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         };
         std::process::exit(code);
     }
-    let init = r as i32;
+    let init = r;
     // Everything prepared for the restore (the job's pipes and sockets among them) is
     // the init's now: a copy kept here would hold them open, and a reader in the job
     // would never see the end of a pipe.

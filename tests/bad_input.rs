@@ -269,21 +269,8 @@ fn dump_refuses_untraceable_process() {
         return;
     }
 
-    const USER: &str = "ckpttest";
-    if run(command("id").args(["-u", USER])).status.code() != Some(0) {
-        let out = run(command("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            USER,
-        ]));
-        // 9: created meanwhile by a concurrent run
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(9)),
-            "useradd {USER} failed: {out:?}"
-        );
-    }
+    const USER: &str = TEST_USER;
+    ensure_test_user();
     let stop = d.join("stop");
     let mut t = Target::start(
         "counter",

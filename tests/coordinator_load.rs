@@ -196,20 +196,6 @@ fn status_field(status: &str, name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The job directories (`job_<job id>`) in a checkpoint directory.
-fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(ckpt_dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("job_"))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// The job directory that holds generations of the job with root `pid`.
 fn job_dir_of(ckpt_dir: &Path, pid: i32) -> PathBuf {
     let needle = format!("_{pid}_");

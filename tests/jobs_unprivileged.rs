@@ -59,36 +59,11 @@ fn clean_env(c: &mut Command) {
     }
 }
 
-const USER: &str = "ckpttest";
+const USER: &str = TEST_USER;
 
 fn is_root() -> bool {
     // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Creates the unprivileged user `ckpttest` if needed (as pidns.rs does);
-/// returns (uid, gid).
-fn ensure_user() -> (u32, u32) {
-    if run(command("id").args(["-u", USER])).status.code() != Some(0) {
-        let out = run(command("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            USER,
-        ]));
-        // 9: created meanwhile by a concurrent run
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(9)),
-            "useradd {USER} failed: {out:?}"
-        );
-    }
-    let id = |flag: &str| -> u32 {
-        let out = run(command("id").args([flag, USER]));
-        assert_success(&out, &format!("id {flag} {USER}"));
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    (id("-u"), id("-g"))
 }
 
 /// A command run as the test's user, or as `ckpttest` through
@@ -544,7 +519,7 @@ fn own_counter(dir: &Path, owner: Option<(u32, u32)>) -> PathBuf {
 /// file (`user`) or q.
 fn cycle(user: bool, pidns: bool) {
     let _serial = serial();
-    let ids = if user { Some(ensure_user()) } else { None };
+    let ids = if user { Some(ensure_test_user()) } else { None };
     let d = tempdir();
     let port = free_port();
     let _sweep = Sweep::new(&d, port);
@@ -844,7 +819,7 @@ fn coordinator_refuses_other_users() {
     if !is_root() {
         panic!("this test creates the user {USER}: run it as root");
     }
-    ensure_user();
+    ensure_test_user();
     let d = tempdir();
     let port = free_port();
     let _sweep = Sweep::new(&d, port);

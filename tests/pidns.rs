@@ -96,32 +96,11 @@ fn ns_tids(host_pid: i32) -> BTreeSet<i32> {
 
 // ---------------------------------------------------------------- users
 
-const USER: &str = "ckpttest";
+const USER: &str = TEST_USER;
 
 fn is_root() -> bool {
     // SAFETY: geteuid(2) takes no argument, touches no memory and cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Creates the unprivileged user `ckpttest` if needed (as bad_input.rs does).
-fn ensure_user() -> u32 {
-    if run(command("id").args(["-u", USER])).status.code() != Some(0) {
-        let out = run(command("useradd").args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-            USER,
-        ]));
-        // 9: created meanwhile by a concurrent run
-        assert!(
-            matches!(out.status.code(), Some(0) | Some(9)),
-            "useradd {USER} failed: {out:?}"
-        );
-    }
-    let out = run(command("id").args(["-u", USER]));
-    assert_success(&out, "id -u ckpttest");
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 
 /// `runuser -u ckpttest -- PROGRAM`.
@@ -563,7 +542,7 @@ fn unprivileged_restore_in_new_namespaces() {
         eprintln!("skipped: needs root to run commands as the user {USER}");
         return;
     }
-    let uid = ensure_user();
+    let (uid, _) = ensure_test_user();
     let d = tempdir();
     let shared = d.join("shared");
     open_up(d.path(), &shared);

@@ -156,20 +156,6 @@ fn checkpoint_ok(port: u16) -> Vec<PathBuf> {
     paths
 }
 
-/// The job directories (`job_<job id>`) in a checkpoint directory.
-fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(ckpt_dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("job_"))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// The job directory of job `pid`: the `<ckpt-dir>/job_<job id>` that holds its
 /// generations (`ckpt_<program>_<pid>_<n>`).
 fn job_dir_of(ckpt_dir: &Path, pid: i32) -> PathBuf {

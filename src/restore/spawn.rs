@@ -119,20 +119,9 @@ fn clone_with_pid(pid: i32) -> std::io::Result<i32> {
         set_tid_size: 1,
         ..Default::default()
     };
-    // SAFETY: clone3 without CLONE_VM behaves like fork. The front end is single-threaded
-    // here, so the child may run ordinary code until it execs.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as i32)
-    }
+    // SAFETY: the front end is single-threaded here, so the child may run ordinary code
+    // until it execs.
+    unsafe { crate::job::fork_with(&args) }
 }
 
 /// A zombie: a child that exits at once with the saved wait status, and that its

@@ -934,3 +934,17 @@ pub fn as_test_user(program: impl AsRef<OsStr>) -> Command {
     }
     c
 }
+
+/// The job directories (`job_<job id>`) in a checkpoint directory, sorted.
+pub fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(ckpt_dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("job_"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
