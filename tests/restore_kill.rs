@@ -31,17 +31,60 @@ struct Job {
     /// Every process and zombie of the checkpoint.
     pids: Vec<i32>,
     root: i32,
+    /// The job and its restores run as this unprivileged user (uid, gid).
+    user: Option<(u32, u32)>,
 }
 
-fn checkpointed_tree() -> Job {
-    // SAFETY: prctl on ourselves: killed restores' orphans come to us to be reaped.
+/// `setpriv` to the test user: it execs, so the restorer is the child we kill.
+fn as_user(cmd: &mut std::process::Command, (uid, gid): (u32, u32)) -> std::process::Command {
+    let mut c = command("setpriv");
+    c.args([
+        format!("--reuid={uid}"),
+        format!("--regid={gid}"),
+        "--clear-groups".to_string(),
+        "--".to_string(),
+    ]);
+    c.arg(cmd.get_program()).args(cmd.get_args());
+    c
+}
+
+/// Give the whole tree under `dir` to the test user.
+fn chown_tree(dir: &std::path::Path, (uid, gid): (u32, u32)) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+    if fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), (uid, gid));
+        }
+    }
+}
+
+fn checkpointed_tree(unprivileged: bool) -> Job {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) on ourselves takes no pointer; killed
+    // restores' orphans come to us to be reaped.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let d = tempdir();
     let exe = d.join("prog/tree");
     fs::create_dir_all(exe.parent().unwrap()).unwrap();
     copy_program(&testdata("tree"), &exe);
     let (stop, rec, ck) = (d.join("stop"), d.join("records"), d.join("ckpt"));
-    let mut t = Target::start_path(&exe, &[stop.as_os_str(), rec.as_os_str(), os(N)]);
+    let user = unprivileged.then(|| {
+        assert_root("the unprivileged restore-kill test");
+        let ids = ensure_test_user();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        chown_tree(d.path(), ids);
+        ids
+    });
+    let mut t = match user {
+        Some(ids) => {
+            let mut cmd = command(&exe);
+            cmd.current_dir(d.path())
+                .args([stop.as_os_str(), rec.as_os_str(), os(N)]);
+            // The records file is the job's: created by it, as the user.
+            Target::spawn(as_user(&mut cmd, ids), &exe.to_string_lossy())
+        }
+        None => Target::start_path(&exe, &[stop.as_os_str(), rec.as_os_str(), os(N)]),
+    };
     t.stdout.expect_line("ready");
     let mut pids: Vec<i32> = t
         .stdout
@@ -63,6 +106,10 @@ fn checkpointed_tree() -> Job {
     let root = t.pid;
     t.dump_kill(&ck);
     pids.push(zombie);
+    if let Some(ids) = user {
+        // Dumped by root; restored by the user, who owns the job.
+        chown_tree(&ck, ids);
+    }
     let rec_at_dump = fs::read(&rec).unwrap();
     let job = Job {
         d,
@@ -73,6 +120,7 @@ fn checkpointed_tree() -> Job {
         marker,
         pids,
         root,
+        user,
     };
     job.settle();
     job
@@ -143,7 +191,20 @@ impl Job {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err);
-        cmd
+        match self.user {
+            Some(ids) => {
+                let mut c = as_user(&mut cmd, ids);
+                let err = fs::File::create(self.d.join("restore.err")).unwrap();
+                c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+                for (k, v) in cmd.get_envs() {
+                    if let Some(v) = v {
+                        c.env(k, v);
+                    }
+                }
+                c
+            }
+            None => cmd,
+        }
     }
 
     /// Run a restore to its end; its status and what it said.
@@ -199,6 +260,28 @@ impl Job {
         // The record file is the job's output, outside the checkpoint: the complete
         // restores above wrote on in it. Put back what it held at the checkpoint.
         fs::write(&self.rec, &self.rec_at_dump).unwrap();
+        if let Some(ids) = self.user {
+            let mut cmd = ckpt_cmd();
+            cmd.arg("restore").arg(&self.ck).args(["--pidns", pidns]);
+            let mut c = as_user(&mut cmd, ids);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = c.spawn().unwrap();
+            let mut out = Lines::new("user restore", child.stdout.take().unwrap());
+            wait_until("the restored tree runs", || {
+                pids_running(&self.marker).len() == 8
+            });
+            thread::sleep(Duration::from_millis(300));
+            touch(&self.stop);
+            let verdict = out.expect_prefix("tree ok ");
+            assert!(verdict.starts_with("tree ok 8 "), "verdict {verdict:?}");
+            let status = wait_child(&mut child, "the user's restore");
+            assert!(status.success(), "the user's restore: {status:?}");
+            fs::remove_file(&self.stop).unwrap();
+            self.settle();
+            return;
+        }
         let mut r = Restored::start_with(&self.ck, self.root, &self.marker, &["--pidns", pidns]);
         if pidns == "never" {
             r.assert_same_pid();
@@ -218,9 +301,9 @@ impl Job {
     }
 }
 
-fn kill_at_steps_and_moments(pidns: &str) {
+fn kill_at_steps_and_moments(pidns: &str, unprivileged: bool) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let job = checkpointed_tree();
+    let job = checkpointed_tree(unprivileged);
     // A restore that is not killed works, and tells how long one takes.
     let t0 = Instant::now();
     let (status, said) = job.run_restore(&mut job.restore_cmd(pidns));
@@ -282,12 +365,19 @@ fn kill_at_steps_and_moments(pidns: &str) {
 
 #[test]
 fn restorer_killed_anywhere_leaves_nothing_host_pids() {
-    kill_at_steps_and_moments("never");
+    kill_at_steps_and_moments("never", false);
 }
 
 #[test]
 fn restorer_killed_anywhere_leaves_nothing_new_pidns() {
-    kill_at_steps_and_moments("always");
+    kill_at_steps_and_moments("always", false);
+}
+
+/// The same as an ordinary user: the restore goes into new user, PID and mount
+/// namespaces, and the user's own restorer is what gets killed.
+#[test]
+fn restorer_killed_anywhere_leaves_nothing_unprivileged() {
+    kill_at_steps_and_moments("always", true);
 }
 
 /// `ckpt restore --detach | cat` ends: nothing of ckpt that stays behind holds the

@@ -235,6 +235,44 @@ impl Status {
     }
 }
 
+/// Parse the text of /proc/PID/limits: (soft, hard) for every RLIMIT_* in the
+/// kernel's order (RLIMIT_CPU = 0 … RLIMIT_RTTIME = 15), RLIM_INFINITY for
+/// "unlimited". The values are the kernel's exact integers, so nothing is lost.
+pub fn parse_limits(text: &str) -> Parsed<Vec<(u64, u64)>> {
+    use procfs_core::process::{Limit, LimitValue};
+    let l = procfs_core::process::Limits::from_read(text.as_bytes())
+        .map_err(|e| crate_error("limits", e))?;
+    let v = |x: LimitValue| match x {
+        LimitValue::Unlimited => u64::MAX,
+        LimitValue::Value(n) => n,
+    };
+    let pair = |x: Limit| (v(x.soft_limit), v(x.hard_limit));
+    Ok(vec![
+        pair(l.max_cpu_time),
+        pair(l.max_file_size),
+        pair(l.max_data_size),
+        pair(l.max_stack_size),
+        pair(l.max_core_file_size),
+        pair(l.max_resident_set),
+        pair(l.max_processes),
+        pair(l.max_open_files),
+        pair(l.max_locked_memory),
+        pair(l.max_address_space),
+        pair(l.max_file_locks),
+        pair(l.max_pending_signals),
+        pair(l.max_msgqueue_size),
+        pair(l.max_nice_priority),
+        pair(l.max_realtime_priority),
+        pair(l.max_realtime_timeout),
+    ])
+}
+
+/// /proc/PID/limits, parsed (see [`parse_limits`]).
+pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let text = read(pid, "limits").map_err(|e| TraceError::io(pid, "reading limits", e))?;
+    parse_limits(&text).map_err(|b| b.at(pid, &path(pid, "limits")))
+}
+
 /// /proc/PID/status; a process that is gone is an I/O error.
 pub fn status(pid: i32) -> Result<Status> {
     let text = read(pid, "status").map_err(|e| TraceError::io(pid, "reading status", e))?;
@@ -871,6 +909,26 @@ pub fn yama_ptrace_scope() -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn limits_parse_as_getrlimit_says() {
+        let sample = include_str!("proc_samples/limits.txt");
+        let l = parse_limits(sample).unwrap();
+        assert_eq!(l.len(), 16);
+        assert!(l.iter().all(|&(soft, hard)| soft <= hard));
+        // The live file agrees with getrlimit for every resource.
+        let live = parse_limits(&std::fs::read_to_string("/proc/self/limits").unwrap()).unwrap();
+        for (res, &(soft, hard)) in live.iter().enumerate() {
+            let mut r = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit64 writes one rlimit64 into the local `r`.
+            assert_eq!(unsafe { libc::getrlimit64(res as _, &mut r) }, 0);
+            assert_eq!((soft, hard), (r.rlim_cur, r.rlim_max), "resource {res}");
+        }
+        assert!(parse_limits("Limit  Soft Limit\nMax cpu time  x y seconds\n").is_err());
+    }
+
     use super::*;
 
     // Captured on this project's test machine (Linux 6.18, x86-64) from a small C

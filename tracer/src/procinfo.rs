@@ -15,7 +15,14 @@ pub fn rlimits(pid: i32) -> io::Result<Vec<Rlimit>> {
         // SAFETY: prlimit64 writes one struct.
         let r = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // prlimit of another user's process needs CAP_SYS_RESOURCE, which root may
+            // lack (it does on these machines); /proc/PID/limits, readable to whoever
+            // may trace the process, shows the same integers.
+            if e.raw_os_error() == Some(libc::EPERM) {
+                return rlimits_from_proc(pid);
+            }
+            return Err(e);
         }
         out.push(Rlimit {
             resource: res,
@@ -24,6 +31,19 @@ pub fn rlimits(pid: i32) -> io::Result<Vec<Rlimit>> {
         });
     }
     Ok(out)
+}
+
+fn rlimits_from_proc(pid: i32) -> io::Result<Vec<Rlimit>> {
+    let limits = crate::proc::limits(pid).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(limits
+        .into_iter()
+        .enumerate()
+        .map(|(res, (cur, max))| Rlimit {
+            resource: res as _,
+            cur,
+            max,
+        })
+        .collect())
 }
 
 /// Refuse state that this version cannot carry over yet (issue #3 adds it).
