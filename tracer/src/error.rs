@@ -39,12 +39,13 @@ pub enum TraceError {
         field: String,
         why: String,
     },
-    #[error("process {pid}: {what}: {source}")]
+    /// The cause is part of the message and not a `source` of its own, so that a
+    /// chain printed with `{:#}` names it once.
+    #[error("process {pid}: {what}: {cause}")]
     Io {
         pid: i32,
         what: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
@@ -55,7 +56,7 @@ impl TraceError {
         TraceError::Io {
             pid,
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 }
