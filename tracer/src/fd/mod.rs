@@ -40,7 +40,7 @@ pub struct Kind {
 }
 
 /// Every kind that has its own module. One line per kind.
-pub const KINDS: &[Kind] = &[eventfd::KIND, timerfd::KIND, signalfd::KIND];
+pub static KINDS: &[Kind] = &[eventfd::KIND, timerfd::KIND, signalfd::KIND];
 
 /// The kind of an `anon_inode:NAME` descriptor, if it has moved here.
 pub fn by_anon_name(name: &str) -> Option<&'static Kind> {
@@ -120,4 +120,76 @@ pub fn set_status_flags(fd: &OwnedFd, flags: i32) -> std::result::Result<(), Res
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn saved(kind: FdKind, flags: i32) -> Fd {
+        Fd {
+            fd: 7,
+            desc: 0,
+            flags,
+            cloexec: false,
+            inherit: false,
+            kind,
+        }
+    }
+
+    #[test]
+    fn one_entry_per_name() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert!(KINDS[i + 1..].iter().all(|o| o.anon_name != k.anon_name));
+            assert!(std::ptr::eq(by_anon_name(k.anon_name).unwrap(), k));
+        }
+        assert!(by_anon_name("inotify").is_none());
+    }
+
+    #[test]
+    fn other_kinds_fall_through() {
+        let dir = FdKind::Dir { path: "/".into() };
+        assert!(restore(1, &saved(dir.clone(), 0)).is_none());
+        assert!(describe(&dir).is_none());
+    }
+
+    #[test]
+    fn eventfd_comes_back_with_its_count() {
+        let kind = FdKind::Eventfd {
+            count: 5 << 32,
+            semaphore: false,
+        };
+        assert_eq!(
+            describe(&kind).unwrap(),
+            format!("eventfd count {}", 5u64 << 32)
+        );
+        let e = restore(1, &saved(kind, libc::O_RDWR | libc::O_NONBLOCK))
+            .unwrap()
+            .unwrap();
+        // SAFETY: fcntl(F_GETFL) on our own open descriptor; no pointer argument.
+        let fl = unsafe { libc::fcntl(e.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(fl & libc::O_NONBLOCK, 0);
+        let mut b = [0u8; 8];
+        // SAFETY: read(2) writes at most 8 bytes into `b`, a local `[u8; 8]`.
+        let n = unsafe { libc::read(e.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, 8);
+        assert_eq!(u64::from_ne_bytes(b), 5 << 32);
+    }
+
+    #[test]
+    fn timerfd_error_keeps_its_context_chain() {
+        let kind = FdKind::Timerfd {
+            clockid: 12345,
+            settime_flags: 0,
+            ticks: 0,
+            value_ns: 0,
+            interval_ns: 0,
+            deadline_ns: 0,
+        };
+        let e = restore(9, &saved(kind, 0)).unwrap().unwrap_err();
+        assert_eq!(e.to_string(), "recreating timerfd 7 of process 9");
+        let inner = std::error::Error::source(&e).unwrap();
+        assert_eq!(inner.to_string(), "creating a timerfd on clock 12345");
+        assert!(std::error::Error::source(inner).is_some());
+    }
 }
