@@ -166,9 +166,10 @@ fn fd_kind(k: &FdKind) -> String {
             format!("deleted file {} ({} bytes) @{pos}", file.name, file.size)
         }
         FdKind::Fifo { path, .. } => format!("FIFO {path}"),
-        FdKind::Eventfd { count, .. } => format!("eventfd count {count}"),
-        FdKind::Timerfd { clockid, .. } => format!("timerfd clock {clockid}"),
-        FdKind::Signalfd { mask } => format!("signalfd mask {mask:#x}"),
+        // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
+        FdKind::Eventfd { .. } | FdKind::Timerfd { .. } | FdKind::Signalfd { .. } => {
+            ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string())
+        }
         FdKind::Inotify { watches } => format!("inotify, {} watch(es)", watches.len()),
         FdKind::Epoll { entries } => format!("epoll, {} entries", entries.len()),
         FdKind::UnixSocket {

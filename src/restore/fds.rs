@@ -93,15 +93,7 @@ fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
 }
 
 pub(super) fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
-    let keep = flags
-        & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME);
-    cvt(
-        // SAFETY: fcntl(F_SETFL) on `fd`, an OwnedFd borrowed (so open) for the call; its
-        // argument is an integer, not a pointer.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, keep) },
-        "setting descriptor flags",
-    )?;
-    Ok(())
+    Ok(ckpt_tracer::fd::set_status_flags(fd, flags)?)
 }
 
 /// What the descriptors of all processes of a tree share: one source per open file
@@ -237,25 +229,12 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
                 }
                 fifo(&mut shared.fifos, path, *ino, data, fd.flags)?
             }
-            FdKind::Eventfd { count, semaphore } => eventfd(*count, *semaphore, fd.flags)?,
-            FdKind::Timerfd {
-                clockid,
-                settime_flags,
-                ticks,
-                value_ns,
-                interval_ns,
-                deadline_ns,
-            } => timerfd(
-                *clockid,
-                *settime_flags,
-                *ticks,
-                *value_ns,
-                *interval_ns,
-                *deadline_ns,
-                fd.flags,
-            )
-            .with_context(|| format!("recreating timerfd {} of process {pid}", fd.fd))?,
-            FdKind::Signalfd { mask } => signalfd(*mask, fd.flags)?,
+            // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
+            FdKind::Eventfd { .. } | FdKind::Timerfd { .. } | FdKind::Signalfd { .. } => {
+                ckpt_tracer::fd::restore(pid, fd).with_context(|| {
+                    format!("no kind module restores fd {} of process {pid}", fd.fd)
+                })??
+            }
             FdKind::Inotify { watches } => inotify(watches, fd.flags)
                 .with_context(|| format!("recreating inotify fd {} of process {pid}", fd.fd))?,
             FdKind::Epoll { .. } => {
@@ -524,126 +503,6 @@ fn fifo(
     )?;
     set_status_flags(&f, flags)?;
     Ok(f)
-}
-
-fn eventfd(count: u64, semaphore: bool, flags: i32) -> Result<OwnedFd> {
-    let mut efd_flags = libc::EFD_CLOEXEC;
-    if semaphore {
-        efd_flags |= libc::EFD_SEMAPHORE;
-    }
-    // The count may exceed eventfd()'s unsigned int: start at 0 and add it with a write.
-    // SAFETY: eventfd returns a descriptor we own.
-    let e = cvt(
-        unsafe { libc::eventfd(0, efd_flags) },
-        "creating an eventfd",
-    )?;
-    // SAFETY: `e` was just returned by a successful eventfd(2) (cvt rejects negatives): a
-    // fresh descriptor nothing else owns.
-    let e = unsafe { OwnedFd::from_raw_fd(e) };
-    if count > 0 {
-        let b = count.to_ne_bytes();
-        // SAFETY: write(2) reads exactly 8 bytes from `b`, a local `[u8; 8]`; `e` is our own
-        // open eventfd.
-        if unsafe { libc::write(e.as_raw_fd(), b.as_ptr().cast(), 8) } != 8 {
-            bail!(
-                "setting an eventfd counter to {count}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    set_status_flags(&e, flags)?;
-    Ok(e)
-}
-
-const TFD_TIMER_ABSTIME: i32 = 1;
-/// _IOW('T', 0, u64): set the expirations a reader sees (CONFIG_CHECKPOINT_RESTORE).
-const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
-
-fn timespec(ns: u64) -> libc::timespec {
-    libc::timespec {
-        tv_sec: (ns / 1_000_000_000) as libc::time_t,
-        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
-    }
-}
-
-/// A timerfd armed as the saved one was:
-/// - relative timers with the time that was left (the time between checkpoint and
-///   restore does not count, as for a stopped process);
-/// - TFD_TIMER_ABSTIME timers at their absolute deadline on their clock (if it passed
-///   meanwhile, the timer fires at once and counts the missed periods);
-/// - expirations that had happened but were not read (`ticks`): set again with
-///   TFD_IOC_SET_TICKS so that the reader sees exactly that count (the next expiry one
-///   interval later); without that ioctl, armed to expire at once so that the reader
-///   sees at least one.
-fn timerfd(
-    clockid: i32,
-    settime_flags: i32,
-    ticks: u64,
-    value_ns: u64,
-    interval_ns: u64,
-    deadline_ns: u64,
-    flags: i32,
-) -> Result<OwnedFd> {
-    // SAFETY: timerfd_create returns a descriptor we own.
-    let t = cvt(
-        unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) },
-        &format!("creating a timerfd on clock {clockid}"),
-    )?;
-    // SAFETY: `t` was just returned by a successful timerfd_create (cvt rejects negatives):
-    // a fresh descriptor nothing else owns.
-    let t = unsafe { OwnedFd::from_raw_fd(t) };
-    let settime = |flags: i32, value: u64, interval: u64| -> Result<()> {
-        let its = libc::itimerspec {
-            it_interval: timespec(interval),
-            it_value: timespec(value),
-        };
-        cvt(
-            // SAFETY: timerfd_settime(2) reads one itimerspec from `&its`, a local alive
-            // for the call; the old-value pointer is null, so nothing is written; `t` is
-            // our own open timerfd.
-            unsafe { libc::timerfd_settime(t.as_raw_fd(), flags, &its, std::ptr::null_mut()) },
-            "arming a timerfd",
-        )?;
-        Ok(())
-    };
-    if settime_flags & TFD_TIMER_ABSTIME != 0 {
-        if value_ns > 0 || ticks > 0 {
-            settime(settime_flags, deadline_ns.max(1), interval_ns)?;
-        }
-    } else if ticks > 0 {
-        let next = if value_ns > 0 { value_ns } else { interval_ns };
-        if next > 0 {
-            settime(settime_flags, next, interval_ns)?;
-        }
-        // SAFETY: ioctl with a pointer to a local u64.
-        let r = unsafe { libc::ioctl(t.as_raw_fd(), TFD_IOC_SET_TICKS, &ticks as *const u64) };
-        if r < 0 {
-            settime(settime_flags, 1, interval_ns)?;
-        }
-    } else if value_ns > 0 {
-        settime(settime_flags, value_ns, interval_ns)?;
-    }
-    set_status_flags(&t, flags)?;
-    Ok(t)
-}
-
-fn signalfd(mask: u64, flags: i32) -> Result<OwnedFd> {
-    // SAFETY: signalfd4 with an 8-byte kernel sigset; returns a descriptor we own.
-    let s = unsafe {
-        libc::syscall(
-            libc::SYS_signalfd4,
-            -1,
-            &mask as *const u64,
-            8usize,
-            libc::SFD_CLOEXEC,
-        )
-    };
-    let s = cvt(s as libc::c_int, "creating a signalfd")?;
-    // SAFETY: `s` was just returned by a successful signalfd4 (cvt rejects negatives; a
-    // descriptor always fits a c_int): a fresh descriptor nothing else owns.
-    let s = unsafe { OwnedFd::from_raw_fd(s) };
-    set_status_flags(&s, flags)?;
-    Ok(s)
 }
 
 /// An inotify instance with the saved watches under their saved watch descriptors. The

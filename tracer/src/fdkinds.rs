@@ -1,7 +1,9 @@
 //! Descriptor kinds beyond plain files and pipes, read from the outside while the process
-//! is frozen: eventfd, timerfd, signalfd, inotify and epoll (from fdinfo), memfds and
-//! regular files deleted after they were opened or mapped (content stored), and FIFOs.
-//! The fdinfo lines of each kind are parsed in [`crate::proc`] (formats there).
+//! is frozen: inotify and epoll (from fdinfo), memfds and regular files deleted after
+//! they were opened or mapped (content stored), and FIFOs. eventfd, timerfd and signalfd
+//! have their own modules in [`crate::fd`], which [`anon_fd`] dispatches to
+//! (docs/FDKINDS.md). The fdinfo lines of each kind are parsed in [`crate::proc`]
+//! (formats there).
 
 use crate::error::{Result, TraceError};
 use crate::files::IdentityCache;
@@ -16,65 +18,22 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 /// The most content ckpt stores for one memfd or deleted file.
 pub const MAX_STORED_FILE: u64 = 256 << 20;
 
-const TFD_TIMER_ABSTIME: i32 = 1;
 const HUGETLBFS_MAGIC: i64 = 0x958458f6;
-
-fn clock_now_ns(clockid: i32) -> u64 {
-    // The alarm clocks read like the clocks they are based on.
-    let c = match clockid {
-        libc::CLOCK_REALTIME_ALARM => libc::CLOCK_REALTIME,
-        libc::CLOCK_BOOTTIME_ALARM => libc::CLOCK_BOOTTIME,
-        c => c,
-    };
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime into a local.
-    unsafe { libc::clock_gettime(c, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Classify an `anon_inode:` descriptor; kinds not listed here are refused with
 /// [`TraceError::UnsupportedFd`].
 pub fn anon_fd(pid: i32, fd: i32, name: &str, info: &proc::FdInfo) -> Result<FdKind> {
+    // The kinds that have their own module (docs/FDKINDS.md).
+    if let Some(kind) = crate::fd::by_anon_name(name) {
+        return (kind.dump)(pid, fd, info);
+    }
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
-    if !matches!(
-        name,
-        "[eventfd]" | "[timerfd]" | "[signalfd]" | "inotify" | "[eventpoll]"
-    ) {
+    if !matches!(name, "inotify" | "[eventpoll]") {
         return Err(unsupported(name.to_string()));
     }
     let text = info.text.as_str();
     let bad = |b: proc::Bad| b.at(pid, &proc::fdinfo_path(pid, fd));
     match name {
-        "[eventfd]" => {
-            let e = proc::parse_eventfd(text).map_err(bad)?;
-            Ok(FdKind::Eventfd {
-                count: e.count,
-                // Older kernels do not show it: taken as a plain counter.
-                semaphore: e.semaphore.unwrap_or(false),
-            })
-        }
-        "[timerfd]" => {
-            let t = proc::parse_timerfd(text).map_err(bad)?;
-            let deadline_ns = if t.settime_flags & TFD_TIMER_ABSTIME != 0 {
-                clock_now_ns(t.clockid) + t.value_ns
-            } else {
-                0
-            };
-            Ok(FdKind::Timerfd {
-                clockid: t.clockid,
-                settime_flags: t.settime_flags,
-                ticks: t.ticks,
-                value_ns: t.value_ns,
-                interval_ns: t.interval_ns,
-                deadline_ns,
-            })
-        }
-        "[signalfd]" => Ok(FdKind::Signalfd {
-            mask: proc::parse_signalfd(text).map_err(bad)?,
-        }),
         "inotify" => {
             let mut watches = Vec::new();
             for w in proc::parse_inotify(text).map_err(bad)? {
