@@ -167,10 +167,10 @@ fn fd_kind(k: &FdKind) -> String {
         }
         FdKind::Fifo { path, .. } => format!("FIFO {path}"),
         // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
-        FdKind::Eventfd { .. } | FdKind::Timerfd { .. } | FdKind::Signalfd { .. } => {
-            ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string())
-        }
-        FdKind::Inotify { watches } => format!("inotify, {} watch(es)", watches.len()),
+        FdKind::Eventfd { .. }
+        | FdKind::Timerfd { .. }
+        | FdKind::Signalfd { .. }
+        | FdKind::Inotify { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
         FdKind::Epoll { entries } => format!("epoll, {} entries", entries.len()),
         FdKind::UnixSocket {
             ino,

@@ -3,7 +3,7 @@
 //! dup2()s to its target number before it execs the loader.
 
 use anyhow::{bail, Context, Result};
-use ckpt_format::state::{Fd, FdKind, InotifyWatch, UnlinkedFile, Vma, VmaKind};
+use ckpt_format::state::{Fd, FdKind, UnlinkedFile, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -230,13 +230,14 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
                 fifo(&mut shared.fifos, path, *ino, data, fd.flags)?
             }
             // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
-            FdKind::Eventfd { .. } | FdKind::Timerfd { .. } | FdKind::Signalfd { .. } => {
+            FdKind::Eventfd { .. }
+            | FdKind::Timerfd { .. }
+            | FdKind::Signalfd { .. }
+            | FdKind::Inotify { .. } => {
                 ckpt_tracer::fd::restore(pid, fd).with_context(|| {
                     format!("no kind module restores fd {} of process {pid}", fd.fd)
                 })??
             }
-            FdKind::Inotify { watches } => inotify(watches, fd.flags)
-                .with_context(|| format!("recreating inotify fd {} of process {pid}", fd.fd))?,
             FdKind::Epoll { .. } => {
                 // Its entries are added inside the restored process (fdstate.rs).
                 // SAFETY: epoll_create1 returns a descriptor we own.
@@ -503,73 +504,6 @@ fn fifo(
     )?;
     set_status_flags(&f, flags)?;
     Ok(f)
-}
-
-/// An inotify instance with the saved watches under their saved watch descriptors. The
-/// kernel hands out wds in increasing order (cyclically), so the wds of watches removed
-/// before the checkpoint are used up by adding and removing a watch on a file of ours.
-/// A watch that gets another wd fails the restore.
-fn inotify(watches: &[InotifyWatch], flags: i32) -> Result<OwnedFd> {
-    // SAFETY: inotify_init1 returns a descriptor we own.
-    let i = cvt(
-        unsafe { libc::inotify_init1(libc::IN_CLOEXEC) },
-        "creating an inotify instance",
-    )?;
-    // SAFETY: `i` was just returned by a successful inotify_init1 (cvt rejects negatives):
-    // a fresh descriptor nothing else owns.
-    let i = unsafe { OwnedFd::from_raw_fd(i) };
-    let mut spare: Option<(OwnedFd, CString)> = None;
-    let mut next = 1i32;
-    for w in watches {
-        if w.wd < next {
-            bail!(
-                "the image lists inotify watch {} twice or out of order",
-                w.wd
-            );
-        }
-        if w.wd - next > 1 << 22 {
-            bail!(
-                "inotify watch {} on {} cannot get its number back ({} numbers to skip)",
-                w.wd,
-                w.path,
-                w.wd - next
-            );
-        }
-        while next < w.wd {
-            if spare.is_none() {
-                let m = new_memfd("ckpt-inotify-spare")?;
-                let p = CString::new(format!("/proc/self/fd/{}", m.as_raw_fd()))?;
-                spare = Some((m, p));
-            }
-            let p = &spare.as_ref().unwrap().1;
-            // SAFETY: inotify calls on our own descriptor with a valid C string.
-            let wd = cvt(
-                unsafe { libc::inotify_add_watch(i.as_raw_fd(), p.as_ptr(), libc::IN_OPEN) },
-                "skipping an inotify watch number",
-            )?;
-            // SAFETY: inotify_rm_watch(2) on our own inotify descriptor `i` with the wd
-            // just returned; both are integers, no memory is touched.
-            unsafe { libc::inotify_rm_watch(i.as_raw_fd(), wd) };
-            next = wd + 1;
-        }
-        let p = CString::new(w.path.clone())?;
-        // SAFETY: as above.
-        let wd = unsafe { libc::inotify_add_watch(i.as_raw_fd(), p.as_ptr(), w.mask) };
-        if wd < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("watching {} (wd {})", w.path, w.wd));
-        }
-        if wd != w.wd {
-            bail!(
-                "the kernel gave the watch on {} wd {wd} instead of the saved wd {}",
-                w.path,
-                w.wd
-            );
-        }
-        next = wd + 1;
-    }
-    set_status_flags(&i, flags)?;
-    Ok(i)
 }
 
 /// A new memfd, read-write, close-on-exec.

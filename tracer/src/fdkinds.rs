@@ -1,6 +1,6 @@
 //! Descriptor kinds beyond plain files and pipes, read from the outside while the process
-//! is frozen: inotify and epoll (from fdinfo), memfds and regular files deleted after
-//! they were opened or mapped (content stored), and FIFOs. eventfd, timerfd and signalfd
+//! is frozen: epoll (from fdinfo), memfds and regular files deleted after they were
+//! opened or mapped (content stored), and FIFOs. eventfd, timerfd, signalfd and inotify
 //! have their own modules in [`crate::fd`], which [`anon_fd`] dispatches to
 //! (docs/FDKINDS.md). The fdinfo lines of each kind are parsed in [`crate::proc`]
 //! (formats there).
@@ -9,10 +9,10 @@ use crate::error::{Result, TraceError};
 use crate::files::IdentityCache;
 use crate::maps::MapEntry;
 use crate::proc;
-use crate::state::{EpollEntry, Fd, FdKind, InotifyWatch, UnlinkedFile, VmaKind};
+use crate::state::{EpollEntry, Fd, FdKind, UnlinkedFile, VmaKind};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// The most content ckpt stores for one memfd or deleted file.
@@ -28,69 +28,45 @@ pub fn anon_fd(pid: i32, fd: i32, name: &str, info: &proc::FdInfo) -> Result<FdK
         return (kind.dump)(pid, fd, info);
     }
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
-    if !matches!(name, "inotify" | "[eventpoll]") {
+    if name != "[eventpoll]" {
         return Err(unsupported(name.to_string()));
     }
     let text = info.text.as_str();
     let bad = |b: proc::Bad| b.at(pid, &proc::fdinfo_path(pid, fd));
-    match name {
-        "inotify" => {
-            let mut watches = Vec::new();
-            for w in proc::parse_inotify(text).map_err(bad)? {
-                let (wd, ino, dev, mask) = (w.wd, w.ino, proc::kdev_to_dev(w.sdev), w.mask);
-                let path = watch_path(dev, ino, w.handle).map_err(|why| {
-                    unsupported(format!(
-                        "inotify watch wd {wd} on inode {ino} whose path cannot be found ({why})"
-                    ))
-                })?;
-                watches.push(InotifyWatch {
-                    wd,
-                    path,
-                    mask,
-                    dev,
-                    ino,
-                });
+    // "[eventpoll]"
+    let mut entries = Vec::new();
+    for e in proc::parse_epoll(text).map_err(bad)? {
+        let (tfd, events, data) = (e.tfd, e.events, e.data);
+        // The entry is keyed by (file, fd number): the number must still name that
+        // file in this process, or the entry cannot be added back. Kernels before
+        // 3.18 show no ino/sdev: then only kcmp checks it.
+        let ino = e.ino;
+        let sdev = e.sdev.map(proc::kdev_to_dev);
+        let toff = entries.iter().filter(|e: &&EpollEntry| e.fd == tfd).count();
+        match std::fs::metadata(proc::path(pid, &format!("fd/{tfd}"))) {
+            Ok(md)
+                if ino.is_none_or(|i| i == md.ino())
+                    && sdev.is_none_or(|d| d == md.dev())
+                    && same_epoll_target(pid, fd, tfd, toff) != Some(false) => {}
+            Ok(_) => {
+                return Err(unsupported(format!(
+                    "epoll entry for fd {tfd}, which now names another file (the watched file was closed under that number, or belongs to another process)"
+                )))
             }
-            watches.sort_by_key(|w| w.wd);
-            Ok(FdKind::Inotify { watches })
-        }
-        _ => {
-            // "[eventpoll]"
-            let mut entries = Vec::new();
-            for e in proc::parse_epoll(text).map_err(bad)? {
-                let (tfd, events, data) = (e.tfd, e.events, e.data);
-                // The entry is keyed by (file, fd number): the number must still name that
-                // file in this process, or the entry cannot be added back. Kernels before
-                // 3.18 show no ino/sdev: then only kcmp checks it.
-                let ino = e.ino;
-                let sdev = e.sdev.map(proc::kdev_to_dev);
-                let toff = entries.iter().filter(|e: &&EpollEntry| e.fd == tfd).count();
-                match std::fs::metadata(proc::path(pid, &format!("fd/{tfd}"))) {
-                    Ok(md)
-                        if ino.is_none_or(|i| i == md.ino())
-                            && sdev.is_none_or(|d| d == md.dev())
-                            && same_epoll_target(pid, fd, tfd, toff) != Some(false) => {}
-                    Ok(_) => {
-                        return Err(unsupported(format!(
-                            "epoll entry for fd {tfd}, which now names another file (the watched file was closed under that number, or belongs to another process)"
-                        )))
-                    }
-                    Err(_) => {
-                        return Err(unsupported(format!(
-                            "epoll entry for fd {tfd}, which is not open in the process (closed while still registered, or a descriptor of another process)"
-                        )))
-                    }
-                }
-                entries.push(EpollEntry {
-                    fd: tfd,
-                    events,
-                    data,
-                });
+            Err(_) => {
+                return Err(unsupported(format!(
+                    "epoll entry for fd {tfd}, which is not open in the process (closed while still registered, or a descriptor of another process)"
+                )))
             }
-            entries.sort_by_key(|e| e.fd);
-            Ok(FdKind::Epoll { entries })
         }
+        entries.push(EpollEntry {
+            fd: tfd,
+            events,
+            data,
+        });
     }
+    entries.sort_by_key(|e| e.fd);
+    Ok(FdKind::Epoll { entries })
 }
 
 /// Whether the file registered in epoll `epfd` under number `tfd` (the `toff`-th such
@@ -127,87 +103,6 @@ fn same_epoll_target(pid: i32, epfd: i32, tfd: i32, toff: usize) -> Option<bool>
         // ENOENT: no such entry or descriptor; other errors: no kcmp here.
         _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) => Some(false),
         _ => None,
-    }
-}
-
-/// A mount point of the filesystem `dev` in our mount namespace (the one mounting its
-/// root, if any).
-fn mount_of(dev: u64) -> std::result::Result<Option<String>, String> {
-    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
-    let mut best: Option<String> = None;
-    for m in proc::own_mounts()? {
-        if m.majmin != want {
-            continue;
-        }
-        if m.root == "/" {
-            return Ok(Some(m.point));
-        }
-        best.get_or_insert(m.point);
-    }
-    Ok(best)
-}
-
-/// The path of the watched inode: open_by_handle_at(2) with the handle fdinfo shows (needs
-/// CAP_DAC_READ_SEARCH, i.e. root), then the name of what it opened.
-fn watch_path(
-    dev: u64,
-    ino: u64,
-    handle: Option<(i32, Vec<u8>)>,
-) -> std::result::Result<String, String> {
-    let (htype, bytes) =
-        handle.ok_or("its filesystem gives no file handle; ckpt does not search by inode")?;
-    let mnt = mount_of(dev)?.ok_or("its filesystem is not mounted here")?;
-    let mnt_c = std::ffi::CString::new(mnt.clone()).map_err(|e| e.to_string())?;
-    // SAFETY: open(2) with a valid C string.
-    let mfd = unsafe {
-        libc::open(
-            mnt_c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if mfd < 0 {
-        return Err(format!("opening {mnt}: {}", io::Error::last_os_error()));
-    }
-    // SAFETY: `mfd` was just returned by a successful open(2) (checked >= 0 above), so it
-    // is a fresh descriptor that nothing else owns; the OwnedFd becomes its only owner and
-    // closes it once.
-    let mfd = unsafe { OwnedFd::from_raw_fd(mfd) };
-    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
-    let mut fh = Vec::with_capacity(8 + bytes.len());
-    fh.extend_from_slice(&(bytes.len() as u32).to_ne_bytes());
-    fh.extend_from_slice(&htype.to_ne_bytes());
-    fh.extend_from_slice(&bytes);
-    // SAFETY: the handle buffer is live and sized as its header says.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_open_by_handle_at,
-            mfd.as_raw_fd(),
-            fh.as_ptr(),
-            libc::O_PATH | libc::O_CLOEXEC,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EPERM) {
-            "open_by_handle_at needs CAP_DAC_READ_SEARCH: dump as root".to_string()
-        } else {
-            format!("open_by_handle_at: {e}")
-        });
-    }
-    // SAFETY: `r` was just returned by a successful open_by_handle_at(2) (checked >= 0
-    // above): a fresh descriptor (it fits an i32, as every fd does) that nothing else owns
-    // or closes.
-    let f = unsafe { OwnedFd::from_raw_fd(r as i32) };
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
-        .map_err(|e| e.to_string())?
-        .to_string_lossy()
-        .into_owned();
-    if path.ends_with(" (deleted)") || !path.starts_with('/') {
-        return Err(format!("it has no name any more ({path})"));
-    }
-    match std::fs::metadata(&path) {
-        Ok(md) if md.ino() == ino && md.dev() == dev => Ok(path),
-        _ => Err(format!("{path} is not reachable under that name")),
     }
 }
 

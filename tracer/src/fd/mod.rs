@@ -22,6 +22,7 @@ use crate::state::{Fd, FdKind};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 pub mod eventfd;
+pub mod inotify;
 pub mod signalfd;
 pub mod timerfd;
 
@@ -40,7 +41,7 @@ pub struct Kind {
 }
 
 /// Every kind that has its own module. One line per kind.
-pub static KINDS: &[Kind] = &[eventfd::KIND, timerfd::KIND, signalfd::KIND];
+pub static KINDS: &[Kind] = &[eventfd::KIND, timerfd::KIND, signalfd::KIND, inotify::KIND];
 
 /// The kind of an `anon_inode:NAME` descriptor, if it has moved here.
 pub fn by_anon_name(name: &str) -> Option<&'static Kind> {
@@ -143,7 +144,7 @@ mod tests {
             assert!(KINDS[i + 1..].iter().all(|o| o.anon_name != k.anon_name));
             assert!(std::ptr::eq(by_anon_name(k.anon_name).unwrap(), k));
         }
-        assert!(by_anon_name("inotify").is_none());
+        assert!(by_anon_name("[eventpoll]").is_none());
     }
 
     #[test]
