@@ -21,49 +21,17 @@ use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- helpers
 
-/// Variables that would redirect ckpt to another coordinator or directory.
-const ENV_VARS: &[&str] = &[
-    "CKPT_COORD_HOST",
-    "CKPT_COORD_PORT",
-    "CKPT_DIR",
-    "CKPT_INTERVAL",
-    "CKPT_TOKEN_FILE",
-    "CKPT_HANDSHAKE_TIMEOUT",
-    "DMTCP_COORD_HOST",
-    "DMTCP_COORD_PORT",
-    "DMTCP_CHECKPOINT_INTERVAL",
-];
-
 /// A generous safety net for what depends on many jobs on a loaded machine.
 const LONG: Duration = Duration::from_secs(600);
 
-/// `ckpt` with none of the coordinator variables of the test's environment.
-fn ck() -> Command {
-    let mut c = ckpt_cmd();
-    for v in ENV_VARS {
-        c.env_remove(v);
-    }
-    c
-}
-
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `ckpt command --coord-port PORT WORDS...`.
-fn command_at(port: u16, words: &[&str]) -> Output {
-    let mut c = ck();
-    c.arg("command")
-        .arg("--coord-port")
-        .arg(port.to_string())
-        .args(words);
-    run(&mut c)
 }
 
 /// `ckpt command ... WORDS`, which must succeed; returns its output.

@@ -41,24 +41,6 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 // ---------------------------------------------------------------- environment
 
-/// Variables that would redirect ckpt to another coordinator or directory.
-const ENV_VARS: &[&str] = &[
-    "CKPT_COORD_HOST",
-    "CKPT_COORD_PORT",
-    "CKPT_DIR",
-    "CKPT_INTERVAL",
-    "CKPT_TOKEN_FILE",
-    "DMTCP_COORD_HOST",
-    "DMTCP_COORD_PORT",
-    "DMTCP_CHECKPOINT_INTERVAL",
-];
-
-fn clean_env(c: &mut Command) {
-    for v in ENV_VARS {
-        c.env_remove(v);
-    }
-}
-
 const USER: &str = TEST_USER;
 
 fn is_root() -> bool {
@@ -77,7 +59,7 @@ fn cmd_as(user: bool, program: impl AsRef<OsStr>) -> Command {
     } else {
         command(program)
     };
-    clean_env(&mut c);
+    clean_coord_env(&mut c);
     c
 }
 

@@ -29,27 +29,6 @@ use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------- helpers
 
-/// Variables that would redirect ckpt to another coordinator or directory.
-const ENV_VARS: &[&str] = &[
-    "CKPT_COORD_HOST",
-    "CKPT_COORD_PORT",
-    "CKPT_DIR",
-    "CKPT_INTERVAL",
-    "CKPT_TOKEN_FILE",
-    "DMTCP_COORD_HOST",
-    "DMTCP_COORD_PORT",
-    "DMTCP_CHECKPOINT_INTERVAL",
-];
-
-/// `ckpt` with none of the coordinator variables of the test's environment.
-fn ck() -> Command {
-    let mut c = ckpt_cmd();
-    for v in ENV_VARS {
-        c.env_remove(v);
-    }
-    c
-}
-
 /// Runs `ckpt ARGS...` (clean environment) to completion.
 fn ck_run<I, S>(args: I) -> Output
 where
@@ -65,16 +44,6 @@ fn stdout(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// `ckpt command --coord-port PORT WORDS...`.
-fn command_at(port: u16, words: &[&str]) -> Output {
-    let mut c = ck();
-    c.arg("command")
-        .arg("--coord-port")
-        .arg(port.to_string())
-        .args(words);
-    run(&mut c)
 }
 
 /// A port for test number `n` of this file: below the ephemeral range (so no
@@ -450,9 +419,7 @@ impl Tmux {
         let mut c = Command::new("tmux");
         c.arg("-S").arg(&self.sock);
         c.env_remove("TMUX");
-        for v in ENV_VARS {
-            c.env_remove(v);
-        }
+        clean_coord_env(&mut c);
         c
     }
 

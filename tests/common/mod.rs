@@ -920,19 +920,49 @@ pub fn ensure_test_user() -> (u32, u32) {
 pub fn as_test_user(program: impl AsRef<OsStr>) -> Command {
     let mut c = command("runuser");
     c.args(["-u", TEST_USER, "--"]).arg(program);
-    for v in [
-        "CKPT_COORD_HOST",
-        "CKPT_COORD_PORT",
-        "CKPT_DIR",
-        "CKPT_INTERVAL",
-        "CKPT_TOKEN_FILE",
-        "DMTCP_COORD_HOST",
-        "DMTCP_COORD_PORT",
-        "DMTCP_CHECKPOINT_INTERVAL",
-    ] {
+    clean_coord_env(&mut c);
+    c
+}
+
+// ---------------------------------------------------------------- coordinator
+
+/// Variables of the test's environment that would point ckpt at another
+/// coordinator, directory or token file, or change its timeouts.
+pub const COORD_ENV_VARS: &[&str] = &[
+    "CKPT_COORD_HOST",
+    "CKPT_COORD_PORT",
+    "CKPT_DIR",
+    "CKPT_INTERVAL",
+    "CKPT_TOKEN_FILE",
+    "CKPT_HANDSHAKE_TIMEOUT",
+    "DMTCP_COORD_HOST",
+    "DMTCP_COORD_PORT",
+    "DMTCP_CHECKPOINT_INTERVAL",
+];
+
+/// Remove [`COORD_ENV_VARS`] from `c`'s environment.
+pub fn clean_coord_env(c: &mut Command) -> &mut Command {
+    for v in COORD_ENV_VARS {
         c.env_remove(v);
     }
     c
+}
+
+/// `ckpt` with none of [`COORD_ENV_VARS`].
+pub fn ck() -> Command {
+    let mut c = ckpt_cmd();
+    clean_coord_env(&mut c);
+    c
+}
+
+/// `ckpt command --coord-port PORT WORDS...` (clean environment), run to its end.
+pub fn command_at(port: u16, words: &[&str]) -> Output {
+    let mut c = ck();
+    c.arg("command")
+        .arg("--coord-port")
+        .arg(port.to_string())
+        .args(words);
+    run(&mut c)
 }
 
 /// The job directories (`job_<job id>`) in a checkpoint directory, sorted.
