@@ -1,11 +1,12 @@
-//! All or nothing (docs/CONTRACT.md §6): whatever moment the restorer dies at, nothing it created
-//! keeps running. Three layers cover the whole restore:
+//! All or nothing (docs/CONTRACT.md §6): whatever moment the restorer dies at, nothing
+//! it created keeps running. Three layers cover the whole restore:
 //!
 //! - from creation until it is seized, every restored process has PR_SET_PDEATHSIG
 //!   SIGKILL (set first thing in the child by `job::die_with_parent`, see `spawn`):
 //!   when the restorer dies the root dies, then its children, and so on down the tree;
 //! - from seizing until it is let go, each process is traced with PTRACE_O_EXITKILL;
-//!   its death signal is reset to the saved one while traced (see `finish`);
+//!   its death signal is reset while traced (to 0: the dump does not save a process's
+//!   own parent-death signal yet, see issue 9) (see `finish`);
 //! - while the processes are let go one after another, a [`Guard`]: a small process in
 //!   a session of its own, holding a pidfd of every restored process, kills them all
 //!   unless the restorer tells it that the last one runs ([`Guard::commit`]).
