@@ -170,8 +170,8 @@ fn fd_kind(k: &FdKind) -> String {
         FdKind::Eventfd { .. }
         | FdKind::Timerfd { .. }
         | FdKind::Signalfd { .. }
-        | FdKind::Inotify { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
-        FdKind::Epoll { entries } => format!("epoll, {} entries", entries.len()),
+        | FdKind::Inotify { .. }
+        | FdKind::Epoll { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
         FdKind::UnixSocket {
             ino,
             sock_type,

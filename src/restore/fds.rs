@@ -233,24 +233,10 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             FdKind::Eventfd { .. }
             | FdKind::Timerfd { .. }
             | FdKind::Signalfd { .. }
-            | FdKind::Inotify { .. } => {
-                ckpt_tracer::fd::restore(pid, fd).with_context(|| {
-                    format!("no kind module restores fd {} of process {pid}", fd.fd)
-                })??
-            }
-            FdKind::Epoll { .. } => {
-                // Its entries are added inside the restored process (fdstate.rs).
-                // SAFETY: epoll_create1 returns a descriptor we own.
-                let e = cvt(
-                    unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) },
-                    "creating an epoll instance",
-                )?;
-                // SAFETY: `e` was just returned by a successful epoll_create1 (cvt rejects
-                // negatives): a fresh descriptor nothing else owns.
-                let e = unsafe { OwnedFd::from_raw_fd(e) };
-                set_status_flags(&e, fd.flags)?;
-                e
-            }
+            | FdKind::Inotify { .. }
+            | FdKind::Epoll { .. } => ckpt_tracer::fd::restore(pid, fd).with_context(|| {
+                format!("no kind module restores fd {} of process {pid}", fd.fd)
+            })??,
             // A stand-in until every process is prepared (unix.rs).
             FdKind::UnixSocket { .. } => shared.unix.add(pid, fd)?,
         };

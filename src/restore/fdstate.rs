@@ -1,10 +1,6 @@
 //! Descriptor state that can only be set once the restored process exists, done from
 //! the outside while it is still stopped:
-//! - epoll interest lists: epoll keys an entry by (file, descriptor number), so entries
-//!   are added by `epoll_ctl(EPOLL_CTL_ADD)` injected into the process itself, with the
-//!   target numbers; the process's later EPOLL_CTL_MOD/DEL on them then work. Events
-//!   already reported are not remembered: an edge-triggered entry whose file is ready
-//!   reports it once more, and a disabled EPOLLONESHOT entry comes back disabled.
+//! - the late step of a kind module (`ckpt_tracer::fd`, e.g. epoll's interest list);
 //! - memfd seals, added last (after the loader mapped the memfd and the content is in),
 //!   through a descriptor of ours on the process's memfd.
 
@@ -15,49 +11,16 @@ use ckpt_tracer::inject::Injector;
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
 
-const EPOLL_CTL_ADD: u64 = 1;
-
-fn check(r: std::io::Result<i64>) -> std::io::Result<i64> {
-    match r {
-        Ok(v) if (-4095..0).contains(&v) => Err(std::io::Error::from_raw_os_error(-v as i32)),
-        r => r,
-    }
-}
-
 pub fn restore_fd_state(
     inj: &Injector,
     leader: &mut FrozenThread,
     state: &ProcessState,
 ) -> Result<()> {
     let pid = state.pid;
+    // What kind modules do once the process exists (epoll's entries).
     for fd in &state.fds {
-        let FdKind::Epoll { entries } = &fd.kind else {
-            continue;
-        };
-        for e in entries {
-            // struct epoll_event is packed on x86-64: u32 events, u64 data.
-            let mut ev = [0u8; 12];
-            ev[..4].copy_from_slice(&e.events.to_le_bytes());
-            ev[4..].copy_from_slice(&e.data.to_le_bytes());
-            let r = inj.syscall_with_buf(
-                leader,
-                libc::SYS_epoll_ctl,
-                |a| [fd.fd as u64, EPOLL_CTL_ADD, e.fd as u64, a, 0, 0],
-                &ev,
-                &mut [],
-            );
-            // EEXIST: the instance is shared with a process of the tree restored
-            // before, which added this (file, number) entry already.
-            let r = check(r);
-            if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EEXIST)) {
-                continue;
-            }
-            r.with_context(|| {
-                format!(
-                    "process {pid}: adding fd {} (events {:#x}) to epoll fd {}",
-                    e.fd, e.events, fd.fd
-                )
-            })?;
+        if let Some(r) = ckpt_tracer::fd::late(inj, leader, pid, fd) {
+            r?;
         }
     }
 

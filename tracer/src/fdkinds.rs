@@ -1,7 +1,7 @@
 //! Descriptor kinds beyond plain files and pipes, read from the outside while the process
-//! is frozen: epoll (from fdinfo), memfds and regular files deleted after they were
-//! opened or mapped (content stored), and FIFOs. eventfd, timerfd, signalfd and inotify
-//! have their own modules in [`crate::fd`], which [`anon_fd`] dispatches to
+//! is frozen: memfds and regular files deleted after they were opened or mapped
+//! (content stored), and FIFOs. The `anon_inode:` kinds (eventfd, timerfd, signalfd,
+//! inotify, epoll) have their own modules in [`crate::fd`], which [`anon_fd`] dispatches to
 //! (docs/FDKINDS.md). The fdinfo lines of each kind are parsed in [`crate::proc`]
 //! (formats there).
 
@@ -9,7 +9,7 @@ use crate::error::{Result, TraceError};
 use crate::files::IdentityCache;
 use crate::maps::MapEntry;
 use crate::proc;
-use crate::state::{EpollEntry, Fd, FdKind, UnlinkedFile, VmaKind};
+use crate::state::{Fd, FdKind, UnlinkedFile, VmaKind};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -27,83 +27,11 @@ pub fn anon_fd(pid: i32, fd: i32, name: &str, info: &proc::FdInfo) -> Result<FdK
     if let Some(kind) = crate::fd::by_anon_name(name) {
         return (kind.dump)(pid, fd, info);
     }
-    let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
-    if name != "[eventpoll]" {
-        return Err(unsupported(name.to_string()));
-    }
-    let text = info.text.as_str();
-    let bad = |b: proc::Bad| b.at(pid, &proc::fdinfo_path(pid, fd));
-    // "[eventpoll]"
-    let mut entries = Vec::new();
-    for e in proc::parse_epoll(text).map_err(bad)? {
-        let (tfd, events, data) = (e.tfd, e.events, e.data);
-        // The entry is keyed by (file, fd number): the number must still name that
-        // file in this process, or the entry cannot be added back. Kernels before
-        // 3.18 show no ino/sdev: then only kcmp checks it.
-        let ino = e.ino;
-        let sdev = e.sdev.map(proc::kdev_to_dev);
-        let toff = entries.iter().filter(|e: &&EpollEntry| e.fd == tfd).count();
-        match std::fs::metadata(proc::path(pid, &format!("fd/{tfd}"))) {
-            Ok(md)
-                if ino.is_none_or(|i| i == md.ino())
-                    && sdev.is_none_or(|d| d == md.dev())
-                    && same_epoll_target(pid, fd, tfd, toff) != Some(false) => {}
-            Ok(_) => {
-                return Err(unsupported(format!(
-                    "epoll entry for fd {tfd}, which now names another file (the watched file was closed under that number, or belongs to another process)"
-                )))
-            }
-            Err(_) => {
-                return Err(unsupported(format!(
-                    "epoll entry for fd {tfd}, which is not open in the process (closed while still registered, or a descriptor of another process)"
-                )))
-            }
-        }
-        entries.push(EpollEntry {
-            fd: tfd,
-            events,
-            data,
-        });
-    }
-    entries.sort_by_key(|e| e.fd);
-    Ok(FdKind::Epoll { entries })
-}
-
-/// Whether the file registered in epoll `epfd` under number `tfd` (the `toff`-th such
-/// entry) is the file open at `tfd`: kcmp(KCMP_EPOLL_TFD). Anonymous-inode files all
-/// share one inode, so fdinfo's `ino` cannot tell them apart. None: kcmp is not
-/// available (CONFIG_KCMP off).
-fn same_epoll_target(pid: i32, epfd: i32, tfd: i32, toff: usize) -> Option<bool> {
-    const KCMP_EPOLL_TFD: libc::c_long = 7;
-    #[repr(C)]
-    struct Slot {
-        efd: u32,
-        tfd: u32,
-        toff: u32,
-    }
-    let slot = Slot {
-        efd: epfd as u32,
-        tfd: tfd as u32,
-        toff: toff as u32,
-    };
-    // SAFETY: kcmp reads the slot struct, which lives across the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            pid,
-            pid,
-            KCMP_EPOLL_TFD,
-            tfd as libc::c_long,
-            &slot as *const Slot,
-        )
-    };
-    match r {
-        0 => Some(true),
-        1..=3 => Some(false),
-        // ENOENT: no such entry or descriptor; other errors: no kcmp here.
-        _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) => Some(false),
-        _ => None,
-    }
+    Err(TraceError::UnsupportedFd {
+        pid,
+        fd,
+        kind: name.to_string(),
+    })
 }
 
 /// Whether the content of the unlinked file `(dev, ino)` is already in the image.

@@ -12,6 +12,7 @@ pub const KIND: Kind = Kind {
     anon_name: "[eventfd]",
     dump,
     restore,
+    late: None,
     describe,
 };
 

@@ -18,6 +18,7 @@ pub const KIND: Kind = Kind {
     anon_name: "inotify",
     dump,
     restore,
+    late: None,
     describe,
 };
 

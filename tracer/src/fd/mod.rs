@@ -21,6 +21,7 @@ use crate::proc;
 use crate::state::{Fd, FdKind};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
 pub mod signalfd;
@@ -36,12 +37,29 @@ pub struct Kind {
     /// A new descriptor (close-on-exec, owned by the restorer) with the saved state and
     /// status flags of descriptor `fd` of process `pid`.
     pub restore: fn(pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreError>>,
+    /// What can only be done once the restored process exists and every descriptor of it
+    /// is in place, from inside it, while it is still stopped (epoll's entries).
+    pub late: Option<LateFn>,
     /// Its one-line description for `ckpt info`.
     pub describe: fn(kind: &FdKind) -> Option<String>,
 }
 
+/// The late step of a kind: `None` for a saved variant that is not its own.
+pub type LateFn = fn(
+    inj: &crate::inject::Injector,
+    leader: &mut crate::freeze::FrozenThread,
+    pid: i32,
+    fd: &Fd,
+) -> Option<std::result::Result<(), RestoreError>>;
+
 /// Every kind that has its own module. One line per kind.
-pub static KINDS: &[Kind] = &[eventfd::KIND, timerfd::KIND, signalfd::KIND, inotify::KIND];
+pub static KINDS: &[Kind] = &[
+    eventfd::KIND,
+    timerfd::KIND,
+    signalfd::KIND,
+    inotify::KIND,
+    epoll::KIND,
+];
 
 /// The kind of an `anon_inode:NAME` descriptor, if it has moved here.
 pub fn by_anon_name(name: &str) -> Option<&'static Kind> {
@@ -51,6 +69,19 @@ pub fn by_anon_name(name: &str) -> Option<&'static Kind> {
 /// Recreate descriptor `fd` of process `pid`; `None`: its kind has no module here yet.
 pub fn restore(pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreError>> {
     KINDS.iter().find_map(|k| (k.restore)(pid, fd))
+}
+
+/// The late step for descriptor `fd` of the restored process `pid`, if its kind has one.
+pub fn late(
+    inj: &crate::inject::Injector,
+    leader: &mut crate::freeze::FrozenThread,
+    pid: i32,
+    fd: &Fd,
+) -> Option<std::result::Result<(), RestoreError>> {
+    KINDS
+        .iter()
+        .filter_map(|k| k.late)
+        .find_map(|late| late(inj, leader, pid, fd))
 }
 
 /// The one-line description of a saved kind; `None`: its kind has no module here yet.
@@ -144,7 +175,7 @@ mod tests {
             assert!(KINDS[i + 1..].iter().all(|o| o.anon_name != k.anon_name));
             assert!(std::ptr::eq(by_anon_name(k.anon_name).unwrap(), k));
         }
-        assert!(by_anon_name("[eventpoll]").is_none());
+        assert!(by_anon_name("[io_uring]").is_none());
     }
 
     #[test]

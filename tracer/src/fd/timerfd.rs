@@ -13,6 +13,7 @@ pub const KIND: Kind = Kind {
     anon_name: "[timerfd]",
     dump,
     restore,
+    late: None,
     describe,
 };
 
