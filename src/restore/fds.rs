@@ -8,32 +8,13 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use super::sys::{above, cvt};
+
 /// One descriptor to install in the child: `src` (ours) becomes `target`.
 pub struct Install {
     pub target: RawFd,
     /// None: keep the restorer's own descriptor `target` (standard streams).
     pub src: Option<OwnedFd>,
-}
-
-pub fn cvt(r: libc::c_int, what: &str) -> Result<libc::c_int> {
-    if r < 0 {
-        Err(std::io::Error::last_os_error()).with_context(|| what.to_string())
-    } else {
-        Ok(r)
-    }
-}
-
-/// Move `fd` to a number >= `min`, close-on-exec, and own it.
-pub fn above(fd: OwnedFd, min: RawFd) -> Result<OwnedFd> {
-    // SAFETY: fcntl(F_DUPFD_CLOEXEC) returns a new descriptor we own.
-    let n = cvt(
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) },
-        "duplicating a descriptor",
-    )?;
-    // SAFETY: `n` was just returned by a successful fcntl(F_DUPFD_CLOEXEC) (cvt rejects
-    // negative results): a new descriptor that nothing else owns. `fd` keeps its own number
-    // and closes it when dropped.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 fn open(path: &str, flags: i32, what: &str) -> Result<OwnedFd> {

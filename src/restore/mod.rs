@@ -9,6 +9,7 @@ mod finish;
 mod guard;
 pub mod plan;
 mod spawn;
+mod sys;
 mod timers;
 mod unix;
 
@@ -47,7 +48,7 @@ pub struct RestoreOptions<'a> {
 fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd> {
     let c = CString::new(name)?;
     // SAFETY: memfd_create returns a descriptor we own.
-    let fd = fds::cvt(
+    let fd = sys::cvt(
         unsafe { libc::memfd_create(c.as_ptr(), libc::MFD_CLOEXEC) },
         "creating a memfd",
     )?;
@@ -144,16 +145,16 @@ fn prepare_process(
 ) -> Result<PreparedProcess> {
     let state = &image.state;
     let installs = fds::prepare(state.pid, &state.fds, base, shared)?;
-    let image_fd = fds::above(
+    let image_fd = sys::above(
         OwnedFd::from(image.file.try_clone().context("reopening the image")?),
         base,
     )?;
     let (map_fds, map_files) = map_fds_for(state, base, shared)?;
     let exe = std::fs::File::open(&state.exe.path)
         .with_context(|| format!("opening the executable {}", state.exe.path))?;
-    let exe_fd = fds::above(OwnedFd::from(exe), base)?;
+    let exe_fd = sys::above(OwnedFd::from(exe), base)?;
     let mut p = [0; 2];
-    fds::cvt(
+    sys::cvt(
         // SAFETY: pipe2(2) writes exactly two c_ints into `p`, a local `[c_int; 2]` that
         // outlives the call.
         unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
@@ -161,7 +162,7 @@ fn prepare_process(
     )?;
     // SAFETY: pipe2 just returned these two descriptors, which nothing else owns.
     let (status_r, status_w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    let status_w = fds::above(status_w0, base)?;
+    let status_w = sys::above(status_w0, base)?;
     let plan_bytes = plan::build(
         state,
         &plan::PlanFds {
@@ -179,7 +180,7 @@ fn prepare_process(
             state.pid
         );
     }
-    let plan_fd = fds::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
+    let plan_fd = sys::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
     let mut loader_fds = vec![
         image_fd.as_raw_fd(),
         status_w.as_raw_fd(),
@@ -363,7 +364,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         .unwrap_or(2)
         .max(2)
         + 1;
-    let loader_fd = fds::above(memfd("ckpt-loader", LOADER)?, base)?;
+    let loader_fd = sys::above(memfd("ckpt-loader", LOADER)?, base)?;
     let mut shared = fds::Shared::default();
     let mut prepared: Vec<PreparedProcess> = Vec::new();
     for (image, m) in images.iter().zip(&manifest.processes) {

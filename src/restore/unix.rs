@@ -39,9 +39,10 @@
 //! hold those names (a later bind of the same name fails), as the originals did only if
 //! they had bound them themselves.
 
-use super::fds::{cvt, set_status_flags};
+use super::sys::cvt;
 use anyhow::{bail, Context, Result};
 use ckpt_format::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
+use ckpt_tracer::fd::set_status_flags;
 use ckpt_tracer::unix::{display_name, type_name};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};

@@ -1,110 +1,14 @@
-//! Open file descriptors (/proc/PID/fd + fdinfo) and the identity of files (stat and
-//! the ELF build-id), so that a restore can refuse files that changed.
+//! Open file descriptors (/proc/PID/fd + fdinfo). The identity of files (stat and the
+//! ELF build-id, so that a restore can refuse files that changed) is in
+//! [`crate::identity`].
 
 use crate::error::{Result, TraceError};
-use crate::state::{Fd, FdKind, FileIdentity};
+use crate::fdkinds::peek_pipe;
+pub use crate::identity::{elf_build_id, file_identity, IdentityCache};
+use crate::state::{Fd, FdKind};
 use std::collections::HashMap;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-/// Identity of files by path, computed once per dump.
-#[derive(Default)]
-pub struct IdentityCache {
-    by_path: HashMap<String, FileIdentity>,
-    /// (dev, ino) of the memfds and deleted files whose content is already stored.
-    pub(crate) unlinked_stored: std::collections::HashSet<(u64, u64)>,
-}
-
-impl IdentityCache {
-    pub fn identity(&mut self, path: &str) -> io::Result<FileIdentity> {
-        if let Some(id) = self.by_path.get(path) {
-            return Ok(id.clone());
-        }
-        let id = file_identity(Path::new(path), path)?;
-        self.by_path.insert(path.to_string(), id.clone());
-        Ok(id)
-    }
-}
-
-/// stat() of `open_path` (which may be a /proc/PID/fd link), recorded under `path`.
-pub fn file_identity(open_path: &Path, path: &str) -> io::Result<FileIdentity> {
-    let md = std::fs::metadata(open_path)?;
-    let build_id = if md.is_file() {
-        elf_build_id(open_path).unwrap_or(None)
-    } else {
-        None
-    };
-    Ok(FileIdentity {
-        path: path.to_string(),
-        dev: md.dev(),
-        ino: md.ino(),
-        size: md.size(),
-        mtime_ns: md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
-        mode: md.mode(),
-        build_id,
-    })
-}
-
-/// The GNU build-id note of an ELF file, None for other files. Reads only the ELF
-/// header, the program headers and the PT_NOTE segments, not the whole file.
-pub fn elf_build_id(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    use goblin::container::{Container, Ctx, Endian};
-    use goblin::elf::program_header::ProgramHeader;
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::File::open(path)?;
-    let mut head = [0u8; 64];
-    if f.read_exact_at(&mut head, 0).is_err() || &head[..4] != b"\x7fELF" {
-        return Ok(None);
-    }
-    let Ok(h) = goblin::elf::Elf::parse_header(&head) else {
-        return Ok(None);
-    };
-    let Ok(container) = h.container() else {
-        return Ok(None);
-    };
-    let ctx = Ctx::new(container, h.endianness().unwrap_or(Endian::Little));
-    let phsize = h.e_phentsize as usize * h.e_phnum as usize;
-    if phsize == 0 || phsize > 1 << 20 || container != Container::Big {
-        return Ok(None);
-    }
-    let mut ph = vec![0u8; phsize];
-    f.read_exact_at(&mut ph, h.e_phoff)?;
-    let Ok(phdrs) = ProgramHeader::parse(&ph, 0, h.e_phnum as usize, ctx) else {
-        return Ok(None);
-    };
-    for p in phdrs
-        .iter()
-        .filter(|p| p.p_type == goblin::elf::program_header::PT_NOTE)
-    {
-        if p.p_filesz > 1 << 20 {
-            continue;
-        }
-        let mut notes = vec![0u8; p.p_filesz as usize];
-        f.read_exact_at(&mut notes, p.p_offset)?;
-        let align = (p.p_align.max(4)) as usize;
-        let mut i = 0;
-        let word =
-            |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
-        while i + 12 <= notes.len() {
-            let (namesz, descsz, ntype) =
-                (word(&notes, i), word(&notes, i + 4), word(&notes, i + 8));
-            let name_at = i + 12;
-            let desc_at = name_at + namesz.div_ceil(align) * align;
-            let next = desc_at + descsz.div_ceil(align) * align;
-            if desc_at + descsz > notes.len() {
-                break;
-            }
-            if ntype == goblin::elf::note::NT_GNU_BUILD_ID as usize
-                && &notes[name_at..name_at + namesz.min(4)] == b"GNU\0"[..namesz.min(4)].as_ref()
-            {
-                return Ok(Some(notes[desc_at..desc_at + descsz].to_vec()));
-            }
-            i = next;
-        }
-    }
-    Ok(None)
-}
 
 fn is_tty_rdev(rdev: u64) -> bool {
     let major = libc::major(rdev);
@@ -228,76 +132,6 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
     }
     crate::fdkinds::fifo_data(pid, &mut out)?;
     Ok(out)
-}
-
-/// The bytes in flight in a pipe, without consuming them: tee(2) them into a pipe of ours.
-pub(crate) fn peek_pipe(pid: i32, fd: i32) -> io::Result<Vec<u8>> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let src = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags_nonblock()
-        .open(crate::proc::path(pid, &format!("fd/{fd}")))?;
-    let mut p = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded (checked above), so `p[0]` and `p[1]` are two fresh
-    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one of them.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
-    // SAFETY: fcntl on our own descriptors.
-    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
-    if size > 0 {
-        // SAFETY: fcntl(F_SETPIPE_SZ) on `w`, a pipe end we own and keep open across the
-        // call; its argument is an integer, not a pointer.
-        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
-    }
-    // SAFETY: tee(2) only moves pipe buffer references between `src` and `w`, two
-    // descriptors this function holds open; it takes no pointer argument.
-    let n = unsafe {
-        libc::tee(
-            src.as_raw_fd(),
-            w.as_raw_fd(),
-            usize::MAX >> 1,
-            libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::WouldBlock {
-            return Ok(Vec::new());
-        }
-        return Err(e);
-    }
-    let mut data = vec![0u8; n as usize];
-    let mut got = 0;
-    while got < data.len() {
-        // SAFETY: read(2) writes at most `data.len() - got` bytes at
-        // `data[got..].as_mut_ptr()`, which is exactly the writable tail of `data` (got <
-        // data.len() by the loop condition); `r` is our own open read end.
-        let k = unsafe {
-            libc::read(
-                r.as_raw_fd(),
-                data[got..].as_mut_ptr().cast(),
-                data.len() - got,
-            )
-        };
-        if k <= 0 {
-            return Err(io::Error::last_os_error());
-        }
-        got += k as usize;
-    }
-    Ok(data)
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-impl NonBlock for std::fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-    }
 }
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;

@@ -14,6 +14,7 @@ pub mod fd;
 pub mod fdkinds;
 pub mod files;
 pub mod freeze;
+pub mod identity;
 pub mod inject;
 pub mod maps;
 pub mod proc;

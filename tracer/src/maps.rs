@@ -2,7 +2,7 @@
 //! [`crate::proc::smaps`]) and /proc/PID/pagemap (which pages hold data worth storing).
 
 use crate::error::{Result, TraceError};
-use crate::files::IdentityCache;
+use crate::identity::IdentityCache;
 use crate::proc::VmFlags;
 use crate::state::{PageRun, Vma, VmaKind};
 use std::fs::File;
@@ -16,40 +16,7 @@ pub const PAGE: u64 = 4096;
 pub const SHARED_ANON_MEMFD: &str = "ckpt-shared-anon";
 const SHARED_ANON_MEMFD_PREFIX: &str = "/memfd:ckpt-shared-anon";
 
-/// One region of /proc/PID/smaps: its maps line and its VmFlags.
-#[derive(Debug, Clone)]
-pub struct MapEntry {
-    pub start: u64,
-    pub end: u64,
-    pub perms: [u8; 4],
-    pub offset: u64,
-    pub dev: (u32, u32),
-    pub inode: u64,
-    pub name: String,
-    pub vmflags: VmFlags,
-}
-
-impl MapEntry {
-    pub fn prot(&self) -> u32 {
-        let mut p = 0;
-        if self.perms[0] == b'r' {
-            p |= libc::PROT_READ as u32;
-        }
-        if self.perms[1] == b'w' {
-            p |= libc::PROT_WRITE as u32;
-        }
-        if self.perms[2] == b'x' {
-            p |= libc::PROT_EXEC as u32;
-        }
-        p
-    }
-    pub fn shared(&self) -> bool {
-        self.perms[3] == b's'
-    }
-    pub fn has_flag(&self, f: VmFlags) -> bool {
-        self.vmflags.contains(f)
-    }
-}
+pub use crate::proc::MapEntry;
 
 /// Decide how a region is saved; refuse what cannot be restored faithfully.
 pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Option<VmaKind>> {

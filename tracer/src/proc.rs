@@ -18,7 +18,6 @@
 //! is an I/O error (`NotFound`/`ESRCH`), which callers tell apart from bad text.
 
 use crate::error::{Result, TraceError};
-use crate::maps::MapEntry;
 use crate::state::MmFields;
 use procfs_core::FromRead;
 use std::collections::BTreeSet;
@@ -905,6 +904,41 @@ pub fn yama_ptrace_scope() -> Option<u32> {
         .trim()
         .parse()
         .ok()
+}
+
+/// One region of /proc/PID/smaps: its maps line and its VmFlags.
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub perms: [u8; 4],
+    pub offset: u64,
+    pub dev: (u32, u32),
+    pub inode: u64,
+    pub name: String,
+    pub vmflags: VmFlags,
+}
+
+impl MapEntry {
+    pub fn prot(&self) -> u32 {
+        let mut p = 0;
+        if self.perms[0] == b'r' {
+            p |= libc::PROT_READ as u32;
+        }
+        if self.perms[1] == b'w' {
+            p |= libc::PROT_WRITE as u32;
+        }
+        if self.perms[2] == b'x' {
+            p |= libc::PROT_EXEC as u32;
+        }
+        p
+    }
+    pub fn shared(&self) -> bool {
+        self.perms[3] == b's'
+    }
+    pub fn has_flag(&self, f: VmFlags) -> bool {
+        self.vmflags.contains(f)
+    }
 }
 
 #[cfg(test)]
