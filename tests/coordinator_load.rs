@@ -105,19 +105,6 @@ fn wait_count(path: &Path) -> u64 {
     v
 }
 
-/// Children of a process (all its threads).
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-            }
-        }
-    }
-    out
-}
-
 /// The job of an agent: its one child.
 fn job_of(agent: &Target) -> i32 {
     let mut kids = Vec::new();

@@ -220,18 +220,6 @@ fn comm(pid: i32) -> Option<String> {
         .map(|s| s.trim_end().to_string())
 }
 
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
-            }
-        }
-    }
-    out
-}
-
 /// Reaps `pid` if it is our child (ignored otherwise) and waits until its PID
 /// is free.
 fn wait_gone(pid: i32) {

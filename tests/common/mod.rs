@@ -978,3 +978,16 @@ pub fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
     v.sort();
     v
 }
+
+/// The children of a process, of all its threads (none if it is gone).
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            }
+        }
+    }
+    out
+}
