@@ -16,8 +16,9 @@
 //! checksum, stands for the whole file: the generation's manifest records it (see
 //! [`crate::generation`]).
 //!
-//! Compatibility: format 1 images (ckpt 0.1 before generations were sealed) carry no
-//! generation id and are refused with a message that says so; a newer format is
+//! Compatibility: format 2 images (before attribute groups) are read as format 3 with
+//! no attribute groups; format 1 images (ckpt 0.1 before generations were sealed) carry
+//! no generation id and are refused with a message that says so; a newer format is
 //! refused with a message asking for a newer ckpt.
 
 use crate::state::ProcessState;
@@ -28,7 +29,9 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const MAGIC: &[u8; 8] = b"CKPTIMG\0";
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest image format this ckpt still reads (docs/FORMAT.md, compatibility rule).
+pub const OLDEST_READ: u32 = 2;
 pub const HEADER_LEN: u64 = 4096;
 pub const PAGE: u64 = 4096;
 
@@ -109,7 +112,7 @@ impl Header {
                 "{p} was written by an older ckpt (image format 1, not bound to its generation); this ckpt restores only sealed checkpoints (format {FORMAT_VERSION}): checkpoint the job again"
             );
         }
-        if version != FORMAT_VERSION {
+        if !(OLDEST_READ..=FORMAT_VERSION).contains(&version) {
             bail!("{p} has unknown image format version {version}");
         }
         if (b.len() as u64) < HEADER_LEN {
@@ -136,6 +139,18 @@ impl Header {
             checksum: stored,
         })
     }
+}
+
+/// Decode the metadata of an image of format `version` (one this ckpt reads).
+///
+/// Format 2 is format 3 without the attribute list that ends [`ProcessState`]: its
+/// metadata plus one zero byte (postcard's empty list) is format 3 metadata, and the
+/// process restores as a format 2 restore did.
+pub fn decode_state(version: u32, mut meta: Vec<u8>) -> Result<ProcessState> {
+    if version == 2 {
+        meta.push(0);
+    }
+    Ok(postcard::from_bytes(&meta)?)
 }
 
 /// An image opened for reading, with header and metadata checked.
@@ -185,8 +200,8 @@ impl Image {
         if xxh3_64(&meta) != header.meta_hash {
             bail!("{p} is corrupted (metadata checksum mismatch)");
         }
-        let state: ProcessState =
-            postcard::from_bytes(&meta).with_context(|| format!("decoding metadata of {p}"))?;
+        let state = decode_state(header.version, meta)
+            .with_context(|| format!("decoding metadata of {p}"))?;
         if state.pid as u32 != header.pid {
             bail!(
                 "{p} is damaged (its header names process {}, its metadata process {})",

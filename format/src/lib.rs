@@ -4,6 +4,7 @@
 //! format version). docs/FORMAT.md describes the layout and the compatibility rule:
 //! which versions this ckpt reads, which it refuses, and with which message.
 
+pub mod attrs;
 pub mod image;
 pub mod manifest;
 pub mod state;

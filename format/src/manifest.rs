@@ -21,8 +21,8 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Generation directories are named `ckpt_<program>_<id>_<n>`.
 pub const PREFIX: &str = "ckpt_";
 pub const MANIFEST: &str = "manifest.json";
-/// The manifest format this ckpt writes and reads.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// The manifest format this ckpt writes; it also reads format 2 (the same shape).
+pub const MANIFEST_FORMAT: u32 = 3;
 
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct ManifestProcess {
@@ -122,7 +122,8 @@ pub fn unseal(b: &[u8], p: &Path, gen: &Path) -> Result<Manifest> {
         Some(f) if f > MANIFEST_FORMAT => bail!(
             "{pd} has manifest format {f}, newer than this ckpt supports ({MANIFEST_FORMAT}); use a newer ckpt"
         ),
-        Some(MANIFEST_FORMAT) => {}
+        // Format 2 manifests have the same shape (format 3 changed only the images).
+        Some(2 | MANIFEST_FORMAT) => {}
         Some(_) => bail!("{pd} is damaged (not a ckpt manifest)"),
     }
     let sealed: Sealed = serde_json::from_slice(b).with_context(|| format!("{pd} is damaged"))?;

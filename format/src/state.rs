@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::attrs::*;
+
 /// General-purpose registers in the order of the kernel's `struct user_regs_struct`.
 pub type Regs = [u64; 27];
 
@@ -438,6 +440,9 @@ pub struct ProcessState {
     pub itimers: Vec<ITimer>,
     /// POSIX timers (timer_create), by ascending id.
     pub posix_timers: Vec<PosixTimer>,
+    /// Attribute groups (credentials, scheduling, ...), one entry per group that has
+    /// something to restore. Last, so that format 2 metadata decodes with it empty.
+    pub attrs: Vec<crate::attrs::Attr>,
 }
 
 /// A child that had exited but was not yet reaped at checkpoint time.

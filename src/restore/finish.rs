@@ -213,6 +213,14 @@ pub fn finish(
         }
     }
     super::timers::restore_timers(&inj, leader, state)?;
+    ckpt_tracer::attr::restore_all(
+        &mut ckpt_tracer::attr::Restore {
+            pid,
+            inj: &inj,
+            threads: &mut threads,
+        },
+        &state.attrs,
+    )?;
     if drop_caps {
         // capset(v3, all zero) in every thread: capabilities are per thread.
         let mut arg = Vec::new();

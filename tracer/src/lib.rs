@@ -5,10 +5,14 @@
 //! - [`inject`]: run system calls inside a frozen thread.
 //! - [`proc`]: every /proc text read and parsed (procfs-core where it has the field).
 //! - [`maps`] / [`files`] / [`procinfo`]: what /proc shows.
+//! - [`attr`]: one module per attribute group of a process (scheduling, credentials,
+//!   ...): dump, restore, description; [`audit`]: the table of every attribute checked.
 //! - [`fd`]: one module per descriptor kind (dump, restore, description), one dispatch.
 //! - [`read`]: puts it together into a [`state::ProcessState`].
 //! - [`state`]: the serde types of a checkpointed process.
 
+pub mod attr;
+pub mod audit;
 pub mod error;
 pub mod fd;
 pub mod fdkinds;

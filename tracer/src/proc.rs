@@ -308,6 +308,12 @@ pub fn parse_smaps(text: &str) -> Parsed<Vec<MapEntry>> {
             ),
         ));
     }
+    // Every flag as the kernel wrote it: procfs drops the letters it does not know, and
+    // the audit must see those (crate::audit).
+    let mut raw = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("VmFlags:"))
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>());
     let mut out = Vec::with_capacity(maps.len());
     for m in maps {
         let p = m.perms;
@@ -347,6 +353,7 @@ pub fn parse_smaps(text: &str) -> Parsed<Vec<MapEntry>> {
             inode: m.inode,
             name,
             vmflags: m.extension.vm_flags,
+            flag_names: raw.next().unwrap_or_default(),
         });
     }
     Ok(out)
@@ -917,6 +924,8 @@ pub struct MapEntry {
     pub inode: u64,
     pub name: String,
     pub vmflags: VmFlags,
+    /// The VmFlags letters as shown (`rd`, `wr`, ...), unknown ones included.
+    pub flag_names: Vec<String>,
 }
 
 impl MapEntry {
@@ -1265,4 +1274,14 @@ ID: 0\nsignal: 12/00007ffd00000001\nnotify: thread/pid.27967\nClockID: 1\n";
             "ClockID"
         );
     }
+}
+
+/// /proc/PID/oom_score_adj.
+pub fn oom_score_adj(pid: i32) -> Result<i32> {
+    let p = path(pid, "oom_score_adj");
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| TraceError::io(pid, format!("reading {p}"), e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Bad::new("oom_score_adj", "is not an integer").at(pid, &p))
 }

@@ -30,7 +30,7 @@ fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc
     // local of at least the size the request reads or writes: Regs (27 * 8 bytes, checked
     // against user_regs_struct) for GETREGS/SETREGS, an iovec over a buffer of iov_len
     // bytes for GETREGSET/SETREGSET, a u64 sigset with size 8, an RseqConfig with its
-    // size, a c_ulong for GETEVENTMSG, and for PEEKSIGINFO the args plus a buffer of
+    // size, a c_ulong for GETEVENTMSG, a 16-byte user_desc for GET_THREAD_AREA, and for PEEKSIGINFO the args plus a buffer of
     // `nr * 128` bytes. The kernel keeps none of them after the call.
     let r = unsafe {
         libc::ptrace(
@@ -149,6 +149,23 @@ pub fn get_rseq(tid: i32) -> io::Result<Option<Rseq>> {
         sig: c.signature,
         flags: c.flags,
     }))
+}
+
+const PTRACE_GET_THREAD_AREA: libc::c_uint = 25;
+
+/// Whether any of the thread's three GDT TLS entries (12..14, set_thread_area) is in use.
+/// An unused entry reads as base 0, limit 0, and only `read_exec_only` and
+/// `seg_not_present` set (flags 0x28).
+pub fn thread_area_in_use(tid: i32) -> io::Result<bool> {
+    for entry in 12..15usize {
+        // struct user_desc: entry_number, base_addr, limit, flag bits: 16 bytes.
+        let mut d = [0u32; 4];
+        raw(PTRACE_GET_THREAD_AREA, tid, entry, d.as_mut_ptr() as usize)?;
+        if d[1] != 0 || d[2] != 0 || d[3] != 0x28 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// get_robust_list(2) of another thread: (head, len).

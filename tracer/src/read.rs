@@ -151,6 +151,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
 
     let inj = Injector::new(pid, &exec_ranges_of(&vmas))
         .map_err(io_err("preparing syscall injection"))?;
+    crate::audit::check(pid, &inj, &mut f.threads, &entries)?;
 
     let vdso_hash = match vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
         Some(v) => {
@@ -253,6 +254,11 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         }
     }
     let (itimers, posix_timers) = crate::timers::read_timers(&inj, leader, pid, &threads)?;
+    let attrs = crate::attr::dump_all(&mut crate::attr::Dump {
+        pid,
+        inj: &inj,
+        threads: &mut f.threads,
+    })?;
 
     let shared_pending =
         ptrace::peek_siginfo(pid, true).map_err(io_err("reading pending signals"))?;
@@ -303,6 +309,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
             volatile_files,
             itimers,
             posix_timers,
+            attrs,
         },
         ReadExtras {
             injector: inj,

@@ -1,0 +1,53 @@
+//! Saved attribute groups of a process (issue 9): credentials, scheduling, prctl state,
+//! job control, ... Each group is one variant of [`Attr`], filled and restored by its
+//! module in `tracer/src/attr/`. A process's image holds a list of them
+//! ([`crate::state::ProcessState::attrs`]).
+//!
+//! Compatibility: a new group is a new variant **appended at the end** of [`Attr`]
+//! (postcard encodes the variant by its index), so every image an older ckpt wrote still
+//! decodes; a group's own struct never changes shape within a format version (a change
+//! is a new variant, or a format bump). Images of format 2 had no attribute list: they
+//! decode with an empty one (see `crate::image`).
+
+use serde::{Deserialize, Serialize};
+
+/// One saved attribute group.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Attr {
+    /// Scheduling of every thread and the process's OOM adjustment.
+    Sched(Sched),
+}
+
+/// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSched {
+    pub tid: i32,
+    /// SCHED_OTHER (0), SCHED_FIFO (1), SCHED_RR (2), SCHED_BATCH (3), SCHED_IDLE (5),
+    /// SCHED_DEADLINE (6).
+    pub policy: u32,
+    /// sched_flags (SCHED_FLAG_RESET_ON_FORK 1, util clamp 0x20/0x40, ...).
+    pub flags: u64,
+    pub nice: i32,
+    /// Real-time priority (SCHED_FIFO / SCHED_RR), 0 otherwise.
+    pub priority: u32,
+    /// SCHED_DEADLINE parameters, ns (0 otherwise).
+    pub runtime: u64,
+    pub deadline: u64,
+    pub period: u64,
+    /// Utilization clamps (0..1024; shown when the kernel has them, else 0 and 1024).
+    pub util_min: u32,
+    pub util_max: u32,
+    /// CPU affinity mask, 64 CPUs per word.
+    pub affinity: Vec<u64>,
+    /// ioprio_get(IOPRIO_WHO_PROCESS, tid): class << 13 | data.
+    pub ioprio: i32,
+    /// PR_GET_TIMERSLACK, ns.
+    pub timerslack_ns: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Sched {
+    pub threads: Vec<ThreadSched>,
+    /// /proc/PID/oom_score_adj (per process).
+    pub oom_score_adj: i32,
+}

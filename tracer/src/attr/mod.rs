@@ -1,0 +1,104 @@
+//! One home per attribute group of a process (issue 9): scheduling, credentials, prctl
+//! state, ... Each group module holds, side by side, its dump (from the frozen process
+//! to its saved variant of [`Attr`]), its restore (into the restored, still stopped
+//! process, from the outside or with injected system calls) and its lines for
+//! `ckpt info`. This module is the one dispatch they plug into: the table [`GROUPS`],
+//! in restore order. Adding a group means adding one file, its variant in
+//! `format/src/attrs.rs`, and one line in [`GROUPS`] — and pointing its rows of the audit
+//! table (`crate::audit`) at it.
+//!
+//! Like `crate::fd`, the dispatch is a table of function pointers: the saved type is one
+//! enum owned by the format crate, so a group is a value that recognises its variant.
+
+use crate::error::Result;
+use crate::fd::RestoreError;
+use crate::freeze::FrozenThread;
+use crate::inject::Injector;
+use crate::state::Attr;
+
+pub mod sched;
+
+/// The frozen process being dumped.
+pub struct Dump<'a> {
+    pub pid: i32,
+    pub inj: &'a Injector,
+    /// Every thread, the leader first.
+    pub threads: &'a mut [FrozenThread],
+}
+
+/// The restored process, complete but still stopped: every descriptor, timer and
+/// signal is in place, registers are not yet set back.
+pub struct Restore<'a> {
+    pub pid: i32,
+    pub inj: &'a Injector,
+    /// Every thread, the leader first, in the saved order.
+    pub threads: &'a mut [FrozenThread],
+}
+
+/// What one attribute group provides.
+pub struct Group {
+    /// Its name, as the audit table names it.
+    pub name: &'static str,
+    /// Read the group from the frozen process. `None`: every attribute is at the value
+    /// a restore gives anyway, nothing to save.
+    pub dump: fn(d: &mut Dump) -> Result<Option<Attr>>,
+    /// Give the restored process the saved attributes. `None`: not this group's variant.
+    pub restore: fn(r: &mut Restore, a: &Attr) -> Option<std::result::Result<(), RestoreError>>,
+    /// Its lines for `ckpt info`; `None`: not this group's variant.
+    pub describe: fn(a: &Attr) -> Option<Vec<String>>,
+}
+
+/// Every attribute group, in the order their restores run (credentials must come last:
+/// after them the restorer may no longer be allowed to change the others).
+pub static GROUPS: &[Group] = &[sched::GROUP];
+
+/// Every group's saved attributes of the frozen process.
+pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
+    let mut out = Vec::new();
+    for g in GROUPS {
+        if let Some(a) = (g.dump)(d)? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// Restore every saved group, in [`GROUPS`] order.
+pub fn restore_all(r: &mut Restore, attrs: &[Attr]) -> std::result::Result<(), RestoreError> {
+    for g in GROUPS {
+        for a in attrs {
+            if let Some(res) = (g.restore)(r, a) {
+                res?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `ckpt info` lines of a saved group.
+pub fn describe(a: &Attr) -> Vec<String> {
+    GROUPS
+        .iter()
+        .find_map(|g| (g.describe)(a))
+        .unwrap_or_default()
+}
+
+/// The result of an injected system call: a negative result in -4095..0 is an errno.
+pub(crate) fn injected(r: std::io::Result<i64>) -> std::io::Result<i64> {
+    match r {
+        Ok(v) if (-4095..0).contains(&v) => Err(std::io::Error::from_raw_os_error(-v as i32)),
+        r => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_group_per_name() {
+        for (i, g) in GROUPS.iter().enumerate() {
+            assert!(GROUPS[i + 1..].iter().all(|o| o.name != g.name));
+        }
+    }
+}

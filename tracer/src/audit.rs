@@ -1,0 +1,805 @@
+//! The dump-time audit (issue 9, docs/AUDIT.md): every attribute the kernel shows for a
+//! process, a thread or a memory region is either saved and restored (by the attribute
+//! group, descriptor kind or image part named in the table), or not state at all
+//! (counters, sizes, identities a restore gives back by itself), or must be at its
+//! default — otherwise the dump refuses and names the process, the thread and the
+//! attribute, and the process runs on. A field the table does not know (a newer kernel's)
+//! is refused too: a new kernel field has exactly one place to go, [`TABLE`].
+//!
+//! The audit reads the frozen process: /proc status of every thread, system calls
+//! injected into every thread (prctl and arch_prctl getters, the memory policy, the LDT),
+//! the GDT TLS entries through ptrace, /proc files of the process, its namespaces and
+//! root, and the VmFlags of every region.
+
+use crate::error::{Result, TraceError};
+use crate::freeze::FrozenThread;
+use crate::inject::Injector;
+use crate::proc::{self, MapEntry};
+use std::io;
+
+/// What ckpt does with one attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Saved and restored by this attribute group (`crate::attr`), descriptor kind, or
+    /// part of the image.
+    Saved(&'static str),
+    /// Not state a restore must carry: a counter, a size, an identity or a flag the
+    /// kernel sets by itself for the restored process.
+    Info,
+    /// Must be at its default; any other value refuses the dump.
+    Default(Def),
+}
+
+/// The default an attribute must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Def {
+    /// Zero (in any base, with or without a unit), or empty.
+    Zero,
+    /// Exactly this text (or, for a system call, this result).
+    Value(&'static str),
+    /// The same as the dumping ckpt's own: what a process it restores inherits from it.
+    Ours,
+}
+
+/// Where an attribute is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A field of /proc/PID/task/TID/status, for every thread.
+    Status(&'static str),
+    /// `prctl(option, arg2)` injected into every thread: its result.
+    Prctl(u64, u64),
+    /// `prctl(option, &int)` injected into every thread: the int it writes.
+    PrctlOut(u64),
+    /// `arch_prctl(code, &value)` injected into every thread (`out`: the value is
+    /// written through the pointer; else it is the result).
+    ArchPrctl { code: u64, out: bool },
+    /// A file of /proc/PID/.
+    File(&'static str),
+    /// A namespace of the process (/proc/PID/ns/NAME).
+    Ns(&'static str),
+    /// A VmFlags letter of any region (smaps).
+    VmFlag(&'static str),
+    /// The thread's memory policy (get_mempolicy, injected): the mode.
+    Mempolicy,
+    /// The process's LDT (modify_ldt read, injected): its size.
+    Ldt,
+    /// The thread's GDT TLS entries (PTRACE_GET_THREAD_AREA, entries 12..14).
+    ThreadArea,
+    /// The process's root directory (/proc/PID/root).
+    Root,
+}
+
+/// One attribute the audit checks.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    pub source: Source,
+    /// What a person calls it, for the refusal and docs/AUDIT.md.
+    pub what: &'static str,
+    pub verdict: Verdict,
+}
+
+use Def::*;
+use Source::*;
+use Verdict::*;
+
+const fn row(source: Source, what: &'static str, verdict: Verdict) -> Row {
+    Row {
+        source,
+        what,
+        verdict,
+    }
+}
+
+// prctl options (linux/prctl.h).
+const PR_GET_PDEATHSIG: u64 = 2;
+const PR_GET_DUMPABLE: u64 = 3;
+const PR_GET_KEEPCAPS: u64 = 7;
+const PR_GET_TIMING: u64 = 13;
+const PR_GET_TSC: u64 = 25;
+const PR_GET_SECUREBITS: u64 = 27;
+const PR_GET_TIMERSLACK: u64 = 30;
+const PR_MCE_KILL_GET: u64 = 34;
+const PR_GET_CHILD_SUBREAPER: u64 = 37;
+const PR_GET_NO_NEW_PRIVS: u64 = 39;
+const PR_GET_THP_DISABLE: u64 = 42;
+const PR_GET_SPECULATION_CTRL: u64 = 52;
+const PR_GET_IO_FLUSHER: u64 = 58;
+const PR_GET_MDWE: u64 = 66;
+const PR_GET_MEMORY_MERGE: u64 = 68;
+// arch_prctl codes (asm/prctl.h).
+const ARCH_GET_CPUID: u64 = 0x1011;
+const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
+const ARCH_GET_UNTAG_MASK: u64 = 0x4001;
+
+/// Every attribute the audit checks, and what ckpt does with it.
+pub static TABLE: &[Row] = &[
+    // ---- /proc/PID/task/TID/status, every thread ----
+    row(Status("Name"), "thread name", Saved("image: threads")),
+    row(Status("Umask"), "umask", Saved("image: umask")),
+    row(Status("State"), "run state", Info),
+    row(Status("Tgid"), "thread group id", Info),
+    row(Status("Ngid"), "NUMA group id", Info),
+    row(Status("Pid"), "thread id", Saved("image: threads")),
+    row(Status("PPid"), "parent", Saved("image: process tree")),
+    row(Status("TracerPid"), "tracer", Info), // another tracer is refused at attach
+    row(
+        Status("Uid"),
+        "user ids (real, effective, saved, fs)",
+        Default(Ours),
+    ),
+    row(
+        Status("Gid"),
+        "group ids (real, effective, saved, fs)",
+        Default(Ours),
+    ),
+    row(Status("FDSize"), "descriptor table size", Info),
+    row(Status("Groups"), "supplementary groups", Default(Ours)),
+    row(
+        Status("NStgid"),
+        "thread group id in each PID namespace",
+        Info,
+    ),
+    row(Status("NSpid"), "thread id in each PID namespace", Info),
+    row(
+        Status("NSpgid"),
+        "process group in each PID namespace",
+        Info,
+    ),
+    row(Status("NSsid"), "session in each PID namespace", Info),
+    row(Status("Kthread"), "kernel thread", Info), // kernel threads are refused at attach
+    row(Status("VmPeak"), "peak virtual memory", Info),
+    row(Status("VmSize"), "virtual memory size", Info),
+    row(Status("VmLck"), "locked memory (mlock)", Default(Zero)),
+    row(Status("VmPin"), "pinned memory", Default(Zero)),
+    row(Status("VmHWM"), "peak resident memory", Info),
+    row(Status("VmRSS"), "resident memory", Info),
+    row(Status("RssAnon"), "resident anonymous memory", Info),
+    row(Status("RssFile"), "resident file memory", Info),
+    row(Status("RssShmem"), "resident shared memory", Info),
+    row(Status("VmData"), "data size", Info),
+    row(Status("VmStk"), "stack size", Info),
+    row(Status("VmExe"), "text size", Info),
+    row(Status("VmLib"), "library size", Info),
+    row(Status("VmPTE"), "page table size", Info),
+    row(Status("VmSwap"), "swapped memory", Info),
+    row(Status("HugetlbPages"), "hugetlb memory", Info), // hugetlb regions refused by maps
+    row(
+        Status("CoreDumping"),
+        "core dump in progress",
+        Default(Zero),
+    ),
+    row(
+        Status("THP_enabled"),
+        "transparent huge pages enabled (PR_SET_THP_DISABLE)",
+        Default(Value("1")),
+    ),
+    row(
+        Status("untag_mask"),
+        "address tag mask (LAM)",
+        Default(Ours),
+    ),
+    row(Status("Threads"), "thread count", Saved("image: threads")),
+    row(Status("SigQ"), "queued signals / limit", Info),
+    row(Status("SigPnd"), "pending signals", Saved("image: threads")),
+    row(
+        Status("ShdPnd"),
+        "shared pending signals",
+        Saved("image: signals"),
+    ),
+    row(Status("SigBlk"), "blocked signals", Saved("image: threads")),
+    row(
+        Status("SigIgn"),
+        "ignored signals",
+        Saved("image: signal handlers"),
+    ),
+    row(
+        Status("SigCgt"),
+        "caught signals",
+        Saved("image: signal handlers"),
+    ),
+    row(Status("CapInh"), "inheritable capabilities", Default(Ours)),
+    row(Status("CapPrm"), "permitted capabilities", Default(Ours)),
+    row(Status("CapEff"), "effective capabilities", Default(Ours)),
+    row(Status("CapBnd"), "bounding capabilities", Default(Ours)),
+    row(Status("CapAmb"), "ambient capabilities", Default(Ours)),
+    row(Status("NoNewPrivs"), "no_new_privs", Default(Ours)),
+    row(Status("Seccomp"), "seccomp mode", Default(Zero)),
+    row(Status("Seccomp_filters"), "seccomp filters", Default(Zero)),
+    row(
+        Status("Speculation_Store_Bypass"),
+        "speculative store bypass control",
+        Default(Ours),
+    ),
+    row(
+        Status("SpeculationIndirectBranch"),
+        "indirect branch speculation control",
+        Default(Ours),
+    ),
+    row(Status("Cpus_allowed"), "CPU affinity", Saved("sched")),
+    row(Status("Cpus_allowed_list"), "CPU affinity", Saved("sched")),
+    row(
+        Status("Mems_allowed"),
+        "memory nodes allowed (cpuset)",
+        Default(Ours),
+    ),
+    row(
+        Status("Mems_allowed_list"),
+        "memory nodes allowed (cpuset)",
+        Default(Ours),
+    ),
+    row(Status("voluntary_ctxt_switches"), "context switches", Info),
+    row(
+        Status("nonvoluntary_ctxt_switches"),
+        "context switches",
+        Info,
+    ),
+    row(
+        Status("x86_Thread_features"),
+        "x86 thread features (shadow stack)",
+        Default(Zero),
+    ),
+    row(
+        Status("x86_Thread_features_locked"),
+        "locked x86 thread features",
+        Info,
+    ),
+    // ---- prctl, every thread ----
+    row(
+        PrctlOut(PR_GET_PDEATHSIG),
+        "parent-death signal (PR_SET_PDEATHSIG)",
+        Default(Zero),
+    ),
+    row(
+        Prctl(PR_GET_DUMPABLE, 0),
+        "dumpable flag (PR_SET_DUMPABLE)",
+        Default(Value("1")),
+    ),
+    row(
+        Prctl(PR_GET_KEEPCAPS, 0),
+        "keep-capabilities flag (PR_SET_KEEPCAPS)",
+        Default(Ours),
+    ),
+    row(Prctl(PR_GET_TIMING, 0), "timing method", Default(Zero)),
+    row(
+        PrctlOut(PR_GET_TSC),
+        "TSC access (PR_SET_TSC)",
+        Default(Value("1")),
+    ),
+    row(Prctl(PR_GET_SECUREBITS, 0), "securebits", Default(Ours)),
+    row(Prctl(PR_GET_TIMERSLACK, 0), "timer slack", Saved("sched")),
+    row(
+        Prctl(PR_MCE_KILL_GET, 0),
+        "machine-check kill policy (PR_MCE_KILL)",
+        Default(Ours),
+    ),
+    row(
+        PrctlOut(PR_GET_CHILD_SUBREAPER),
+        "child subreaper (PR_SET_CHILD_SUBREAPER)",
+        Default(Zero),
+    ),
+    row(Prctl(PR_GET_NO_NEW_PRIVS, 0), "no_new_privs", Default(Ours)),
+    row(
+        Prctl(PR_GET_THP_DISABLE, 0),
+        "THP disable (PR_SET_THP_DISABLE)",
+        Default(Zero),
+    ),
+    row(
+        Prctl(PR_GET_SPECULATION_CTRL, 0),
+        "speculative store bypass control",
+        Default(Ours),
+    ),
+    row(
+        Prctl(PR_GET_SPECULATION_CTRL, 1),
+        "indirect branch speculation control",
+        Default(Ours),
+    ),
+    row(
+        Prctl(PR_GET_SPECULATION_CTRL, 2),
+        "L1D flush control",
+        Default(Ours),
+    ),
+    row(
+        Prctl(PR_GET_IO_FLUSHER, 0),
+        "I/O flusher (PR_SET_IO_FLUSHER)",
+        Default(Ours),
+    ),
+    row(
+        Prctl(PR_GET_MDWE, 0),
+        "memory-deny-write-execute (PR_SET_MDWE)",
+        Default(Zero),
+    ),
+    row(
+        Prctl(PR_GET_MEMORY_MERGE, 0),
+        "KSM merging of the whole process (PR_SET_MEMORY_MERGE)",
+        Default(Zero),
+    ),
+    // ---- arch_prctl, every thread ----
+    row(
+        ArchPrctl {
+            code: ARCH_GET_CPUID,
+            out: false,
+        },
+        "CPUID faulting (ARCH_SET_CPUID)",
+        Default(Value("1")),
+    ),
+    row(
+        ArchPrctl {
+            code: ARCH_GET_XCOMP_PERM,
+            out: true,
+        },
+        "permitted dynamic xstate features (ARCH_REQ_XCOMP_PERM, e.g. AMX)",
+        Default(Ours),
+    ),
+    row(
+        ArchPrctl {
+            code: ARCH_GET_UNTAG_MASK,
+            out: true,
+        },
+        "address tag mask (LAM)",
+        Default(Ours),
+    ),
+    // ---- memory policy, LDT, TLS entries ----
+    row(
+        Mempolicy,
+        "NUMA memory policy (set_mempolicy)",
+        Default(Zero),
+    ),
+    row(Ldt, "local descriptor table (modify_ldt)", Default(Zero)),
+    row(
+        ThreadArea,
+        "GDT TLS entries (set_thread_area)",
+        Default(Zero),
+    ),
+    // ---- /proc/PID files ----
+    row(
+        File("oom_score_adj"),
+        "OOM score adjustment",
+        Saved("sched"),
+    ),
+    row(File("coredump_filter"), "core dump filter", Default(Ours)),
+    row(File("loginuid"), "audit login uid", Default(Ours)),
+    row(File("sessionid"), "audit session id", Default(Ours)),
+    row(
+        File("personality"),
+        "personality",
+        Saved("image: personality"),
+    ),
+    row(Root, "root directory (chroot)", Default(Ours)),
+    // ---- namespaces ----
+    row(Ns("mnt"), "mount namespace", Default(Ours)),
+    row(Ns("net"), "network namespace", Default(Ours)),
+    row(Ns("uts"), "UTS namespace", Default(Ours)),
+    row(Ns("ipc"), "IPC namespace", Default(Ours)),
+    row(Ns("user"), "user namespace", Default(Ours)),
+    row(Ns("cgroup"), "cgroup namespace", Default(Ours)),
+    row(Ns("time"), "time namespace", Default(Ours)),
+    row(
+        Ns("pid_for_children"),
+        "PID namespace of its children (unshare)",
+        Default(Ours),
+    ),
+    row(
+        Ns("time_for_children"),
+        "time namespace of its children (unshare)",
+        Default(Ours),
+    ),
+    // ---- VmFlags of every region ----
+    row(VmFlag("rd"), "readable", Saved("image: memory")),
+    row(VmFlag("wr"), "writable", Saved("image: memory")),
+    row(VmFlag("ex"), "executable", Saved("image: memory")),
+    row(VmFlag("sh"), "shared", Saved("image: memory")),
+    row(VmFlag("mr"), "may read", Info),
+    row(VmFlag("mw"), "may write", Info),
+    row(VmFlag("me"), "may execute", Info),
+    row(VmFlag("ms"), "may share", Saved("image: memory")),
+    row(VmFlag("gd"), "grows down", Saved("image: memory")),
+    row(VmFlag("pf"), "PFN map", Info), // refused by maps::classify
+    row(VmFlag("io"), "I/O map", Info), // refused by maps::classify
+    row(VmFlag("ht"), "hugetlb", Info), // refused by maps::classify
+    row(VmFlag("lo"), "locked (mlock)", Default(Zero)),
+    row(
+        VmFlag("lf"),
+        "locked on fault (mlock2 MLOCK_ONFAULT)",
+        Default(Zero),
+    ),
+    row(
+        VmFlag("sr"),
+        "sequential read advice (MADV_SEQUENTIAL)",
+        Default(Zero),
+    ),
+    row(
+        VmFlag("rr"),
+        "random read advice (MADV_RANDOM)",
+        Default(Zero),
+    ),
+    row(
+        VmFlag("dc"),
+        "not copied on fork (MADV_DONTFORK)",
+        Default(Zero),
+    ),
+    row(VmFlag("de"), "not expandable", Info), // the kernel's own mappings (vdso, vvar)
+    row(VmFlag("ac"), "accounted", Info),
+    row(VmFlag("nr"), "no swap reservation (MAP_NORESERVE)", Info),
+    row(VmFlag("sf"), "synchronous fault (MAP_SYNC)", Default(Zero)),
+    row(VmFlag("ar"), "architecture flag", Info),
+    row(
+        VmFlag("wf"),
+        "wiped on fork (MADV_WIPEONFORK)",
+        Default(Zero),
+    ),
+    row(
+        VmFlag("dd"),
+        "not in core dumps (MADV_DONTDUMP)",
+        Default(Zero),
+    ),
+    row(VmFlag("sd"), "soft-dirty", Info),
+    row(VmFlag("mm"), "mixed map", Info), // the kernel's own mappings
+    row(
+        VmFlag("hg"),
+        "huge page advice (MADV_HUGEPAGE)",
+        Default(Zero),
+    ),
+    row(
+        VmFlag("nh"),
+        "no huge page advice (MADV_NOHUGEPAGE)",
+        Default(Zero),
+    ),
+    row(
+        VmFlag("mg"),
+        "KSM mergeable (MADV_MERGEABLE)",
+        Default(Zero),
+    ),
+    row(VmFlag("um"), "userfaultfd missing", Default(Zero)),
+    row(VmFlag("uw"), "userfaultfd write-protect", Default(Zero)),
+    row(VmFlag("ui"), "userfaultfd minor", Default(Zero)),
+    row(VmFlag("ss"), "shadow stack", Default(Zero)),
+    row(VmFlag("sl"), "sealed (mseal)", Default(Zero)),
+    row(
+        VmFlag("gu"),
+        "guard regions (MADV_GUARD_INSTALL)",
+        Default(Zero),
+    ),
+    row(VmFlag("dp"), "droppable (MAP_DROPPABLE)", Default(Zero)),
+    row(VmFlag("bt"), "branch target identification", Default(Zero)),
+    row(VmFlag("mt"), "memory tagging", Default(Zero)),
+    row(VmFlag("nl"), "non-linear", Default(Zero)),
+    row(VmFlag("dw"), "deny write", Info),
+];
+
+fn refuse(pid: i32, what: String) -> TraceError {
+    TraceError::Unsupported { pid, what }
+}
+
+fn is_zero(v: &str) -> bool {
+    let v = v.trim();
+    let num = v.strip_suffix("kB").unwrap_or(v).trim();
+    num.is_empty()
+        || num == "none"
+        || num
+            .trim_start_matches("0x")
+            .chars()
+            .all(|c| c == '0' || c == ',')
+}
+
+fn default_holds(d: Def, value: &str, ours: impl FnOnce() -> Option<String>) -> bool {
+    match d {
+        Zero => is_zero(value),
+        Value(v) => value.trim() == v,
+        Ours => ours().is_some_and(|o| o.trim() == value.trim()),
+    }
+}
+
+/// The status fields of one status file, in order.
+fn status_fields(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect()
+}
+
+/// Refuse the process if any attribute of it or its threads is neither saved nor at its
+/// default. `threads` are frozen; the leader first.
+pub fn check(
+    pid: i32,
+    inj: &Injector,
+    threads: &mut [FrozenThread],
+    maps: &[MapEntry],
+) -> Result<()> {
+    let io_err = |what: String| move |e: io::Error| TraceError::io(pid, what, e);
+    let own_status = std::fs::read_to_string("/proc/thread-self/status")
+        .map_err(io_err("reading ckpt's own status".into()))?;
+    let own = status_fields(&own_status);
+    for t in threads.iter_mut() {
+        let tid = t.tid;
+        let who = if tid == pid {
+            String::new()
+        } else {
+            format!("thread {tid}: ")
+        };
+        let p = format!("/proc/{pid}/task/{tid}/status");
+        let text = std::fs::read_to_string(&p).map_err(io_err(format!("reading {p}")))?;
+        for (key, value) in status_fields(&text) {
+            let Some(r) = TABLE
+                .iter()
+                .find(|r| matches!(r.source, Status(k) if k == key))
+            else {
+                return Err(refuse(
+                    pid,
+                    format!("{who}the attribute `{key}` of {p} (a kernel feature this ckpt does not know)"),
+                ));
+            };
+            if let Default(d) = r.verdict {
+                let ours = || {
+                    own.iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| v.to_string())
+                };
+                if !default_holds(d, value, ours) {
+                    return Err(refuse(
+                        pid,
+                        format!("{who}{} set to `{key}: {value}`", r.what),
+                    ));
+                }
+            }
+        }
+        for r in TABLE {
+            let Default(d) = r.verdict else { continue };
+            let got: Option<String> = match r.source {
+                Prctl(op, arg) => {
+                    let v = inj.syscall(t, libc::SYS_prctl, [op, arg, 0, 0, 0, 0]);
+                    let v = v.map_err(io_err(format!("thread {tid}: prctl({op})")))?;
+                    // EINVAL: a kernel without this option, where it cannot be set either.
+                    (v != -(libc::EINVAL as i64)).then(|| v.to_string())
+                }
+                PrctlOut(op) => {
+                    let mut buf = [0u8; 4];
+                    let v = inj.syscall_with_buf(
+                        t,
+                        libc::SYS_prctl,
+                        |a| [op, a, 0, 0, 0, 0],
+                        &[],
+                        &mut buf,
+                    );
+                    let v = v.map_err(io_err(format!("thread {tid}: prctl({op})")))?;
+                    match v {
+                        0 => Some(i32::from_le_bytes(buf).to_string()),
+                        v if v == -(libc::EINVAL as i64) => None,
+                        v => Some(v.to_string()),
+                    }
+                }
+                ArchPrctl { code, out } => {
+                    let mut buf = [0u8; 8];
+                    let v = if out {
+                        inj.syscall_with_buf(
+                            t,
+                            libc::SYS_arch_prctl,
+                            |a| [code, a, 0, 0, 0, 0],
+                            &[],
+                            &mut buf,
+                        )
+                    } else {
+                        inj.syscall(t, libc::SYS_arch_prctl, [code, 0, 0, 0, 0, 0])
+                    };
+                    let v = v.map_err(io_err(format!("thread {tid}: arch_prctl({code:#x})")))?;
+                    match (v, out) {
+                        (v, _) if v == -(libc::EINVAL as i64) => None,
+                        (v, true) if v >= 0 => Some(u64::from_le_bytes(buf).to_string()),
+                        (v, _) => Some(v.to_string()),
+                    }
+                }
+                Mempolicy => {
+                    let mut mode = [0u8; 4];
+                    let v = inj.syscall_with_buf(
+                        t,
+                        libc::SYS_get_mempolicy,
+                        |a| [a, 0, 0, 0, 0, 0],
+                        &[],
+                        &mut mode,
+                    );
+                    let v = v.map_err(io_err(format!("thread {tid}: get_mempolicy")))?;
+                    // ENOSYS: a kernel without NUMA, where every policy is the default.
+                    (v == 0).then(|| i32::from_le_bytes(mode).to_string())
+                }
+                Ldt if tid == pid => {
+                    let mut b = [0u8; 16];
+                    let v = inj.syscall_with_buf(
+                        t,
+                        libc::SYS_modify_ldt,
+                        |a| [0, a, 16, 0, 0, 0],
+                        &[],
+                        &mut b,
+                    );
+                    let v = v.map_err(io_err("modify_ldt".into()))?;
+                    Some(v.max(0).to_string())
+                }
+                ThreadArea => Some(
+                    if crate::ptrace::thread_area_in_use(tid)
+                        .map_err(io_err(format!("thread {tid}: reading its TLS entries")))?
+                    {
+                        "in use".into()
+                    } else {
+                        "0".into()
+                    },
+                ),
+                _ => continue,
+            };
+            let Some(got) = got else { continue };
+            let ours = || own_value(r.source);
+            if !default_holds(d, &got, ours) {
+                return Err(refuse(pid, format!("{who}{} set to {got}", r.what)));
+            }
+        }
+    }
+    // The process as a whole.
+    for r in TABLE {
+        let Default(d) = r.verdict else { continue };
+        match r.source {
+            File(name) => {
+                let p = proc::path(pid, name);
+                let Ok(v) = std::fs::read_to_string(&p) else {
+                    continue; // a kernel without it (audit, CONFIG_...)
+                };
+                let ours = || std::fs::read_to_string(format!("/proc/self/{name}")).ok();
+                if !default_holds(d, &v, ours) {
+                    return Err(refuse(pid, format!("{} ({p}: {})", r.what, v.trim())));
+                }
+            }
+            Ns(name) => {
+                let theirs = ns_id(&proc::path(pid, &format!("ns/{name}")));
+                let mine = ns_id(&format!("/proc/self/ns/{name}"));
+                if theirs.is_some() && theirs != mine {
+                    return Err(refuse(
+                        pid,
+                        format!("a process in another {} than ckpt's", r.what),
+                    ));
+                }
+            }
+            Root => {
+                use std::os::unix::fs::MetadataExt;
+                let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+                let theirs = id(&proc::path(pid, "root"));
+                if theirs.is_some() && theirs != id("/proc/self/root") {
+                    let link = proc::link(pid, "root").unwrap_or_default();
+                    return Err(refuse(
+                        pid,
+                        format!("a {} other than ckpt's ({link})", r.what),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    // The kernel's own mappings carry flags it set itself (vvar and vdso are not dumped);
+    // a restore maps them the kernel's way.
+    let kernel_made = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
+    for m in maps
+        .iter()
+        .filter(|m| !kernel_made.contains(&m.name.as_str()))
+    {
+        for f in &m.flag_names {
+            let Some(r) = TABLE
+                .iter()
+                .find(|r| matches!(r.source, VmFlag(k) if k == f))
+            else {
+                return Err(refuse(
+                    pid,
+                    format!("the region {:#x}-{:#x} flag `{f}` (a kernel feature this ckpt does not know)", m.start, m.end),
+                ));
+            };
+            if let Default(_) = r.verdict {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "the region {:#x}-{:#x} ({}) {}",
+                        m.start,
+                        m.end,
+                        region_name(m),
+                        r.what
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn region_name(m: &MapEntry) -> &str {
+    if m.name.is_empty() {
+        "anonymous"
+    } else {
+        &m.name
+    }
+}
+
+/// The same getter run in ckpt itself.
+fn own_value(s: Source) -> Option<String> {
+    match s {
+        Prctl(op, arg) => {
+            // SAFETY: the getters in the table take integers and return an integer.
+            let v = unsafe { libc::prctl(op as i32, arg, 0u64, 0u64, 0u64) };
+            Some(if v < 0 {
+                (-io::Error::last_os_error().raw_os_error()? as i64).to_string()
+            } else {
+                v.to_string()
+            })
+        }
+        PrctlOut(op) => {
+            let mut v: libc::c_int = 0;
+            // SAFETY: the getter writes one int through the pointer to the local `v`.
+            let r = unsafe { libc::prctl(op as i32, &mut v as *mut libc::c_int, 0u64, 0u64, 0u64) };
+            Some(if r < 0 { r.to_string() } else { v.to_string() })
+        }
+        ArchPrctl { code, out } => {
+            let mut v: u64 = 0;
+            // SAFETY: arch_prctl writes one u64 through the pointer to the local `v`
+            // (the getters with `out`), or takes it as an unused integer.
+            let r = unsafe { libc::syscall(libc::SYS_arch_prctl, code, &mut v as *mut u64) };
+            Some(if out && r >= 0 {
+                v.to_string()
+            } else {
+                r.to_string()
+            })
+        }
+        _ => None,
+    }
+}
+
+fn ns_id(p: &str) -> Option<String> {
+    std::fs::read_link(p)
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_is_listed_once() {
+        for (i, r) in TABLE.iter().enumerate() {
+            assert!(
+                TABLE[i + 1..].iter().all(|o| o.source != r.source),
+                "{:?} twice",
+                r.source
+            );
+        }
+    }
+
+    #[test]
+    fn every_field_of_our_own_status_is_known() {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap();
+        for (k, _) in status_fields(&text) {
+            assert!(
+                TABLE
+                    .iter()
+                    .any(|r| matches!(r.source, Status(x) if x == k)),
+                "status field {k} is not in the audit table"
+            );
+        }
+    }
+
+    #[test]
+    fn zero_values() {
+        assert!(is_zero("0"));
+        assert!(is_zero("0 kB"));
+        assert!(is_zero("00000000,00000000"));
+        assert!(is_zero(""));
+        assert!(!is_zero("1"));
+        assert!(!is_zero("4 kB"));
+    }
+
+    #[test]
+    fn saved_groups_exist() {
+        for r in TABLE {
+            if let Saved(g) = r.verdict {
+                assert!(
+                    g.starts_with("image: ")
+                        || g.starts_with("fd: ")
+                        || crate::attr::GROUPS.iter().any(|x| x.name == g),
+                    "{:?} names group {g}, which does not exist",
+                    r.source
+                );
+            }
+        }
+    }
+}
