@@ -184,7 +184,7 @@ fn restore_refuses_future_format_version() {
     assert_eq!(&head[..8], b"CKPTIMG\0", "image magic");
     assert_eq!(
         u32::from_le_bytes(head[8..12].try_into().unwrap()),
-        2,
+        3,
         "image format version"
     );
     f.write_all_at(&999u32.to_le_bytes(), 8).unwrap();

@@ -91,7 +91,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 /// The manifest of `gen`, its inner part, as a JSON value.
 fn manifest(gen: &Path) -> serde_json::Value {
     let sealed = read_json(&gen.join("manifest.json"));
-    assert_eq!(sealed["format"], 2, "manifest format: {sealed}");
+    assert_eq!(sealed["format"], 3, "manifest format: {sealed}");
     sealed["manifest"].clone()
 }
 

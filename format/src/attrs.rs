@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 pub enum Attr {
     /// Scheduling of every thread and the process's OOM adjustment.
     Sched(Sched),
+    /// madvise state and memory locks of the regions that have any.
+    Memory(Vec<RegionAdvice>),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -50,4 +52,16 @@ pub struct Sched {
     pub threads: Vec<ThreadSched>,
     /// /proc/PID/oom_score_adj (per process).
     pub oom_score_adj: i32,
+}
+
+/// The advice and locking of one memory region, as its VmFlags show them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RegionAdvice {
+    pub start: u64,
+    pub end: u64,
+    /// MADV_* values to apply again (MADV_RANDOM, MADV_SEQUENTIAL, MADV_DONTFORK,
+    /// MADV_WIPEONFORK, MADV_DONTDUMP, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_MERGEABLE).
+    pub advice: Vec<i32>,
+    /// 0: not locked; 1: mlock; 2: mlock2(MLOCK_ONFAULT).
+    pub lock: u8,
 }

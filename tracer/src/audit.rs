@@ -149,7 +149,7 @@ pub static TABLE: &[Row] = &[
     row(Status("Kthread"), "kernel thread", Info), // kernel threads are refused at attach
     row(Status("VmPeak"), "peak virtual memory", Info),
     row(Status("VmSize"), "virtual memory size", Info),
-    row(Status("VmLck"), "locked memory (mlock)", Default(Zero)),
+    row(Status("VmLck"), "locked memory (mlock)", Saved("memory")),
     row(Status("VmPin"), "pinned memory", Default(Zero)),
     row(Status("VmHWM"), "peak resident memory", Info),
     row(Status("VmRSS"), "resident memory", Info),
@@ -396,26 +396,26 @@ pub static TABLE: &[Row] = &[
     row(VmFlag("pf"), "PFN map", Info), // refused by maps::classify
     row(VmFlag("io"), "I/O map", Info), // refused by maps::classify
     row(VmFlag("ht"), "hugetlb", Info), // refused by maps::classify
-    row(VmFlag("lo"), "locked (mlock)", Default(Zero)),
+    row(VmFlag("lo"), "locked (mlock)", Saved("memory")),
     row(
         VmFlag("lf"),
         "locked on fault (mlock2 MLOCK_ONFAULT)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(
         VmFlag("sr"),
         "sequential read advice (MADV_SEQUENTIAL)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(
         VmFlag("rr"),
         "random read advice (MADV_RANDOM)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(
         VmFlag("dc"),
         "not copied on fork (MADV_DONTFORK)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(VmFlag("de"), "not expandable", Info), // the kernel's own mappings (vdso, vvar)
     row(VmFlag("ac"), "accounted", Info),
@@ -425,29 +425,29 @@ pub static TABLE: &[Row] = &[
     row(
         VmFlag("wf"),
         "wiped on fork (MADV_WIPEONFORK)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(
         VmFlag("dd"),
         "not in core dumps (MADV_DONTDUMP)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(VmFlag("sd"), "soft-dirty", Info),
     row(VmFlag("mm"), "mixed map", Info), // the kernel's own mappings
     row(
         VmFlag("hg"),
         "huge page advice (MADV_HUGEPAGE)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(
         VmFlag("nh"),
         "no huge page advice (MADV_NOHUGEPAGE)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(
         VmFlag("mg"),
         "KSM mergeable (MADV_MERGEABLE)",
-        Default(Zero),
+        Saved("memory"),
     ),
     row(VmFlag("um"), "userfaultfd missing", Default(Zero)),
     row(VmFlag("uw"), "userfaultfd write-protect", Default(Zero)),
@@ -610,7 +610,7 @@ pub fn check(
                         &mut b,
                     );
                     let v = v.map_err(io_err("modify_ldt".into()))?;
-                    Some(v.max(0).to_string())
+                    Some(if v > 0 { "in use".into() } else { "0".into() })
                 }
                 ThreadArea => Some(
                     if crate::ptrace::thread_area_in_use(tid)
@@ -626,7 +626,12 @@ pub fn check(
             let Some(got) = got else { continue };
             let ours = || own_value(r.source);
             if !default_holds(d, &got, ours) {
-                return Err(refuse(pid, format!("{who}{} set to {got}", r.what)));
+                let how = if got == "in use" {
+                    "in use".to_string()
+                } else {
+                    format!("set to {got}")
+                };
+                return Err(refuse(pid, format!("{who}{} {how}", r.what)));
             }
         }
     }

@@ -948,6 +948,14 @@ impl MapEntry {
     pub fn has_flag(&self, f: VmFlags) -> bool {
         self.vmflags.contains(f)
     }
+    /// One of the kernel's own mappings (vdso, vvar, vsyscall), which carry flags the
+    /// kernel set itself and which a restore maps the kernel's way.
+    pub fn kernel_made(&self) -> bool {
+        matches!(
+            self.name.as_str(),
+            "[vvar]" | "[vvar_vclock]" | "[vdso]" | "[vsyscall]"
+        )
+    }
 }
 
 #[cfg(test)]

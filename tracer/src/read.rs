@@ -258,6 +258,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         pid,
         inj: &inj,
         threads: &mut f.threads,
+        maps: &entries,
     })?;
 
     let shared_pending =

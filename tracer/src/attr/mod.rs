@@ -5,7 +5,7 @@
 //! `ckpt info`. This module is the one dispatch they plug into: the table [`GROUPS`],
 //! in restore order. Adding a group means adding one file, its variant in
 //! `format/src/attrs.rs`, and one line in [`GROUPS`] — and pointing its rows of the audit
-//! table (`crate::audit`) at it.
+//! table (tracer/src/audit.rs) at it.
 //!
 //! Like `crate::fd`, the dispatch is a table of function pointers: the saved type is one
 //! enum owned by the format crate, so a group is a value that recognises its variant.
@@ -16,6 +16,7 @@ use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::state::Attr;
 
+pub mod memory;
 pub mod sched;
 
 /// The frozen process being dumped.
@@ -24,6 +25,8 @@ pub struct Dump<'a> {
     pub inj: &'a Injector,
     /// Every thread, the leader first.
     pub threads: &'a mut [FrozenThread],
+    /// Its regions, as /proc/PID/smaps showed them.
+    pub maps: &'a [crate::proc::MapEntry],
 }
 
 /// The restored process, complete but still stopped: every descriptor, timer and
@@ -50,7 +53,7 @@ pub struct Group {
 
 /// Every attribute group, in the order their restores run (credentials must come last:
 /// after them the restorer may no longer be allowed to change the others).
-pub static GROUPS: &[Group] = &[sched::GROUP];
+pub static GROUPS: &[Group] = &[memory::GROUP, sched::GROUP];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {

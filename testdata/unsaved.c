@@ -1,0 +1,63 @@
+/* A process with one attribute that ckpt does not save: the dump must refuse it,
+ * naming the attribute, and leave the process running unharmed.
+ *
+ * usage: unsaved tsc|ldt|mempolicy STOPFILE
+ *
+ *   tsc        prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc faults
+ *   ldt        an LDT entry (modify_ldt)
+ *   mempolicy  set_mempolicy(MPOL_PREFERRED, node 0)
+ *
+ * Prints "ready", then "tick N" every 20 ms until STOPFILE exists, then checks
+ * that the attribute is still set and prints "unsaved ok". */
+#include "common.h"
+#include <asm/ldt.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#define MPOL_PREFERRED 1
+
+static int get_tsc(void)
+{
+    int v = -1;
+    prctl(PR_GET_TSC, &v, 0, 0, 0);
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s tsc|ldt|mempolicy STOPFILE\n", argv[0]);
+        return 2;
+    }
+    const char *what = argv[1];
+    struct user_desc d = { .entry_number = 0, .base_addr = 0x1000, .limit = 0xff,
+                           .seg_32bit = 1, .useable = 1 };
+    if (strcmp(what, "tsc") == 0) {
+        CHECK(prctl(PR_SET_TSC, PR_TSC_SIGSEGV, 0, 0, 0) == 0, "PR_SET_TSC: %s", strerror(errno));
+    } else if (strcmp(what, "ldt") == 0) {
+        CHECK(syscall(SYS_modify_ldt, 1, &d, sizeof d) == 0, "modify_ldt: %s", strerror(errno));
+    } else if (strcmp(what, "mempolicy") == 0) {
+        unsigned long mask = 1;
+        CHECK(syscall(SYS_set_mempolicy, MPOL_PREFERRED, &mask, 64) == 0, "set_mempolicy: %s",
+              strerror(errno));
+    } else {
+        fail("unknown attribute %s", what);
+    }
+    say("ready");
+    for (int n = 0; access(argv[2], F_OK) != 0; n++) {
+        say("tick %d", n);
+        sleep_ms(20);
+    }
+    if (strcmp(what, "tsc") == 0) {
+        CHECK(get_tsc() == PR_TSC_SIGSEGV, "TSC mode %d", get_tsc());
+    } else if (strcmp(what, "ldt") == 0) {
+        char buf[16];
+        CHECK(syscall(SYS_modify_ldt, 0, buf, sizeof buf) > 0, "the LDT is gone");
+    } else if (strcmp(what, "mempolicy") == 0) {
+        int mode = -1;
+        CHECK(syscall(SYS_get_mempolicy, &mode, NULL, 0, NULL, 0) == 0 && mode == MPOL_PREFERRED,
+              "memory policy %d", mode);
+    }
+    say("unsaved ok");
+    return 0;
+}
