@@ -95,13 +95,16 @@ pub struct Shared {
     fifos: HashMap<u64, OwnedFd>,
     /// Unix sockets: stand-ins while descriptors are prepared, built by [`Shared::finish`].
     unix: super::unix::Sockets,
+    /// What the kind modules share (`ckpt_tracer::fd`, docs/FDKINDS.md).
+    kinds: ckpt_tracer::fd::Shared,
 }
 
 impl Shared {
     /// Once every process is prepared: build what spans processes (unix sockets and
     /// their connections) and put it in place of the stand-in sources.
     pub fn finish(&mut self) -> Result<()> {
-        self.unix.finish()
+        self.unix.finish()?;
+        Ok(ckpt_tracer::fd::finish(&mut self.kinds)?)
     }
 }
 
@@ -215,9 +218,10 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             | FdKind::Timerfd { .. }
             | FdKind::Signalfd { .. }
             | FdKind::Inotify { .. }
-            | FdKind::Epoll { .. } => ckpt_tracer::fd::restore(pid, fd).with_context(|| {
-                format!("no kind module restores fd {} of process {pid}", fd.fd)
-            })??,
+            | FdKind::Epoll { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
+                .with_context(|| {
+                    format!("no kind module restores fd {} of process {pid}", fd.fd)
+                })??,
             // A stand-in until every process is prepared (unix.rs).
             FdKind::UnixSocket { .. } => shared.unix.add(pid, fd)?,
         };

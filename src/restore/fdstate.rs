@@ -18,11 +18,7 @@ pub fn restore_fd_state(
 ) -> Result<()> {
     let pid = state.pid;
     // What kind modules do once the process exists (epoll's entries).
-    for fd in &state.fds {
-        if let Some(r) = ckpt_tracer::fd::late(inj, leader, pid, fd) {
-            r?;
-        }
-    }
+    ckpt_tracer::fd::late(inj, leader, state)?;
 
     // Seals of memfds, once per memfd (they come with the occurrence holding the data).
     let mut sealed = HashSet::new();

@@ -1,9 +1,7 @@
 //! Descriptor kinds beyond plain files and pipes, read from the outside while the process
 //! is frozen: memfds and regular files deleted after they were opened or mapped
 //! (content stored), and FIFOs. The `anon_inode:` kinds (eventfd, timerfd, signalfd,
-//! inotify, epoll) have their own modules in [`crate::fd`], which [`anon_fd`] dispatches to
-//! (docs/FDKINDS.md). The fdinfo lines of each kind are parsed in [`crate::proc`]
-//! (formats there).
+//! inotify, epoll) have their own modules in [`crate::fd`] (docs/FDKINDS.md).
 
 use crate::error::{Result, TraceError};
 use crate::identity::IdentityCache;
@@ -19,20 +17,6 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 pub const MAX_STORED_FILE: u64 = 256 << 20;
 
 const HUGETLBFS_MAGIC: i64 = 0x958458f6;
-
-/// Classify an `anon_inode:` descriptor; kinds not listed here are refused with
-/// [`TraceError::UnsupportedFd`].
-pub fn anon_fd(pid: i32, fd: i32, name: &str, info: &proc::FdInfo) -> Result<FdKind> {
-    // The kinds that have their own module (docs/FDKINDS.md).
-    if let Some(kind) = crate::fd::by_anon_name(name) {
-        return (kind.dump)(pid, fd, info);
-    }
-    Err(TraceError::UnsupportedFd {
-        pid,
-        fd,
-        kind: name.to_string(),
-    })
-}
 
 /// Whether the content of the unlinked file `(dev, ino)` is already in the image.
 fn first_time(ids: &mut IdentityCache, dev: u64, ino: u64) -> bool {

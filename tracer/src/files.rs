@@ -3,6 +3,7 @@
 //! [`crate::identity`].
 
 use crate::error::{Result, TraceError};
+use crate::fd::{Dump, Target};
 use crate::fdkinds::peek_pipe;
 pub use crate::identity::{elf_build_id, file_identity, IdentityCache};
 use crate::state::{Fd, FdKind};
@@ -52,7 +53,13 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
                 }
             }
             FdTarget::Socket(ino) => crate::unix::socket_fd(pid, fd, ino)?,
-            FdTarget::AnonInode(k) => crate::fdkinds::anon_fd(pid, fd, &k, &info)?,
+            FdTarget::AnonInode(k) => dump(&mut Dump {
+                pid,
+                fd,
+                target: Target::Anon(&k),
+                info: &info,
+                ids,
+            })?,
             FdTarget::Other(target)
                 if target.starts_with("/memfd:") || target.ends_with(" (deleted)") =>
             {
@@ -132,6 +139,26 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
     }
     crate::fdkinds::fifo_data(pid, &mut out)?;
     Ok(out)
+}
+
+/// The saved variant of a descriptor, from the kind that claims it; a descriptor no kind
+/// claims is refused with [`TraceError::UnsupportedFd`], naming what its link shows.
+fn dump(d: &mut Dump) -> Result<FdKind> {
+    if let Some(r) = crate::fd::dump(d) {
+        return r;
+    }
+    let kind = match d.target {
+        Target::Anon(name) => name.to_string(),
+        Target::Path(path, _) => format!("device or special file {path}"),
+        Target::Deleted(path) => path.to_string(),
+        Target::Pipe(ino) => format!("pipe:[{ino}]"),
+        Target::Socket(ino) => format!("socket:[{ino}]"),
+    };
+    Err(TraceError::UnsupportedFd {
+        pid: d.pid,
+        fd: d.fd,
+        kind,
+    })
 }
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
