@@ -159,19 +159,16 @@ fn fd_kind(k: &FdKind) -> String {
                 if *write_end { "write" } else { "read" }
             )
         }
-        FdKind::Unlinked { file, pos } if file.memfd => {
-            format!("memfd {} ({} bytes) @{pos}", file.name, file.size)
-        }
-        FdKind::Unlinked { file, pos } => {
-            format!("deleted file {} ({} bytes) @{pos}", file.name, file.size)
-        }
         FdKind::Fifo { path, .. } => format!("FIFO {path}"),
         // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
         FdKind::Eventfd { .. }
         | FdKind::Timerfd { .. }
         | FdKind::Signalfd { .. }
         | FdKind::Inotify { .. }
-        | FdKind::Epoll { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
+        | FdKind::Epoll { .. }
+        | FdKind::Unlinked { .. } => {
+            ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string())
+        }
         FdKind::UnixSocket {
             ino,
             sock_type,

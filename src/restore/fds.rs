@@ -3,7 +3,7 @@
 //! dup2()s to its target number before it execs the loader.
 
 use anyhow::{bail, Context, Result};
-use ckpt_format::state::{Fd, FdKind, UnlinkedFile, Vma, VmaKind};
+use ckpt_format::state::{Fd, FdKind, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -87,9 +87,6 @@ pub struct Shared {
     shared_anon: HashMap<u64, OwnedFd>,
     descs: HashMap<u32, OwnedFd>,
     pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
-    /// memfds and deleted files by saved (dev, ino): the new file, and whether its
-    /// content is in (it comes with one of its descriptors or mappings).
-    unlinked: HashMap<(u64, u64), (OwnedFd, bool)>,
     /// One O_RDWR descriptor per FIFO (by saved inode) while descriptors are prepared:
     /// opening either end then never blocks, and the data in flight has a writer.
     fifos: HashMap<u64, OwnedFd>,
@@ -182,23 +179,6 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
                 set_status_flags(&dup, fd.flags)?;
                 dup
             }
-            FdKind::Unlinked { file, pos } => {
-                let backing = unlinked_backing(&mut shared.unlinked, file, pid, fd.fd)?;
-                let f = open(
-                    &format!("/proc/self/fd/{backing}"),
-                    fd.flags,
-                    &format!("fd {} ({})", fd.fd, file.name),
-                )?;
-                // SAFETY: lseek on our own descriptor.
-                if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
-                    bail!(
-                        "seeking {} to {pos}: {}",
-                        file.name,
-                        std::io::Error::last_os_error()
-                    );
-                }
-                f
-            }
             FdKind::Fifo {
                 path,
                 ino,
@@ -218,7 +198,8 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             | FdKind::Timerfd { .. }
             | FdKind::Signalfd { .. }
             | FdKind::Inotify { .. }
-            | FdKind::Epoll { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
+            | FdKind::Epoll { .. }
+            | FdKind::Unlinked { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
                 .with_context(|| {
                     format!("no kind module restores fd {} of process {pid}", fd.fd)
                 })??,
@@ -321,7 +302,7 @@ pub fn map_fd_for(
             Ok(Some(fd))
         }
         VmaKind::Unlinked { file } => {
-            let backing = unlinked_backing(&mut shared.unlinked, file, 0, -1)?;
+            let backing = ckpt_tracer::fd::memfd::backing(&mut shared.kinds, file, 0, -1)?;
             let key = map_key(v).context("mapping key")?;
             if map_fds.contains_key(&key) {
                 return Ok(None);
@@ -331,7 +312,7 @@ pub fn map_fd_for(
             } else {
                 libc::O_RDONLY
             };
-            let f = open(
+            let f = ckpt_tracer::fd::open(
                 &format!("/proc/self/fd/{backing}"),
                 mode,
                 &format!("the mapping at {:#x}", v.start),
@@ -342,100 +323,6 @@ pub fn map_fd_for(
         }
         _ => Ok(None),
     }
-}
-
-const MFD_EXEC: libc::c_uint = 0x10;
-
-fn new_memfd(name: &str) -> Result<OwnedFd> {
-    let c = CString::new(name)?;
-    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // MFD_EXEC (Linux 6.3+) keeps the mode settable whatever vm.memfd_noexec says.
-    // SAFETY: memfd_create returns a descriptor we own.
-    let mut fd = unsafe { libc::memfd_create(c.as_ptr(), base | MFD_EXEC) };
-    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-        // SAFETY: `c` is a NUL-terminated CString alive for the call; memfd_create only
-        // reads the name and keeps no pointer to it.
-        fd = unsafe { libc::memfd_create(c.as_ptr(), base) };
-    }
-    cvt(fd, &format!("creating memfd {name}"))?;
-    // SAFETY: `fd` was just returned by a successful memfd_create (cvt rejected negatives):
-    // a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The new file standing for the saved memfd or deleted file `f` (created at its first
-/// occurrence); its content, size and mode are filled from the occurrence that carries
-/// them. Seals are added last, once the process exists (fdstate.rs).
-fn unlinked_backing(
-    map: &mut HashMap<(u64, u64), (OwnedFd, bool)>,
-    f: &UnlinkedFile,
-    pid: i32,
-    fdnum: RawFd,
-) -> Result<RawFd> {
-    use std::collections::hash_map::Entry;
-    let (fd, filled) = match map.entry((f.dev, f.ino)) {
-        Entry::Occupied(o) => o.into_mut(),
-        Entry::Vacant(v) => v.insert((new_unlinked(f, pid, fdnum)?, false)),
-    };
-    if let (Some(data), false) = (&f.data, *filled) {
-        let file = std::fs::File::from(fd.try_clone()?);
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(data, 0)
-            .with_context(|| format!("writing the content of {}", f.name))?;
-        file.set_len(f.size)
-            .with_context(|| format!("setting the size of {}", f.name))?;
-        cvt(
-            // SAFETY: fchmod(2) on `fd`, a descriptor this function holds open, with an
-            // integer mode; no pointer is involved.
-            unsafe { libc::fchmod(fd.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
-            &format!("setting the mode of {}", f.name),
-        )?;
-        *filled = true;
-    }
-    Ok(fd.as_raw_fd())
-}
-
-/// A new empty file for `f`: a memfd with the same name, or, for a deleted file, an
-/// O_TMPFILE file in its old directory (so it lives on the same filesystem, unnamed), or a
-/// memfd (with a warning) when that directory is gone or cannot hold one.
-fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> Result<OwnedFd> {
-    if f.memfd {
-        return new_memfd(&f.name);
-    }
-    let path = std::path::Path::new(&f.name);
-    let dir = path
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    let c = CString::new(dir.clone())?;
-    // SAFETY: open(2) with a valid C string.
-    let r = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            (f.mode & 0o7777) as libc::c_uint,
-        )
-    };
-    if r >= 0 {
-        // SAFETY: `r` was just returned by a successful open(O_TMPFILE) (checked >= 0): a
-        // fresh descriptor nothing else owns.
-        return Ok(unsafe { OwnedFd::from_raw_fd(r) });
-    }
-    let what = if fdnum >= 0 {
-        format!("process {pid} fd {fdnum}")
-    } else {
-        "a mapping".to_string()
-    };
-    eprintln!(
-        "ckpt: warning: {what}: deleted file {} restored as a memfd ({dir}: {})",
-        f.name,
-        std::io::Error::last_os_error()
-    );
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    new_memfd(&base)
 }
 
 /// A descriptor on the FIFO at `path` with `flags`. Opened non-blocking (an O_RDWR

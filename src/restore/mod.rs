@@ -4,7 +4,6 @@
 
 mod checks;
 mod fds;
-mod fdstate;
 mod finish;
 mod guard;
 pub mod plan;

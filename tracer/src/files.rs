@@ -63,7 +63,13 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
             FdTarget::Other(target)
                 if target.starts_with("/memfd:") || target.ends_with(" (deleted)") =>
             {
-                crate::fdkinds::unlinked_fd(pid, fd, &target, pos, ids)?
+                dump(&mut Dump {
+                    pid,
+                    fd,
+                    target: Target::Deleted(&target),
+                    info: &info,
+                    ids,
+                })?
             }
             FdTarget::Other(target) if target.starts_with('/') => {
                 let md = std::fs::metadata(&link_path)

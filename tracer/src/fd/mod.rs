@@ -32,9 +32,17 @@ use std::any::Any;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// Return a [`RestoreError`] with a formatted message (as `anyhow::bail!` did).
+macro_rules! bail {
+    ($($arg:tt)*) => {
+        return Err($crate::fd::RestoreError::msg(format!($($arg)*)))
+    };
+}
+
 pub mod epoll;
 pub mod eventfd;
 pub mod inotify;
+pub mod memfd;
 pub mod signalfd;
 pub mod timerfd;
 
@@ -87,6 +95,7 @@ pub static KINDS: &[Kind] = &[
     signalfd::KIND,
     inotify::KIND,
     epoll::KIND,
+    memfd::KIND,
 ];
 
 /// What the /proc link of a descriptor names, as `files.rs` classifies it.
