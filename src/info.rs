@@ -149,10 +149,6 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
 
 fn fd_kind(k: &FdKind) -> String {
     match k {
-        FdKind::File { id, pos } => format!("file {} @{}", id.path, pos),
-        FdKind::Dir { path } => format!("directory {path}"),
-        FdKind::CharDev { path, .. } => format!("device {path}"),
-        FdKind::Tty { path } => format!("terminal {path}"),
         FdKind::Pipe { ino, write_end, .. } => {
             format!(
                 "pipe:[{ino}] {} end",
@@ -166,9 +162,11 @@ fn fd_kind(k: &FdKind) -> String {
         | FdKind::Signalfd { .. }
         | FdKind::Inotify { .. }
         | FdKind::Epoll { .. }
-        | FdKind::Unlinked { .. } => {
-            ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string())
-        }
+        | FdKind::Unlinked { .. }
+        | FdKind::File { .. }
+        | FdKind::Dir { .. }
+        | FdKind::CharDev { .. }
+        | FdKind::Tty { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
         FdKind::UnixSocket {
             ino,
             sock_type,

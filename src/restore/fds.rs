@@ -129,24 +129,6 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             continue;
         }
         let src = match &fd.kind {
-            FdKind::File { id, pos } => {
-                let f = open(&id.path, fd.flags, &format!("fd {}", fd.fd))?;
-                // SAFETY: lseek on our own descriptor.
-                if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
-                    bail!(
-                        "seeking {} to {pos}: {}",
-                        id.path,
-                        std::io::Error::last_os_error()
-                    );
-                }
-                f
-            }
-            FdKind::Dir { path } => {
-                open(path, fd.flags | libc::O_DIRECTORY, &format!("fd {}", fd.fd))?
-            }
-            FdKind::CharDev { path, .. } | FdKind::Tty { path } => {
-                open(path, fd.flags, &format!("fd {}", fd.fd))?
-            }
             FdKind::Pipe {
                 ino,
                 write_end,
@@ -199,7 +181,11 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             | FdKind::Signalfd { .. }
             | FdKind::Inotify { .. }
             | FdKind::Epoll { .. }
-            | FdKind::Unlinked { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
+            | FdKind::Unlinked { .. }
+            | FdKind::File { .. }
+            | FdKind::Dir { .. }
+            | FdKind::CharDev { .. }
+            | FdKind::Tty { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
                 .with_context(|| {
                     format!("no kind module restores fd {} of process {pid}", fd.fd)
                 })??,

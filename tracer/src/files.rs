@@ -9,12 +9,6 @@ pub use crate::identity::{elf_build_id, file_identity, IdentityCache};
 use crate::state::{Fd, FdKind};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
-fn is_tty_rdev(rdev: u64) -> bool {
-    let major = libc::major(rdev);
-    matches!(major, 4 | 5 | 136..=143)
-}
 
 /// Read every descriptor of `pid` and classify it; unsupported kinds are an error that
 /// names the pid, fd and kind.
@@ -30,7 +24,7 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
             continue; // closed meanwhile
         };
         let info = crate::proc::fdinfo(pid, fd)?;
-        let (raw_flags, pos) = (info.flags, info.pos);
+        let raw_flags = info.flags;
         let cloexec = raw_flags & libc::O_CLOEXEC != 0;
         let flags = raw_flags & !libc::O_CLOEXEC;
         let unsupported = |kind: &str| TraceError::UnsupportedFd {
@@ -74,43 +68,22 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
             FdTarget::Other(target) if target.starts_with('/') => {
                 let md = std::fs::metadata(&link_path)
                     .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-                let ft = md.file_type();
                 use std::os::unix::fs::FileTypeExt;
-                if ft.is_file() {
-                    let id = file_identity(Path::new(&link_path), &target)
-                        .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-                    match ids.identity(&target) {
-                        Ok(cur) if cur.ino == id.ino && cur.dev == id.dev => {}
-                        _ => {
-                            return Err(unsupported(&format!(
-                                "file {target} that was replaced or renamed since it was opened"
-                            )))
-                        }
-                    }
-                    FdKind::File { id, pos }
-                } else if ft.is_dir() {
-                    FdKind::Dir { path: target }
-                } else if ft.is_char_device() && is_tty_rdev(md.rdev()) {
-                    FdKind::Tty { path: target }
-                } else if ft.is_char_device()
-                    && matches!(
-                        target.as_str(),
-                        "/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom"
-                    )
-                {
-                    FdKind::CharDev {
-                        path: target,
-                        rdev: md.rdev(),
-                    }
-                } else if ft.is_fifo() {
+                if md.file_type().is_fifo() {
                     crate::fdkinds::fifo_fd(&target, md.ino())
                 } else {
-                    return Err(unsupported(&format!("device or special file {target}")));
+                    dump(&mut Dump {
+                        pid,
+                        fd,
+                        target: Target::Path(&target, &md),
+                        info: &info,
+                        ids,
+                    })?
                 }
             }
             FdTarget::Other(target) => return Err(unsupported(&target)),
         };
-        let inherit = fd <= 2 && matches!(kind, FdKind::Tty { .. } | FdKind::Pipe { .. });
+        let inherit = fd <= 2 && matches!(kind, FdKind::Pipe { .. });
         out.push(Fd {
             fd,
             desc: 0,
@@ -144,6 +117,7 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
         }
     }
     crate::fdkinds::fifo_data(pid, &mut out)?;
+    crate::fd::dump_process(pid, &mut out)?;
     Ok(out)
 }
 

@@ -41,10 +41,12 @@ macro_rules! bail {
 
 pub mod epoll;
 pub mod eventfd;
+pub mod file;
 pub mod inotify;
 pub mod memfd;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tty;
 
 /// What one descriptor kind provides.
 pub struct Kind {
@@ -96,6 +98,8 @@ pub static KINDS: &[Kind] = &[
     inotify::KIND,
     epoll::KIND,
     memfd::KIND,
+    file::KIND,
+    tty::KIND,
 ];
 
 /// What the /proc link of a descriptor names, as `files.rs` classifies it.
@@ -416,11 +420,21 @@ mod tests {
     }
 
     #[test]
-    fn other_kinds_fall_through() {
+    fn a_directory_comes_back_by_path() {
         let dir = FdKind::Dir { path: "/".into() };
+        assert_eq!(describe(&dir).unwrap(), "directory /");
         let mut shared = Shared::default();
-        assert!(restore(1, &saved(dir.clone(), 0), &mut shared).is_none());
-        assert!(describe(&dir).is_none());
+        let d = restore(1, &saved(dir, libc::O_RDONLY), &mut shared)
+            .unwrap()
+            .unwrap();
+        assert!(std::fs::File::from(d).metadata().unwrap().is_dir());
+        let gone = FdKind::Dir {
+            path: "/nonexistent-ckpt-dir".into(),
+        };
+        let e = restore(1, &saved(gone, libc::O_RDONLY), &mut shared)
+            .unwrap()
+            .unwrap_err();
+        assert!(format!("{e:#}").starts_with("reopening /nonexistent-ckpt-dir for fd 7: "));
     }
 
     #[test]
