@@ -149,13 +149,6 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
 
 fn fd_kind(k: &FdKind) -> String {
     match k {
-        FdKind::Pipe { ino, write_end, .. } => {
-            format!(
-                "pipe:[{ino}] {} end",
-                if *write_end { "write" } else { "read" }
-            )
-        }
-        FdKind::Fifo { path, .. } => format!("FIFO {path}"),
         // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
         FdKind::Eventfd { .. }
         | FdKind::Timerfd { .. }
@@ -166,7 +159,9 @@ fn fd_kind(k: &FdKind) -> String {
         | FdKind::File { .. }
         | FdKind::Dir { .. }
         | FdKind::CharDev { .. }
-        | FdKind::Tty { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
+        | FdKind::Tty { .. }
+        | FdKind::Pipe { .. }
+        | FdKind::Fifo { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
         FdKind::UnixSocket {
             ino,
             sock_type,

@@ -2,7 +2,7 @@
 //! descriptor in the restorer (numbered above all target fds), which the child then
 //! dup2()s to its target number before it execs the loader.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ckpt_format::state::{Fd, FdKind, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -17,79 +17,15 @@ pub struct Install {
     pub src: Option<OwnedFd>,
 }
 
-fn open(path: &str, flags: i32, what: &str) -> Result<OwnedFd> {
-    let c = CString::new(path)?;
-    let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) | libc::O_CLOEXEC;
-    // SAFETY: open(2) with a valid C string.
-    let fd = unsafe { libc::open(c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reopening {path} for {what}"));
-    }
-    // SAFETY: `fd` was just returned by a successful open(2) (checked >= 0 above): a fresh
-    // descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut p = [0; 2];
-    cvt(
-        // SAFETY: pipe2(2) writes exactly two c_ints into `p`, a local `[c_int; 2]` that
-        // outlives the call.
-        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-        "creating a pipe",
-    )?;
-    // SAFETY: pipe2 succeeded (cvt returned Ok), so `p[0]` and `p[1]` are two fresh
-    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
-}
-
-fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
-    if data.len() > 65536 {
-        // SAFETY: fcntl on our own pipe.
-        unsafe {
-            libc::fcntl(
-                fd.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                data.len() as libc::c_int,
-            )
-        };
-    }
-    let mut done = 0;
-    while done < data.len() {
-        // SAFETY: write from a live slice.
-        let n = unsafe {
-            libc::write(
-                fd.as_raw_fd(),
-                data[done..].as_ptr().cast(),
-                data.len() - done,
-            )
-        };
-        if n <= 0 {
-            bail!("refilling a pipe: {}", std::io::Error::last_os_error());
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-pub(super) fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
-    Ok(ckpt_tracer::fd::set_status_flags(fd, flags)?)
-}
-
 /// What the descriptors of all processes of a tree share: one source per open file
-/// description, one new pipe per saved pipe. Dropped once every process is prepared,
-/// which closes the pipe ends nobody uses (a lone read end then sees EOF and a lone
-/// write end EPIPE, as with a peer that is gone).
+/// description, and what the kind modules share (one new pipe per saved pipe...).
+/// Dropped once every process is prepared, which closes the pipe ends nobody uses (a
+/// lone read end then sees EOF and a lone write end EPIPE, as with a peer that is gone).
 #[derive(Default)]
 pub struct Shared {
     /// One memfd per shared anonymous memory object, by its saved inode.
     shared_anon: HashMap<u64, OwnedFd>,
     descs: HashMap<u32, OwnedFd>,
-    pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
-    /// One O_RDWR descriptor per FIFO (by saved inode) while descriptors are prepared:
-    /// opening either end then never blocks, and the data in flight has a writer.
-    fifos: HashMap<u64, OwnedFd>,
     /// Unix sockets: stand-ins while descriptors are prepared, built by [`Shared::finish`].
     unix: super::unix::Sockets,
     /// What the kind modules share (`ckpt_tracer::fd`, docs/FDKINDS.md).
@@ -108,10 +44,9 @@ impl Shared {
 /// Open (or create) a source for every saved descriptor of process `pid`. `min` is the
 /// lowest number sources may use. Descriptors with the same description id (in this
 /// process or one prepared earlier with the same `shared`) get the same description.
-/// Warnings are printed for pipes that led outside the checkpoint.
+/// The kind modules print warnings for pipes that led outside the checkpoint.
 pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<Vec<Install>> {
     let mut out = Vec::new();
-    let pipes = &mut shared.pipes;
     for fd in fds {
         if fd.inherit {
             out.push(Install {
@@ -129,52 +64,6 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             continue;
         }
         let src = match &fd.kind {
-            FdKind::Pipe {
-                ino,
-                write_end,
-                peer_in_process,
-                data,
-            } => {
-                let ends = match pipes.get_mut(ino) {
-                    Some(e) => e,
-                    None => {
-                        let (r, w) = pipe()?;
-                        pipes.insert(*ino, (Some(r), Some(w)));
-                        pipes.get_mut(ino).unwrap()
-                    }
-                };
-                if !data.is_empty() {
-                    write_all(ends.1.as_ref().context("pipe write end")?, data)?;
-                }
-                if !peer_in_process {
-                    eprintln!(
-                        "ckpt: warning: process {pid} fd {} was a pipe leading outside the checkpoint; restored with its peer closed",
-                        fd.fd
-                    );
-                }
-                let end = if *write_end { &ends.1 } else { &ends.0 };
-                let dup = end
-                    .as_ref()
-                    .context("pipe end")?
-                    .try_clone()
-                    .context("duplicating a pipe end")?;
-                set_status_flags(&dup, fd.flags)?;
-                dup
-            }
-            FdKind::Fifo {
-                path,
-                ino,
-                peer_in_process,
-                data,
-            } => {
-                if !peer_in_process {
-                    eprintln!(
-                        "ckpt: warning: process {pid} fd {} was a FIFO ({path}) with a peer outside the checkpoint; restored with that peer closed",
-                        fd.fd
-                    );
-                }
-                fifo(&mut shared.fifos, path, *ino, data, fd.flags)?
-            }
             // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
             FdKind::Eventfd { .. }
             | FdKind::Timerfd { .. }
@@ -185,7 +74,9 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             | FdKind::File { .. }
             | FdKind::Dir { .. }
             | FdKind::CharDev { .. }
-            | FdKind::Tty { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
+            | FdKind::Tty { .. }
+            | FdKind::Pipe { .. }
+            | FdKind::Fifo { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
                 .with_context(|| {
                     format!("no kind module restores fd {} of process {pid}", fd.fd)
                 })??,
@@ -309,45 +200,6 @@ pub fn map_fd_for(
         }
         _ => Ok(None),
     }
-}
-
-/// A descriptor on the FIFO at `path` with `flags`. Opened non-blocking (an O_RDWR
-/// descriptor of ours is held open meanwhile, so neither end waits for a peer), then
-/// given its saved flags. The data in flight is written through our descriptor.
-fn fifo(
-    keepers: &mut HashMap<u64, OwnedFd>,
-    path: &str,
-    ino: u64,
-    data: &[u8],
-    flags: i32,
-) -> Result<OwnedFd> {
-    if let std::collections::hash_map::Entry::Vacant(v) = keepers.entry(ino) {
-        let k = open(path, libc::O_RDWR | libc::O_NONBLOCK, "a FIFO")?;
-        // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
-        // value, and fstat overwrites it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        cvt(
-            // SAFETY: fstat(2) writes one `struct stat` into `st`, a local of exactly that
-            // type; `k` is the descriptor just opened and owned here.
-            unsafe { libc::fstat(k.as_raw_fd(), &mut st) },
-            "stat of a FIFO",
-        )?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
-            bail!("{path} is no longer a FIFO; restore needs the named pipe the process had open");
-        }
-        v.insert(k);
-    }
-    let keeper = &keepers[&ino];
-    if !data.is_empty() {
-        write_all(keeper, data).with_context(|| format!("refilling FIFO {path}"))?;
-    }
-    let f = open(
-        &format!("/proc/self/fd/{}", keeper.as_raw_fd()),
-        flags | libc::O_NONBLOCK,
-        &format!("FIFO {path}"),
-    )?;
-    set_status_flags(&f, flags)?;
-    Ok(f)
 }
 
 /// A new memfd, read-write, close-on-exec.

@@ -4,20 +4,17 @@
 
 use crate::error::{Result, TraceError};
 use crate::fd::{Dump, Target};
-use crate::fdkinds::peek_pipe;
 pub use crate::identity::{elf_build_id, file_identity, IdentityCache};
 use crate::state::{Fd, FdKind};
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
 
-/// Read every descriptor of `pid` and classify it; unsupported kinds are an error that
-/// names the pid, fd and kind.
+/// Read every descriptor of `pid` and classify it by what its link names; the kind that
+/// claims it dumps it (crate::fd, docs/FDKINDS.md), then the kinds' passes over the
+/// whole process. Unsupported kinds are an error that names the pid, fd and kind.
 pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
     use crate::proc::FdTarget;
     let nums =
         crate::proc::fd_numbers(pid).map_err(|e| TraceError::io(pid, "listing descriptors", e))?;
     let mut out = Vec::new();
-    let mut pipe_ends: HashMap<u64, Vec<(usize, bool)>> = HashMap::new();
     for fd in nums {
         let link_path = crate::proc::path(pid, &format!("fd/{fd}"));
         let Some(target) = crate::proc::fd_target(pid, fd)? else {
@@ -27,96 +24,48 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
         let raw_flags = info.flags;
         let cloexec = raw_flags & libc::O_CLOEXEC != 0;
         let flags = raw_flags & !libc::O_CLOEXEC;
-        let unsupported = |kind: &str| TraceError::UnsupportedFd {
-            pid,
-            fd,
-            kind: kind.to_string(),
+        let md;
+        let target = match &target {
+            FdTarget::Pipe(ino) => Target::Pipe(*ino),
+            FdTarget::Socket(ino) => Target::Socket(*ino),
+            FdTarget::AnonInode(name) => Target::Anon(name),
+            FdTarget::Other(path)
+                if path.starts_with("/memfd:") || path.ends_with(" (deleted)") =>
+            {
+                Target::Deleted(path)
+            }
+            FdTarget::Other(path) if path.starts_with('/') => {
+                md = std::fs::metadata(&link_path)
+                    .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
+                Target::Path(path, &md)
+            }
+            FdTarget::Other(other) => {
+                return Err(TraceError::UnsupportedFd {
+                    pid,
+                    fd,
+                    kind: other.clone(),
+                })
+            }
         };
         let kind = match target {
-            FdTarget::Pipe(ino) => {
-                let write_end = flags & libc::O_ACCMODE == libc::O_WRONLY;
-                pipe_ends
-                    .entry(ino)
-                    .or_default()
-                    .push((out.len(), write_end));
-                FdKind::Pipe {
-                    ino,
-                    write_end,
-                    peer_in_process: false,
-                    data: Vec::new(),
-                }
-            }
-            FdTarget::Socket(ino) => crate::unix::socket_fd(pid, fd, ino)?,
-            FdTarget::AnonInode(k) => dump(&mut Dump {
+            Target::Socket(ino) => crate::unix::socket_fd(pid, fd, ino)?,
+            target => dump(&mut Dump {
                 pid,
                 fd,
-                target: Target::Anon(&k),
+                target,
                 info: &info,
                 ids,
             })?,
-            FdTarget::Other(target)
-                if target.starts_with("/memfd:") || target.ends_with(" (deleted)") =>
-            {
-                dump(&mut Dump {
-                    pid,
-                    fd,
-                    target: Target::Deleted(&target),
-                    info: &info,
-                    ids,
-                })?
-            }
-            FdTarget::Other(target) if target.starts_with('/') => {
-                let md = std::fs::metadata(&link_path)
-                    .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-                use std::os::unix::fs::FileTypeExt;
-                if md.file_type().is_fifo() {
-                    crate::fdkinds::fifo_fd(&target, md.ino())
-                } else {
-                    dump(&mut Dump {
-                        pid,
-                        fd,
-                        target: Target::Path(&target, &md),
-                        info: &info,
-                        ids,
-                    })?
-                }
-            }
-            FdTarget::Other(target) => return Err(unsupported(&target)),
         };
-        let inherit = fd <= 2 && matches!(kind, FdKind::Pipe { .. });
         out.push(Fd {
             fd,
             desc: 0,
             flags,
             cloexec,
-            inherit,
+            inherit: false,
             kind,
         });
     }
-    // Pipes: both ends inside the process, or leading outside.
-    for ends in pipe_ends.values() {
-        let has_read = ends.iter().any(|e| !e.1);
-        let has_write = ends.iter().any(|e| e.1);
-        let mut data_taken = false;
-        for &(i, write_end) in ends {
-            let fdnum = out[i].fd;
-            let inherit = out[i].inherit;
-            if let FdKind::Pipe {
-                peer_in_process,
-                data,
-                ..
-            } = &mut out[i].kind
-            {
-                *peer_in_process = has_read && has_write;
-                if !write_end && !data_taken && !inherit {
-                    *data = peek_pipe(pid, fdnum)
-                        .map_err(|e| TraceError::io(pid, format!("reading pipe fd {fdnum}"), e))?;
-                    data_taken = true;
-                }
-            }
-        }
-    }
-    crate::fdkinds::fifo_data(pid, &mut out)?;
     crate::fd::dump_process(pid, &mut out)?;
     Ok(out)
 }

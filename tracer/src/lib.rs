@@ -11,7 +11,6 @@
 
 pub mod error;
 pub mod fd;
-pub mod fdkinds;
 pub mod files;
 pub mod freeze;
 pub mod identity;

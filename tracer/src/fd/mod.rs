@@ -41,9 +41,11 @@ macro_rules! bail {
 
 pub mod epoll;
 pub mod eventfd;
+pub mod fifo;
 pub mod file;
 pub mod inotify;
 pub mod memfd;
+pub mod pipe;
 pub mod signalfd;
 pub mod timerfd;
 pub mod tty;
@@ -100,6 +102,8 @@ pub static KINDS: &[Kind] = &[
     memfd::KIND,
     file::KIND,
     tty::KIND,
+    pipe::KIND,
+    fifo::KIND,
 ];
 
 /// What the /proc link of a descriptor names, as `files.rs` classifies it.
