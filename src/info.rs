@@ -147,41 +147,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// One module per kind describes it (ckpt_tracer::fd, docs/FDKINDS.md).
 fn fd_kind(k: &FdKind) -> String {
-    match k {
-        // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
-        FdKind::Eventfd { .. }
-        | FdKind::Timerfd { .. }
-        | FdKind::Signalfd { .. }
-        | FdKind::Inotify { .. }
-        | FdKind::Epoll { .. }
-        | FdKind::Unlinked { .. }
-        | FdKind::File { .. }
-        | FdKind::Dir { .. }
-        | FdKind::CharDev { .. }
-        | FdKind::Tty { .. }
-        | FdKind::Pipe { .. }
-        | FdKind::Fifo { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
-        FdKind::UnixSocket {
-            ino,
-            sock_type,
-            name,
-            queue,
-            ..
-        } => format!(
-            "unix socket:[{ino}] {} {}, {} bytes queued",
-            match sock_type {
-                1 => "stream",
-                2 => "dgram",
-                5 => "seqpacket",
-                _ => "?",
-            },
-            if name.is_empty() {
-                "unnamed".to_string()
-            } else {
-                String::from_utf8_lossy(name).replace('\0', "@")
-            },
-            queue.iter().map(Vec::len).sum::<usize>()
-        ),
-    }
+    ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string())
 }

@@ -3,7 +3,7 @@
 //! dup2()s to its target number before it execs the loader.
 
 use anyhow::{Context, Result};
-use ckpt_format::state::{Fd, FdKind, Vma, VmaKind};
+use ckpt_format::state::{Fd, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,17 +26,15 @@ pub struct Shared {
     /// One memfd per shared anonymous memory object, by its saved inode.
     shared_anon: HashMap<u64, OwnedFd>,
     descs: HashMap<u32, OwnedFd>,
-    /// Unix sockets: stand-ins while descriptors are prepared, built by [`Shared::finish`].
-    unix: super::unix::Sockets,
     /// What the kind modules share (`ckpt_tracer::fd`, docs/FDKINDS.md).
     kinds: ckpt_tracer::fd::Shared,
 }
 
 impl Shared {
     /// Once every process is prepared: build what spans processes (unix sockets and
-    /// their connections) and put it in place of the stand-in sources.
+    /// their connections, ckpt_tracer::fd::unix) and put it in place of the stand-in
+    /// sources.
     pub fn finish(&mut self) -> Result<()> {
-        self.unix.finish()?;
         Ok(ckpt_tracer::fd::finish(&mut self.kinds)?)
     }
 }
@@ -63,26 +61,10 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             });
             continue;
         }
-        let src = match &fd.kind {
-            // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
-            FdKind::Eventfd { .. }
-            | FdKind::Timerfd { .. }
-            | FdKind::Signalfd { .. }
-            | FdKind::Inotify { .. }
-            | FdKind::Epoll { .. }
-            | FdKind::Unlinked { .. }
-            | FdKind::File { .. }
-            | FdKind::Dir { .. }
-            | FdKind::CharDev { .. }
-            | FdKind::Tty { .. }
-            | FdKind::Pipe { .. }
-            | FdKind::Fifo { .. } => ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
-                .with_context(|| {
-                    format!("no kind module restores fd {} of process {pid}", fd.fd)
-                })??,
-            // A stand-in until every process is prepared (unix.rs).
-            FdKind::UnixSocket { .. } => shared.unix.add(pid, fd)?,
-        };
+        // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md); a unix socket is a
+        // stand-in until every process is prepared.
+        let src = ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
+            .with_context(|| format!("no kind module restores fd {} of process {pid}", fd.fd))??;
         let src = above(src, min)?;
         shared.descs.insert(
             fd.desc,

@@ -10,7 +10,6 @@ pub mod plan;
 mod spawn;
 mod sys;
 mod timers;
-mod unix;
 
 use crate::generation;
 use crate::image::Image;

@@ -47,16 +47,13 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
                 })
             }
         };
-        let kind = match target {
-            Target::Socket(ino) => crate::unix::socket_fd(pid, fd, ino)?,
-            target => dump(&mut Dump {
-                pid,
-                fd,
-                target,
-                info: &info,
-                ids,
-            })?,
-        };
+        let kind = dump(&mut Dump {
+            pid,
+            fd,
+            target,
+            info: &info,
+            ids,
+        })?;
         out.push(Fd {
             fd,
             desc: 0,

@@ -24,7 +24,6 @@ pub mod snapshot;
 pub mod state;
 pub mod timers;
 pub mod tree;
-pub mod unix;
 
 pub use error::{Result, TraceError};
 pub use freeze::Frozen;

@@ -227,10 +227,9 @@ pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
             fd.desc = ids[&(pi, fi)];
         }
     }
-    // What spans processes, kind by kind (pipe ends in the tree, data kept once).
-    crate::fd::dump_tree(procs)?;
-    // Unix sockets: peers inside the tree or not, queues kept once.
-    crate::unix::link(procs)
+    // What spans processes, kind by kind: pipe ends and socket peers inside the tree
+    // or not, data in flight and queues kept once.
+    crate::fd::dump_tree(procs)
 }
 
 /// Pages of a shared anonymous memory object are stored once for the whole checkpoint:

@@ -49,6 +49,7 @@ pub mod pipe;
 pub mod signalfd;
 pub mod timerfd;
 pub mod tty;
+pub mod unix;
 
 /// What one descriptor kind provides.
 pub struct Kind {
@@ -104,6 +105,7 @@ pub static KINDS: &[Kind] = &[
     tty::KIND,
     pipe::KIND,
     fifo::KIND,
+    unix::KIND,
 ];
 
 /// What the /proc link of a descriptor names, as `files.rs` classifies it.
