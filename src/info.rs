@@ -147,51 +147,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// One module per kind describes it (ckpt_tracer::fd, docs/FDKINDS.md).
 fn fd_kind(k: &FdKind) -> String {
-    match k {
-        FdKind::File { id, pos } => format!("file {} @{}", id.path, pos),
-        FdKind::Dir { path } => format!("directory {path}"),
-        FdKind::CharDev { path, .. } => format!("device {path}"),
-        FdKind::Tty { path } => format!("terminal {path}"),
-        FdKind::Pipe { ino, write_end, .. } => {
-            format!(
-                "pipe:[{ino}] {} end",
-                if *write_end { "write" } else { "read" }
-            )
-        }
-        FdKind::Unlinked { file, pos } if file.memfd => {
-            format!("memfd {} ({} bytes) @{pos}", file.name, file.size)
-        }
-        FdKind::Unlinked { file, pos } => {
-            format!("deleted file {} ({} bytes) @{pos}", file.name, file.size)
-        }
-        FdKind::Fifo { path, .. } => format!("FIFO {path}"),
-        // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
-        FdKind::Eventfd { .. }
-        | FdKind::Timerfd { .. }
-        | FdKind::Signalfd { .. }
-        | FdKind::Inotify { .. }
-        | FdKind::Epoll { .. } => ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string()),
-        FdKind::UnixSocket {
-            ino,
-            sock_type,
-            name,
-            queue,
-            ..
-        } => format!(
-            "unix socket:[{ino}] {} {}, {} bytes queued",
-            match sock_type {
-                1 => "stream",
-                2 => "dgram",
-                5 => "seqpacket",
-                _ => "?",
-            },
-            if name.is_empty() {
-                "unnamed".to_string()
-            } else {
-                String::from_utf8_lossy(name).replace('\0', "@")
-            },
-            queue.iter().map(Vec::len).sum::<usize>()
-        ),
-    }
+    ckpt_tracer::fd::describe(k).unwrap_or_else(|| "?".to_string())
 }

@@ -24,21 +24,30 @@ fn references(path: &Path) -> BTreeSet<String> {
     out
 }
 
+/// The `crate::NAME` references of every source file under `dir`, at any depth.
+fn references_under(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for f in fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.is_dir() {
+            out.extend(references_under(&f));
+        } else if f.extension().is_some_and(|x| x == "rs") {
+            out.extend(references(&f));
+        }
+    }
+    out
+}
+
 /// Module name -> the modules it refers to, for the crate rooted at `dir` (the root
-/// file `root` itself is not a module here). A subdirectory is one module.
+/// file `root` itself is not a module here). A subdirectory is one module, with every
+/// file below it (`tracer/src/fd/unix/` is part of `fd`).
 fn graph(dir: &Path, root: &str) -> BTreeMap<String, BTreeSet<String>> {
     let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         let name = p.file_stem().unwrap().to_string_lossy().to_string();
         if p.is_dir() {
-            let refs = g.entry(name).or_default();
-            for f in fs::read_dir(&p).unwrap() {
-                let f = f.unwrap().path();
-                if f.extension().is_some_and(|x| x == "rs") {
-                    refs.extend(references(&f));
-                }
-            }
+            g.entry(name).or_default().extend(references_under(&p));
         } else if p.extension().is_some_and(|x| x == "rs") && name != root {
             let refs = references(&p);
             g.entry(name).or_default().extend(refs);

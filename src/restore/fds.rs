@@ -2,8 +2,8 @@
 //! descriptor in the restorer (numbered above all target fds), which the child then
 //! dup2()s to its target number before it execs the loader.
 
-use anyhow::{bail, Context, Result};
-use ckpt_format::state::{Fd, FdKind, UnlinkedFile, Vma, VmaKind};
+use anyhow::{Context, Result};
+use ckpt_format::state::{Fd, Vma, VmaKind};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -17,101 +17,34 @@ pub struct Install {
     pub src: Option<OwnedFd>,
 }
 
-fn open(path: &str, flags: i32, what: &str) -> Result<OwnedFd> {
-    let c = CString::new(path)?;
-    let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) | libc::O_CLOEXEC;
-    // SAFETY: open(2) with a valid C string.
-    let fd = unsafe { libc::open(c.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("reopening {path} for {what}"));
-    }
-    // SAFETY: `fd` was just returned by a successful open(2) (checked >= 0 above): a fresh
-    // descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut p = [0; 2];
-    cvt(
-        // SAFETY: pipe2(2) writes exactly two c_ints into `p`, a local `[c_int; 2]` that
-        // outlives the call.
-        unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) },
-        "creating a pipe",
-    )?;
-    // SAFETY: pipe2 succeeded (cvt returned Ok), so `p[0]` and `p[1]` are two fresh
-    // descriptors that nothing else owns; each OwnedFd takes sole ownership of one.
-    Ok(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
-}
-
-fn write_all(fd: &OwnedFd, data: &[u8]) -> Result<()> {
-    if data.len() > 65536 {
-        // SAFETY: fcntl on our own pipe.
-        unsafe {
-            libc::fcntl(
-                fd.as_raw_fd(),
-                libc::F_SETPIPE_SZ,
-                data.len() as libc::c_int,
-            )
-        };
-    }
-    let mut done = 0;
-    while done < data.len() {
-        // SAFETY: write from a live slice.
-        let n = unsafe {
-            libc::write(
-                fd.as_raw_fd(),
-                data[done..].as_ptr().cast(),
-                data.len() - done,
-            )
-        };
-        if n <= 0 {
-            bail!("refilling a pipe: {}", std::io::Error::last_os_error());
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
-pub(super) fn set_status_flags(fd: &OwnedFd, flags: i32) -> Result<()> {
-    Ok(ckpt_tracer::fd::set_status_flags(fd, flags)?)
-}
-
 /// What the descriptors of all processes of a tree share: one source per open file
-/// description, one new pipe per saved pipe. Dropped once every process is prepared,
-/// which closes the pipe ends nobody uses (a lone read end then sees EOF and a lone
-/// write end EPIPE, as with a peer that is gone).
+/// description, and what the kind modules share (one new pipe per saved pipe...).
+/// Dropped once every process is prepared, which closes the pipe ends nobody uses (a
+/// lone read end then sees EOF and a lone write end EPIPE, as with a peer that is gone).
 #[derive(Default)]
 pub struct Shared {
     /// One memfd per shared anonymous memory object, by its saved inode.
     shared_anon: HashMap<u64, OwnedFd>,
     descs: HashMap<u32, OwnedFd>,
-    pipes: HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>,
-    /// memfds and deleted files by saved (dev, ino): the new file, and whether its
-    /// content is in (it comes with one of its descriptors or mappings).
-    unlinked: HashMap<(u64, u64), (OwnedFd, bool)>,
-    /// One O_RDWR descriptor per FIFO (by saved inode) while descriptors are prepared:
-    /// opening either end then never blocks, and the data in flight has a writer.
-    fifos: HashMap<u64, OwnedFd>,
-    /// Unix sockets: stand-ins while descriptors are prepared, built by [`Shared::finish`].
-    unix: super::unix::Sockets,
+    /// What the kind modules share (`ckpt_tracer::fd`, docs/FDKINDS.md).
+    kinds: ckpt_tracer::fd::Shared,
 }
 
 impl Shared {
     /// Once every process is prepared: build what spans processes (unix sockets and
-    /// their connections) and put it in place of the stand-in sources.
+    /// their connections, ckpt_tracer::fd::unix) and put it in place of the stand-in
+    /// sources.
     pub fn finish(&mut self) -> Result<()> {
-        self.unix.finish()
+        Ok(ckpt_tracer::fd::finish(&mut self.kinds)?)
     }
 }
 
 /// Open (or create) a source for every saved descriptor of process `pid`. `min` is the
 /// lowest number sources may use. Descriptors with the same description id (in this
 /// process or one prepared earlier with the same `shared`) get the same description.
-/// Warnings are printed for pipes that led outside the checkpoint.
+/// The kind modules print warnings for pipes that led outside the checkpoint.
 pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<Vec<Install>> {
     let mut out = Vec::new();
-    let pipes = &mut shared.pipes;
     for fd in fds {
         if fd.inherit {
             out.push(Install {
@@ -128,99 +61,10 @@ pub fn prepare(pid: i32, fds: &[Fd], min: RawFd, shared: &mut Shared) -> Result<
             });
             continue;
         }
-        let src = match &fd.kind {
-            FdKind::File { id, pos } => {
-                let f = open(&id.path, fd.flags, &format!("fd {}", fd.fd))?;
-                // SAFETY: lseek on our own descriptor.
-                if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
-                    bail!(
-                        "seeking {} to {pos}: {}",
-                        id.path,
-                        std::io::Error::last_os_error()
-                    );
-                }
-                f
-            }
-            FdKind::Dir { path } => {
-                open(path, fd.flags | libc::O_DIRECTORY, &format!("fd {}", fd.fd))?
-            }
-            FdKind::CharDev { path, .. } | FdKind::Tty { path } => {
-                open(path, fd.flags, &format!("fd {}", fd.fd))?
-            }
-            FdKind::Pipe {
-                ino,
-                write_end,
-                peer_in_process,
-                data,
-            } => {
-                let ends = match pipes.get_mut(ino) {
-                    Some(e) => e,
-                    None => {
-                        let (r, w) = pipe()?;
-                        pipes.insert(*ino, (Some(r), Some(w)));
-                        pipes.get_mut(ino).unwrap()
-                    }
-                };
-                if !data.is_empty() {
-                    write_all(ends.1.as_ref().context("pipe write end")?, data)?;
-                }
-                if !peer_in_process {
-                    eprintln!(
-                        "ckpt: warning: process {pid} fd {} was a pipe leading outside the checkpoint; restored with its peer closed",
-                        fd.fd
-                    );
-                }
-                let end = if *write_end { &ends.1 } else { &ends.0 };
-                let dup = end
-                    .as_ref()
-                    .context("pipe end")?
-                    .try_clone()
-                    .context("duplicating a pipe end")?;
-                set_status_flags(&dup, fd.flags)?;
-                dup
-            }
-            FdKind::Unlinked { file, pos } => {
-                let backing = unlinked_backing(&mut shared.unlinked, file, pid, fd.fd)?;
-                let f = open(
-                    &format!("/proc/self/fd/{backing}"),
-                    fd.flags,
-                    &format!("fd {} ({})", fd.fd, file.name),
-                )?;
-                // SAFETY: lseek on our own descriptor.
-                if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
-                    bail!(
-                        "seeking {} to {pos}: {}",
-                        file.name,
-                        std::io::Error::last_os_error()
-                    );
-                }
-                f
-            }
-            FdKind::Fifo {
-                path,
-                ino,
-                peer_in_process,
-                data,
-            } => {
-                if !peer_in_process {
-                    eprintln!(
-                        "ckpt: warning: process {pid} fd {} was a FIFO ({path}) with a peer outside the checkpoint; restored with that peer closed",
-                        fd.fd
-                    );
-                }
-                fifo(&mut shared.fifos, path, *ino, data, fd.flags)?
-            }
-            // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md).
-            FdKind::Eventfd { .. }
-            | FdKind::Timerfd { .. }
-            | FdKind::Signalfd { .. }
-            | FdKind::Inotify { .. }
-            | FdKind::Epoll { .. } => ckpt_tracer::fd::restore(pid, fd).with_context(|| {
-                format!("no kind module restores fd {} of process {pid}", fd.fd)
-            })??,
-            // A stand-in until every process is prepared (unix.rs).
-            FdKind::UnixSocket { .. } => shared.unix.add(pid, fd)?,
-        };
+        // One module per kind (ckpt_tracer::fd, docs/FDKINDS.md); a unix socket is a
+        // stand-in until every process is prepared.
+        let src = ckpt_tracer::fd::restore(pid, fd, &mut shared.kinds)
+            .with_context(|| format!("no kind module restores fd {} of process {pid}", fd.fd))??;
         let src = above(src, min)?;
         shared.descs.insert(
             fd.desc,
@@ -317,7 +161,7 @@ pub fn map_fd_for(
             Ok(Some(fd))
         }
         VmaKind::Unlinked { file } => {
-            let backing = unlinked_backing(&mut shared.unlinked, file, 0, -1)?;
+            let backing = ckpt_tracer::fd::memfd::backing(&mut shared.kinds, file, 0, -1)?;
             let key = map_key(v).context("mapping key")?;
             if map_fds.contains_key(&key) {
                 return Ok(None);
@@ -327,7 +171,7 @@ pub fn map_fd_for(
             } else {
                 libc::O_RDONLY
             };
-            let f = open(
+            let f = ckpt_tracer::fd::open(
                 &format!("/proc/self/fd/{backing}"),
                 mode,
                 &format!("the mapping at {:#x}", v.start),
@@ -338,139 +182,6 @@ pub fn map_fd_for(
         }
         _ => Ok(None),
     }
-}
-
-const MFD_EXEC: libc::c_uint = 0x10;
-
-fn new_memfd(name: &str) -> Result<OwnedFd> {
-    let c = CString::new(name)?;
-    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
-    // MFD_EXEC (Linux 6.3+) keeps the mode settable whatever vm.memfd_noexec says.
-    // SAFETY: memfd_create returns a descriptor we own.
-    let mut fd = unsafe { libc::memfd_create(c.as_ptr(), base | MFD_EXEC) };
-    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-        // SAFETY: `c` is a NUL-terminated CString alive for the call; memfd_create only
-        // reads the name and keeps no pointer to it.
-        fd = unsafe { libc::memfd_create(c.as_ptr(), base) };
-    }
-    cvt(fd, &format!("creating memfd {name}"))?;
-    // SAFETY: `fd` was just returned by a successful memfd_create (cvt rejected negatives):
-    // a fresh descriptor nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// The new file standing for the saved memfd or deleted file `f` (created at its first
-/// occurrence); its content, size and mode are filled from the occurrence that carries
-/// them. Seals are added last, once the process exists (fdstate.rs).
-fn unlinked_backing(
-    map: &mut HashMap<(u64, u64), (OwnedFd, bool)>,
-    f: &UnlinkedFile,
-    pid: i32,
-    fdnum: RawFd,
-) -> Result<RawFd> {
-    use std::collections::hash_map::Entry;
-    let (fd, filled) = match map.entry((f.dev, f.ino)) {
-        Entry::Occupied(o) => o.into_mut(),
-        Entry::Vacant(v) => v.insert((new_unlinked(f, pid, fdnum)?, false)),
-    };
-    if let (Some(data), false) = (&f.data, *filled) {
-        let file = std::fs::File::from(fd.try_clone()?);
-        use std::os::unix::fs::FileExt;
-        file.write_all_at(data, 0)
-            .with_context(|| format!("writing the content of {}", f.name))?;
-        file.set_len(f.size)
-            .with_context(|| format!("setting the size of {}", f.name))?;
-        cvt(
-            // SAFETY: fchmod(2) on `fd`, a descriptor this function holds open, with an
-            // integer mode; no pointer is involved.
-            unsafe { libc::fchmod(fd.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
-            &format!("setting the mode of {}", f.name),
-        )?;
-        *filled = true;
-    }
-    Ok(fd.as_raw_fd())
-}
-
-/// A new empty file for `f`: a memfd with the same name, or, for a deleted file, an
-/// O_TMPFILE file in its old directory (so it lives on the same filesystem, unnamed), or a
-/// memfd (with a warning) when that directory is gone or cannot hold one.
-fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> Result<OwnedFd> {
-    if f.memfd {
-        return new_memfd(&f.name);
-    }
-    let path = std::path::Path::new(&f.name);
-    let dir = path
-        .parent()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "/".into());
-    let c = CString::new(dir.clone())?;
-    // SAFETY: open(2) with a valid C string.
-    let r = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-            (f.mode & 0o7777) as libc::c_uint,
-        )
-    };
-    if r >= 0 {
-        // SAFETY: `r` was just returned by a successful open(O_TMPFILE) (checked >= 0): a
-        // fresh descriptor nothing else owns.
-        return Ok(unsafe { OwnedFd::from_raw_fd(r) });
-    }
-    let what = if fdnum >= 0 {
-        format!("process {pid} fd {fdnum}")
-    } else {
-        "a mapping".to_string()
-    };
-    eprintln!(
-        "ckpt: warning: {what}: deleted file {} restored as a memfd ({dir}: {})",
-        f.name,
-        std::io::Error::last_os_error()
-    );
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    new_memfd(&base)
-}
-
-/// A descriptor on the FIFO at `path` with `flags`. Opened non-blocking (an O_RDWR
-/// descriptor of ours is held open meanwhile, so neither end waits for a peer), then
-/// given its saved flags. The data in flight is written through our descriptor.
-fn fifo(
-    keepers: &mut HashMap<u64, OwnedFd>,
-    path: &str,
-    ino: u64,
-    data: &[u8],
-    flags: i32,
-) -> Result<OwnedFd> {
-    if let std::collections::hash_map::Entry::Vacant(v) = keepers.entry(ino) {
-        let k = open(path, libc::O_RDWR | libc::O_NONBLOCK, "a FIFO")?;
-        // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
-        // value, and fstat overwrites it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        cvt(
-            // SAFETY: fstat(2) writes one `struct stat` into `st`, a local of exactly that
-            // type; `k` is the descriptor just opened and owned here.
-            unsafe { libc::fstat(k.as_raw_fd(), &mut st) },
-            "stat of a FIFO",
-        )?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
-            bail!("{path} is no longer a FIFO; restore needs the named pipe the process had open");
-        }
-        v.insert(k);
-    }
-    let keeper = &keepers[&ino];
-    if !data.is_empty() {
-        write_all(keeper, data).with_context(|| format!("refilling FIFO {path}"))?;
-    }
-    let f = open(
-        &format!("/proc/self/fd/{}", keeper.as_raw_fd()),
-        flags | libc::O_NONBLOCK,
-        &format!("FIFO {path}"),
-    )?;
-    set_status_flags(&f, flags)?;
-    Ok(f)
 }
 
 /// A new memfd, read-write, close-on-exec.

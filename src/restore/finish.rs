@@ -178,7 +178,9 @@ pub fn finish(
             "setting close-on-exec",
         )?;
     }
-    super::fdstate::restore_fd_state(&inj, leader, state)?;
+    // What descriptor kinds can only do once the process exists and every descriptor
+    // of it is in place (epoll's entries, memfd seals: ckpt_tracer::fd, docs/FDKINDS.md).
+    ckpt_tracer::fd::late(&inj, leader, state)?;
     // Pending signals, queued again from inside (only a process may queue a siginfo
     // that looks kernel-made to itself). Every signal is still blocked here.
     // `args` are the leading arguments; the siginfo pointer follows them.

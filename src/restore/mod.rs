@@ -4,14 +4,12 @@
 
 mod checks;
 mod fds;
-mod fdstate;
 mod finish;
 mod guard;
 pub mod plan;
 mod spawn;
 mod sys;
 mod timers;
-mod unix;
 
 use crate::generation;
 use crate::image::Image;

@@ -1,5 +1,5 @@
-//! System-call helpers of the restore front end, shared by the descriptor modules
-//! (`fds.rs`, `unix.rs`) and the rest, so that none of them imports another for them.
+//! System-call helpers of the restore front end, shared by `fds.rs` and the rest, so
+//! that none of them imports another for them.
 
 use anyhow::{Context, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

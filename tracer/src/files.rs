@@ -3,135 +3,88 @@
 //! [`crate::identity`].
 
 use crate::error::{Result, TraceError};
-use crate::fdkinds::peek_pipe;
+use crate::fd::{Dump, Target};
 pub use crate::identity::{elf_build_id, file_identity, IdentityCache};
 use crate::state::{Fd, FdKind};
-use std::collections::HashMap;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 
-fn is_tty_rdev(rdev: u64) -> bool {
-    let major = libc::major(rdev);
-    matches!(major, 4 | 5 | 136..=143)
-}
-
-/// Read every descriptor of `pid` and classify it; unsupported kinds are an error that
-/// names the pid, fd and kind.
+/// Read every descriptor of `pid` and classify it by what its link names; the kind that
+/// claims it dumps it (crate::fd, docs/FDKINDS.md), then the kinds' passes over the
+/// whole process. Unsupported kinds are an error that names the pid, fd and kind.
 pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
     use crate::proc::FdTarget;
     let nums =
         crate::proc::fd_numbers(pid).map_err(|e| TraceError::io(pid, "listing descriptors", e))?;
     let mut out = Vec::new();
-    let mut pipe_ends: HashMap<u64, Vec<(usize, bool)>> = HashMap::new();
     for fd in nums {
         let link_path = crate::proc::path(pid, &format!("fd/{fd}"));
         let Some(target) = crate::proc::fd_target(pid, fd)? else {
             continue; // closed meanwhile
         };
         let info = crate::proc::fdinfo(pid, fd)?;
-        let (raw_flags, pos) = (info.flags, info.pos);
+        let raw_flags = info.flags;
         let cloexec = raw_flags & libc::O_CLOEXEC != 0;
         let flags = raw_flags & !libc::O_CLOEXEC;
-        let unsupported = |kind: &str| TraceError::UnsupportedFd {
+        let md;
+        let target = match &target {
+            FdTarget::Pipe(ino) => Target::Pipe(*ino),
+            FdTarget::Socket(ino) => Target::Socket(*ino),
+            FdTarget::AnonInode(name) => Target::Anon(name),
+            FdTarget::Other(path)
+                if path.starts_with("/memfd:") || path.ends_with(" (deleted)") =>
+            {
+                Target::Deleted(path)
+            }
+            FdTarget::Other(path) if path.starts_with('/') => {
+                md = std::fs::metadata(&link_path)
+                    .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
+                Target::Path(path, &md)
+            }
+            FdTarget::Other(other) => {
+                return Err(TraceError::UnsupportedFd {
+                    pid,
+                    fd,
+                    kind: other.clone(),
+                })
+            }
+        };
+        let kind = dump(&mut Dump {
             pid,
             fd,
-            kind: kind.to_string(),
-        };
-        let kind = match target {
-            FdTarget::Pipe(ino) => {
-                let write_end = flags & libc::O_ACCMODE == libc::O_WRONLY;
-                pipe_ends
-                    .entry(ino)
-                    .or_default()
-                    .push((out.len(), write_end));
-                FdKind::Pipe {
-                    ino,
-                    write_end,
-                    peer_in_process: false,
-                    data: Vec::new(),
-                }
-            }
-            FdTarget::Socket(ino) => crate::unix::socket_fd(pid, fd, ino)?,
-            FdTarget::AnonInode(k) => crate::fdkinds::anon_fd(pid, fd, &k, &info)?,
-            FdTarget::Other(target)
-                if target.starts_with("/memfd:") || target.ends_with(" (deleted)") =>
-            {
-                crate::fdkinds::unlinked_fd(pid, fd, &target, pos, ids)?
-            }
-            FdTarget::Other(target) if target.starts_with('/') => {
-                let md = std::fs::metadata(&link_path)
-                    .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-                let ft = md.file_type();
-                use std::os::unix::fs::FileTypeExt;
-                if ft.is_file() {
-                    let id = file_identity(Path::new(&link_path), &target)
-                        .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
-                    match ids.identity(&target) {
-                        Ok(cur) if cur.ino == id.ino && cur.dev == id.dev => {}
-                        _ => {
-                            return Err(unsupported(&format!(
-                                "file {target} that was replaced or renamed since it was opened"
-                            )))
-                        }
-                    }
-                    FdKind::File { id, pos }
-                } else if ft.is_dir() {
-                    FdKind::Dir { path: target }
-                } else if ft.is_char_device() && is_tty_rdev(md.rdev()) {
-                    FdKind::Tty { path: target }
-                } else if ft.is_char_device()
-                    && matches!(
-                        target.as_str(),
-                        "/dev/null" | "/dev/zero" | "/dev/full" | "/dev/random" | "/dev/urandom"
-                    )
-                {
-                    FdKind::CharDev {
-                        path: target,
-                        rdev: md.rdev(),
-                    }
-                } else if ft.is_fifo() {
-                    crate::fdkinds::fifo_fd(&target, md.ino())
-                } else {
-                    return Err(unsupported(&format!("device or special file {target}")));
-                }
-            }
-            FdTarget::Other(target) => return Err(unsupported(&target)),
-        };
-        let inherit = fd <= 2 && matches!(kind, FdKind::Tty { .. } | FdKind::Pipe { .. });
+            target,
+            info: &info,
+            ids,
+        })?;
         out.push(Fd {
             fd,
             desc: 0,
             flags,
             cloexec,
-            inherit,
+            inherit: false,
             kind,
         });
     }
-    // Pipes: both ends inside the process, or leading outside.
-    for ends in pipe_ends.values() {
-        let has_read = ends.iter().any(|e| !e.1);
-        let has_write = ends.iter().any(|e| e.1);
-        let mut data_taken = false;
-        for &(i, write_end) in ends {
-            let fdnum = out[i].fd;
-            let inherit = out[i].inherit;
-            if let FdKind::Pipe {
-                peer_in_process,
-                data,
-                ..
-            } = &mut out[i].kind
-            {
-                *peer_in_process = has_read && has_write;
-                if !write_end && !data_taken && !inherit {
-                    *data = peek_pipe(pid, fdnum)
-                        .map_err(|e| TraceError::io(pid, format!("reading pipe fd {fdnum}"), e))?;
-                    data_taken = true;
-                }
-            }
-        }
-    }
-    crate::fdkinds::fifo_data(pid, &mut out)?;
+    crate::fd::dump_process(pid, &mut out)?;
     Ok(out)
+}
+
+/// The saved variant of a descriptor, from the kind that claims it; a descriptor no kind
+/// claims is refused with [`TraceError::UnsupportedFd`], naming what its link shows.
+fn dump(d: &mut Dump) -> Result<FdKind> {
+    if let Some(r) = crate::fd::dump(d) {
+        return r;
+    }
+    let kind = match d.target {
+        Target::Anon(name) => name.to_string(),
+        Target::Path(path, _) => format!("device or special file {path}"),
+        Target::Deleted(path) => path.to_string(),
+        Target::Pipe(ino) => format!("pipe:[{ino}]"),
+        Target::Socket(ino) => format!("socket:[{ino}]"),
+    };
+    Err(TraceError::UnsupportedFd {
+        pid: d.pid,
+        fd: d.fd,
+        kind,
+    })
 }
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;

@@ -15,7 +15,6 @@ pub mod attr;
 pub mod audit;
 pub mod error;
 pub mod fd;
-pub mod fdkinds;
 pub mod files;
 pub mod freeze;
 pub mod identity;
@@ -29,7 +28,6 @@ pub mod snapshot;
 pub mod state;
 pub mod timers;
 pub mod tree;
-pub mod unix;
 
 pub use error::{Result, TraceError};
 pub use freeze::Frozen;

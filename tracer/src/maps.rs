@@ -65,13 +65,13 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         return Ok(Some(VmaKind::SharedAnon { ino: m.inode }));
     }
     if m.name.starts_with("/memfd:") {
-        return crate::fdkinds::unlinked_vma(pid, m, ids).map(Some);
+        return crate::fd::memfd::vma(pid, m, ids).map(Some);
     }
     if m.name.starts_with("/SYSV") {
         return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
     }
     if m.name.ends_with(" (deleted)") && m.name.starts_with('/') {
-        return crate::fdkinds::unlinked_vma(pid, m, ids).map(Some);
+        return crate::fd::memfd::vma(pid, m, ids).map(Some);
     }
     if !m.name.starts_with('/') {
         return Err(unsupported(format!(

@@ -5,7 +5,7 @@
 
 use crate::error::{Result, TraceError};
 use crate::freeze::Frozen;
-use crate::state::{FdKind, ProcessState};
+use crate::state::ProcessState;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -184,8 +184,8 @@ fn kcmp_same_file(pid1: i32, pid2: i32, fd1: i32, fd2: i32) -> bool {
 
 /// Give every descriptor of the tree the id of its open file description: equal ids
 /// mean one description (dup, fork inheritance), so one shared offset after restore.
-/// Also decide, for pipes, whether the other end is open somewhere in the tree, and
-/// keep the data in flight of each pipe only once.
+/// Then the kinds' passes over the tree (crate::fd): for pipes, whether the other end
+/// is open somewhere in the tree, and the data in flight of each pipe kept only once.
 pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
     // Candidates for sharing have the same inode: compare only within such groups.
     let mut groups: HashMap<(u64, u64), Vec<(usize, usize)>> = HashMap::new();
@@ -222,44 +222,14 @@ pub fn link_descriptors(procs: &mut [ProcessState]) -> Result<()> {
             ids.insert((pi, fi), id);
         }
     }
-    // Pipe ends anywhere in the tree.
-    let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
-    for p in procs.iter() {
-        for fd in &p.fds {
-            if let FdKind::Pipe { ino, write_end, .. } = &fd.kind {
-                let e = ends.entry(*ino).or_default();
-                if *write_end {
-                    e.1 = true;
-                } else {
-                    e.0 = true;
-                }
-            }
-        }
-    }
-    let mut data_kept: BTreeSet<u64> = BTreeSet::new();
     for (pi, p) in procs.iter_mut().enumerate() {
         for (fi, fd) in p.fds.iter_mut().enumerate() {
             fd.desc = ids[&(pi, fi)];
-            if let FdKind::Pipe {
-                ino,
-                peer_in_process,
-                data,
-                ..
-            } = &mut fd.kind
-            {
-                let (r, w) = ends[ino];
-                *peer_in_process = r && w;
-                // Standard streams are reattached to the restorer's own only when the
-                // pipe leads outside the checkpoint.
-                fd.inherit = fd.fd <= 2 && !*peer_in_process;
-                if !data.is_empty() && !data_kept.insert(*ino) {
-                    data.clear();
-                }
-            }
         }
     }
-    // Unix sockets: peers inside the tree or not, queues kept once.
-    crate::unix::link(procs)
+    // What spans processes, kind by kind: pipe ends and socket peers inside the tree
+    // or not, data in flight and queues kept once.
+    crate::fd::dump_tree(procs)
 }
 
 /// Pages of a shared anonymous memory object are stored once for the whole checkpoint:

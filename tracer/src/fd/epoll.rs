@@ -8,25 +8,32 @@
 //! whose file is ready reports it once more, and a disabled EPOLLONESHOT entry comes back
 //! disabled. O_NONBLOCK is in the fd flags.
 
-use super::{owned, set_status_flags, Kind, RestoreError};
+use super::{owned, set_status_flags, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::{Result, TraceError};
 use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::proc;
-use crate::state::{EpollEntry, Fd, FdKind};
+use crate::state::{EpollEntry, Fd, FdKind, ProcessState};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 
 pub const KIND: Kind = Kind {
-    anon_name: "[eventpoll]",
     dump,
+    dump_process: None,
+    dump_tree: None,
     restore,
+    finish: None,
     late: Some(late),
     describe,
 };
 
-fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
+fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
+    d.is_anon("[eventpoll]")
+        .then(|| epoll_of(d.pid, d.fd, d.info))
+}
+
+fn epoll_of(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
     let mut entries = Vec::new();
     for e in proc::parse_epoll(&info.text).map_err(super::bad(pid, fd))? {
@@ -100,7 +107,7 @@ fn same_epoll_target(pid: i32, epfd: i32, tfd: i32, toff: usize) -> Option<bool>
     }
 }
 
-fn restore(_pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreError>> {
+fn restore(_pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
     match fd.kind {
         FdKind::Epoll { .. } => Some((|| {
             // SAFETY: epoll_create1(2) takes only flags and returns a new descriptor or -1.
@@ -117,16 +124,24 @@ fn restore(_pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreErr
 
 const EPOLL_CTL_ADD: u64 = 1;
 
-/// Add the saved entries to the restored instance, from inside process `pid`.
-fn late(
+/// Add the saved entries of every epoll instance of the restored process, from inside it.
+fn late(inj: &Injector, leader: &mut FrozenThread, state: &ProcessState) -> RestoreResult<()> {
+    for fd in &state.fds {
+        if let FdKind::Epoll { entries } = &fd.kind {
+            add_entries(inj, leader, state.pid, fd.fd, entries)?;
+        }
+    }
+    Ok(())
+}
+
+/// Add `entries` to the restored instance `epfd` of process `pid`.
+fn add_entries(
     inj: &Injector,
     leader: &mut FrozenThread,
     pid: i32,
-    fd: &Fd,
-) -> Option<std::result::Result<(), RestoreError>> {
-    let FdKind::Epoll { entries } = &fd.kind else {
-        return None;
-    };
+    epfd: i32,
+    entries: &[EpollEntry],
+) -> RestoreResult<()> {
     for e in entries {
         // struct epoll_event is packed on x86-64: u32 events, u64 data.
         let mut ev = [0u8; 12];
@@ -135,7 +150,7 @@ fn late(
         let r = inj.syscall_with_buf(
             leader,
             libc::SYS_epoll_ctl,
-            |a| [fd.fd as u64, EPOLL_CTL_ADD, e.fd as u64, a, 0, 0],
+            |a| [epfd as u64, EPOLL_CTL_ADD, e.fd as u64, a, 0, 0],
             &ev,
             &mut [],
         );
@@ -148,18 +163,18 @@ fn late(
         match r {
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
             Err(err) => {
-                return Some(Err(RestoreError::context(
+                return Err(RestoreError::context(
                     format!(
-                        "process {pid}: adding fd {} (events {:#x}) to epoll fd {}",
-                        e.fd, e.events, fd.fd
+                        "process {pid}: adding fd {} (events {:#x}) to epoll fd {epfd}",
+                        e.fd, e.events
                     ),
                     err,
-                )))
+                ))
             }
             Ok(_) => {}
         }
     }
-    Some(Ok(()))
+    Ok(())
 }
 
 fn describe(kind: &FdKind) -> Option<String> {

@@ -2,21 +2,28 @@
 //! Dump: fdinfo's `eventfd-count` and `eventfd-semaphore`. Restore: a new eventfd
 //! with that counter. O_NONBLOCK is in the fd flags.
 
-use super::{owned, set_status_flags, Kind, RestoreError};
+use super::{owned, set_status_flags, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::Result;
 use crate::proc;
 use crate::state::{Fd, FdKind};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 pub const KIND: Kind = Kind {
-    anon_name: "[eventfd]",
     dump,
+    dump_process: None,
+    dump_tree: None,
     restore,
+    finish: None,
     late: None,
     describe,
 };
 
-fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
+fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
+    d.is_anon("[eventfd]")
+        .then(|| eventfd_of(d.pid, d.fd, d.info))
+}
+
+fn eventfd_of(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     let e = proc::parse_eventfd(&info.text).map_err(super::bad(pid, fd))?;
     Ok(FdKind::Eventfd {
         count: e.count,
@@ -25,7 +32,7 @@ fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     })
 }
 
-fn restore(_pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreError>> {
+fn restore(_pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
     match fd.kind {
         FdKind::Eventfd { count, semaphore } => Some(eventfd(count, semaphore, fd.flags)),
         _ => None,
@@ -39,7 +46,7 @@ fn describe(kind: &FdKind) -> Option<String> {
     }
 }
 
-fn eventfd(count: u64, semaphore: bool, flags: i32) -> std::result::Result<OwnedFd, RestoreError> {
+fn eventfd(count: u64, semaphore: bool, flags: i32) -> RestoreResult<OwnedFd> {
     let mut efd_flags = libc::EFD_CLOEXEC;
     if semaphore {
         efd_flags |= libc::EFD_SEMAPHORE;

@@ -5,7 +5,7 @@
 //! order, so the numbers in between are taken and released on a spare memfd). Queued
 //! events are not carried over (docs/FDKINDS.md). O_NONBLOCK is in the fd flags.
 
-use super::{owned, set_status_flags, Kind, RestoreError};
+use super::{owned, set_status_flags, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::{Result, TraceError};
 use crate::proc;
 use crate::state::{Fd, FdKind, InotifyWatch};
@@ -15,14 +15,21 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 pub const KIND: Kind = Kind {
-    anon_name: "inotify",
     dump,
+    dump_process: None,
+    dump_tree: None,
     restore,
+    finish: None,
     late: None,
     describe,
 };
 
-fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
+fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
+    d.is_anon("inotify")
+        .then(|| inotify_of(d.pid, d.fd, d.info))
+}
+
+fn inotify_of(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
     let mut watches = Vec::new();
     for w in proc::parse_inotify(&info.text).map_err(super::bad(pid, fd))? {
@@ -44,7 +51,7 @@ fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     Ok(FdKind::Inotify { watches })
 }
 
-fn restore(_pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreError>> {
+fn restore(_pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
     match &fd.kind {
         FdKind::Inotify { watches } => Some(inotify(watches, fd.flags)),
         _ => None,
@@ -143,7 +150,7 @@ fn watch_path(
 /// kernel hands out wds in increasing order (cyclically), so the wds of watches removed
 /// before the checkpoint are used up by adding and removing a watch on a file of ours.
 /// A watch that gets another wd fails the restore.
-fn inotify(watches: &[InotifyWatch], flags: i32) -> std::result::Result<OwnedFd, RestoreError> {
+fn inotify(watches: &[InotifyWatch], flags: i32) -> RestoreResult<OwnedFd> {
     // SAFETY: inotify_init1(2) takes only flags and returns a new descriptor or -1.
     let i = owned(
         unsafe { libc::inotify_init1(libc::IN_CLOEXEC) },

@@ -3,16 +3,18 @@
 //! for an absolute timer its deadline on its clock. Restore: a new timerfd armed as the
 //! saved one was (see [`timerfd`]). O_NONBLOCK is in the fd flags.
 
-use super::{owned, set_status_flags, Kind, RestoreError};
+use super::{owned, set_status_flags, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::Result;
 use crate::proc;
 use crate::state::{Fd, FdKind};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 pub const KIND: Kind = Kind {
-    anon_name: "[timerfd]",
     dump,
+    dump_process: None,
+    dump_tree: None,
     restore,
+    finish: None,
     late: None,
     describe,
 };
@@ -21,7 +23,12 @@ const TFD_TIMER_ABSTIME: i32 = 1;
 /// _IOW('T', 0, u64): set the expirations a reader sees (CONFIG_CHECKPOINT_RESTORE).
 const TFD_IOC_SET_TICKS: libc::c_ulong = 0x4008_5400;
 
-fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
+fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
+    d.is_anon("[timerfd]")
+        .then(|| timerfd_of(d.pid, d.fd, d.info))
+}
+
+fn timerfd_of(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     let t = proc::parse_timerfd(&info.text).map_err(super::bad(pid, fd))?;
     let deadline_ns = if t.settime_flags & TFD_TIMER_ABSTIME != 0 {
         clock_now_ns(t.clockid) + t.value_ns
@@ -38,7 +45,7 @@ fn dump(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     })
 }
 
-fn restore(pid: i32, fd: &Fd) -> Option<std::result::Result<OwnedFd, RestoreError>> {
+fn restore(pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
     match fd.kind {
         FdKind::Timerfd {
             clockid,
@@ -112,16 +119,13 @@ fn timerfd(
     interval_ns: u64,
     deadline_ns: u64,
     flags: i32,
-) -> std::result::Result<OwnedFd, RestoreError> {
+) -> RestoreResult<OwnedFd> {
     // SAFETY: timerfd_create(2) takes two integers and touches no memory of ours.
     let t = owned(
         unsafe { libc::timerfd_create(clockid, libc::TFD_CLOEXEC) },
         &format!("creating a timerfd on clock {clockid}"),
     )?;
-    let settime = |flags: i32,
-                   value: u64,
-                   interval: u64|
-     -> std::result::Result<(), RestoreError> {
+    let settime = |flags: i32, value: u64, interval: u64| -> RestoreResult<()> {
         let its = libc::itimerspec {
             it_interval: timespec(interval),
             it_value: timespec(value),

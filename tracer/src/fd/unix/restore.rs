@@ -1,4 +1,4 @@
-//! Restoring AF_UNIX sockets (what the image holds: `tracer/src/unix.rs`).
+//! Restoring AF_UNIX sockets (what the image holds: `dump.rs`).
 //!
 //! Sockets are connected to each other across the whole tree, so they are built in two
 //! steps. While the descriptors of each process are prepared, every socket gets a
@@ -39,17 +39,17 @@
 //! hold those names (a later bind of the same name fails), as the originals did only if
 //! they had bound them themselves.
 
-use super::sys::cvt;
-use anyhow::{bail, Context, Result};
-use ckpt_format::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
-use ckpt_tracer::fd::set_status_flags;
-use ckpt_tracer::unix::{display_name, type_name};
+use super::dump::{diag_all, display_name, type_name};
+use crate::fd::{cvt, set_status_flags, Context, RestoreResult};
+use crate::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+
+type Result<T> = RestoreResult<T>;
 
 const RCV_SHUTDOWN: u8 = 1;
 const SEND_SHUTDOWN: u8 = 2;
@@ -772,7 +772,7 @@ impl Builder<'_> {
     /// Whether a live socket here uses the socket file (dev, ino).
     fn in_use(&mut self, dev: u64, ino: u64) -> Result<bool> {
         if self.in_use.is_none() {
-            let all = ckpt_tracer::unix::diag_all()
+            let all = diag_all()
                 .context("listing unix sockets (sock_diag) to find stale socket files")?;
             self.in_use = Some(
                 all.into_iter()

@@ -21,7 +21,7 @@
 //! datagram socket connected to one peer with datagrams queued from another sender,
 //! queued datagrams on a socket that has neither a name nor a peer to refill it through.
 //! A socket whose peer is outside the checkpoint is not refused: the restore gives it a
-//! closed peer (see `src/restore/unix.rs`).
+//! closed peer (see `restore.rs`).
 
 use crate::error::{Result, TraceError};
 use crate::state::{FdKind, ProcessState, UnixOptions, UnixSocketFile, UnixState};

@@ -1,0 +1,375 @@
+//! memfds and regular files deleted after they were opened or mapped: their content is
+//! stored in the image. Dump: a descriptor whose link is `/memfd:NAME (deleted)` or
+//! `PATH (deleted)`, or a mapping of one ([`vma`]); the content, size, mode and seals are
+//! read once per file (through the descriptor, or /proc/PID/map_files for a mapping),
+//! and every other occurrence names the same (dev, ino). Restore: one new file per saved
+//! file for the whole tree ([`backing`], shared with the mappings, src/restore/fds.rs): a
+//! memfd with the same name, or an O_TMPFILE file in the deleted file's old directory;
+//! every descriptor reopens it with its own flags and offset. The seals are added in the
+//! late step, once the loader mapped the file and the content is in.
+
+use super::{cvt, open, owned, Context, Dump, Kind, RestoreResult, Shared, Target};
+use crate::error::{Result, TraceError};
+use crate::freeze::FrozenThread;
+use crate::identity::IdentityCache;
+use crate::inject::Injector;
+use crate::proc;
+use crate::proc::MapEntry;
+use crate::state::{Fd, FdKind, ProcessState, UnlinkedFile, VmaKind};
+use std::collections::{HashMap, HashSet};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+pub const KIND: Kind = Kind {
+    dump,
+    dump_process: None,
+    dump_tree: None,
+    restore,
+    finish: None,
+    late: Some(late),
+    describe,
+};
+
+/// The most content ckpt stores for one memfd or deleted file.
+pub const MAX_STORED_FILE: u64 = 256 << 20;
+
+const HUGETLBFS_MAGIC: i64 = 0x958458f6;
+
+/// Whether the content of the unlinked file `(dev, ino)` is already in the image.
+fn first_time(ids: &mut IdentityCache, dev: u64, ino: u64) -> bool {
+    ids.unlinked_stored.insert((dev, ino))
+}
+
+/// Describe (and, the first time, read) the unlinked file reachable at `open_path`.
+fn unlinked(
+    open_path: &str,
+    memfd: bool,
+    name: &str,
+    ids: &mut IdentityCache,
+) -> std::result::Result<UnlinkedFile, String> {
+    let md = std::fs::metadata(open_path).map_err(|e| format!("stat: {e}"))?;
+    if !md.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut file = UnlinkedFile {
+        memfd,
+        name: name.to_string(),
+        dev: md.dev(),
+        ino: md.ino(),
+        size: md.size(),
+        mode: md.mode(),
+        seals: 0,
+        data: None,
+    };
+    if md.size() > MAX_STORED_FILE {
+        return Err(format!(
+            "{} bytes, more than the {} MiB ckpt stores per file",
+            md.size(),
+            MAX_STORED_FILE >> 20
+        ));
+    }
+    if !first_time(ids, file.dev, file.ino) {
+        return Ok(file);
+    }
+    let f = std::fs::File::open(open_path).map_err(|e| format!("opening it: {e}"))?;
+    // SAFETY: `libc::statfs` is a plain C struct of integers and integer arrays, for which
+    // all-zero bytes are a valid value; fstatfs overwrites it anyway.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs/fcntl on our own descriptor.
+    if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0 && st.f_type as i64 == HUGETLBFS_MAGIC
+    {
+        return Err("a hugetlbfs file".into());
+    }
+    if memfd {
+        // SAFETY: fcntl(F_GET_SEALS) takes no pointer argument and only reads the seals of
+        // `f`, a File that is open and borrowed for the whole call.
+        let s = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+        file.seals = s.max(0) as u32;
+    }
+    let size = f.metadata().map_err(|e| e.to_string())?.len();
+    let mut data = vec![0u8; size as usize];
+    let mut got = 0;
+    while got < data.len() {
+        match f.read_at(&mut data[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading it: {e}")),
+        }
+    }
+    data.truncate(got);
+    file.size = got as u64;
+    file.data = Some(data);
+    Ok(file)
+}
+
+fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
+    let Target::Deleted(target) = d.target else {
+        return None;
+    };
+    Some(unlinked_fd(d.pid, d.fd, target, d.info.pos, d.ids))
+}
+
+/// A descriptor on a memfd (`/memfd:NAME (deleted)`) or on a deleted file (`PATH (deleted)`).
+fn unlinked_fd(
+    pid: i32,
+    fd: i32,
+    target: &str,
+    pos: u64,
+    ids: &mut IdentityCache,
+) -> Result<FdKind> {
+    let base = target.strip_suffix(" (deleted)").unwrap_or(target);
+    let (memfd, name, what) = match base.strip_prefix("/memfd:") {
+        Some(n) => (true, n, "memfd"),
+        None => (false, base, "deleted file"),
+    };
+    let link = proc::path(pid, &format!("fd/{fd}"));
+    if !memfd {
+        let md = std::fs::metadata(&link)
+            .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
+        if !md.is_file() {
+            let t = if md.is_dir() {
+                "directory"
+            } else {
+                "special file"
+            };
+            return Err(TraceError::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!("deleted {t} {target}"),
+            });
+        }
+    }
+    let file = unlinked(&link, memfd, name, ids).map_err(|why| TraceError::UnsupportedFd {
+        pid,
+        fd,
+        kind: format!("{what} {name}: {why}"),
+    })?;
+    Ok(FdKind::Unlinked { file, pos })
+}
+
+/// A mapping of a memfd or of a deleted regular file. Its content is read through a
+/// descriptor of the process on the same file if there is one, else through
+/// /proc/PID/map_files (root).
+pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
+    let base = m.name.strip_suffix(" (deleted)").unwrap_or(&m.name);
+    let (memfd, name, what) = match base.strip_prefix("/memfd:") {
+        Some(n) => (true, n, "memfd"),
+        None => (false, base, "deleted file"),
+    };
+    let dev = libc::makedev(m.dev.0, m.dev.1);
+    let fds = proc::fd_numbers(pid).map_err(|e| TraceError::io(pid, "listing descriptors", e))?;
+    // A descriptor closed meanwhile (no metadata) is simply not one to read through.
+    let by_fd = fds
+        .into_iter()
+        .map(|fd| proc::path(pid, &format!("fd/{fd}")))
+        .find(|p| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode && md.dev() == dev));
+    let open_path = match by_fd {
+        Some(p) => p,
+        None => proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end)),
+    };
+    let file = unlinked(&open_path, memfd, name, ids).map_err(|why| TraceError::Unsupported {
+        pid,
+        what: format!("mapping of {what} {name} at {:#x}: {why}", m.start),
+    })?;
+    Ok(VmaKind::Unlinked { file })
+}
+
+fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
+    let FdKind::Unlinked { file, pos } = &fd.kind else {
+        return None;
+    };
+    Some((|| {
+        let new = backing(shared, file, pid, fd.fd)?;
+        let f = open(
+            &format!("/proc/self/fd/{new}"),
+            fd.flags,
+            &format!("fd {} ({})", fd.fd, file.name),
+        )?;
+        // SAFETY: lseek on our own descriptor.
+        if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
+            bail!(
+                "seeking {} to {pos}: {}",
+                file.name,
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(f)
+    })())
+}
+
+fn describe(kind: &FdKind) -> Option<String> {
+    match kind {
+        FdKind::Unlinked { file, pos } if file.memfd => {
+            Some(format!("memfd {} ({} bytes) @{pos}", file.name, file.size))
+        }
+        FdKind::Unlinked { file, pos } => Some(format!(
+            "deleted file {} ({} bytes) @{pos}",
+            file.name, file.size
+        )),
+        _ => None,
+    }
+}
+
+/// The new files of a restore, by saved (dev, ino): the file, and whether its content
+/// is in (it comes with one of its descriptors or mappings).
+#[derive(Default)]
+struct Files(HashMap<(u64, u64), (OwnedFd, bool)>);
+
+const MFD_EXEC: libc::c_uint = 0x10;
+
+fn new_memfd(name: &str) -> RestoreResult<OwnedFd> {
+    let c = CString::new(name)?;
+    let base = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3+) keeps the mode settable whatever vm.memfd_noexec says.
+    // SAFETY: memfd_create returns a descriptor we own.
+    let mut fd = unsafe { libc::memfd_create(c.as_ptr(), base | MFD_EXEC) };
+    if fd < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // SAFETY: `c` is a NUL-terminated CString alive for the call; memfd_create only
+        // reads the name and keeps no pointer to it.
+        fd = unsafe { libc::memfd_create(c.as_ptr(), base) };
+    }
+    owned(fd, &format!("creating memfd {name}"))
+}
+
+/// The new file standing for the saved memfd or deleted file `f` (created at its first
+/// occurrence); its content, size and mode are filled from the occurrence that carries
+/// them. Seals are added last, once the process exists (the late step). `fdnum` is the
+/// descriptor of process `pid` it is for, -1 for a mapping.
+pub fn backing(
+    shared: &mut Shared,
+    f: &UnlinkedFile,
+    pid: i32,
+    fdnum: RawFd,
+) -> RestoreResult<RawFd> {
+    use std::collections::hash_map::Entry;
+    let (fd, filled) = match shared.part::<Files>().0.entry((f.dev, f.ino)) {
+        Entry::Occupied(o) => o.into_mut(),
+        Entry::Vacant(v) => v.insert((new_unlinked(f, pid, fdnum)?, false)),
+    };
+    if let (Some(data), false) = (&f.data, *filled) {
+        let file = std::fs::File::from(fd.try_clone()?);
+        file.write_all_at(data, 0)
+            .with_context(|| format!("writing the content of {}", f.name))?;
+        file.set_len(f.size)
+            .with_context(|| format!("setting the size of {}", f.name))?;
+        cvt(
+            // SAFETY: fchmod(2) on `fd`, a descriptor this function holds open, with an
+            // integer mode; no pointer is involved.
+            unsafe { libc::fchmod(fd.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
+            &format!("setting the mode of {}", f.name),
+        )?;
+        *filled = true;
+    }
+    Ok(fd.as_raw_fd())
+}
+
+/// A new empty file for `f`: a memfd with the same name, or, for a deleted file, an
+/// O_TMPFILE file in its old directory (so it lives on the same filesystem, unnamed), or a
+/// memfd (with a warning) when that directory is gone or cannot hold one.
+fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> RestoreResult<OwnedFd> {
+    if f.memfd {
+        return new_memfd(&f.name);
+    }
+    let path = std::path::Path::new(&f.name);
+    let dir = path
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".into());
+    let c = CString::new(dir.clone())?;
+    // SAFETY: open(2) with a valid C string.
+    let r = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
+            (f.mode & 0o7777) as libc::c_uint,
+        )
+    };
+    if r >= 0 {
+        // SAFETY: `r` was just returned by a successful open(O_TMPFILE) (checked >= 0): a
+        // fresh descriptor nothing else owns.
+        return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+    }
+    let what = if fdnum >= 0 {
+        format!("process {pid} fd {fdnum}")
+    } else {
+        "a mapping".to_string()
+    };
+    eprintln!(
+        "ckpt: warning: {what}: deleted file {} restored as a memfd ({dir}: {})",
+        f.name,
+        std::io::Error::last_os_error()
+    );
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    new_memfd(&base)
+}
+
+/// Seals of memfds, once per memfd (they come with the occurrence holding the data),
+/// added through a descriptor of ours on the restored process's memfd.
+fn late(_inj: &Injector, _leader: &mut FrozenThread, state: &ProcessState) -> RestoreResult<()> {
+    let pid = state.pid;
+    let mut sealed = HashSet::new();
+    let with_data = state
+        .fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Unlinked { file, .. } => Some(file),
+            _ => None,
+        })
+        .chain(state.vmas.iter().filter_map(|v| match &v.kind {
+            VmaKind::Unlinked { file } => Some(file),
+            _ => None,
+        }))
+        .filter(|f| f.memfd && f.data.is_some() && f.seals != 0);
+    for file in with_data {
+        if sealed.insert((file.dev, file.ino)) {
+            add_seals(state, file)
+                .with_context(|| format!("process {pid}: sealing memfd {}", file.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Open the restored process's memfd that stands for `file` (through one of its
+/// descriptors, or through a mapping) and add the saved seals.
+fn add_seals(state: &ProcessState, file: &UnlinkedFile) -> RestoreResult<()> {
+    let pid = state.pid;
+    let same = |f: &UnlinkedFile| f.dev == file.dev && f.ino == file.ino;
+    let path = state
+        .fds
+        .iter()
+        .find(|f| matches!(&f.kind, FdKind::Unlinked { file: g, .. } if same(g)))
+        .map(|f| format!("/proc/{pid}/fd/{}", f.fd))
+        .or_else(|| {
+            state
+                .vmas
+                .iter()
+                .find(|v| matches!(&v.kind, VmaKind::Unlinked { file: g } if same(g)))
+                .map(|v| format!("/proc/{pid}/map_files/{:x}-{:x}", v.start, v.end))
+        })
+        .context("no descriptor or mapping of it")?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {path}"))?;
+    // Only the seals not there yet: a memfd shared with a process of the tree restored
+    // before is sealed already.
+    // SAFETY: fcntl on our own descriptor.
+    let have = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) }.max(0) as u32;
+    let add = file.seals & !have;
+    if add == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, add as libc::c_int) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("adding seals {:#x}", file.seals));
+    }
+    Ok(())
+}
