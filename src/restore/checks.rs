@@ -12,6 +12,9 @@ use std::path::Path;
 fn check_identity(saved: &FileIdentity, what: &str) -> Result<()> {
     let cur = match file_identity(Path::new(&saved.path), &saved.path) {
         Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            bail!("{what} {} cannot be checked: {e}", saved.path)
+        }
         Err(e) => bail!(
             "{what} {} is missing ({e}); restore needs the same file",
             saved.path

@@ -111,10 +111,12 @@ pub fn on_memory_fs(path: &str) -> bool {
 
 /// The content of every regular file on a memory file system that the process maps or
 /// has open, once per file.
+/// Read without breaking a lease on them (`IdentityCache::open`).
 pub fn volatile_files(
     pid: i32,
     vmas: &[crate::state::Vma],
     fds: &[Fd],
+    cache: &IdentityCache,
 ) -> Result<Vec<crate::state::UnlinkedFile>> {
     use crate::state::{UnlinkedFile, VmaKind};
     let ids = vmas
@@ -143,7 +145,9 @@ pub fn volatile_files(
                 ),
             });
         }
-        let data = std::fs::read(&id.path)
+        let data = cache
+            .open(std::path::Path::new(&id.path), id.dev, id.ino)
+            .and_then(|f| crate::identity::read_all_at(&f))
             .map_err(|e| TraceError::io(pid, format!("reading {}", id.path), e))?;
         out.push(UnlinkedFile {
             memfd: false,

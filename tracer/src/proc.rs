@@ -584,6 +584,92 @@ pub fn parse_epoll(text: &str) -> Parsed<Vec<EpollLine>> {
     Ok(out)
 }
 
+/// One lock of fs/locks.c (`lock_get_status`): a `lock:` line of /proc/PID/fdinfo/FD
+/// (only the locks of that descriptor's open file description that this process owns:
+/// its POSIX locks, and the OFD locks, flocks and leases of the description) or a line
+/// of /proc/locks (every lock of the system, and the requests blocked on each, marked
+/// `->`): `ID: [-> ]CLASS MODE TYPE PID MAJ:MIN:INO START END`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockLine {
+    /// `POSIX`, `OFDLCK`, `FLOCK`, `LEASE`, `DELEG`, `ACCESS`, ... as printed.
+    pub class: String,
+    /// `ADVISORY`, `MANDATORY` (kernels before 5.15), `ACTIVE`, `BREAKING`, `BREAKER`
+    /// (leases), `MSNFS` (old flock LOCK_MAND), ... as printed.
+    pub mode: String,
+    /// `WRITE`, `READ` or `UNLCK` (a lease being broken to nothing).
+    pub access: String,
+    /// The process that took it (-1 for OFD locks).
+    pub pid: i32,
+    /// st_dev and inode of the locked file; None: `<none>:0` (a lease breaker).
+    pub file: Option<(u64, u64)>,
+    pub start: u64,
+    /// Last byte, inclusive; None: `EOF`.
+    pub end: Option<u64>,
+    /// A request waiting for this lock (`->`, /proc/locks only).
+    pub blocked: bool,
+}
+
+/// Parse one lock line, without its `lock:` prefix.
+pub fn parse_lock_line(line: &str) -> Parsed<LockLine> {
+    let bad = || Bad::value("lock", line);
+    let mut w = line.split_whitespace().peekable();
+    let id = w.next().ok_or_else(bad)?;
+    if !id.ends_with(':') {
+        return Err(bad());
+    }
+    let blocked = w.next_if_eq(&"->").is_some();
+    let mut next = || w.next().ok_or_else(bad);
+    let (class, mode, access) = (next()?, next()?, next()?);
+    let pid = next()?.parse().map_err(|_| bad())?;
+    let file = match next()? {
+        f if f.starts_with("<none>") => None,
+        f => {
+            let mut p = f.splitn(3, ':');
+            let maj = u32::from_str_radix(p.next().ok_or_else(bad)?, 16).map_err(|_| bad())?;
+            let min = u32::from_str_radix(p.next().ok_or_else(bad)?, 16).map_err(|_| bad())?;
+            let ino = p.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            Some((libc::makedev(maj, min), ino))
+        }
+    };
+    let start = next()?.parse().map_err(|_| bad())?;
+    let end = match next()? {
+        "EOF" => None,
+        e => Some(e.parse().map_err(|_| bad())?),
+    };
+    if w.next().is_some() {
+        return Err(bad());
+    }
+    Ok(LockLine {
+        class: class.to_string(),
+        mode: mode.to_string(),
+        access: access.to_string(),
+        pid,
+        file,
+        start,
+        end,
+        blocked,
+    })
+}
+
+/// The `lock:` lines of an fdinfo text.
+pub fn parse_fd_locks(text: &str) -> Parsed<Vec<LockLine>> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("lock:"))
+        .map(parse_lock_line)
+        .collect()
+}
+
+/// Every lock of /proc/locks (of the processes this PID namespace sees), read for the
+/// dump of process `pid` (which errors name).
+pub fn locks(pid: i32) -> Result<Vec<LockLine>> {
+    let file = "/proc/locks";
+    let text = std::fs::read_to_string(file).map_err(|e| TraceError::io(pid, file, e))?;
+    text.lines()
+        .map(parse_lock_line)
+        .collect::<Parsed<_>>()
+        .map_err(|b| b.at(pid, file))
+}
+
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
@@ -958,6 +1044,16 @@ impl MapEntry {
     }
 }
 
+/// /proc/PID/oom_score_adj.
+pub fn oom_score_adj(pid: i32) -> Result<i32> {
+    let p = path(pid, "oom_score_adj");
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| TraceError::io(pid, format!("reading {p}"), e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Bad::new("oom_score_adj", "is not an integer").at(pid, &p))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1097,6 +1193,68 @@ mod tests {
             ))),
             "VmFlags"
         );
+    }
+
+    #[test]
+    fn lock_lines() {
+        let fe = libc::makedev(0xfe, 0);
+        let l = parse_fd_locks(include_str!("proc_samples/fdinfo_locks.txt")).unwrap();
+        assert_eq!(
+            l,
+            [
+                LockLine {
+                    class: "POSIX".into(),
+                    mode: "ADVISORY".into(),
+                    access: "WRITE".into(),
+                    pid: 8364,
+                    file: Some((fe, 10010851)),
+                    start: 10,
+                    end: Some(29),
+                    blocked: false,
+                },
+                LockLine {
+                    class: "POSIX".into(),
+                    mode: "ADVISORY".into(),
+                    access: "READ".into(),
+                    pid: 8364,
+                    file: Some((fe, 10010851)),
+                    start: 100,
+                    end: None,
+                    blocked: false,
+                },
+            ]
+        );
+        assert!(parse_fd_locks(FD_FILE).unwrap().is_empty());
+        let all: Vec<LockLine> = include_str!("proc_samples/locks.txt")
+            .lines()
+            .map(|l| parse_lock_line(l).unwrap())
+            .collect();
+        assert_eq!(all.len(), 5);
+        assert_eq!(
+            (all[0].class.as_str(), all[0].mode.as_str()),
+            ("LEASE", "BREAKING")
+        );
+        assert!(all[1].blocked && all[1].file.is_none() && all[1].mode == "BREAKER");
+        assert_eq!(
+            (all[2].class.as_str(), all[2].pid, all[2].end),
+            ("OFDLCK", -1, Some(4))
+        );
+        assert_eq!(
+            (all[3].class.as_str(), all[3].access.as_str()),
+            ("FLOCK", "WRITE")
+        );
+        // An old kernel's mandatory lock parses (the audit refuses it).
+        let m = parse_lock_line("1: POSIX  MANDATORY WRITE 7 08:01:12 0 EOF").unwrap();
+        assert_eq!(m.mode, "MANDATORY");
+        for bad in [
+            "1: POSIX ADVISORY WRITE x fe:00:1 0 EOF",
+            "1: POSIX ADVISORY WRITE 7 fe:00 0 EOF",
+            "1: POSIX ADVISORY WRITE 7 fe:00:1 0",
+            "1: POSIX ADVISORY WRITE 7 fe:00:1 0 EOF extra",
+            "POSIX ADVISORY WRITE 7 fe:00:1 0 EOF",
+        ] {
+            assert!(parse_lock_line(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -1282,14 +1440,4 @@ ID: 0\nsignal: 12/00007ffd00000001\nnotify: thread/pid.27967\nClockID: 1\n";
             "ClockID"
         );
     }
-}
-
-/// /proc/PID/oom_score_adj.
-pub fn oom_score_adj(pid: i32) -> Result<i32> {
-    let p = path(pid, "oom_score_adj");
-    let text =
-        std::fs::read_to_string(&p).map_err(|e| TraceError::io(pid, format!("reading {p}"), e))?;
-    text.trim()
-        .parse()
-        .map_err(|_| Bad::new("oom_score_adj", "is not an integer").at(pid, &p))
 }

@@ -125,7 +125,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         });
     }
 
-    let mut ids = IdentityCache::default();
+    let mut ids = IdentityCache::for_dump(pid)?;
     let entries: Vec<MapEntry> = proc::smaps(pid)?;
     let not_from_snapshot = entries
         .iter()
@@ -267,7 +267,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     let mut mm = stat.mm;
     mm.brk = brk;
     let fds = files::read_fds(pid, &mut ids)?;
-    let volatile_files = files::volatile_files(pid, &vmas, &fds)?;
+    let volatile_files = files::volatile_files(pid, &vmas, &fds, &ids)?;
     let exe_path = proc::link(pid, "exe").map_err(io_err("reading exe link"))?;
     let exe = files::file_identity(std::path::Path::new(&proc::path(pid, "exe")), &exe_path)
         .map_err(io_err("reading the executable"))?;

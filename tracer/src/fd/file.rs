@@ -10,7 +10,7 @@
 
 use super::{open, Dump, Kind, RestoreResult, Shared, Target};
 use crate::error::{Result, TraceError};
-use crate::identity::{file_identity, IdentityCache};
+use crate::identity::IdentityCache;
 use crate::proc;
 use crate::state::{Fd, FdKind};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -63,7 +63,8 @@ fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
 /// A regular file open at `path`, which must still be the file at that path.
 fn regular(pid: i32, fd: i32, path: &str, pos: u64, ids: &mut IdentityCache) -> Result<FdKind> {
     let link_path = proc::path(pid, &format!("fd/{fd}"));
-    let id = file_identity(Path::new(&link_path), path)
+    let id = ids
+        .identity_at(Path::new(&link_path), path)
         .map_err(|e| TraceError::io(pid, format!("stat of fd {fd}"), e))?;
     match ids.identity(path) {
         Ok(cur) if cur.ino == id.ino && cur.dev == id.dev => {}

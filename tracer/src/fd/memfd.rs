@@ -73,7 +73,9 @@ fn unlinked(
     if !first_time(ids, file.dev, file.ino) {
         return Ok(file);
     }
-    let f = std::fs::File::open(open_path).map_err(|e| format!("opening it: {e}"))?;
+    let f = ids
+        .open(std::path::Path::new(open_path), file.dev, file.ino)
+        .map_err(|e| format!("opening it: {e}"))?;
     // SAFETY: `libc::statfs` is a plain C struct of integers and integer arrays, for which
     // all-zero bytes are a valid value; fstatfs overwrites it anyway.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

@@ -28,7 +28,7 @@ use crate::state::{FdKind, ProcessState, UnixOptions, UnixSocketFile, UnixState}
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
@@ -273,15 +273,7 @@ pub fn diag_all() -> io::Result<Vec<Diag>> {
 
 /// Our own descriptor on the open file description behind `fd` of process `pid`.
 fn get_fd(pid: i32, fd: i32) -> io::Result<OwnedFd> {
-    let pidfd = crate::procinfo::pidfd_open(pid)?;
-    // SAFETY: pidfd_getfd returns a descriptor we own.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `r` was just returned by a successful pidfd_getfd(2) (checked >= 0 above): a
-    // new descriptor in this process that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+    crate::procinfo::pidfd_getfd(pid, fd)
 }
 
 fn get_int(fd: &OwnedFd, level: i32, opt: i32) -> io::Result<i32> {
