@@ -18,6 +18,8 @@ pub enum Attr {
     Sched(Sched),
     /// madvise state and memory locks of the regions that have any.
     Memory(Vec<RegionAdvice>),
+    /// File locks, leases, signal-driven I/O owners and pipe capacities of its descriptors.
+    Locks(FdLocks),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -64,4 +66,71 @@ pub struct RegionAdvice {
     pub advice: Vec<i32>,
     /// 0: not locked; 1: mlock; 2: mlock2(MLOCK_ONFAULT).
     pub lock: u8,
+}
+
+/// The state of a process's descriptors that only the process can set, by descriptor
+/// number, and that [`crate::state::Fd`] has no field for (group "locks"): its file locks
+/// and leases, the owners and signals of signal-driven I/O, and pipe capacities.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct FdLocks {
+    /// Every lock and lease the process holds, once per open file description (a lock
+    /// shown on several descriptors of one description is kept with the lowest).
+    pub locks: Vec<FileLock>,
+    /// Descriptors with an owner, a signal, O_ASYNC or a lease (whose owner a restore of
+    /// the lease resets).
+    pub owners: Vec<FdOwner>,
+    /// The capacity of every pipe and FIFO, by one of its descriptors.
+    pub pipe_sizes: Vec<PipeSize>,
+}
+
+/// What kind of lock, as the `lock:` lines of /proc/PID/fdinfo/FD name it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// fcntl(F_SETLK): a record lock of the process (`POSIX`).
+    Posix,
+    /// fcntl(F_OFD_SETLK): a record lock of the open file description (`OFDLCK`).
+    Ofd,
+    /// flock(2): a whole-file lock of the open file description (`FLOCK`).
+    Flock,
+    /// fcntl(F_SETLEASE): a lease of the open file description (`LEASE`).
+    Lease,
+}
+
+/// One lock or lease.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileLock {
+    /// The descriptor it is (re)taken through.
+    pub fd: i32,
+    pub kind: LockKind,
+    /// A write (exclusive) lock or lease; else a read (shared) one.
+    pub write: bool,
+    /// First byte (0 for flock and leases).
+    pub start: u64,
+    /// Last byte, inclusive; `None`: to the end of the file, however long (EOF).
+    pub end: Option<u64>,
+    /// The locked file, as the lock line shows it: st_dev and inode.
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The signal-driven I/O settings of one descriptor (of its open file description).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FdOwner {
+    pub fd: i32,
+    /// F_GETOWN_EX: F_OWNER_TID (0), F_OWNER_PID (1) or F_OWNER_PGRP (2), and the id
+    /// (0: no owner).
+    pub owner_type: i32,
+    pub owner: i32,
+    /// F_GETSIG: the signal sent instead of SIGIO (0: SIGIO).
+    pub sig: i32,
+    /// O_ASYNC is set: re-armed from inside the process, so that its signals name this
+    /// descriptor (si_fd).
+    pub async_io: bool,
+}
+
+/// F_GETPIPE_SZ of a pipe or FIFO, in bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PipeSize {
+    pub fd: i32,
+    pub size: u32,
 }

@@ -220,6 +220,7 @@ pub fn finish(
             pid,
             inj: &inj,
             threads: &mut threads,
+            state,
         },
         &state.attrs,
     )?;

@@ -9,7 +9,10 @@
 //! The audit reads the frozen process: /proc status of every thread, system calls
 //! injected into every thread (prctl and arch_prctl getters, the memory policy, the LDT),
 //! the GDT TLS entries through ptrace, /proc files of the process, its namespaces and
-//! root, and the VmFlags of every region.
+//! root, and the VmFlags of every region. The `lock:` lines of every descriptor's fdinfo
+//! are checked against this table by the locks group as it reads them ([`check_lock`]):
+//! a lease that changes state between two reads (being broken) must be refused by the
+//! read that saves it.
 
 use crate::error::{Result, TraceError};
 use crate::freeze::FrozenThread;
@@ -67,6 +70,12 @@ pub enum Source {
     ThreadArea,
     /// The process's root directory (/proc/PID/root).
     Root,
+    /// A word of the class or mode of a `lock:` line of /proc/PID/fdinfo/FD (`POSIX`,
+    /// `FLOCK`, `ADVISORY`, `BREAKING`, ...), for every descriptor: checked by the locks
+    /// group (`crate::attr::locks`) as it reads them, with [`check_lock`].
+    FdLock(&'static str),
+    /// `fcntl(fd, cmd)` injected for every descriptor (F_GETPIPE_SZ: every pipe and FIFO).
+    Fcntl(i32),
 }
 
 /// One attribute the audit checks.
@@ -464,6 +473,47 @@ pub static TABLE: &[Row] = &[
     row(VmFlag("mt"), "memory tagging", Default(Zero)),
     row(VmFlag("nl"), "non-linear", Default(Zero)),
     row(VmFlag("dw"), "deny write", Info),
+    // ---- every descriptor: its locks (fdinfo `lock:` lines) and fcntl getters ----
+    row(
+        FdLock("POSIX"),
+        "POSIX record lock (fcntl F_SETLK)",
+        Saved("locks"),
+    ),
+    row(
+        FdLock("OFDLCK"),
+        "open file description lock (fcntl F_OFD_SETLK)",
+        Saved("locks"),
+    ),
+    row(FdLock("FLOCK"), "flock lock", Saved("locks")),
+    row(FdLock("LEASE"), "lease (fcntl F_SETLEASE)", Saved("locks")),
+    row(FdLock("ADVISORY"), "advisory lock", Saved("locks")),
+    row(FdLock("ACTIVE"), "lease in force", Saved("locks")),
+    row(
+        FdLock("MANDATORY"),
+        "mandatory lock (a file system mounted with -o mand, before Linux 5.15)",
+        Default(Zero),
+    ),
+    row(
+        FdLock("BREAKING"),
+        "lease being broken (another process waits to open the file; ckpt does not wait while the holder is frozen)",
+        Default(Zero),
+    ),
+    row(FdLock("DELEG"), "NFS delegation", Default(Zero)),
+    row(
+        Fcntl(crate::attr::locks::F_GETOWN_EX),
+        "owner of its SIGIO and SIGURG (F_SETOWN_EX)",
+        Saved("locks"),
+    ),
+    row(
+        Fcntl(crate::attr::locks::F_GETSIG),
+        "signal of its signal-driven I/O (F_SETSIG)",
+        Saved("locks"),
+    ),
+    row(
+        Fcntl(libc::F_GETPIPE_SZ),
+        "pipe capacity (F_SETPIPE_SZ)",
+        Saved("locks"),
+    ),
 ];
 
 fn refuse(pid: i32, what: String) -> TraceError {
@@ -708,6 +758,30 @@ pub fn check(
     Ok(())
 }
 
+/// Refuse a lock of descriptor `fd` (a line of its fdinfo) whose class or mode [`TABLE`]
+/// does not save (a mandatory lock, a lease being broken) or does not know (a newer
+/// kernel's): the locks group calls this for every lock line it reads.
+pub fn check_lock(pid: i32, fd: i32, l: &proc::LockLine) -> Result<()> {
+    for word in [&l.class, &l.mode] {
+        match TABLE
+            .iter()
+            .find(|r| matches!(r.source, FdLock(w) if w == word))
+        {
+            None => {
+                return Err(refuse(
+                    pid,
+                    format!("fd {fd}: a lock `{word}` (a kernel feature this ckpt does not know)"),
+                ))
+            }
+            Some(r) if matches!(r.verdict, Default(_)) => {
+                return Err(refuse(pid, format!("fd {fd}: a {}", r.what)))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn region_name(m: &MapEntry) -> &str {
     if m.name.is_empty() {
         "anonymous"
@@ -781,6 +855,32 @@ mod tests {
                 "status field {k} is not in the audit table"
             );
         }
+    }
+
+    #[test]
+    fn locks_are_checked_by_their_words() {
+        let line = |s: &str| proc::parse_lock_line(s).unwrap();
+        let ok = line("1: POSIX  ADVISORY  WRITE 7 fe:00:12 10 29");
+        assert!(check_lock(7, 3, &ok).is_ok());
+        assert!(check_lock(7, 3, &line("1: LEASE  ACTIVE    READ 7 fe:00:12 0 EOF")).is_ok());
+        let e = check_lock(7, 3, &line("1: POSIX  MANDATORY WRITE 7 08:01:12 0 EOF"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("process 7") && e.contains("fd 3") && e.contains("mandatory lock"),
+            "{e}"
+        );
+        let e = check_lock(7, 4, &line("1: LEASE  BREAKING  READ 7 fe:00:12 0 EOF"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fd 4") && e.contains("lease being broken"),
+            "{e}"
+        );
+        let e = check_lock(7, 5, &line("1: FLOCK  MSNFS     READ 7 fe:00:12 0 EOF"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`MSNFS`") && e.contains("does not know"), "{e}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::state::Attr;
 
+pub mod locks;
 pub mod memory;
 pub mod sched;
 
@@ -36,6 +37,9 @@ pub struct Restore<'a> {
     pub inj: &'a Injector,
     /// Every thread, the leader first, in the saved order.
     pub threads: &'a mut [FrozenThread],
+    /// What the image holds of it (its descriptors, which of them are the restorer's own
+    /// standard streams, its process group...).
+    pub state: &'a crate::state::ProcessState,
 }
 
 /// What one attribute group provides.
@@ -53,7 +57,7 @@ pub struct Group {
 
 /// Every attribute group, in the order their restores run (credentials must come last:
 /// after them the restorer may no longer be allowed to change the others).
-pub static GROUPS: &[Group] = &[memory::GROUP, sched::GROUP];
+pub static GROUPS: &[Group] = &[locks::GROUP, memory::GROUP, sched::GROUP];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
