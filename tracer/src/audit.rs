@@ -23,7 +23,7 @@ use std::io;
 /// What ckpt does with one attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Saved and restored by this attribute group (`crate::attr`), descriptor kind, or
+    /// Saved and restored by this attribute group (tracer/src/attr/), descriptor kind, or
     /// part of the image.
     Saved(&'static str),
     /// Not state a restore must carry: a counter, a size, an identity or a flag the
@@ -72,7 +72,7 @@ pub enum Source {
     Root,
     /// A word of the class or mode of a `lock:` line of /proc/PID/fdinfo/FD (`POSIX`,
     /// `FLOCK`, `ADVISORY`, `BREAKING`, ...), for every descriptor: checked by the locks
-    /// group (`crate::attr::locks`) as it reads them, with [`check_lock`].
+    /// group (tracer/src/attr/locks.rs) as it reads them, with [`check_lock`].
     FdLock(&'static str),
     /// `fcntl(fd, cmd)` injected for every descriptor (F_GETPIPE_SZ: every pipe and FIFO).
     Fcntl(i32),
@@ -115,6 +115,9 @@ const PR_GET_SPECULATION_CTRL: u64 = 52;
 const PR_GET_IO_FLUSHER: u64 = 58;
 const PR_GET_MDWE: u64 = 66;
 const PR_GET_MEMORY_MERGE: u64 = 68;
+// fcntl commands (asm-generic/fcntl.h) that the libc crate does not name.
+pub const F_GETSIG: i32 = 11;
+pub const F_GETOWN_EX: i32 = 16;
 // arch_prctl codes (asm/prctl.h).
 const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
@@ -500,12 +503,12 @@ pub static TABLE: &[Row] = &[
     ),
     row(FdLock("DELEG"), "NFS delegation", Default(Zero)),
     row(
-        Fcntl(crate::attr::locks::F_GETOWN_EX),
+        Fcntl(F_GETOWN_EX),
         "owner of its SIGIO and SIGURG (F_SETOWN_EX)",
         Saved("locks"),
     ),
     row(
-        Fcntl(crate::attr::locks::F_GETSIG),
+        Fcntl(F_GETSIG),
         "signal of its signal-driven I/O (F_SETSIG)",
         Saved("locks"),
     ),

@@ -54,11 +54,11 @@ pub const GROUP: Group = Group {
     describe,
 };
 
-// fcntl commands (asm-generic/fcntl.h) that the libc crate does not name.
-pub const F_SETSIG: i32 = 10;
-pub const F_GETSIG: i32 = 11;
-pub const F_SETOWN_EX: i32 = 15;
-pub const F_GETOWN_EX: i32 = 16;
+// fcntl commands (asm-generic/fcntl.h) that the libc crate does not name; the getters
+// are the audit table's.
+use crate::audit::{F_GETOWN_EX, F_GETSIG};
+const F_SETSIG: i32 = 10;
+const F_SETOWN_EX: i32 = 15;
 const F_OWNER_TID: i32 = 0;
 const F_OWNER_PID: i32 = 1;
 const F_OWNER_PGRP: i32 = 2;
