@@ -18,7 +18,8 @@
  *                                held), print "opened"
  *        locks tree DIR          take a flock on DIR/c and an OFD write lock on bytes 0-4
  *                                of DIR/b, then fork: the child shares both descriptions
- *                                (and so both locks). Prints "ready"; when DIR/unlock
+ *                                (and so both locks). Prints "ready", and "running" once
+ *                                DIR/check exists (after a restore: it runs); when DIR/unlock
  *                                exists the child gives both up through its descriptors
  *                                ("unlocked"): they are one lock each, so nobody holds
  *                                them any more; when DIR/stop exists both end ("tree ok")
@@ -33,6 +34,7 @@
  *   DIR/e  a read lease, its break signal SIGRTMIN+3
  *   pipe 1 O_ASYNC, owner its thread (F_OWNER_TID), signal SIGRTMIN+1, capacity 1 MiB
  *   pipe 2 owner its process group (F_OWNER_PGRP), default signal and capacity
+ *   DIR/f  a FIFO, open read-write, capacity 256 KiB
  * After the restore, with DIR/go: every owner, signal and capacity is as set; a byte
  * written to pipe 1 raises SIGRTMIN+1 naming pipe 1's read end (si_fd); the probe's
  * opens broke both leases, which raised SIGRTMIN+3 naming each leased descriptor; a
@@ -42,11 +44,13 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #define SIG_PIPE (SIGRTMIN + 1)
 #define SIG_LEASE (SIGRTMIN + 3)
 #define PIPE_SIZE (1 << 20)
+#define FIFO_SIZE (1 << 18)
 
 static char dir[3000];
 
@@ -198,6 +202,11 @@ static int hold(void)
           strerror(errno));
     CHECK(fcntl(p2[0], F_SETOWN_EX, &grp) == 0, "F_SETOWN_EX pgrp: %s", strerror(errno));
     int default_size = fcntl(p2[0], F_GETPIPE_SZ);
+    CHECK(mkfifo(at("f"), 0644) == 0, "mkfifo: %s", strerror(errno));
+    int ff = open(at("f"), O_RDWR);
+    CHECK(ff >= 0, "open f: %s", strerror(errno));
+    CHECK(fcntl(ff, F_SETPIPE_SZ, FIFO_SIZE) == FIFO_SIZE, "FIFO F_SETPIPE_SZ: %s",
+          strerror(errno));
     say("fds a %d b %d c %d %d d %d e %d pipe %d %d pipe %d %d", fa, fb, fc, fc2, fd, fe, p1[0],
         p1[1], p2[0], p2[1]);
     say("ready");
@@ -222,6 +231,8 @@ static int hold(void)
     CHECK(sz == PIPE_SIZE, "pipe 1 capacity %d, want %d", sz, PIPE_SIZE);
     sz = fcntl(p2[1], F_GETPIPE_SZ);
     CHECK(sz == default_size, "pipe 2 capacity %d, want %d", sz, default_size);
+    sz = fcntl(ff, F_GETPIPE_SZ);
+    CHECK(sz == FIFO_SIZE, "FIFO capacity %d, want %d", sz, FIFO_SIZE);
     siginfo_t si;
     CHECK(write(p1[1], "x", 1) == 1, "write: %s", strerror(errno));
     wait_signal(SIG_PIPE, &si, "input on pipe 1");
@@ -359,6 +370,8 @@ static int tree(void)
     }
     say("child %d", (int)c);
     say("ready");
+    wait_file("check");
+    say("running");
     int st;
     CHECK(waitpid(c, &st, 0) == c, "waitpid: %s", strerror(errno));
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child status %#x", st);

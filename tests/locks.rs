@@ -270,6 +270,10 @@ fn sqlite_keeps_its_write_transaction_and_lock() {
 
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
+    // It answers: it runs, so its lock was taken back (before it resumed). A second
+    // sqlite3 any earlier would find the journal hot and roll the transaction back.
+    r.write_stdin(b"SELECT 'running';\n");
+    r.stdout.expect_line("running");
     locked("after the restore");
     r.write_stdin(b"COMMIT;\nSELECT 'rows ' || count(*) FROM t;\n.quit\n");
     r.stdout.expect_line("rows 2");
@@ -302,7 +306,10 @@ fn a_lock_shared_across_fork_comes_back_as_one() {
 
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
-    wait_until("the restored child", || pid_exists(child));
+    // Running: every process of the tree was finished, locks taken, before any resumed.
+    touch(&d.join("check"));
+    r.stdout.expect_line("running");
+    assert!(pid_exists(child), "the child {child} was restored");
     assert!(!can_take(d.path(), "flock"), "the flock came back");
     assert!(!can_take(d.path(), "ofd"), "the OFD lock came back");
     // The child gives each up through its own descriptor: one lock each, shared by the
