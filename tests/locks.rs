@@ -21,6 +21,17 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+/// Kills process `pid` (if it still runs `locks`) when dropped: a restored process the
+/// test does not hold a handle of (a restored child, a restore that should have failed)
+/// must not outlive a failed test.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        kill_if_running(self.0, "locks");
+    }
+}
+
 fn locks(mode: &str, dir: &Path, extra: &[&str]) -> Command {
     let mut c = command(testdata("locks"));
     c.arg(mode).arg(dir).args(extra);
@@ -136,6 +147,7 @@ fn locks_come_back_for_an_ordinary_user() {
 fn restore_refused_while_grabbed(d: &Path, ck: &Path, pid: i32, what: &str, named: &[&str]) {
     let mut g = Target::spawn(locks("grab", d, &[what]), "locks");
     g.stdout.expect_line("grabbed");
+    let _restored = KillOnDrop(pid);
     let out = ckpt([os("restore"), ck.as_os_str()]);
     let err = assert_error(
         &out,
@@ -303,6 +315,7 @@ fn a_lock_shared_across_fork_comes_back_as_one() {
     t.stdout.expect_line("ready");
     t.dump_kill(&ck);
     wait_pid_free(child);
+    let _child = KillOnDrop(child);
 
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
