@@ -67,6 +67,9 @@ pub enum Source {
     ThreadArea,
     /// The process's root directory (/proc/PID/root).
     Root,
+    /// A kernel object that two processes of the tree may share (clone flags without
+    /// CLONE_THREAD), compared with kcmp(KCMP_*) for every pair.
+    Shared(i32),
 }
 
 /// One attribute the audit checks.
@@ -106,6 +109,11 @@ const PR_GET_SPECULATION_CTRL: u64 = 52;
 const PR_GET_IO_FLUSHER: u64 = 58;
 const PR_GET_MDWE: u64 = 66;
 const PR_GET_MEMORY_MERGE: u64 = 68;
+// kcmp types (linux/kcmp.h).
+const KCMP_VM: i32 = 1;
+const KCMP_FILES: i32 = 2;
+const KCMP_FS: i32 = 3;
+const KCMP_SIGHAND: i32 = 4;
 // arch_prctl codes (asm/prctl.h).
 const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
@@ -382,6 +390,29 @@ pub static TABLE: &[Row] = &[
         Ns("time_for_children"),
         "time namespace of its children (unshare)",
         Default(Ours),
+    ),
+    // ---- shared between processes of the tree (kcmp of every pair) ----
+    // (KCMP_IO and KCMP_SYSVSEM are not compared: two processes that never made one
+    // compare equal. SysV semaphores are refused as descriptors and mappings are.)
+    row(
+        Shared(KCMP_VM),
+        "one address space with another process (CLONE_VM, e.g. a vfork child before its exec)",
+        Default(Zero),
+    ),
+    row(
+        Shared(KCMP_FILES),
+        "one descriptor table with another process (CLONE_FILES)",
+        Default(Zero),
+    ),
+    row(
+        Shared(KCMP_FS),
+        "one cwd, root and umask with another process (CLONE_FS)",
+        Default(Zero),
+    ),
+    row(
+        Shared(KCMP_SIGHAND),
+        "one signal handler table with another process (CLONE_SIGHAND)",
+        Default(Zero),
     ),
     // ---- VmFlags of every region ----
     row(VmFlag("rd"), "readable", Saved("image: memory")),
@@ -708,6 +739,24 @@ pub fn check(
     Ok(())
 }
 
+/// Refuse a tree in which two processes share what a restore would give each its own
+/// copy of. `pids`: every process of the tree (thread-group leaders), all frozen.
+pub fn check_tree(pids: &[i32]) -> Result<()> {
+    for r in TABLE {
+        let Shared(kind) = r.source else { continue };
+        for (i, &a) in pids.iter().enumerate() {
+            for &b in &pids[i + 1..] {
+                // SAFETY: kcmp(2) compares two kernel objects; it takes only integers.
+                let same = unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) } == 0;
+                if same {
+                    return Err(refuse(a, format!("{} ({b})", r.what)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn region_name(m: &MapEntry) -> &str {
     if m.name.is_empty() {
         "anonymous"
@@ -749,6 +798,82 @@ fn own_value(s: Source) -> Option<String> {
     }
 }
 
+/// Where a row is read, for people.
+fn source_name(s: Source) -> String {
+    let prctl = |op: u64| match op {
+        PR_GET_PDEATHSIG => "PR_GET_PDEATHSIG",
+        PR_GET_DUMPABLE => "PR_GET_DUMPABLE",
+        PR_GET_KEEPCAPS => "PR_GET_KEEPCAPS",
+        PR_GET_TIMING => "PR_GET_TIMING",
+        PR_GET_TSC => "PR_GET_TSC",
+        PR_GET_SECUREBITS => "PR_GET_SECUREBITS",
+        PR_GET_TIMERSLACK => "PR_GET_TIMERSLACK",
+        PR_MCE_KILL_GET => "PR_MCE_KILL_GET",
+        PR_GET_CHILD_SUBREAPER => "PR_GET_CHILD_SUBREAPER",
+        PR_GET_NO_NEW_PRIVS => "PR_GET_NO_NEW_PRIVS",
+        PR_GET_THP_DISABLE => "PR_GET_THP_DISABLE",
+        PR_GET_SPECULATION_CTRL => "PR_GET_SPECULATION_CTRL",
+        PR_GET_IO_FLUSHER => "PR_GET_IO_FLUSHER",
+        PR_GET_MDWE => "PR_GET_MDWE",
+        PR_GET_MEMORY_MERGE => "PR_GET_MEMORY_MERGE",
+        _ => "prctl",
+    };
+    match s {
+        Status(k) => format!("task status `{k}`"),
+        Prctl(op, 0) => format!("prctl `{}`", prctl(op)),
+        Prctl(op, arg) => format!("prctl `{}({arg})`", prctl(op)),
+        PrctlOut(op) => format!("prctl `{}`", prctl(op)),
+        ArchPrctl { code, .. } => format!(
+            "arch_prctl `{}`",
+            match code {
+                ARCH_GET_CPUID => "ARCH_GET_CPUID",
+                ARCH_GET_XCOMP_PERM => "ARCH_GET_XCOMP_PERM",
+                ARCH_GET_UNTAG_MASK => "ARCH_GET_UNTAG_MASK",
+                _ => "?",
+            }
+        ),
+        File(f) => format!("/proc/PID/{f}"),
+        Ns(n) => format!("/proc/PID/ns/{n}"),
+        VmFlag(f) => format!("smaps VmFlags `{f}`"),
+        Mempolicy => "get_mempolicy".into(),
+        Ldt => "modify_ldt (read)".into(),
+        ThreadArea => "PTRACE_GET_THREAD_AREA".into(),
+        Root => "/proc/PID/root".into(),
+        Shared(k) => format!(
+            "kcmp `{}` of every pair",
+            match k {
+                KCMP_VM => "KCMP_VM",
+                KCMP_FILES => "KCMP_FILES",
+                KCMP_FS => "KCMP_FS",
+                KCMP_SIGHAND => "KCMP_SIGHAND",
+                _ => "?",
+            }
+        ),
+    }
+}
+
+/// [`TABLE`] as the Markdown table of docs/AUDIT.md.
+pub fn table_markdown() -> String {
+    let mut out = String::from("| read from | attribute | ckpt |\n|---|---|---|\n");
+    for r in TABLE {
+        let v = match r.verdict {
+            Saved(g) if g.starts_with("image: ") => format!("saved ({})", &g[7..]),
+            Saved(g) => format!("saved (group `{g}`)"),
+            Info => "not state (informational)".into(),
+            Default(Zero) if matches!(r.source, Shared(_)) => "refused if shared".into(),
+            Default(Zero) => "refused unless zero / unset".into(),
+            Default(Value(v)) => format!("refused unless `{v}`"),
+            Default(Ours) => "refused unless the same as ckpt's own".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {v} |\n",
+            source_name(r.source),
+            r.what
+        ));
+    }
+    out
+}
+
 fn ns_id(p: &str) -> Option<String> {
     std::fs::read_link(p)
         .ok()
@@ -781,6 +906,26 @@ mod tests {
                 "status field {k} is not in the audit table"
             );
         }
+    }
+
+    /// docs/AUDIT.md holds the table as it is (CKPT_UPDATE_DOCS=1 rewrites it).
+    #[test]
+    fn the_documented_table_is_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/AUDIT.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- table begin -->\n", "<!-- table end -->");
+        let a = doc.find(begin).expect("table begin marker") + begin.len();
+        let b = doc.find(end).expect("table end marker");
+        let table = table_markdown();
+        if std::env::var_os("CKPT_UPDATE_DOCS").is_some() {
+            let new = format!("{}{table}{}", &doc[..a], &doc[b..]);
+            std::fs::write(path, new).unwrap();
+            return;
+        }
+        assert!(
+            doc[a..b] == table,
+            "docs/AUDIT.md does not show the audit table as it is: run the tracer tests with CKPT_UPDATE_DOCS=1"
+        );
     }
 
     #[test]

@@ -78,11 +78,19 @@ pub fn restore_all(r: &mut Restore, attrs: &[Attr]) -> std::result::Result<(), R
     Ok(())
 }
 
-/// The `ckpt info` lines of a saved group.
+/// The `ckpt info` lines of a saved group, each led by the group's name.
 pub fn describe(a: &Attr) -> Vec<String> {
     GROUPS
         .iter()
-        .find_map(|g| (g.describe)(a))
+        .find_map(|g| {
+            let lines = (g.describe)(a)?;
+            Some(
+                lines
+                    .into_iter()
+                    .map(|l| format!("{}: {l}", g.name))
+                    .collect(),
+            )
+        })
         .unwrap_or_default()
 }
 
