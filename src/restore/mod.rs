@@ -526,6 +526,10 @@ fn run_tree(
             break;
         }
     }
+    if result.is_ok() {
+        let root = tree.images.first().map(|i| i.state.pid).unwrap_or(0);
+        result = checks::groups_as_saved(&manifest, root);
+    }
     // In a new PID namespace the init is the restorer: the namespace dies with it.
     // Elsewhere a guard kills everything unless the last process was let go.
     let mut guard = None;

@@ -129,12 +129,23 @@ fn clone_with_pid(pid: i32) -> std::io::Result<i32> {
 fn spawn_zombie(z: &Zombie) -> Result<()> {
     match clone_with_pid(z.pid) {
         // SAFETY: this is the child of clone_with_pid (a fork); it only makes
-        // async-signal-safe calls and allocates nothing: setrlimit64 reads the local `nocore`,
+        // async-signal-safe calls and allocates nothing: setsid/setpgid/getpgid take
+        // integers, setrlimit64 reads the local `nocore`,
         // sigemptyset and sigprocmask use the local `set` (an all-zero sigset_t is a valid
         // value, and sigemptyset initialises it anyway) with a null old-set,
         // signal/kill/getpid take integers, and it always ends in `_exit` (or dies of the
         // signal), running no destructors.
         Ok(0) => unsafe {
+            // Its saved group and session (checked with everything else before the
+            // tree resumes, see checks::groups_as_saved): a leader leads again; a
+            // member of another group than its parent's joins it if it exists.
+            if z.sid == z.pid {
+                libc::setsid();
+            } else if z.pgid == z.pid {
+                libc::setpgid(0, 0);
+            } else if z.pgid != libc::getpgid(0) {
+                libc::setpgid(0, z.pgid);
+            }
             let st = z.wait_status;
             if libc::WIFSIGNALED(st) {
                 let sig = libc::WTERMSIG(st);
