@@ -18,6 +18,8 @@ pub enum Attr {
     Sched(Sched),
     /// madvise state and memory locks of the regions that have any.
     Memory(Vec<RegionAdvice>),
+    /// Seccomp filters of the threads that have any.
+    Seccomp(Vec<ThreadSeccomp>),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -64,4 +66,20 @@ pub struct RegionAdvice {
     pub advice: Vec<i32>,
     /// 0: not locked; 1: mlock; 2: mlock2(MLOCK_ONFAULT).
     pub lock: u8,
+}
+
+/// One seccomp filter as PTRACE_SECCOMP_GET_FILTER shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// SECCOMP_FILTER_FLAG_* it was installed with (PTRACE_SECCOMP_GET_METADATA).
+    pub flags: u64,
+    /// The classic BPF program: 8-byte `struct sock_filter` instructions.
+    pub insns: Vec<u64>,
+}
+
+/// The seccomp filters of one thread, oldest first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    pub tid: i32,
+    pub filters: Vec<SeccompFilter>,
 }

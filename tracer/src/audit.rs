@@ -211,8 +211,12 @@ pub static TABLE: &[Row] = &[
     row(Status("CapBnd"), "bounding capabilities", Default(Ours)),
     row(Status("CapAmb"), "ambient capabilities", Default(Ours)),
     row(Status("NoNewPrivs"), "no_new_privs", Default(Ours)),
-    row(Status("Seccomp"), "seccomp mode", Default(Zero)),
-    row(Status("Seccomp_filters"), "seccomp filters", Default(Zero)),
+    row(Status("Seccomp"), "seccomp mode", Saved("seccomp")),
+    row(
+        Status("Seccomp_filters"),
+        "seccomp filters",
+        Saved("seccomp"),
+    ),
     row(
         Status("Speculation_Store_Bypass"),
         "speculative store bypass control",

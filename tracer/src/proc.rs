@@ -359,6 +359,21 @@ pub fn parse_smaps(text: &str) -> Parsed<Vec<MapEntry>> {
     Ok(out)
 }
 
+/// A private writable region of process `pid` (from /proc/PID/maps) of at least `len`
+/// bytes, not one of the kernel's own: (start, end).
+pub fn writable_region(pid: i32, len: u64) -> Result<Option<(u64, u64)>> {
+    use procfs_core::process::{MMPermissions, MMapPath, MemoryMaps};
+    let text = read(pid, "maps").map_err(|e| TraceError::io(pid, "reading maps", e))?;
+    let maps = MemoryMaps::from_read(text.as_bytes())
+        .map_err(|e| crate_error("maps", e).at(pid, &path(pid, "maps")))?;
+    let rw = MMPermissions::READ | MMPermissions::WRITE | MMPermissions::PRIVATE;
+    Ok(maps
+        .into_iter()
+        .filter(|m| m.perms.contains(rw) && !matches!(m.pathname, MMapPath::Vvar | MMapPath::Vdso))
+        .map(|m| m.address)
+        .find(|&(s, e)| e - s >= len))
+}
+
 /// Regions of the process from /proc/PID/smaps, in address order.
 pub fn smaps(pid: i32) -> Result<Vec<MapEntry>> {
     let text = read(pid, "smaps").map_err(|e| TraceError::io(pid, "reading smaps", e))?;

@@ -30,7 +30,7 @@ fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc
     // local of at least the size the request reads or writes: Regs (27 * 8 bytes, checked
     // against user_regs_struct) for GETREGS/SETREGS, an iovec over a buffer of iov_len
     // bytes for GETREGSET/SETREGSET, a u64 sigset with size 8, an RseqConfig with its
-    // size, a c_ulong for GETEVENTMSG, a 16-byte user_desc for GET_THREAD_AREA, and for PEEKSIGINFO the args plus a buffer of
+    // size, a c_ulong for GETEVENTMSG, a 16-byte user_desc for GET_THREAD_AREA, a buffer of the filter's length (learnt by a first call with a null buffer) for SECCOMP_GET_FILTER, a 16-byte seccomp_metadata with its size for SECCOMP_GET_METADATA, and for PEEKSIGINFO the args plus a buffer of
     // `nr * 128` bytes. The kernel keeps none of them after the call.
     let r = unsafe {
         libc::ptrace(
@@ -166,6 +166,40 @@ pub fn thread_area_in_use(tid: i32) -> io::Result<bool> {
         }
     }
     Ok(false)
+}
+
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+
+/// Seccomp filter `index` of the thread (0: the newest), as `struct sock_filter`
+/// instructions (8 bytes each); `None` past the oldest. Needs CAP_SYS_ADMIN.
+pub fn seccomp_filter(tid: i32, index: usize) -> io::Result<Option<Vec<u64>>> {
+    let n = match raw(PTRACE_SECCOMP_GET_FILTER, tid, index, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        r => r?,
+    };
+    let mut insns = vec![0u64; n as usize];
+    let got = raw(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index,
+        insns.as_mut_ptr() as usize,
+    )?;
+    insns.truncate(got as usize);
+    Ok(Some(insns))
+}
+
+/// The SECCOMP_FILTER_FLAG_* filter `index` of the thread was installed with.
+pub fn seccomp_flags(tid: i32, index: usize) -> io::Result<u64> {
+    // struct seccomp_metadata { u64 filter_off; u64 flags; }
+    let mut md = [index as u64, 0];
+    raw(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        16,
+        md.as_mut_ptr() as usize,
+    )?;
+    Ok(md[1])
 }
 
 /// get_robust_list(2) of another thread: (head, len).

@@ -18,6 +18,7 @@ use crate::state::Attr;
 
 pub mod memory;
 pub mod sched;
+pub mod seccomp;
 
 /// The frozen process being dumped.
 pub struct Dump<'a> {
@@ -51,9 +52,10 @@ pub struct Group {
     pub describe: fn(a: &Attr) -> Option<Vec<String>>,
 }
 
-/// Every attribute group, in the order their restores run (credentials must come last:
-/// after them the restorer may no longer be allowed to change the others).
-pub static GROUPS: &[Group] = &[memory::GROUP, sched::GROUP];
+/// Every attribute group, in the order their restores run: credentials next to last
+/// (after them the restorer may no longer be allowed to change the others), seccomp
+/// last (after it, its filters judge every system call injected).
+pub static GROUPS: &[Group] = &[memory::GROUP, sched::GROUP, seccomp::GROUP];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
