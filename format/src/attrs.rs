@@ -20,6 +20,8 @@ pub enum Attr {
     Memory(Vec<RegionAdvice>),
     /// Seccomp filters of the threads that have any.
     Seccomp(Vec<ThreadSeccomp>),
+    /// The process's cgroups, one per hierarchy.
+    Cgroups(Vec<CgroupMembership>),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -82,4 +84,13 @@ pub struct SeccompFilter {
 pub struct ThreadSeccomp {
     pub tid: i32,
     pub filters: Vec<SeccompFilter>,
+}
+
+/// The cgroup of a process in one hierarchy, as /proc/PID/cgroup shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMembership {
+    /// The controllers of a v1 hierarchy (`memory`, `name=systemd`, ...); empty for v2.
+    pub controllers: String,
+    /// The path inside the hierarchy, as seen from the dumper's cgroup namespace.
+    pub path: String,
 }

@@ -377,6 +377,11 @@ pub static TABLE: &[Row] = &[
         Saved("image: personality"),
     ),
     row(Root, "root directory (chroot)", Default(Ours)),
+    row(
+        File("cgroup"),
+        "cgroups (restored where they exist and are writable, else a warning)",
+        Saved("cgroup"),
+    ),
     // ---- namespaces ----
     row(Ns("mnt"), "mount namespace", Default(Ours)),
     row(Ns("net"), "network namespace", Default(Ours)),

@@ -718,6 +718,26 @@ pub struct Mount {
     pub root: String,
     /// The mount point, unescaped.
     pub point: String,
+    /// The filesystem type (`ext4`, `cgroup2`, ...).
+    pub fs_type: String,
+    /// The superblock options, e.g. a cgroup v1 hierarchy's controllers (`memory`,
+    /// `name=systemd`).
+    pub super_options: Vec<String>,
+}
+
+/// The cgroup of process `pid` in each hierarchy (/proc/PID/cgroup):
+/// (hierarchy id, controllers, path); hierarchy 0 with no controllers is cgroup v2.
+pub fn cgroups(pid: i32) -> Result<Vec<(u32, String, String)>> {
+    let text = read(pid, "cgroup").map_err(|e| TraceError::io(pid, "reading cgroup", e))?;
+    text.lines()
+        .map(|l| {
+            let mut f = l.splitn(3, ':');
+            match (f.next().and_then(|i| i.parse().ok()), f.next(), f.next()) {
+                (Some(id), Some(c), Some(p)) => Ok((id, c.to_string(), p.to_string())),
+                _ => Err(Bad::value("cgroup line", l).at(pid, &path(pid, "cgroup"))),
+            }
+        })
+        .collect()
 }
 
 /// The kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
@@ -748,6 +768,15 @@ pub fn parse_mountinfo(text: &str) -> Parsed<Vec<Mount>> {
             majmin: m.majmin,
             root: unescape(&m.root),
             point: unescape(&m.mount_point.to_string_lossy()),
+            fs_type: m.fs_type,
+            super_options: m
+                .super_options
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k,
+                })
+                .collect(),
         })
         .collect())
 }
