@@ -16,6 +16,7 @@ use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::state::Attr;
 
+pub mod creds;
 pub mod sched;
 
 /// The frozen process being dumped.
@@ -50,7 +51,7 @@ pub struct Group {
 
 /// Every attribute group, in the order their restores run (credentials must come last:
 /// after them the restorer may no longer be allowed to change the others).
-pub static GROUPS: &[Group] = &[sched::GROUP];
+pub static GROUPS: &[Group] = &[sched::GROUP, creds::GROUP];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
