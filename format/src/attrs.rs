@@ -22,6 +22,8 @@ pub enum Attr {
     Seccomp(Vec<ThreadSeccomp>),
     /// The process's cgroups, one per hierarchy.
     Cgroups(Vec<CgroupMembership>),
+    /// Credentials of every thread.
+    Creds(Creds),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -93,4 +95,33 @@ pub struct CgroupMembership {
     pub controllers: String,
     /// The path inside the hierarchy, as seen from the dumper's cgroup namespace.
     pub path: String,
+}
+
+/// The credentials of one thread (they are per thread in Linux), as the dumping ckpt
+/// sees them (ids in its user namespace, which the audit makes the process's too).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCreds {
+    pub tid: i32,
+    /// Real, effective, saved and filesystem user id (status `Uid:`).
+    pub uid: [u32; 4],
+    /// Real, effective, saved and filesystem group id (status `Gid:`).
+    pub gid: [u32; 4],
+    /// Supplementary groups, in the kernel's (sorted) order (status `Groups:`).
+    pub groups: Vec<u32>,
+    /// Capability sets, one bit per capability (status `CapInh:` ... `CapAmb:`).
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    /// PR_GET_SECUREBITS, with SECBIT_KEEP_CAPS (what PR_GET_KEEPCAPS shows) among them.
+    pub securebits: u32,
+    /// PR_GET_NO_NEW_PRIVS (status `NoNewPrivs:`).
+    pub no_new_privs: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    /// Every thread, the leader first.
+    pub threads: Vec<ThreadCreds>,
 }

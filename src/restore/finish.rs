@@ -223,7 +223,13 @@ pub fn finish(
         },
         &state.attrs,
     )?;
-    if drop_caps {
+    // The credentials group gave every thread exactly its saved capabilities; an image
+    // without it (format 2, or written before the group existed) had ckpt's own, none.
+    let creds_restored = state
+        .attrs
+        .iter()
+        .any(|a| matches!(a, ckpt_format::state::Attr::Creds(_)));
+    if drop_caps && !creds_restored {
         // capset(v3, all zero) in every thread: capabilities are per thread.
         let mut arg = Vec::new();
         arg.extend_from_slice(&0x2008_0522u32.to_le_bytes());

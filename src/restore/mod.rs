@@ -338,6 +338,14 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         (PidNs::Never, Ok(())) | (PidNs::Auto, Ok(())) => false,
         (PidNs::Auto, Err(_)) | (PidNs::Always, _) => true,
     };
+    // In a new PID namespace, an ordinary user's restore runs in a new user namespace
+    // too, where only that user's ids are mapped.
+    let unprivileged_userns = new_ns && job::needs_user_ns();
+    for image in &images {
+        let s = &image.state;
+        ckpt_tracer::attr::creds::check_restorable(s.pid, &s.attrs, unprivileged_userns)
+            .map_err(anyhow::Error::msg)?;
+    }
     for image in &images {
         checks::recreate_volatile_files(&image.state)?;
     }

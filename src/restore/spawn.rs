@@ -40,14 +40,17 @@ pub struct ChildSetup {
     pub rlimits: Vec<(i32, libc::rlimit64)>,
     pub personality: u32,
     /// Keep CAP_CHECKPOINT_RESTORE across the exec of the loader (ambient), which needs
-    /// it to create threads with their TIDs; set in a user namespace ckpt made, where
-    /// the job's uid is not 0. The front end drops it again before the job resumes.
+    /// it to create threads with their TIDs, and CAP_SETPCAP, which the credentials
+    /// group needs to give the threads their saved bounding set and securebits; set in a
+    /// user namespace ckpt made, where the job's uid is not 0. The front end gives the
+    /// threads their saved capabilities (or drops these) before the job resumes.
     pub ambient_checkpoint_cap: bool,
 }
 
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
+const CAP_SETPCAP: u32 = 8;
 
-/// Raise CAP_CHECKPOINT_RESTORE into the inheritable and ambient sets.
+/// Raise CAP_CHECKPOINT_RESTORE and CAP_SETPCAP into the inheritable and ambient sets.
 ///
 /// # Safety
 /// No memory precondition: capget/capset only access the local header and the
@@ -76,16 +79,19 @@ unsafe fn raise_ambient_checkpoint_cap() -> bool {
         return false;
     }
     d[1].inheritable |= 1 << (CAP_CHECKPOINT_RESTORE - 32);
+    d[0].inheritable |= 1 << CAP_SETPCAP;
     if libc::syscall(libc::SYS_capset, &h, d.as_ptr()) < 0 {
         return false;
     }
-    libc::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_RAISE,
-        CAP_CHECKPOINT_RESTORE as libc::c_ulong,
-        0,
-        0,
-    ) == 0
+    [CAP_CHECKPOINT_RESTORE, CAP_SETPCAP].iter().all(|&c| {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE,
+            c as libc::c_ulong,
+            0,
+            0,
+        ) == 0
+    })
 }
 
 fn child_fail(status_fd: RawFd, what: &str) -> ! {
@@ -283,7 +289,10 @@ fn spawn(
             child_fail(sfd, "setting the personality");
         }
         if setup.ambient_checkpoint_cap && !raise_ambient_checkpoint_cap() {
-            child_fail(sfd, "keeping CAP_CHECKPOINT_RESTORE for the loader");
+            child_fail(
+                sfd,
+                "keeping CAP_CHECKPOINT_RESTORE and CAP_SETPCAP for the loader",
+            );
         }
         libc::syscall(
             libc::SYS_execveat,

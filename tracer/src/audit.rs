@@ -133,15 +133,15 @@ pub static TABLE: &[Row] = &[
     row(
         Status("Uid"),
         "user ids (real, effective, saved, fs)",
-        Default(Ours),
+        Saved("creds"),
     ),
     row(
         Status("Gid"),
         "group ids (real, effective, saved, fs)",
-        Default(Ours),
+        Saved("creds"),
     ),
     row(Status("FDSize"), "descriptor table size", Info),
-    row(Status("Groups"), "supplementary groups", Default(Ours)),
+    row(Status("Groups"), "supplementary groups", Saved("creds")),
     row(
         Status("NStgid"),
         "thread group id in each PID namespace",
@@ -205,12 +205,12 @@ pub static TABLE: &[Row] = &[
         "caught signals",
         Saved("image: signal handlers"),
     ),
-    row(Status("CapInh"), "inheritable capabilities", Default(Ours)),
-    row(Status("CapPrm"), "permitted capabilities", Default(Ours)),
-    row(Status("CapEff"), "effective capabilities", Default(Ours)),
-    row(Status("CapBnd"), "bounding capabilities", Default(Ours)),
-    row(Status("CapAmb"), "ambient capabilities", Default(Ours)),
-    row(Status("NoNewPrivs"), "no_new_privs", Default(Ours)),
+    row(Status("CapInh"), "inheritable capabilities", Saved("creds")),
+    row(Status("CapPrm"), "permitted capabilities", Saved("creds")),
+    row(Status("CapEff"), "effective capabilities", Saved("creds")),
+    row(Status("CapBnd"), "bounding capabilities", Saved("creds")),
+    row(Status("CapAmb"), "ambient capabilities", Saved("creds")),
+    row(Status("NoNewPrivs"), "no_new_privs", Saved("creds")),
     row(Status("Seccomp"), "seccomp mode", Saved("seccomp")),
     row(
         Status("Seccomp_filters"),
@@ -269,7 +269,7 @@ pub static TABLE: &[Row] = &[
     row(
         Prctl(PR_GET_KEEPCAPS, 0),
         "keep-capabilities flag (PR_SET_KEEPCAPS)",
-        Default(Ours),
+        Saved("creds"),
     ),
     row(Prctl(PR_GET_TIMING, 0), "timing method", Default(Zero)),
     row(
@@ -277,7 +277,7 @@ pub static TABLE: &[Row] = &[
         "TSC access (PR_SET_TSC)",
         Default(Value("1")),
     ),
-    row(Prctl(PR_GET_SECUREBITS, 0), "securebits", Default(Ours)),
+    row(Prctl(PR_GET_SECUREBITS, 0), "securebits", Saved("creds")),
     row(Prctl(PR_GET_TIMERSLACK, 0), "timer slack", Saved("sched")),
     row(
         Prctl(PR_MCE_KILL_GET, 0),
@@ -289,7 +289,11 @@ pub static TABLE: &[Row] = &[
         "child subreaper (PR_SET_CHILD_SUBREAPER)",
         Default(Zero),
     ),
-    row(Prctl(PR_GET_NO_NEW_PRIVS, 0), "no_new_privs", Default(Ours)),
+    row(
+        Prctl(PR_GET_NO_NEW_PRIVS, 0),
+        "no_new_privs",
+        Saved("creds"),
+    ),
     row(
         Prctl(PR_GET_THP_DISABLE, 0),
         "THP disable (PR_SET_THP_DISABLE)",

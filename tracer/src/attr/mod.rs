@@ -17,6 +17,7 @@ use crate::inject::Injector;
 use crate::state::Attr;
 
 pub mod cgroup;
+pub mod creds;
 pub mod memory;
 pub mod sched;
 pub mod seccomp;
@@ -56,7 +57,13 @@ pub struct Group {
 /// Every attribute group, in the order their restores run: credentials next to last
 /// (after them the restorer may no longer be allowed to change the others), seccomp
 /// last (after it, its filters judge every system call injected).
-pub static GROUPS: &[Group] = &[cgroup::GROUP, memory::GROUP, sched::GROUP, seccomp::GROUP];
+pub static GROUPS: &[Group] = &[
+    cgroup::GROUP,
+    memory::GROUP,
+    sched::GROUP,
+    creds::GROUP,
+    seccomp::GROUP,
+];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
