@@ -70,6 +70,8 @@ fn a_process_goes_back_into_its_cgroup() {
     let (t, ck) = checkpointed_counter(&d, &cg);
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
+    // A line from the restored process: it runs, so its restore is complete.
+    r.stdout.expect_number_at_least(0);
     assert_eq!(v2_path(t.pid), cg.1, "the restored process's cgroup");
     kill_if_running(t.pid, &t.marker);
 }
@@ -83,6 +85,7 @@ fn a_cgroup_that_is_gone_is_a_warning() {
     cg.remove();
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
+    r.stdout.expect_number_at_least(0);
     assert_eq!(v2_path(t.pid), v2_path(std::process::id() as i32));
     kill_if_running(t.pid, &t.marker);
     r.stderr.read_to_end();

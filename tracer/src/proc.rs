@@ -729,15 +729,11 @@ pub struct Mount {
 /// (hierarchy id, controllers, path); hierarchy 0 with no controllers is cgroup v2.
 pub fn cgroups(pid: i32) -> Result<Vec<(u32, String, String)>> {
     let text = read(pid, "cgroup").map_err(|e| TraceError::io(pid, "reading cgroup", e))?;
-    text.lines()
-        .map(|l| {
-            let mut f = l.splitn(3, ':');
-            match (f.next().and_then(|i| i.parse().ok()), f.next(), f.next()) {
-                (Some(id), Some(c), Some(p)) => Ok((id, c.to_string(), p.to_string())),
-                _ => Err(Bad::value("cgroup line", l).at(pid, &path(pid, "cgroup"))),
-            }
-        })
-        .collect()
+    let c = procfs_core::ProcessCGroups::from_read(text.as_bytes())
+        .map_err(|e| crate_error("cgroup", e).at(pid, &path(pid, "cgroup")))?;
+    Ok(c.into_iter()
+        .map(|g| (g.hierarchy, g.controllers.join(","), g.pathname))
+        .collect())
 }
 
 /// The kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
