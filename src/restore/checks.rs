@@ -215,20 +215,10 @@ pub fn zombie_pids_free(zombies: &[ckpt_format::state::Zombie]) -> Result<()> {
 /// process: a program that signals its group or checks its session would see another.
 pub fn groups_as_saved(manifest: &ckpt_format::manifest::Manifest, root: i32) -> Result<()> {
     let ids = |pid: i32| -> Result<(i32, i32)> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .with_context(|| format!("reading the process group of restored process {pid}"))?;
-        // After the comm's closing parenthesis: state ppid pgrp session.
-        let rest = text.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<i32> = rest
-            .split_whitespace()
-            .skip(2)
-            .take(2)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        match f[..] {
-            [pgrp, sid] => Ok((pgrp, sid)),
-            _ => bail!("/proc/{pid}/stat of a restored process does not parse"),
-        }
+        let st = ckpt_tracer::proc::stat_if_exists(pid)
+            .with_context(|| format!("reading the process group of restored process {pid}"))?
+            .with_context(|| format!("restored process {pid} is gone"))?;
+        Ok((st.pgrp, st.session))
     };
     let Some(saved_root) = manifest.processes.iter().find(|p| p.pid == root) else {
         return Ok(());

@@ -533,14 +533,6 @@ fn default_holds(d: Def, value: &str, ours: impl FnOnce() -> Option<String>) -> 
     }
 }
 
-/// The status fields of one status file, in order.
-fn status_fields(text: &str) -> Vec<(&str, &str)> {
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k, v.trim()))
-        .collect()
-}
-
 /// Refuse the process if any attribute of it or its threads is neither saved nor at its
 /// default. `threads` are frozen; the leader first.
 pub fn check(
@@ -552,7 +544,7 @@ pub fn check(
     let io_err = |what: String| move |e: io::Error| TraceError::io(pid, what, e);
     let own_status = std::fs::read_to_string("/proc/thread-self/status")
         .map_err(io_err("reading ckpt's own status".into()))?;
-    let own = status_fields(&own_status);
+    let own = proc::status_fields(&own_status);
     for t in threads.iter_mut() {
         let tid = t.tid;
         let who = if tid == pid {
@@ -562,7 +554,7 @@ pub fn check(
         };
         let p = format!("/proc/{pid}/task/{tid}/status");
         let text = std::fs::read_to_string(&p).map_err(io_err(format!("reading {p}")))?;
-        for (key, value) in status_fields(&text) {
+        for (key, value) in proc::status_fields(&text) {
             let Some(r) = TABLE
                 .iter()
                 .find(|r| matches!(r.source, Status(k) if k == key))
@@ -911,7 +903,7 @@ mod tests {
     #[test]
     fn every_field_of_our_own_status_is_known() {
         let text = std::fs::read_to_string("/proc/self/status").unwrap();
-        for (k, _) in status_fields(&text) {
+        for (k, _) in proc::status_fields(&text) {
             assert!(
                 TABLE
                     .iter()

@@ -273,6 +273,15 @@ pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>> {
 }
 
 /// /proc/PID/status; a process that is gone is an I/O error.
+/// Every `key: value` field of a status text, in order (the audit checks each one,
+/// including those procfs does not know).
+pub fn status_fields(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect()
+}
+
 pub fn status(pid: i32) -> Result<Status> {
     let text = read(pid, "status").map_err(|e| TraceError::io(pid, "reading status", e))?;
     parse_status(&text).map_err(|b| b.at(pid, &path(pid, "status")))
