@@ -71,28 +71,6 @@ fn end_file(stop: &Path) -> PathBuf {
     p.into()
 }
 
-/// `setpriv` to the test user with these supplementary groups (none: cleared), then
-/// `args`: setpriv execs, so the child is the program itself.
-fn setpriv(
-    (uid, gid): (u32, u32),
-    groups: &[u32],
-    extra: &[&str],
-    program: impl AsRef<std::ffi::OsStr>,
-) -> Command {
-    let mut c = command("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"));
-    if groups.is_empty() {
-        c.arg("--clear-groups");
-    } else {
-        let g: Vec<String> = groups.iter().map(u32::to_string).collect();
-        c.arg(format!("--groups={}", g.join(",")));
-    }
-    c.args(extra).arg("--").arg(program);
-    clean_coord_env(&mut c);
-    c
-}
-
 /// A temporary directory other users may enter, with a copy of a test program in it.
 fn shared_dir_with(name: &str) -> (TestDir, PathBuf) {
     let d = tempdir();

@@ -31,30 +31,15 @@ fn an_ordinary_user_cannot_read_filters_and_is_told() {
     let stop = d.join("stop");
     let ck = d.join("ckpt");
     // no_new_privs lets the user install the filters.
-    let mut cmd = command("setpriv");
-    cmd.args([
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".into(),
-        "--no-new-privs".into(),
-        "--".into(),
-    ])
-    .arg(testdata("seccomp"))
-    .arg(&stop);
+    let mut cmd = setpriv((uid, gid), &[], &["--no-new-privs"], testdata("seccomp"));
+    cmd.arg(&stop);
     let mut t = Target::spawn(cmd, &testdata("seccomp").to_string_lossy());
     t.stdout.expect_line("ready");
     std::fs::create_dir_all(&ck).unwrap();
     std::os::unix::fs::chown(&ck, Some(uid), Some(gid)).unwrap();
-    let mut dump = command("setpriv");
-    dump.args([
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".into(),
-        "--".into(),
-    ])
-    .arg(ckpt_bin())
-    .args(["dump", &t.pid.to_string(), "--kill", "--dir"])
-    .arg(&ck);
+    let mut dump = setpriv((uid, gid), &[], &[], ckpt_bin());
+    dump.args(["dump", &t.pid.to_string(), "--kill", "--dir"])
+        .arg(&ck);
     let out = run(&mut dump);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the dump must fail: {err}");

@@ -890,6 +890,30 @@ pub fn assert_root(what: &str) {
     );
 }
 
+/// `setpriv` to the user `(uid, gid)` with these supplementary groups (none: cleared)
+/// and `extra` options, then `program`: setpriv execs, so the child is the program
+/// itself (the process a test kills is the one it means). No coordinator variables of
+/// the test's environment.
+pub fn setpriv(
+    (uid, gid): (u32, u32),
+    groups: &[u32],
+    extra: &[&str],
+    program: impl AsRef<OsStr>,
+) -> Command {
+    let mut c = command("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let g: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", g.join(",")));
+    }
+    c.args(extra).arg("--").arg(program);
+    clean_coord_env(&mut c);
+    c
+}
+
 /// Creates the unprivileged user [`TEST_USER`] if needed; returns (uid, gid).
 pub fn ensure_test_user() -> (u32, u32) {
     if run(command("id").args(["-u", TEST_USER])).status.code() != Some(0) {
