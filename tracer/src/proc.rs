@@ -950,6 +950,16 @@ impl MapEntry {
     }
 }
 
+/// /proc/PID/oom_score_adj.
+pub fn oom_score_adj(pid: i32) -> Result<i32> {
+    let p = path(pid, "oom_score_adj");
+    let text =
+        std::fs::read_to_string(&p).map_err(|e| TraceError::io(pid, format!("reading {p}"), e))?;
+    text.trim()
+        .parse()
+        .map_err(|_| Bad::new("oom_score_adj", "is not an integer").at(pid, &p))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1274,14 +1284,4 @@ ID: 0\nsignal: 12/00007ffd00000001\nnotify: thread/pid.27967\nClockID: 1\n";
             "ClockID"
         );
     }
-}
-
-/// /proc/PID/oom_score_adj.
-pub fn oom_score_adj(pid: i32) -> Result<i32> {
-    let p = path(pid, "oom_score_adj");
-    let text =
-        std::fs::read_to_string(&p).map_err(|e| TraceError::io(pid, format!("reading {p}"), e))?;
-    text.trim()
-        .parse()
-        .map_err(|_| Bad::new("oom_score_adj", "is not an integer").at(pid, &p))
 }
