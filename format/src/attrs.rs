@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 pub enum Attr {
     /// Scheduling of every thread and the process's OOM adjustment.
     Sched(Sched),
+    /// prctl state: parent-death signals, child subreaper, THP, dumpable, MDWE, KSM,
+    /// the core dump filter and membarrier registrations.
+    Prctl(Prctl),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -50,4 +53,37 @@ pub struct Sched {
     pub threads: Vec<ThreadSched>,
     /// /proc/PID/oom_score_adj (per process).
     pub oom_score_adj: i32,
+}
+
+/// A region with transparent-huge-page advice: MADV_HUGEPAGE (`hg` in smaps) or
+/// MADV_NOHUGEPAGE (`nh`, also what the kernel gives every MAP_STACK mapping).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThpAdvice {
+    pub start: u64,
+    pub end: u64,
+    /// MADV_HUGEPAGE; else MADV_NOHUGEPAGE.
+    pub huge: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Prctl {
+    /// PR_GET_PDEATHSIG of each thread that has one: (tid, signal).
+    pub pdeathsig: Vec<(i32, i32)>,
+    /// PR_GET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+    /// PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2) as flags.
+    pub thp_disable: u32,
+    /// Regions with THP advice.
+    pub thp_advice: Vec<ThpAdvice>,
+    /// PR_GET_DUMPABLE: 0 or 1.
+    pub dumpable: u32,
+    /// PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1) | PR_MDWE_NO_INHERIT (2).
+    pub mdwe: u32,
+    /// PR_GET_MEMORY_MERGE: KSM merging of the whole process.
+    pub memory_merge: bool,
+    /// /proc/PID/coredump_filter.
+    pub coredump_filter: u64,
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the MEMBARRIER_CMD_REGISTER_*
+    /// commands the process registered (0 on kernels before 6.3, which cannot tell).
+    pub membarrier: u32,
 }

@@ -16,6 +16,7 @@ use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::state::Attr;
 
+pub mod prctl;
 pub mod sched;
 
 /// The frozen process being dumped.
@@ -48,9 +49,11 @@ pub struct Group {
     pub describe: fn(a: &Attr) -> Option<Vec<String>>,
 }
 
-/// Every attribute group, in the order their restores run (credentials must come last:
-/// after them the restorer may no longer be allowed to change the others).
-pub static GROUPS: &[Group] = &[sched::GROUP];
+/// Every attribute group, in the order their restores run. Credentials must come after
+/// every group that may need a privilege (after them the restorer may no longer be
+/// allowed to change the others); prctl comes after them: a change of credentials
+/// resets the parent-death signal and the dumpable flag, and it needs no privilege.
+pub static GROUPS: &[Group] = &[sched::GROUP, prctl::GROUP];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {

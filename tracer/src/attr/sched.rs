@@ -220,9 +220,7 @@ fn set(
 }
 
 fn restore(r: &mut Restore, a: &Attr) -> Option<std::result::Result<(), RestoreError>> {
-    #[allow(irrefutable_let_patterns)] // until Attr has its second group
-    let Attr::Sched(saved) = a
-    else {
+    let Attr::Sched(saved) = a else {
         return None;
     };
     let pid = r.pid;
@@ -315,9 +313,7 @@ pub fn cpu_list(mask: &[u64]) -> String {
 }
 
 fn describe(a: &Attr) -> Option<Vec<String>> {
-    #[allow(irrefutable_let_patterns)] // until Attr has its second group
-    let Attr::Sched(s) = a
-    else {
+    let Attr::Sched(s) = a else {
         return None;
     };
     let mut v: Vec<String> = s
