@@ -20,7 +20,7 @@ use std::io;
 /// What ckpt does with one attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Saved and restored by this attribute group (`crate::attr`), descriptor kind, or
+    /// Saved and restored by this attribute group (`tracer/src/attr/`), descriptor kind, or
     /// part of the image.
     Saved(&'static str),
     /// Not state a restore must carry: a counter, a size, an identity or a flag the

@@ -309,7 +309,7 @@ pub fn parse_smaps(text: &str) -> Parsed<Vec<MapEntry>> {
         ));
     }
     // Every flag as the kernel wrote it: procfs drops the letters it does not know, and
-    // the audit must see those (crate::audit).
+    // the audit (audit.rs) must see those.
     let mut raw = text
         .lines()
         .filter_map(|l| l.strip_prefix("VmFlags:"))

@@ -5,7 +5,7 @@
 //! `ckpt info`. This module is the one dispatch they plug into: the table [`GROUPS`],
 //! in restore order. Adding a group means adding one file, its variant in
 //! `format/src/attrs.rs`, and one line in [`GROUPS`] — and pointing its rows of the audit
-//! table (`crate::audit`) at it.
+//! table (`tracer/src/audit.rs`) at it.
 //!
 //! Like `crate::fd`, the dispatch is a table of function pointers: the saved type is one
 //! enum owned by the format crate, so a group is a value that recognises its variant.
