@@ -191,11 +191,13 @@ fn prepare_process(
     let pid = state.pid;
     // Sessions and groups: the root joins the restorer's (like any job it starts)
     // unless it led its own session; inside the tree, leaders lead again and members
-    // join leaders restored before them.
+    // join leaders restored before them. The members of a group the root led (but not
+    // a session) stay with the root in the restorer's: that group is not made again.
     let session_leader = m.sid == pid;
+    let roots_group_not_made = m.pgid == root.pid && root.sid != root.pid;
     let pgid = if session_leader || m.pgid == pid && pid != root.pid {
         spawn::Pgid::Lead
-    } else if m.pgid != pid && in_tree.contains(&m.pgid) {
+    } else if m.pgid != pid && in_tree.contains(&m.pgid) && !roots_group_not_made {
         spawn::Pgid::Join(m.pgid)
     } else {
         spawn::Pgid::Inherit
