@@ -19,6 +19,8 @@ pub enum Attr {
     /// prctl state: parent-death signals, child subreaper, THP, dumpable, MDWE, KSM,
     /// the core dump filter and membarrier registrations.
     Prctl(Prctl),
+    /// Job control: the group stop the process was in.
+    JobCtl(JobCtl),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -86,4 +88,15 @@ pub struct Prctl {
     /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the MEMBARRIER_CMD_REGISTER_*
     /// commands the process registered (0 on kernels before 6.3, which cannot tell).
     pub membarrier: u32,
+}
+
+/// Job control state of a process at the checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JobCtl {
+    /// The signal of the group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) the process
+    /// was in; 0: not stopped.
+    pub stop_signal: i32,
+    /// The children of this process whose stop its parent (this process) had not yet
+    /// collected with waitpid(WUNTRACED): they are to report it again after restore.
+    pub stop_reports: Vec<i32>,
 }

@@ -530,6 +530,11 @@ fn run_tree(
             break;
         }
     }
+    if result.is_ok() {
+        let states: Vec<&ckpt_format::state::ProcessState> =
+            tree.images.iter().map(|i| &i.state).collect();
+        result = finish::stop_stopped(&states, &tree.children, &mut finished);
+    }
     // In a new PID namespace the init is the restorer: the namespace dies with it.
     // Elsewhere a guard kills everything unless the last process was let go.
     let mut guard = None;

@@ -16,12 +16,15 @@ use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::state::Attr;
 
+pub mod jobctl;
 pub mod prctl;
 pub mod sched;
 
 /// The frozen process being dumped.
 pub struct Dump<'a> {
     pub pid: i32,
+    /// The group stop the process was in when it was frozen: its signal.
+    pub group_stop: Option<i32>,
     pub inj: &'a Injector,
     /// Every thread, the leader first.
     pub threads: &'a mut [FrozenThread],
@@ -53,7 +56,7 @@ pub struct Group {
 /// every group that may need a privilege (after them the restorer may no longer be
 /// allowed to change the others); prctl comes after them: a change of credentials
 /// resets the parent-death signal and the dumpable flag, and it needs no privilege.
-pub static GROUPS: &[Group] = &[sched::GROUP, prctl::GROUP];
+pub static GROUPS: &[Group] = &[sched::GROUP, jobctl::GROUP, prctl::GROUP];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
