@@ -110,11 +110,10 @@ fn parent_sees_the_stop(sig: &str, mode: &str, user: bool) {
         wait_until("the restored parent under its PID", || {
             cmdline(t.pid).is_some_and(|c| c.contains(&t.marker))
         });
-        assert_eq!(
-            proc_state(child),
-            Some('T'),
-            "the restored child, before anything runs"
-        );
+        // Traced ('t') while it is restored, then let go into its stop ('T').
+        wait_until("the restored child in its stop", || {
+            proc_state(child) == Some('T')
+        });
     }
     touch(&stop);
     out.expect_line("still stopped");
@@ -241,6 +240,11 @@ fn a_ckpt_run_job_with_a_stopped_member() {
         .unwrap();
     agent.stdout.expect_line("ready");
     let job = children(agent.pid)[0];
+    wait_until("the job registered", || {
+        let out = command_at(port, &["l"]);
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains(&format!("pid {job} "))
+    });
     assert_success(&command_at(port, &["c"]), "ckpt command c");
     assert_eq!(
         proc_state(child),
