@@ -405,7 +405,7 @@ fn describe(a: &Attr) -> Option<Vec<String>> {
         n => v.push(format!("transparent huge pages disabled ({n:#x})")),
     }
     let huge = s.thp_advice.iter().filter(|a| a.huge).count();
-    if huge > 0 || huge < s.thp_advice.len() {
+    if !s.thp_advice.is_empty() {
         v.push(format!(
             "THP advice: {huge} regions MADV_HUGEPAGE, {} MADV_NOHUGEPAGE",
             s.thp_advice.len() - huge
