@@ -24,6 +24,11 @@ pub enum Attr {
     Cgroups(Vec<CgroupMembership>),
     /// Credentials of every thread.
     Creds(Creds),
+    /// prctl state: parent-death signals, child subreaper, THP, dumpable, MDWE, KSM,
+    /// the core dump filter and membarrier registrations.
+    Prctl(Prctl),
+    /// Job control: the group stop the process was in.
+    JobCtl(JobCtl),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -124,4 +129,36 @@ pub struct ThreadCreds {
 pub struct Creds {
     /// Every thread, the leader first.
     pub threads: Vec<ThreadCreds>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Prctl {
+    /// PR_GET_PDEATHSIG of each thread that has one: (tid, signal).
+    pub pdeathsig: Vec<(i32, i32)>,
+    /// PR_GET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+    /// PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2) as flags.
+    pub thp_disable: u32,
+    /// PR_GET_DUMPABLE: 0 or 1.
+    pub dumpable: u32,
+    /// PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1) | PR_MDWE_NO_INHERIT (2).
+    pub mdwe: u32,
+    /// PR_GET_MEMORY_MERGE: KSM merging of the whole process.
+    pub memory_merge: bool,
+    /// /proc/PID/coredump_filter.
+    pub coredump_filter: u64,
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the MEMBARRIER_CMD_REGISTER_*
+    /// commands the process registered (0 on kernels before 6.3, which cannot tell).
+    pub membarrier: u32,
+}
+
+/// Job control state of a process at the checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JobCtl {
+    /// The signal of the group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) the process
+    /// was in; 0: not stopped.
+    pub stop_signal: i32,
+    /// The children of this process whose stop its parent (this process) had not yet
+    /// collected with waitpid(WUNTRACED): they are to report it again after restore.
+    pub stop_reports: Vec<i32>,
 }

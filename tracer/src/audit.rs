@@ -20,7 +20,7 @@ use std::io;
 /// What ckpt does with one attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Saved and restored by this attribute group (`crate::attr`), descriptor kind, or
+    /// Saved and restored by this attribute group (`tracer/src/attr/`), descriptor kind, or
     /// part of the image.
     Saved(&'static str),
     /// Not state a restore must carry: a counter, a size, an identity or a flag the
@@ -70,6 +70,9 @@ pub enum Source {
     /// A kernel object that two processes of the tree may share (clone flags without
     /// CLONE_THREAD), compared with kcmp(KCMP_*) for every pair.
     Shared(i32),
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS), injected (Linux 6.3+): the
+    /// registered commands.
+    Membarrier,
 }
 
 /// One attribute the audit checks.
@@ -179,7 +182,7 @@ pub static TABLE: &[Row] = &[
     row(
         Status("THP_enabled"),
         "transparent huge pages enabled (PR_SET_THP_DISABLE)",
-        Default(Value("1")),
+        Saved("prctl"),
     ),
     row(
         Status("untag_mask"),
@@ -259,12 +262,12 @@ pub static TABLE: &[Row] = &[
     row(
         PrctlOut(PR_GET_PDEATHSIG),
         "parent-death signal (PR_SET_PDEATHSIG)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     row(
         Prctl(PR_GET_DUMPABLE, 0),
         "dumpable flag (PR_SET_DUMPABLE)",
-        Default(Value("1")),
+        Saved("prctl"), // 2 (suid_dumpable) is refused by the group
     ),
     row(
         Prctl(PR_GET_KEEPCAPS, 0),
@@ -287,7 +290,7 @@ pub static TABLE: &[Row] = &[
     row(
         PrctlOut(PR_GET_CHILD_SUBREAPER),
         "child subreaper (PR_SET_CHILD_SUBREAPER)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     row(
         Prctl(PR_GET_NO_NEW_PRIVS, 0),
@@ -297,7 +300,7 @@ pub static TABLE: &[Row] = &[
     row(
         Prctl(PR_GET_THP_DISABLE, 0),
         "THP disable (PR_SET_THP_DISABLE)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     row(
         Prctl(PR_GET_SPECULATION_CTRL, 0),
@@ -322,12 +325,12 @@ pub static TABLE: &[Row] = &[
     row(
         Prctl(PR_GET_MDWE, 0),
         "memory-deny-write-execute (PR_SET_MDWE)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     row(
         Prctl(PR_GET_MEMORY_MERGE, 0),
         "KSM merging of the whole process (PR_SET_MEMORY_MERGE)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     // ---- arch_prctl, every thread ----
     row(
@@ -354,7 +357,12 @@ pub static TABLE: &[Row] = &[
         "address tag mask (LAM)",
         Default(Ours),
     ),
-    // ---- memory policy, LDT, TLS entries ----
+    // ---- membarrier, memory policy, LDT, TLS entries ----
+    row(
+        Membarrier,
+        "membarrier registrations (MEMBARRIER_CMD_REGISTER_*)",
+        Saved("prctl"),
+    ),
     row(
         Mempolicy,
         "NUMA memory policy (set_mempolicy)",
@@ -372,7 +380,7 @@ pub static TABLE: &[Row] = &[
         "OOM score adjustment",
         Saved("sched"),
     ),
-    row(File("coredump_filter"), "core dump filter", Default(Ours)),
+    row(File("coredump_filter"), "core dump filter", Saved("prctl")),
     row(File("loginuid"), "audit login uid", Default(Ours)),
     row(File("sessionid"), "audit session id", Default(Ours)),
     row(
@@ -485,7 +493,7 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         VmFlag("nh"),
-        "no huge page advice (MADV_NOHUGEPAGE)",
+        "no huge page advice (MADV_NOHUGEPAGE, and every MAP_STACK mapping)",
         Saved("memory"),
     ),
     row(
@@ -636,6 +644,16 @@ pub fn check(
                     // ENOSYS: a kernel without NUMA, where every policy is the default.
                     (v == 0).then(|| i32::from_le_bytes(mode).to_string())
                 }
+                Membarrier if tid == pid => {
+                    const GET_REGISTRATIONS: u64 = 1 << 9;
+                    let v =
+                        inj.syscall(t, libc::SYS_membarrier, [GET_REGISTRATIONS, 0, 0, 0, 0, 0]);
+                    let v = v.map_err(io_err(
+                        "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)".into(),
+                    ))?;
+                    // EINVAL: before Linux 6.3, which cannot tell.
+                    (v != -(libc::EINVAL as i64)).then(|| v.to_string())
+                }
                 Ldt if tid == pid => {
                     let mut b = [0u8; 16];
                     let v = inj.syscall_with_buf(
@@ -710,6 +728,16 @@ pub fn check(
             _ => {}
         }
     }
+    // KSM merging of the whole process (saved by the group "prctl") marks every region
+    // it can merge `mg`, and marks them again after a restore.
+    let merge_any = inj
+        .syscall(
+            &mut threads[0],
+            libc::SYS_prctl,
+            [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0],
+        )
+        .map_err(io_err(format!("prctl({PR_GET_MEMORY_MERGE})")))?
+        == 1;
     // The kernel's own mappings carry flags it set itself (vvar and vdso are not dumped);
     // a restore maps them the kernel's way.
     let kernel_made = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
@@ -727,6 +755,9 @@ pub fn check(
                     format!("the region {:#x}-{:#x} flag `{f}` (a kernel feature this ckpt does not know)", m.start, m.end),
                 ));
             };
+            if f == "mg" && merge_any {
+                continue;
+            }
             if let Default(_) = r.verdict {
                 return Err(refuse(
                     pid,
@@ -844,6 +875,7 @@ fn source_name(s: Source) -> String {
         Ldt => "modify_ldt (read)".into(),
         ThreadArea => "PTRACE_GET_THREAD_AREA".into(),
         Root => "/proc/PID/root".into(),
+        Membarrier => "membarrier `MEMBARRIER_CMD_GET_REGISTRATIONS`".into(),
         Shared(k) => format!(
             "kcmp `{}` of every pair",
             match k {

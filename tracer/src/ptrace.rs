@@ -3,6 +3,7 @@
 
 use crate::state::{Regs, Rseq};
 use std::io;
+use std::time::{Duration, Instant};
 
 pub const PTRACE_SEIZE: libc::c_uint = 0x4206;
 pub const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
@@ -241,13 +242,27 @@ pub enum Stop {
     Killed(i32),
 }
 
-/// Wait for one state change of `tid` (any thread when tid == -1).
+/// How long [`wait`] waits for a state change: a thread that does not reach a stop in
+/// this time (in an uninterruptible sleep, say) fails the step instead of hanging it.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Wait for one state change of `tid` (any thread when tid == -1), at most
+/// [`WAIT_LIMIT`] (then `ErrorKind::TimedOut`).
 pub fn wait(tid: i32) -> io::Result<(i32, Stop)> {
-    let mut status = 0;
-    let r = loop {
+    wait_for(tid, WAIT_LIMIT)
+}
+
+/// [`wait`] with its own limit. Polls (WNOHANG): a few yields first, since an injected
+/// system call or a ptrace stop usually comes within microseconds, then sleeps growing
+/// to a millisecond.
+pub fn wait_for(tid: i32, limit: Duration) -> io::Result<(i32, Stop)> {
+    let deadline = Instant::now() + limit;
+    let mut tries = 0u32;
+    loop {
+        let mut status = 0;
         // SAFETY: waitpid(2) writes one c_int at `&mut status`, a live local; no other
         // argument is a pointer.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -255,9 +270,38 @@ pub fn wait(tid: i32) -> io::Result<(i32, Stop)> {
             }
             return Err(e);
         }
-        break r;
-    };
-    Ok((r, decode(r, status)))
+        if r > 0 {
+            return Ok((r, decode(r, status)));
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "thread {tid} did not stop within {} s ({})",
+                    limit.as_secs(),
+                    task_state(tid)
+                ),
+            ));
+        }
+        tries += 1;
+        if tries < 200 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(u64::from((tries - 199).min(50)) * 20));
+        }
+    }
+}
+
+/// The state line of a thread's /proc status, for a message.
+fn task_state(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .map(|v| format!("state {}", v.trim()))
+        })
+        .unwrap_or_else(|| "state unknown".into())
 }
 
 fn decode(tid: i32, status: i32) -> Stop {

@@ -255,6 +255,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     let (itimers, posix_timers) = crate::timers::read_timers(&inj, leader, pid, &threads)?;
     let attrs = crate::attr::dump_all(&mut crate::attr::Dump {
         pid,
+        group_stop: f.group_stop,
         inj: &inj,
         threads: &mut f.threads,
         maps: &entries,

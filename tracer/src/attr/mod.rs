@@ -18,13 +18,17 @@ use crate::state::Attr;
 
 pub mod cgroup;
 pub mod creds;
+pub mod jobctl;
 pub mod memory;
+pub mod prctl;
 pub mod sched;
 pub mod seccomp;
 
 /// The frozen process being dumped.
 pub struct Dump<'a> {
     pub pid: i32,
+    /// The group stop the process was in when it was frozen: its signal.
+    pub group_stop: Option<i32>,
     pub inj: &'a Injector,
     /// Every thread, the leader first.
     pub threads: &'a mut [FrozenThread],
@@ -54,14 +58,18 @@ pub struct Group {
     pub describe: fn(a: &Attr) -> Option<Vec<String>>,
 }
 
-/// Every attribute group, in the order their restores run: credentials next to last
-/// (after them the restorer may no longer be allowed to change the others), seccomp
-/// last (after it, its filters judge every system call injected).
+/// Every attribute group, in the order their restores run. Credentials come after
+/// every group that may need a privilege (after them the restorer may no longer be
+/// allowed to change the others); prctl after them (a change of credentials resets
+/// the parent-death signal and the dumpable flag, and prctl needs no privilege);
+/// seccomp last (after it, its filters judge every system call injected).
 pub static GROUPS: &[Group] = &[
     cgroup::GROUP,
     memory::GROUP,
     sched::GROUP,
+    jobctl::GROUP,
     creds::GROUP,
+    prctl::GROUP,
     seccomp::GROUP,
 ];
 
