@@ -740,11 +740,7 @@ pub fn check(
         == 1;
     // The kernel's own mappings carry flags it set itself (vvar and vdso are not dumped);
     // a restore maps them the kernel's way.
-    let kernel_made = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
-    for m in maps
-        .iter()
-        .filter(|m| !kernel_made.contains(&m.name.as_str()))
-    {
+    for m in maps.iter().filter(|m| !m.kernel_made()) {
         for f in &m.flag_names {
             let Some(r) = TABLE
                 .iter()
