@@ -100,7 +100,6 @@ const fn row(source: Source, what: &'static str, verdict: Verdict) -> Row {
 const PR_GET_PDEATHSIG: u64 = 2;
 const PR_GET_DUMPABLE: u64 = 3;
 const PR_GET_KEEPCAPS: u64 = 7;
-const PR_GET_TIMING: u64 = 13;
 const PR_GET_TSC: u64 = 25;
 const PR_GET_SECUREBITS: u64 = 27;
 const PR_GET_TIMERSLACK: u64 = 30;
@@ -274,7 +273,6 @@ pub static TABLE: &[Row] = &[
         "keep-capabilities flag (PR_SET_KEEPCAPS)",
         Saved("creds"),
     ),
-    row(Prctl(PR_GET_TIMING, 0), "timing method", Default(Zero)),
     row(
         PrctlOut(PR_GET_TSC),
         "TSC access (PR_SET_TSC)",
@@ -302,16 +300,7 @@ pub static TABLE: &[Row] = &[
         "THP disable (PR_SET_THP_DISABLE)",
         Saved("prctl"),
     ),
-    row(
-        Prctl(PR_GET_SPECULATION_CTRL, 0),
-        "speculative store bypass control",
-        Default(Ours),
-    ),
-    row(
-        Prctl(PR_GET_SPECULATION_CTRL, 1),
-        "indirect branch speculation control",
-        Default(Ours),
-    ),
+    // Store bypass and indirect branch speculation: the task status rows above.
     row(
         Prctl(PR_GET_SPECULATION_CTRL, 2),
         "L1D flush control",
@@ -588,6 +577,10 @@ pub fn check(
         }
         for r in TABLE {
             let Default(d) = r.verdict else { continue };
+            // What the whole process shares is read once, in its leader.
+            if tid != pid && process_wide(r.source) {
+                continue;
+            }
             let got: Option<String> = match r.source {
                 Prctl(op, arg) => {
                     let v = inj.syscall(t, libc::SYS_prctl, [op, arg, 0, 0, 0, 0]);
@@ -654,7 +647,7 @@ pub fn check(
                     // EINVAL: before Linux 6.3, which cannot tell.
                     (v != -(libc::EINVAL as i64)).then(|| v.to_string())
                 }
-                Ldt if tid == pid => {
+                Ldt => {
                     let mut b = [0u8; 16];
                     let v = inj.syscall_with_buf(
                         t,
@@ -797,6 +790,18 @@ fn region_name(m: &MapEntry) -> &str {
     }
 }
 
+/// Whether a per-thread source reads what all threads share (the mm): read in the
+/// leader only, which keeps the pause of a many-threaded process short.
+fn process_wide(s: Source) -> bool {
+    matches!(
+        s,
+        Ldt | ArchPrctl {
+            code: ARCH_GET_XCOMP_PERM | ARCH_GET_UNTAG_MASK,
+            ..
+        }
+    )
+}
+
 /// The same getter run in ckpt itself.
 fn own_value(s: Source) -> Option<String> {
     match s {
@@ -836,7 +841,6 @@ fn source_name(s: Source) -> String {
         PR_GET_PDEATHSIG => "PR_GET_PDEATHSIG",
         PR_GET_DUMPABLE => "PR_GET_DUMPABLE",
         PR_GET_KEEPCAPS => "PR_GET_KEEPCAPS",
-        PR_GET_TIMING => "PR_GET_TIMING",
         PR_GET_TSC => "PR_GET_TSC",
         PR_GET_SECUREBITS => "PR_GET_SECUREBITS",
         PR_GET_TIMERSLACK => "PR_GET_TIMERSLACK",
