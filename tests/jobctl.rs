@@ -83,6 +83,11 @@ fn restore(ck: &std::path::Path, ids: Option<(u32, u32)>) -> (std::process::Chil
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // In a group of its own, as a job-control shell starts a job: the restored tree
+    // joins the restorer's group, whose parent (this test) is in another group of the
+    // same session, so the group is not orphaned and SIGTSTP stops as it did before the
+    // checkpoint, however the test runner grouped this test's own processes.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     eprintln!("$ {c:?} &");
     let mut child = c.spawn().expect("start ckpt restore");
     let out = Lines::new("restored stdout", child.stdout.take().unwrap());
