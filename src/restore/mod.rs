@@ -538,7 +538,7 @@ fn run_tree(
     }
     if result.is_ok() {
         let root = tree.images.first().map(|i| i.state.pid).unwrap_or(0);
-        result = checks::groups_as_saved(&manifest, root);
+        result = checks::groups_as_saved(manifest, root);
         if result.is_ok() {
             let states: Vec<&ckpt_format::state::ProcessState> =
                 tree.images.iter().map(|i| &i.state).collect();
