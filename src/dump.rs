@@ -181,6 +181,8 @@ impl FrozenDump {
         let mut tree = FrozenTree::freeze(root)?;
         phase(t0, "frozen");
         check_interrupted()?;
+        let pids: Vec<i32> = tree.procs.iter().map(|f| f.pid).collect();
+        ckpt_tracer::audit::check_tree(&pids)?;
         let zombies = tree.zombies.clone();
         let mut states = Vec::new();
         let mut injectors = Vec::new();

@@ -71,6 +71,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                     "tids": s.threads.iter().map(|t| t.tid).collect::<Vec<_>>(),
                     "regions": s.vmas.len(),
                     "fds": s.fds.iter().map(|f| json!({"fd": f.fd, "kind": fd_kind(&f.kind)})).collect::<Vec<_>>(),
+                    "attributes": s.attrs.iter().flat_map(ckpt_tracer::attr::describe).collect::<Vec<_>>(),
                 })
             }).collect::<Vec<_>>(),
         });
@@ -142,6 +143,10 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
         println!("  {} file descriptor(s)", s.fds.len());
         for f in &s.fds {
             println!("    {:>4}  {}", f.fd, fd_kind(&f.kind));
+        }
+        // One module per attribute group describes it (ckpt_tracer::attr).
+        for line in s.attrs.iter().flat_map(ckpt_tracer::attr::describe) {
+            println!("  {line}");
         }
     }
     Ok(())

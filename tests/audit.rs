@@ -62,3 +62,47 @@ fn ldt_is_refused() {
 fn memory_policy_is_refused() {
     refused_and_running("mempolicy", "set_mempolicy");
 }
+
+/// Two processes sharing what a restore would give each its own copy of.
+fn shared_refused(what: &str, named: &str) {
+    let d = tempdir();
+    let (stop, ck) = (d.join("stop"), d.join("ckpt"));
+    let mut t = Target::start("sharing", &[os(what), stop.as_os_str()]);
+    let child: i32 = t.stdout.expect_prefix("child ")["child ".len()..]
+        .parse()
+        .unwrap();
+    t.stdout.expect_line("ready");
+    let pid = t.pid.to_string();
+    let out = run(ckpt_cmd().args(["dump", &pid, "--kill", "--dir"]).arg(&ck));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "the dump of a tree sharing {what} must fail"
+    );
+    assert_eq!(err.lines().count(), 1, "one line of error: {err}");
+    assert!(
+        err.contains(&pid) && err.contains(&child.to_string()) && err.contains(named),
+        "the error names both processes ({pid}, {child}) and {named}: {err}"
+    );
+    assert_running_not_stopped(t.pid);
+    assert_running_not_stopped(child);
+    t.stdout.expect_prefix("tick ");
+    touch(&stop);
+    t.stdout.expect_line("sharing ok");
+    assert!(t.wait().success());
+}
+
+#[test]
+fn a_shared_descriptor_table_is_refused() {
+    shared_refused("files", "CLONE_FILES");
+}
+
+#[test]
+fn a_shared_cwd_is_refused() {
+    shared_refused("fs", "CLONE_FS");
+}
+
+#[test]
+fn a_shared_address_space_is_refused() {
+    shared_refused("sighand", "CLONE_VM");
+}

@@ -36,15 +36,9 @@ struct Job {
 }
 
 /// `setpriv` to the test user: it execs, so the restorer is the child we kill.
-fn as_user(cmd: &mut std::process::Command, (uid, gid): (u32, u32)) -> std::process::Command {
-    let mut c = command("setpriv");
-    c.args([
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".to_string(),
-        "--".to_string(),
-    ]);
-    c.arg(cmd.get_program()).args(cmd.get_args());
+fn as_user(cmd: &mut std::process::Command, ids: (u32, u32)) -> std::process::Command {
+    let mut c = setpriv(ids, &[], &[], cmd.get_program());
+    c.args(cmd.get_args());
     c
 }
 

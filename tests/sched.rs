@@ -13,16 +13,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// `setpriv` to the test user around `program args`.
-fn as_user(program: &Path, args: &[&std::ffi::OsStr], (uid, gid): (u32, u32)) -> Command {
-    let mut c = command("setpriv");
-    c.args([
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".to_string(),
-        "--".to_string(),
-    ]);
-    c.arg(program).args(args);
+/// `program args` as the test user.
+fn as_user(program: &Path, args: &[&std::ffi::OsStr], ids: (u32, u32)) -> Command {
+    let mut c = setpriv(ids, &[], &[], program);
+    c.args(args);
     c
 }
 

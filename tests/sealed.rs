@@ -99,7 +99,7 @@ fn manifest(gen: &Path) -> serde_json::Value {
 fn write_sealed(gen: &Path, m: &serde_json::Value) {
     let body = serde_json::to_string_pretty(m).unwrap();
     let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(body.as_bytes()));
-    let text = format!("{{\"format\": 2, \"checksum\": \"{sum}\", \"manifest\": {body}}}");
+    let text = format!("{{\"format\": 3, \"checksum\": \"{sum}\", \"manifest\": {body}}}");
     fs::write(gen.join("manifest.json"), text).unwrap();
 }
 
@@ -309,11 +309,11 @@ fn forged_and_mixed_up_generations_are_refused() {
     )
     .unwrap();
     s.assert_refused(&dir, "format1", &["older ckpt", "format 1"]);
-    let (dir, _, g2) = s.copy_a("format3");
+    let (dir, _, g2) = s.copy_a("format4");
     let mut sealed = read_json(&g2.join("manifest.json"));
-    sealed["format"] = 3.into();
+    sealed["format"] = 4.into();
     fs::write(g2.join("manifest.json"), sealed.to_string()).unwrap();
-    s.assert_refused(&dir, "format3", &["newer"]);
+    s.assert_refused(&dir, "format4", &["newer"]);
 
     // Random byte changes anywhere in the sealed part of the manifest.
     let text = fs::read(s.gen_a2.join("manifest.json")).unwrap();

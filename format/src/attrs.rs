@@ -20,6 +20,17 @@ pub enum Attr {
     Memory(Vec<RegionAdvice>),
     /// File locks, leases, signal-driven I/O owners and pipe capacities of its descriptors.
     Locks(FdLocks),
+    /// Seccomp filters of the threads that have any.
+    Seccomp(Vec<ThreadSeccomp>),
+    /// The process's cgroups, one per hierarchy.
+    Cgroups(Vec<CgroupMembership>),
+    /// Credentials of every thread.
+    Creds(Creds),
+    /// prctl state: parent-death signals, child subreaper, THP, dumpable, MDWE, KSM,
+    /// the core dump filter and membarrier registrations.
+    Prctl(Prctl),
+    /// Job control: the group stop the process was in.
+    JobCtl(JobCtl),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.
@@ -133,4 +144,90 @@ pub struct FdOwner {
 pub struct PipeSize {
     pub fd: i32,
     pub size: u32,
+}
+
+/// One seccomp filter as PTRACE_SECCOMP_GET_FILTER shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// SECCOMP_FILTER_FLAG_* it was installed with (PTRACE_SECCOMP_GET_METADATA).
+    pub flags: u64,
+    /// The classic BPF program: 8-byte `struct sock_filter` instructions.
+    pub insns: Vec<u64>,
+}
+
+/// The seccomp filters of one thread, oldest first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    pub tid: i32,
+    pub filters: Vec<SeccompFilter>,
+}
+
+/// The cgroup of a process in one hierarchy, as /proc/PID/cgroup shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct CgroupMembership {
+    /// The controllers of a v1 hierarchy (`memory`, `name=systemd`, ...); empty for v2.
+    pub controllers: String,
+    /// The path inside the hierarchy, as seen from the dumper's cgroup namespace.
+    pub path: String,
+}
+
+/// The credentials of one thread (they are per thread in Linux), as the dumping ckpt
+/// sees them (ids in its user namespace, which the audit makes the process's too).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCreds {
+    pub tid: i32,
+    /// Real, effective, saved and filesystem user id (status `Uid:`).
+    pub uid: [u32; 4],
+    /// Real, effective, saved and filesystem group id (status `Gid:`).
+    pub gid: [u32; 4],
+    /// Supplementary groups, in the kernel's (sorted) order (status `Groups:`).
+    pub groups: Vec<u32>,
+    /// Capability sets, one bit per capability (status `CapInh:` ... `CapAmb:`).
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    /// PR_GET_SECUREBITS, with SECBIT_KEEP_CAPS (what PR_GET_KEEPCAPS shows) among them.
+    pub securebits: u32,
+    /// PR_GET_NO_NEW_PRIVS (status `NoNewPrivs:`).
+    pub no_new_privs: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    /// Every thread, the leader first.
+    pub threads: Vec<ThreadCreds>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Prctl {
+    /// PR_GET_PDEATHSIG of each thread that has one: (tid, signal).
+    pub pdeathsig: Vec<(i32, i32)>,
+    /// PR_GET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+    /// PR_GET_THP_DISABLE: 0, or 1 | PR_THP_DISABLE_EXCEPT_ADVISED (2) as flags.
+    pub thp_disable: u32,
+    /// PR_GET_DUMPABLE: 0 or 1.
+    pub dumpable: u32,
+    /// PR_GET_MDWE: PR_MDWE_REFUSE_EXEC_GAIN (1) | PR_MDWE_NO_INHERIT (2).
+    pub mdwe: u32,
+    /// PR_GET_MEMORY_MERGE: KSM merging of the whole process.
+    pub memory_merge: bool,
+    /// /proc/PID/coredump_filter.
+    pub coredump_filter: u64,
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS): the MEMBARRIER_CMD_REGISTER_*
+    /// commands the process registered (0 on kernels before 6.3, which cannot tell).
+    pub membarrier: u32,
+}
+
+/// Job control state of a process at the checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct JobCtl {
+    /// The signal of the group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) the process
+    /// was in; 0: not stopped.
+    pub stop_signal: i32,
+    /// The children of this process whose stop its parent (this process) had not yet
+    /// collected with waitpid(WUNTRACED): they are to report it again after restore.
+    pub stop_reports: Vec<i32>,
 }

@@ -2,7 +2,7 @@
 //! image refers to are unchanged, the original PIDs are free, the kernel and CPU can
 //! take the saved state, and nothing collides with the loader.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use ckpt_format::state::{FdKind, FileIdentity, ProcessState, VmaKind};
 use ckpt_plan::{LOADER_ZONE_END, LOADER_ZONE_START};
 use ckpt_tracer::files::file_identity;
@@ -205,6 +205,54 @@ pub fn zombie_pids_free(zombies: &[ckpt_format::state::Zombie]) -> Result<()> {
             bail!(
                 "PID {} (a zombie child in the checkpoint) is in use by another process; restore needs the original PIDs free",
                 z.pid
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every restored process and zombie is in its saved process group and session, before
+/// anything resumes. The root joins the restorer's group and session unless it led its
+/// own session (like any job the restorer starts), so what shared the root's saved
+/// group or session must now share its new one. Otherwise the restore fails naming the
+/// process: a program that signals its group or checks its session would see another.
+pub fn groups_as_saved(manifest: &ckpt_format::manifest::Manifest, root: i32) -> Result<()> {
+    let ids = |pid: i32| -> Result<(i32, i32)> {
+        let st = ckpt_tracer::proc::stat_if_exists(pid)
+            .with_context(|| format!("reading the process group of restored process {pid}"))?
+            .with_context(|| format!("restored process {pid} is gone"))?;
+        Ok((st.pgrp, st.session))
+    };
+    let Some(saved_root) = manifest.processes.iter().find(|p| p.pid == root) else {
+        return Ok(());
+    };
+    let (root_pgid, root_sid) = ids(root)?;
+    let want = |pgid: i32, sid: i32| {
+        (
+            if pgid == saved_root.pgid {
+                root_pgid
+            } else {
+                pgid
+            },
+            if sid == saved_root.sid { root_sid } else { sid },
+        )
+    };
+    let all = manifest
+        .processes
+        .iter()
+        .map(|p| (p.pid, p.pgid, p.sid, ""))
+        .chain(
+            manifest
+                .zombies
+                .iter()
+                .map(|z| (z.pid, z.pgid, z.sid, "zombie ")),
+        );
+    for (pid, pgid, sid, what) in all {
+        let (w_pgid, w_sid) = want(pgid, sid);
+        let (pg, s) = ids(pid)?;
+        if (pg, s) != (w_pgid, w_sid) {
+            bail!(
+                "restored {what}process {pid} is in process group {pg} and session {s}, but was in group {w_pgid} and session {w_sid} (counted from the restored root {root}); ckpt cannot recreate that group yet"
             );
         }
     }

@@ -224,7 +224,13 @@ pub fn finish(
         },
         &state.attrs,
     )?;
-    if drop_caps {
+    // The credentials group gave every thread exactly its saved capabilities; an image
+    // without it (format 2, or written before the group existed) had ckpt's own, none.
+    let creds_restored = state
+        .attrs
+        .iter()
+        .any(|a| matches!(a, ckpt_format::state::Attr::Creds(_)));
+    if drop_caps && !creds_restored {
         // capset(v3, all zero) in every thread: capabilities are per thread.
         let mut arg = Vec::new();
         arg.extend_from_slice(&0x2008_0522u32.to_le_bytes());
@@ -253,6 +259,50 @@ pub fn finish(
 pub fn resume(threads: &[FrozenThread]) -> Result<()> {
     for t in threads {
         ptrace::detach(t.tid, 0).with_context(|| format!("resuming thread {}", t.tid))?;
+    }
+    Ok(())
+}
+
+/// Stop again every process that was in a group stop at the checkpoint, while every
+/// process of the tree is finished and still traced (`ckpt_tracer::attr::jobctl`).
+/// `states[i]`, `finished[i]`: each process and its threads; `children`: indices of each
+/// one's children.
+pub fn stop_stopped(
+    states: &[&ProcessState],
+    children: &[Vec<usize>],
+    finished: &mut [Vec<FrozenThread>],
+) -> Result<()> {
+    use ckpt_tracer::attr::jobctl;
+    for i in 0..states.len() {
+        if jobctl::saved(states[i]).is_none_or(|j| j.stop_signal == 0) {
+            continue;
+        }
+        let Some(j) = children.iter().position(|c| c.contains(&i)) else {
+            jobctl::stop_again(states[i], &mut finished[i], None)?;
+            continue;
+        };
+        let (own, parent) = if i < j {
+            let (a, b) = finished.split_at_mut(j);
+            (&mut a[i], &mut b[0])
+        } else {
+            let (a, b) = finished.split_at_mut(i);
+            (&mut b[0], &mut a[j])
+        };
+        let ps = states[j];
+        let inj = Injector::new(ps.pid, &ckpt_tracer::read::exec_ranges_of(&ps.vmas))
+            .with_context(|| format!("process {}: preparing system call injection", ps.pid))?;
+        let report_pending =
+            jobctl::saved(ps).is_some_and(|p| p.stop_reports.contains(&states[i].pid));
+        jobctl::stop_again(
+            states[i],
+            own,
+            Some(jobctl::Parent {
+                pid: ps.pid,
+                thread: &mut parent[0],
+                inj: &inj,
+                report_pending,
+            }),
+        )?;
     }
     Ok(())
 }

@@ -189,11 +189,13 @@ fn prepare_process(
     let pid = state.pid;
     // Sessions and groups: the root joins the restorer's (like any job it starts)
     // unless it led its own session; inside the tree, leaders lead again and members
-    // join leaders restored before them.
+    // join leaders restored before them. The members of a group the root led (but not
+    // a session) stay with the root in the restorer's: that group is not made again.
     let session_leader = m.sid == pid;
+    let roots_group_not_made = m.pgid == root.pid && root.sid != root.pid;
     let pgid = if session_leader || m.pgid == pid && pid != root.pid {
         spawn::Pgid::Lead
-    } else if m.pgid != pid && in_tree.contains(&m.pgid) {
+    } else if m.pgid != pid && in_tree.contains(&m.pgid) && !roots_group_not_made {
         spawn::Pgid::Join(m.pgid)
     } else {
         spawn::Pgid::Inherit
@@ -338,6 +340,14 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         (PidNs::Never, Ok(())) | (PidNs::Auto, Ok(())) => false,
         (PidNs::Auto, Err(_)) | (PidNs::Always, _) => true,
     };
+    // In a new PID namespace, an ordinary user's restore runs in a new user namespace
+    // too, where only that user's ids are mapped.
+    let unprivileged_userns = new_ns && job::needs_user_ns();
+    for image in &images {
+        let s = &image.state;
+        ckpt_tracer::attr::creds::check_restorable(s.pid, &s.attrs, unprivileged_userns)
+            .map_err(anyhow::Error::msg)?;
+    }
     for image in &images {
         checks::recreate_volatile_files(&image.state)?;
     }
@@ -524,6 +534,15 @@ fn run_tree(
         };
         if result.is_err() {
             break;
+        }
+    }
+    if result.is_ok() {
+        let root = tree.images.first().map(|i| i.state.pid).unwrap_or(0);
+        result = checks::groups_as_saved(manifest, root);
+        if result.is_ok() {
+            let states: Vec<&ckpt_format::state::ProcessState> =
+                tree.images.iter().map(|i| &i.state).collect();
+            result = finish::stop_stopped(&states, &tree.children, &mut finished);
         }
     }
     // In a new PID namespace the init is the restorer: the namespace dies with it.

@@ -40,14 +40,17 @@ pub struct ChildSetup {
     pub rlimits: Vec<(i32, libc::rlimit64)>,
     pub personality: u32,
     /// Keep CAP_CHECKPOINT_RESTORE across the exec of the loader (ambient), which needs
-    /// it to create threads with their TIDs; set in a user namespace ckpt made, where
-    /// the job's uid is not 0. The front end drops it again before the job resumes.
+    /// it to create threads with their TIDs, and CAP_SETPCAP, which the credentials
+    /// group needs to give the threads their saved bounding set and securebits; set in a
+    /// user namespace ckpt made, where the job's uid is not 0. The front end gives the
+    /// threads their saved capabilities (or drops these) before the job resumes.
     pub ambient_checkpoint_cap: bool,
 }
 
 const CAP_CHECKPOINT_RESTORE: u32 = 40;
+const CAP_SETPCAP: u32 = 8;
 
-/// Raise CAP_CHECKPOINT_RESTORE into the inheritable and ambient sets.
+/// Raise CAP_CHECKPOINT_RESTORE and CAP_SETPCAP into the inheritable and ambient sets.
 ///
 /// # Safety
 /// No memory precondition: capget/capset only access the local header and the
@@ -76,16 +79,19 @@ unsafe fn raise_ambient_checkpoint_cap() -> bool {
         return false;
     }
     d[1].inheritable |= 1 << (CAP_CHECKPOINT_RESTORE - 32);
+    d[0].inheritable |= 1 << CAP_SETPCAP;
     if libc::syscall(libc::SYS_capset, &h, d.as_ptr()) < 0 {
         return false;
     }
-    libc::prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_RAISE,
-        CAP_CHECKPOINT_RESTORE as libc::c_ulong,
-        0,
-        0,
-    ) == 0
+    [CAP_CHECKPOINT_RESTORE, CAP_SETPCAP].iter().all(|&c| {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE,
+            c as libc::c_ulong,
+            0,
+            0,
+        ) == 0
+    })
 }
 
 fn child_fail(status_fd: RawFd, what: &str) -> ! {
@@ -129,12 +135,23 @@ fn clone_with_pid(pid: i32) -> std::io::Result<i32> {
 fn spawn_zombie(z: &Zombie) -> Result<()> {
     match clone_with_pid(z.pid) {
         // SAFETY: this is the child of clone_with_pid (a fork); it only makes
-        // async-signal-safe calls and allocates nothing: setrlimit64 reads the local `nocore`,
+        // async-signal-safe calls and allocates nothing: setsid/setpgid/getpgid take
+        // integers, setrlimit64 reads the local `nocore`,
         // sigemptyset and sigprocmask use the local `set` (an all-zero sigset_t is a valid
         // value, and sigemptyset initialises it anyway) with a null old-set,
         // signal/kill/getpid take integers, and it always ends in `_exit` (or dies of the
         // signal), running no destructors.
         Ok(0) => unsafe {
+            // Its saved group and session (checked with everything else before the
+            // tree resumes, see checks::groups_as_saved): a leader leads again; a
+            // member of another group than its parent's joins it if it exists.
+            if z.sid == z.pid {
+                libc::setsid();
+            } else if z.pgid == z.pid {
+                libc::setpgid(0, 0);
+            } else if z.pgid != libc::getpgid(0) {
+                libc::setpgid(0, z.pgid);
+            }
             let st = z.wait_status;
             if libc::WIFSIGNALED(st) {
                 let sig = libc::WTERMSIG(st);
@@ -272,7 +289,10 @@ fn spawn(
             child_fail(sfd, "setting the personality");
         }
         if setup.ambient_checkpoint_cap && !raise_ambient_checkpoint_cap() {
-            child_fail(sfd, "keeping CAP_CHECKPOINT_RESTORE for the loader");
+            child_fail(
+                sfd,
+                "keeping CAP_CHECKPOINT_RESTORE and CAP_SETPCAP for the loader",
+            );
         }
         libc::syscall(
             libc::SYS_execveat,

@@ -890,6 +890,30 @@ pub fn assert_root(what: &str) {
     );
 }
 
+/// `setpriv` to the user `(uid, gid)` with these supplementary groups (none: cleared)
+/// and `extra` options, then `program`: setpriv execs, so the child is the program
+/// itself (the process a test kills is the one it means). No coordinator variables of
+/// the test's environment.
+pub fn setpriv(
+    (uid, gid): (u32, u32),
+    groups: &[u32],
+    extra: &[&str],
+    program: impl AsRef<OsStr>,
+) -> Command {
+    let mut c = command("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        c.arg("--clear-groups");
+    } else {
+        let g: Vec<String> = groups.iter().map(u32::to_string).collect();
+        c.arg(format!("--groups={}", g.join(",")));
+    }
+    c.args(extra).arg("--").arg(program);
+    clean_coord_env(&mut c);
+    c
+}
+
 /// Creates the unprivileged user [`TEST_USER`] if needed; returns (uid, gid).
 pub fn ensure_test_user() -> (u32, u32) {
     if run(command("id").args(["-u", TEST_USER])).status.code() != Some(0) {
@@ -990,4 +1014,41 @@ pub fn children(pid: i32) -> Vec<i32> {
         }
     }
     out
+}
+
+/// `setpriv` to [`TEST_USER`] (uid, gid) in front of `program`: setpriv execs, so the
+/// process started is the program itself (a target's PID is the program's).
+pub fn setpriv_test_user(program: impl AsRef<OsStr>, (uid, gid): (u32, u32)) -> Command {
+    let mut c = command("setpriv");
+    c.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .args(["--clear-groups", "--"])
+        .arg(program);
+    clean_coord_env(&mut c);
+    c
+}
+
+/// Give the whole tree under `dir` to (uid, gid).
+pub fn chown_tree(dir: &Path, (uid, gid): (u32, u32)) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+    if fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in fs::read_dir(dir).unwrap() {
+            chown_tree(&e.unwrap().path(), (uid, gid));
+        }
+    }
+}
+
+/// A temporary directory that belongs to [`TEST_USER`] (created if needed), with a copy
+/// of the test program `name` in it (at `prog/NAME`, returned): for a target run as that
+/// user. Its (uid, gid) too.
+pub fn test_user_dir(name: &str) -> (TestDir, PathBuf, (u32, u32)) {
+    assert_root("a test that runs a program as an ordinary user");
+    let ids = ensure_test_user();
+    let d = tempdir();
+    let exe = d.join("prog").join(name);
+    fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    copy_program(&testdata(name), &exe);
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(d.path(), ids);
+    (d, exe, ids)
 }

@@ -23,7 +23,7 @@ use std::io;
 /// What ckpt does with one attribute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Saved and restored by this attribute group (tracer/src/attr/), descriptor kind, or
+    /// Saved and restored by this attribute group (`tracer/src/attr/`), descriptor kind, or
     /// part of the image.
     Saved(&'static str),
     /// Not state a restore must carry: a counter, a size, an identity or a flag the
@@ -76,6 +76,12 @@ pub enum Source {
     FdLock(&'static str),
     /// `fcntl(fd, cmd)` injected for every descriptor (F_GETPIPE_SZ: every pipe and FIFO).
     Fcntl(i32),
+    /// A kernel object that two processes of the tree may share (clone flags without
+    /// CLONE_THREAD), compared with kcmp(KCMP_*) for every pair.
+    Shared(i32),
+    /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS), injected (Linux 6.3+): the
+    /// registered commands.
+    Membarrier,
 }
 
 /// One attribute the audit checks.
@@ -103,7 +109,6 @@ const fn row(source: Source, what: &'static str, verdict: Verdict) -> Row {
 const PR_GET_PDEATHSIG: u64 = 2;
 const PR_GET_DUMPABLE: u64 = 3;
 const PR_GET_KEEPCAPS: u64 = 7;
-const PR_GET_TIMING: u64 = 13;
 const PR_GET_TSC: u64 = 25;
 const PR_GET_SECUREBITS: u64 = 27;
 const PR_GET_TIMERSLACK: u64 = 30;
@@ -118,6 +123,11 @@ const PR_GET_MEMORY_MERGE: u64 = 68;
 // fcntl commands (asm-generic/fcntl.h) that the libc crate does not name.
 pub const F_GETSIG: i32 = 11;
 pub const F_GETOWN_EX: i32 = 16;
+// kcmp types (linux/kcmp.h).
+const KCMP_VM: i32 = 1;
+const KCMP_FILES: i32 = 2;
+const KCMP_FS: i32 = 3;
+const KCMP_SIGHAND: i32 = 4;
 // arch_prctl codes (asm/prctl.h).
 const ARCH_GET_CPUID: u64 = 0x1011;
 const ARCH_GET_XCOMP_PERM: u64 = 0x1022;
@@ -137,15 +147,15 @@ pub static TABLE: &[Row] = &[
     row(
         Status("Uid"),
         "user ids (real, effective, saved, fs)",
-        Default(Ours),
+        Saved("creds"),
     ),
     row(
         Status("Gid"),
         "group ids (real, effective, saved, fs)",
-        Default(Ours),
+        Saved("creds"),
     ),
     row(Status("FDSize"), "descriptor table size", Info),
-    row(Status("Groups"), "supplementary groups", Default(Ours)),
+    row(Status("Groups"), "supplementary groups", Saved("creds")),
     row(
         Status("NStgid"),
         "thread group id in each PID namespace",
@@ -183,7 +193,7 @@ pub static TABLE: &[Row] = &[
     row(
         Status("THP_enabled"),
         "transparent huge pages enabled (PR_SET_THP_DISABLE)",
-        Default(Value("1")),
+        Saved("prctl"),
     ),
     row(
         Status("untag_mask"),
@@ -209,14 +219,18 @@ pub static TABLE: &[Row] = &[
         "caught signals",
         Saved("image: signal handlers"),
     ),
-    row(Status("CapInh"), "inheritable capabilities", Default(Ours)),
-    row(Status("CapPrm"), "permitted capabilities", Default(Ours)),
-    row(Status("CapEff"), "effective capabilities", Default(Ours)),
-    row(Status("CapBnd"), "bounding capabilities", Default(Ours)),
-    row(Status("CapAmb"), "ambient capabilities", Default(Ours)),
-    row(Status("NoNewPrivs"), "no_new_privs", Default(Ours)),
-    row(Status("Seccomp"), "seccomp mode", Default(Zero)),
-    row(Status("Seccomp_filters"), "seccomp filters", Default(Zero)),
+    row(Status("CapInh"), "inheritable capabilities", Saved("creds")),
+    row(Status("CapPrm"), "permitted capabilities", Saved("creds")),
+    row(Status("CapEff"), "effective capabilities", Saved("creds")),
+    row(Status("CapBnd"), "bounding capabilities", Saved("creds")),
+    row(Status("CapAmb"), "ambient capabilities", Saved("creds")),
+    row(Status("NoNewPrivs"), "no_new_privs", Saved("creds")),
+    row(Status("Seccomp"), "seccomp mode", Saved("seccomp")),
+    row(
+        Status("Seccomp_filters"),
+        "seccomp filters",
+        Saved("seccomp"),
+    ),
     row(
         Status("Speculation_Store_Bypass"),
         "speculative store bypass control",
@@ -259,25 +273,24 @@ pub static TABLE: &[Row] = &[
     row(
         PrctlOut(PR_GET_PDEATHSIG),
         "parent-death signal (PR_SET_PDEATHSIG)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     row(
         Prctl(PR_GET_DUMPABLE, 0),
         "dumpable flag (PR_SET_DUMPABLE)",
-        Default(Value("1")),
+        Saved("prctl"), // 2 (suid_dumpable) is refused by the group
     ),
     row(
         Prctl(PR_GET_KEEPCAPS, 0),
         "keep-capabilities flag (PR_SET_KEEPCAPS)",
-        Default(Ours),
+        Saved("creds"),
     ),
-    row(Prctl(PR_GET_TIMING, 0), "timing method", Default(Zero)),
     row(
         PrctlOut(PR_GET_TSC),
         "TSC access (PR_SET_TSC)",
         Default(Value("1")),
     ),
-    row(Prctl(PR_GET_SECUREBITS, 0), "securebits", Default(Ours)),
+    row(Prctl(PR_GET_SECUREBITS, 0), "securebits", Saved("creds")),
     row(Prctl(PR_GET_TIMERSLACK, 0), "timer slack", Saved("sched")),
     row(
         Prctl(PR_MCE_KILL_GET, 0),
@@ -287,24 +300,19 @@ pub static TABLE: &[Row] = &[
     row(
         PrctlOut(PR_GET_CHILD_SUBREAPER),
         "child subreaper (PR_SET_CHILD_SUBREAPER)",
-        Default(Zero),
+        Saved("prctl"),
     ),
-    row(Prctl(PR_GET_NO_NEW_PRIVS, 0), "no_new_privs", Default(Ours)),
+    row(
+        Prctl(PR_GET_NO_NEW_PRIVS, 0),
+        "no_new_privs",
+        Saved("creds"),
+    ),
     row(
         Prctl(PR_GET_THP_DISABLE, 0),
         "THP disable (PR_SET_THP_DISABLE)",
-        Default(Zero),
+        Saved("prctl"),
     ),
-    row(
-        Prctl(PR_GET_SPECULATION_CTRL, 0),
-        "speculative store bypass control",
-        Default(Ours),
-    ),
-    row(
-        Prctl(PR_GET_SPECULATION_CTRL, 1),
-        "indirect branch speculation control",
-        Default(Ours),
-    ),
+    // Store bypass and indirect branch speculation: the task status rows above.
     row(
         Prctl(PR_GET_SPECULATION_CTRL, 2),
         "L1D flush control",
@@ -318,12 +326,12 @@ pub static TABLE: &[Row] = &[
     row(
         Prctl(PR_GET_MDWE, 0),
         "memory-deny-write-execute (PR_SET_MDWE)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     row(
         Prctl(PR_GET_MEMORY_MERGE, 0),
         "KSM merging of the whole process (PR_SET_MEMORY_MERGE)",
-        Default(Zero),
+        Saved("prctl"),
     ),
     // ---- arch_prctl, every thread ----
     row(
@@ -350,7 +358,12 @@ pub static TABLE: &[Row] = &[
         "address tag mask (LAM)",
         Default(Ours),
     ),
-    // ---- memory policy, LDT, TLS entries ----
+    // ---- membarrier, memory policy, LDT, TLS entries ----
+    row(
+        Membarrier,
+        "membarrier registrations (MEMBARRIER_CMD_REGISTER_*)",
+        Saved("prctl"),
+    ),
     row(
         Mempolicy,
         "NUMA memory policy (set_mempolicy)",
@@ -368,7 +381,7 @@ pub static TABLE: &[Row] = &[
         "OOM score adjustment",
         Saved("sched"),
     ),
-    row(File("coredump_filter"), "core dump filter", Default(Ours)),
+    row(File("coredump_filter"), "core dump filter", Saved("prctl")),
     row(File("loginuid"), "audit login uid", Default(Ours)),
     row(File("sessionid"), "audit session id", Default(Ours)),
     row(
@@ -377,6 +390,11 @@ pub static TABLE: &[Row] = &[
         Saved("image: personality"),
     ),
     row(Root, "root directory (chroot)", Default(Ours)),
+    row(
+        File("cgroup"),
+        "cgroups (restored where they exist and are writable, else a warning)",
+        Saved("cgroup"),
+    ),
     // ---- namespaces ----
     row(Ns("mnt"), "mount namespace", Default(Ours)),
     row(Ns("net"), "network namespace", Default(Ours)),
@@ -394,6 +412,29 @@ pub static TABLE: &[Row] = &[
         Ns("time_for_children"),
         "time namespace of its children (unshare)",
         Default(Ours),
+    ),
+    // ---- shared between processes of the tree (kcmp of every pair) ----
+    // (KCMP_IO and KCMP_SYSVSEM are not compared: two processes that never made one
+    // compare equal. SysV semaphores are refused as descriptors and mappings are.)
+    row(
+        Shared(KCMP_VM),
+        "one address space with another process (CLONE_VM, e.g. a vfork child before its exec)",
+        Default(Zero),
+    ),
+    row(
+        Shared(KCMP_FILES),
+        "one descriptor table with another process (CLONE_FILES)",
+        Default(Zero),
+    ),
+    row(
+        Shared(KCMP_FS),
+        "one cwd, root and umask with another process (CLONE_FS)",
+        Default(Zero),
+    ),
+    row(
+        Shared(KCMP_SIGHAND),
+        "one signal handler table with another process (CLONE_SIGHAND)",
+        Default(Zero),
     ),
     // ---- VmFlags of every region ----
     row(VmFlag("rd"), "readable", Saved("image: memory")),
@@ -453,7 +494,7 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         VmFlag("nh"),
-        "no huge page advice (MADV_NOHUGEPAGE)",
+        "no huge page advice (MADV_NOHUGEPAGE, and every MAP_STACK mapping)",
         Saved("memory"),
     ),
     row(
@@ -542,14 +583,6 @@ fn default_holds(d: Def, value: &str, ours: impl FnOnce() -> Option<String>) -> 
     }
 }
 
-/// The status fields of one status file, in order.
-fn status_fields(text: &str) -> Vec<(&str, &str)> {
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k, v.trim()))
-        .collect()
-}
-
 /// Refuse the process if any attribute of it or its threads is neither saved nor at its
 /// default. `threads` are frozen; the leader first.
 pub fn check(
@@ -561,7 +594,7 @@ pub fn check(
     let io_err = |what: String| move |e: io::Error| TraceError::io(pid, what, e);
     let own_status = std::fs::read_to_string("/proc/thread-self/status")
         .map_err(io_err("reading ckpt's own status".into()))?;
-    let own = status_fields(&own_status);
+    let own = proc::status_fields(&own_status);
     for t in threads.iter_mut() {
         let tid = t.tid;
         let who = if tid == pid {
@@ -571,7 +604,7 @@ pub fn check(
         };
         let p = format!("/proc/{pid}/task/{tid}/status");
         let text = std::fs::read_to_string(&p).map_err(io_err(format!("reading {p}")))?;
-        for (key, value) in status_fields(&text) {
+        for (key, value) in proc::status_fields(&text) {
             let Some(r) = TABLE
                 .iter()
                 .find(|r| matches!(r.source, Status(k) if k == key))
@@ -597,6 +630,10 @@ pub fn check(
         }
         for r in TABLE {
             let Default(d) = r.verdict else { continue };
+            // What the whole process shares is read once, in its leader.
+            if tid != pid && process_wide(r.source) {
+                continue;
+            }
             let got: Option<String> = match r.source {
                 Prctl(op, arg) => {
                     let v = inj.syscall(t, libc::SYS_prctl, [op, arg, 0, 0, 0, 0]);
@@ -653,7 +690,17 @@ pub fn check(
                     // ENOSYS: a kernel without NUMA, where every policy is the default.
                     (v == 0).then(|| i32::from_le_bytes(mode).to_string())
                 }
-                Ldt if tid == pid => {
+                Membarrier if tid == pid => {
+                    const GET_REGISTRATIONS: u64 = 1 << 9;
+                    let v =
+                        inj.syscall(t, libc::SYS_membarrier, [GET_REGISTRATIONS, 0, 0, 0, 0, 0]);
+                    let v = v.map_err(io_err(
+                        "membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS)".into(),
+                    ))?;
+                    // EINVAL: before Linux 6.3, which cannot tell.
+                    (v != -(libc::EINVAL as i64)).then(|| v.to_string())
+                }
+                Ldt => {
                     let mut b = [0u8; 16];
                     let v = inj.syscall_with_buf(
                         t,
@@ -727,13 +774,19 @@ pub fn check(
             _ => {}
         }
     }
+    // KSM merging of the whole process (saved by the group "prctl") marks every region
+    // it can merge `mg`, and marks them again after a restore.
+    let merge_any = inj
+        .syscall(
+            &mut threads[0],
+            libc::SYS_prctl,
+            [PR_GET_MEMORY_MERGE, 0, 0, 0, 0, 0],
+        )
+        .map_err(io_err(format!("prctl({PR_GET_MEMORY_MERGE})")))?
+        == 1;
     // The kernel's own mappings carry flags it set itself (vvar and vdso are not dumped);
     // a restore maps them the kernel's way.
-    let kernel_made = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
-    for m in maps
-        .iter()
-        .filter(|m| !kernel_made.contains(&m.name.as_str()))
-    {
+    for m in maps.iter().filter(|m| !m.kernel_made()) {
         for f in &m.flag_names {
             let Some(r) = TABLE
                 .iter()
@@ -744,6 +797,9 @@ pub fn check(
                     format!("the region {:#x}-{:#x} flag `{f}` (a kernel feature this ckpt does not know)", m.start, m.end),
                 ));
             };
+            if f == "mg" && merge_any {
+                continue;
+            }
             if let Default(_) = r.verdict {
                 return Err(refuse(
                     pid,
@@ -785,12 +841,42 @@ pub fn check_lock(pid: i32, fd: i32, l: &proc::LockLine) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a tree in which two processes share what a restore would give each its own
+/// copy of. `pids`: every process of the tree (thread-group leaders), all frozen.
+pub fn check_tree(pids: &[i32]) -> Result<()> {
+    for r in TABLE {
+        let Shared(kind) = r.source else { continue };
+        for (i, &a) in pids.iter().enumerate() {
+            for &b in &pids[i + 1..] {
+                // SAFETY: kcmp(2) compares two kernel objects; it takes only integers.
+                let same = unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) } == 0;
+                if same {
+                    return Err(refuse(a, format!("{} ({b})", r.what)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn region_name(m: &MapEntry) -> &str {
     if m.name.is_empty() {
         "anonymous"
     } else {
         &m.name
     }
+}
+
+/// Whether a per-thread source reads what all threads share (the mm): read in the
+/// leader only, which keeps the pause of a many-threaded process short.
+fn process_wide(s: Source) -> bool {
+    matches!(
+        s,
+        Ldt | ArchPrctl {
+            code: ARCH_GET_XCOMP_PERM | ARCH_GET_UNTAG_MASK,
+            ..
+        }
+    )
 }
 
 /// The same getter run in ckpt itself.
@@ -826,6 +912,92 @@ fn own_value(s: Source) -> Option<String> {
     }
 }
 
+/// Where a row is read, for people.
+fn source_name(s: Source) -> String {
+    let prctl = |op: u64| match op {
+        PR_GET_PDEATHSIG => "PR_GET_PDEATHSIG",
+        PR_GET_DUMPABLE => "PR_GET_DUMPABLE",
+        PR_GET_KEEPCAPS => "PR_GET_KEEPCAPS",
+        PR_GET_TSC => "PR_GET_TSC",
+        PR_GET_SECUREBITS => "PR_GET_SECUREBITS",
+        PR_GET_TIMERSLACK => "PR_GET_TIMERSLACK",
+        PR_MCE_KILL_GET => "PR_MCE_KILL_GET",
+        PR_GET_CHILD_SUBREAPER => "PR_GET_CHILD_SUBREAPER",
+        PR_GET_NO_NEW_PRIVS => "PR_GET_NO_NEW_PRIVS",
+        PR_GET_THP_DISABLE => "PR_GET_THP_DISABLE",
+        PR_GET_SPECULATION_CTRL => "PR_GET_SPECULATION_CTRL",
+        PR_GET_IO_FLUSHER => "PR_GET_IO_FLUSHER",
+        PR_GET_MDWE => "PR_GET_MDWE",
+        PR_GET_MEMORY_MERGE => "PR_GET_MEMORY_MERGE",
+        _ => "prctl",
+    };
+    match s {
+        Status(k) => format!("task status `{k}`"),
+        Prctl(op, 0) => format!("prctl `{}`", prctl(op)),
+        Prctl(op, arg) => format!("prctl `{}({arg})`", prctl(op)),
+        PrctlOut(op) => format!("prctl `{}`", prctl(op)),
+        ArchPrctl { code, .. } => format!(
+            "arch_prctl `{}`",
+            match code {
+                ARCH_GET_CPUID => "ARCH_GET_CPUID",
+                ARCH_GET_XCOMP_PERM => "ARCH_GET_XCOMP_PERM",
+                ARCH_GET_UNTAG_MASK => "ARCH_GET_UNTAG_MASK",
+                _ => "?",
+            }
+        ),
+        File(f) => format!("/proc/PID/{f}"),
+        Ns(n) => format!("/proc/PID/ns/{n}"),
+        VmFlag(f) => format!("smaps VmFlags `{f}`"),
+        Mempolicy => "get_mempolicy".into(),
+        Ldt => "modify_ldt (read)".into(),
+        ThreadArea => "PTRACE_GET_THREAD_AREA".into(),
+        Root => "/proc/PID/root".into(),
+        Membarrier => "membarrier `MEMBARRIER_CMD_GET_REGISTRATIONS`".into(),
+        FdLock(w) => format!("fdinfo `lock:` word `{w}`"),
+        Fcntl(cmd) => format!(
+            "fcntl `{}` of every descriptor",
+            match cmd {
+                libc::F_GETPIPE_SZ => "F_GETPIPE_SZ",
+                F_GETSIG => "F_GETSIG",
+                F_GETOWN_EX => "F_GETOWN_EX",
+                _ => "?",
+            }
+        ),
+        Shared(k) => format!(
+            "kcmp `{}` of every pair",
+            match k {
+                KCMP_VM => "KCMP_VM",
+                KCMP_FILES => "KCMP_FILES",
+                KCMP_FS => "KCMP_FS",
+                KCMP_SIGHAND => "KCMP_SIGHAND",
+                _ => "?",
+            }
+        ),
+    }
+}
+
+/// [`TABLE`] as the Markdown table of docs/AUDIT.md.
+pub fn table_markdown() -> String {
+    let mut out = String::from("| read from | attribute | ckpt |\n|---|---|---|\n");
+    for r in TABLE {
+        let v = match r.verdict {
+            Saved(g) if g.starts_with("image: ") => format!("saved ({})", &g[7..]),
+            Saved(g) => format!("saved (group `{g}`)"),
+            Info => "not state (informational)".into(),
+            Default(Zero) if matches!(r.source, Shared(_)) => "refused if shared".into(),
+            Default(Zero) => "refused unless zero / unset".into(),
+            Default(Value(v)) => format!("refused unless `{v}`"),
+            Default(Ours) => "refused unless the same as ckpt's own".into(),
+        };
+        out.push_str(&format!(
+            "| {} | {} | {v} |\n",
+            source_name(r.source),
+            r.what
+        ));
+    }
+    out
+}
+
 fn ns_id(p: &str) -> Option<String> {
     std::fs::read_link(p)
         .ok()
@@ -850,7 +1022,7 @@ mod tests {
     #[test]
     fn every_field_of_our_own_status_is_known() {
         let text = std::fs::read_to_string("/proc/self/status").unwrap();
-        for (k, _) in status_fields(&text) {
+        for (k, _) in proc::status_fields(&text) {
             assert!(
                 TABLE
                     .iter()
@@ -858,6 +1030,26 @@ mod tests {
                 "status field {k} is not in the audit table"
             );
         }
+    }
+
+    /// docs/AUDIT.md holds the table as it is (CKPT_UPDATE_DOCS=1 rewrites it).
+    #[test]
+    fn the_documented_table_is_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/AUDIT.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let (begin, end) = ("<!-- table begin -->\n", "<!-- table end -->");
+        let a = doc.find(begin).expect("table begin marker") + begin.len();
+        let b = doc.find(end).expect("table end marker");
+        let table = table_markdown();
+        if std::env::var_os("CKPT_UPDATE_DOCS").is_some() {
+            let new = format!("{}{table}{}", &doc[..a], &doc[b..]);
+            std::fs::write(path, new).unwrap();
+            return;
+        }
+        assert!(
+            doc[a..b] == table,
+            "docs/AUDIT.md does not show the audit table as it is: run the tracer tests with CKPT_UPDATE_DOCS=1"
+        );
     }
 
     #[test]

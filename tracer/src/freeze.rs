@@ -87,6 +87,12 @@ impl Held {
 pub struct Frozen {
     pub pid: i32,
     pub threads: Vec<FrozenThread>,
+    /// The process was in a group stop (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) when it was
+    /// seized: its signal. A seized thread of a stopped process reports its first stop
+    /// as PTRACE_EVENT_STOP with that signal (`Stop::Group`), not SIGTRAP; so does one
+    /// whose group stop began while it was being seized. It stays stopped after we let
+    /// go (the kernel puts it back into the stop when the tracer detaches).
+    pub group_stop: Option<i32>,
     /// Every thread's `regs` were read (and are what it must resume with). Until
     /// then, letting go must leave the registers alone: a thread seized before an
     /// error holds only a placeholder, which would crash it.
@@ -314,6 +320,7 @@ impl Frozen {
         let mut f = Frozen {
             pid,
             threads: Vec::new(),
+            group_stop: None,
             regs_read: false,
             released: false,
         };
@@ -394,7 +401,11 @@ impl Frozen {
             let (_, stop) = ptrace::wait(tid)
                 .map_err(|e| TraceError::io(self.pid, format!("waiting for thread {tid}"), e))?;
             match stop {
-                Stop::Event | Stop::Group(_) => return Ok(()),
+                Stop::Event => return Ok(()),
+                Stop::Group(sig) => {
+                    self.group_stop = Some(sig);
+                    return Ok(());
+                }
                 Stop::Signal(sig) => {
                     // Deliver it now; the pending interrupt stops the thread right after.
                     let _ = ptrace::cont(tid, sig);

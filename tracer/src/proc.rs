@@ -273,6 +273,15 @@ pub fn limits(pid: i32) -> Result<Vec<(u64, u64)>> {
 }
 
 /// /proc/PID/status; a process that is gone is an I/O error.
+/// Every `key: value` field of a status text, in order (the audit checks each one,
+/// including those procfs does not know).
+pub fn status_fields(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect()
+}
+
 pub fn status(pid: i32) -> Result<Status> {
     let text = read(pid, "status").map_err(|e| TraceError::io(pid, "reading status", e))?;
     parse_status(&text).map_err(|b| b.at(pid, &path(pid, "status")))
@@ -309,7 +318,7 @@ pub fn parse_smaps(text: &str) -> Parsed<Vec<MapEntry>> {
         ));
     }
     // Every flag as the kernel wrote it: procfs drops the letters it does not know, and
-    // the audit must see those (tracer/src/audit.rs).
+    // the audit (tracer/src/audit.rs) must see those.
     let mut raw = text
         .lines()
         .filter_map(|l| l.strip_prefix("VmFlags:"))
@@ -357,6 +366,21 @@ pub fn parse_smaps(text: &str) -> Parsed<Vec<MapEntry>> {
         });
     }
     Ok(out)
+}
+
+/// A private writable region of process `pid` (from /proc/PID/maps) of at least `len`
+/// bytes, not one of the kernel's own: (start, end).
+pub fn writable_region(pid: i32, len: u64) -> Result<Option<(u64, u64)>> {
+    use procfs_core::process::{MMPermissions, MMapPath, MemoryMaps};
+    let text = read(pid, "maps").map_err(|e| TraceError::io(pid, "reading maps", e))?;
+    let maps = MemoryMaps::from_read(text.as_bytes())
+        .map_err(|e| crate_error("maps", e).at(pid, &path(pid, "maps")))?;
+    let rw = MMPermissions::READ | MMPermissions::WRITE | MMPermissions::PRIVATE;
+    Ok(maps
+        .into_iter()
+        .filter(|m| m.perms.contains(rw) && !matches!(m.pathname, MMapPath::Vvar | MMapPath::Vdso))
+        .map(|m| m.address)
+        .find(|&(s, e)| e - s >= len))
 }
 
 /// Regions of the process from /proc/PID/smaps, in address order.
@@ -789,6 +813,22 @@ pub struct Mount {
     pub root: String,
     /// The mount point, unescaped.
     pub point: String,
+    /// The filesystem type (`ext4`, `cgroup2`, ...).
+    pub fs_type: String,
+    /// The superblock options, e.g. a cgroup v1 hierarchy's controllers (`memory`,
+    /// `name=systemd`).
+    pub super_options: Vec<String>,
+}
+
+/// The cgroup of process `pid` in each hierarchy (/proc/PID/cgroup):
+/// (hierarchy id, controllers, path); hierarchy 0 with no controllers is cgroup v2.
+pub fn cgroups(pid: i32) -> Result<Vec<(u32, String, String)>> {
+    let text = read(pid, "cgroup").map_err(|e| TraceError::io(pid, "reading cgroup", e))?;
+    let c = procfs_core::ProcessCGroups::from_read(text.as_bytes())
+        .map_err(|e| crate_error("cgroup", e).at(pid, &path(pid, "cgroup")))?;
+    Ok(c.into_iter()
+        .map(|g| (g.hierarchy, g.controllers.join(","), g.pathname))
+        .collect())
 }
 
 /// The kernel's octal escapes (`\040` for space, `\011`, `\012`, `\134`).
@@ -819,6 +859,15 @@ pub fn parse_mountinfo(text: &str) -> Parsed<Vec<Mount>> {
             majmin: m.majmin,
             root: unescape(&m.root),
             point: unescape(&m.mount_point.to_string_lossy()),
+            fs_type: m.fs_type,
+            super_options: m
+                .super_options
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k,
+                })
+                .collect(),
         })
         .collect())
 }

@@ -1,7 +1,6 @@
 //! Per-process facts besides /proc text (read and parsed in [`crate::proc`], re-exported
-//! here): rlimits, pidfds, and refusing state this version cannot carry.
+//! here): rlimits and pidfds.
 
-use crate::error::{Result, TraceError};
 use crate::state::Rlimit;
 use std::io;
 
@@ -44,16 +43,6 @@ fn rlimits_from_proc(pid: i32) -> io::Result<Vec<Rlimit>> {
             max,
         })
         .collect())
-}
-
-/// Refuse state that this version cannot carry over yet (issue #3 adds it).
-pub fn check_unsupported(pid: i32) -> Result<()> {
-    let err = |what: String| TraceError::Unsupported { pid, what };
-    // No Seccomp line: a kernel without CONFIG_SECCOMP, so no filters.
-    if crate::proc::status(pid)?.seccomp.is_some_and(|m| m != 0) {
-        return Err(err("seccomp filters".into()));
-    }
-    Ok(())
 }
 
 /// A pidfd for `pid` (pidfd_open, Linux 5.3+): names that process for good, whatever

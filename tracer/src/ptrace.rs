@@ -3,6 +3,7 @@
 
 use crate::state::{Regs, Rseq};
 use std::io;
+use std::time::{Duration, Instant};
 
 pub const PTRACE_SEIZE: libc::c_uint = 0x4206;
 pub const PTRACE_INTERRUPT: libc::c_uint = 0x4207;
@@ -30,7 +31,7 @@ fn raw(req: libc::c_uint, tid: i32, addr: usize, data: usize) -> io::Result<libc
     // local of at least the size the request reads or writes: Regs (27 * 8 bytes, checked
     // against user_regs_struct) for GETREGS/SETREGS, an iovec over a buffer of iov_len
     // bytes for GETREGSET/SETREGSET, a u64 sigset with size 8, an RseqConfig with its
-    // size, a c_ulong for GETEVENTMSG, a 16-byte user_desc for GET_THREAD_AREA, and for PEEKSIGINFO the args plus a buffer of
+    // size, a c_ulong for GETEVENTMSG, a 16-byte user_desc for GET_THREAD_AREA, a buffer of the filter's length (learnt by a first call with a null buffer) for SECCOMP_GET_FILTER, a 16-byte seccomp_metadata with its size for SECCOMP_GET_METADATA, and for PEEKSIGINFO the args plus a buffer of
     // `nr * 128` bytes. The kernel keeps none of them after the call.
     let r = unsafe {
         libc::ptrace(
@@ -168,6 +169,40 @@ pub fn thread_area_in_use(tid: i32) -> io::Result<bool> {
     Ok(false)
 }
 
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+const PTRACE_SECCOMP_GET_METADATA: libc::c_uint = 0x420d;
+
+/// Seccomp filter `index` of the thread (0: the newest), as `struct sock_filter`
+/// instructions (8 bytes each); `None` past the oldest. Needs CAP_SYS_ADMIN.
+pub fn seccomp_filter(tid: i32, index: usize) -> io::Result<Option<Vec<u64>>> {
+    let n = match raw(PTRACE_SECCOMP_GET_FILTER, tid, index, 0) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        r => r?,
+    };
+    let mut insns = vec![0u64; n as usize];
+    let got = raw(
+        PTRACE_SECCOMP_GET_FILTER,
+        tid,
+        index,
+        insns.as_mut_ptr() as usize,
+    )?;
+    insns.truncate(got as usize);
+    Ok(Some(insns))
+}
+
+/// The SECCOMP_FILTER_FLAG_* filter `index` of the thread was installed with.
+pub fn seccomp_flags(tid: i32, index: usize) -> io::Result<u64> {
+    // struct seccomp_metadata { u64 filter_off; u64 flags; }
+    let mut md = [index as u64, 0];
+    raw(
+        PTRACE_SECCOMP_GET_METADATA,
+        tid,
+        16,
+        md.as_mut_ptr() as usize,
+    )?;
+    Ok(md[1])
+}
+
 /// get_robust_list(2) of another thread: (head, len).
 pub fn get_robust_list(tid: i32) -> io::Result<(u64, u64)> {
     let mut head: u64 = 0;
@@ -207,13 +242,27 @@ pub enum Stop {
     Killed(i32),
 }
 
-/// Wait for one state change of `tid` (any thread when tid == -1).
+/// How long [`wait`] waits for a state change: a thread that does not reach a stop in
+/// this time (in an uninterruptible sleep, say) fails the step instead of hanging it.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Wait for one state change of `tid` (any thread when tid == -1), at most
+/// [`WAIT_LIMIT`] (then `ErrorKind::TimedOut`).
 pub fn wait(tid: i32) -> io::Result<(i32, Stop)> {
-    let mut status = 0;
-    let r = loop {
+    wait_for(tid, WAIT_LIMIT)
+}
+
+/// [`wait`] with its own limit. Polls (WNOHANG): a few yields first, since an injected
+/// system call or a ptrace stop usually comes within microseconds, then sleeps growing
+/// to a millisecond.
+pub fn wait_for(tid: i32, limit: Duration) -> io::Result<(i32, Stop)> {
+    let deadline = Instant::now() + limit;
+    let mut tries = 0u32;
+    loop {
+        let mut status = 0;
         // SAFETY: waitpid(2) writes one c_int at `&mut status`, a live local; no other
         // argument is a pointer.
-        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
+        let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL | libc::WNOHANG) };
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -221,9 +270,38 @@ pub fn wait(tid: i32) -> io::Result<(i32, Stop)> {
             }
             return Err(e);
         }
-        break r;
-    };
-    Ok((r, decode(r, status)))
+        if r > 0 {
+            return Ok((r, decode(r, status)));
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "thread {tid} did not stop within {} s ({})",
+                    limit.as_secs(),
+                    task_state(tid)
+                ),
+            ));
+        }
+        tries += 1;
+        if tries < 200 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(u64::from((tries - 199).min(50)) * 20));
+        }
+    }
+}
+
+/// The state line of a thread's /proc status, for a message.
+fn task_state(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .map(|v| format!("state {}", v.trim()))
+        })
+        .unwrap_or_else(|| "state unknown".into())
 }
 
 fn decode(tid: i32, status: i32) -> Stop {

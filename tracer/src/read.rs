@@ -105,7 +105,6 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         let what = what.to_string();
         move |e: io::Error| TraceError::io(pid, what.clone(), e)
     };
-    procinfo::check_unsupported(pid)?;
     let status = proc::status(pid)?;
     // No x86_Thread_features line: a kernel without user shadow stacks.
     if status
@@ -256,6 +255,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     let (itimers, posix_timers) = crate::timers::read_timers(&inj, leader, pid, &threads)?;
     let attrs = crate::attr::dump_all(&mut crate::attr::Dump {
         pid,
+        group_stop: f.group_stop,
         inj: &inj,
         threads: &mut f.threads,
         maps: &entries,

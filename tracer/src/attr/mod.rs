@@ -16,13 +16,20 @@ use crate::freeze::FrozenThread;
 use crate::inject::Injector;
 use crate::state::Attr;
 
+pub mod cgroup;
+pub mod creds;
+pub mod jobctl;
 pub mod locks;
 pub mod memory;
+pub mod prctl;
 pub mod sched;
+pub mod seccomp;
 
 /// The frozen process being dumped.
 pub struct Dump<'a> {
     pub pid: i32,
+    /// The group stop the process was in when it was frozen: its signal.
+    pub group_stop: Option<i32>,
     pub inj: &'a Injector,
     /// Every thread, the leader first.
     pub threads: &'a mut [FrozenThread],
@@ -55,9 +62,22 @@ pub struct Group {
     pub describe: fn(a: &Attr) -> Option<Vec<String>>,
 }
 
-/// Every attribute group, in the order their restores run (credentials must come last:
-/// after them the restorer may no longer be allowed to change the others).
-pub static GROUPS: &[Group] = &[locks::GROUP, memory::GROUP, sched::GROUP];
+/// Every attribute group, in the order their restores run (locks once every descriptor
+/// exists). Credentials come after
+/// every group that may need a privilege (after them the restorer may no longer be
+/// allowed to change the others); prctl after them (a change of credentials resets
+/// the parent-death signal and the dumpable flag, and prctl needs no privilege);
+/// seccomp last (after it, its filters judge every system call injected).
+pub static GROUPS: &[Group] = &[
+    cgroup::GROUP,
+    memory::GROUP,
+    sched::GROUP,
+    locks::GROUP,
+    jobctl::GROUP,
+    creds::GROUP,
+    prctl::GROUP,
+    seccomp::GROUP,
+];
 
 /// Every group's saved attributes of the frozen process.
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
@@ -82,11 +102,19 @@ pub fn restore_all(r: &mut Restore, attrs: &[Attr]) -> std::result::Result<(), R
     Ok(())
 }
 
-/// The `ckpt info` lines of a saved group.
+/// The `ckpt info` lines of a saved group, each led by the group's name.
 pub fn describe(a: &Attr) -> Vec<String> {
     GROUPS
         .iter()
-        .find_map(|g| (g.describe)(a))
+        .find_map(|g| {
+            let lines = (g.describe)(a)?;
+            Some(
+                lines
+                    .into_iter()
+                    .map(|l| format!("{}: {l}", g.name))
+                    .collect(),
+            )
+        })
         .unwrap_or_default()
 }
 
