@@ -239,34 +239,6 @@ fn rounds(log: &[String]) -> Rounds {
     r
 }
 
-/// Kills everything whose command line mentions the test's directory (the
-/// coordinator, agents, jobs, restorers) when the test ends, also on failure.
-struct Sweep(String);
-
-impl Sweep {
-    fn new(dir: &TestDir) -> Sweep {
-        Sweep(dir.path().to_string_lossy().into_owned())
-    }
-}
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        for _ in 0..5 {
-            let pids = pids_running(&self.0);
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill(2) takes only integers and touches no memory of this
-                // process; `pids` are the test's leftover processes, and a stale pid only
-                // makes kill fail (ESRCH).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 // ---------------------------------------------------------------- 1. load
 
 /// 16 shell-loop jobs under one coordinator with `-i 2 --keep 2` for 60 s.

@@ -11,26 +11,6 @@ use common::*;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// Kills, when the test ends, every process whose command line mentions the test's
-/// directory (the program runs from a copy in it).
-struct Sweep(String);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        for _ in 0..20 {
-            let left = pids_running(&self.0);
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                // SAFETY: kill(2) takes integers; `pid` runs this test's program copy.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
 fn ckpt_as(ids: Option<(u32, u32)>) -> Command {
     match ids {
         Some(ids) => setpriv_test_user(ckpt_bin(), ids),
@@ -50,7 +30,7 @@ fn setup(user: bool) -> (TestDir, PathBuf, Option<(u32, u32)>, Sweep) {
         copy_program(&testdata("stopped"), &exe);
         (d, exe, None)
     };
-    let sweep = Sweep(d.path().to_string_lossy().into_owned());
+    let sweep = Sweep::new(&d);
     (d, exe, ids, sweep)
 }
 

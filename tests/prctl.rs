@@ -25,26 +25,6 @@ const VERDICTS: &[&str] = &[
     "prctl ok",
 ];
 
-/// Kills, when the test ends, every process whose command line mentions the test's
-/// directory (the program runs from a copy in it).
-struct Sweep(String);
-
-impl Drop for Sweep {
-    fn drop(&mut self) {
-        for _ in 0..20 {
-            let left = pids_running(&self.0);
-            if left.is_empty() {
-                break;
-            }
-            for pid in left {
-                // SAFETY: kill(2) takes integers; `pid` runs this test's program copy.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
 fn ckpt_as(ids: Option<(u32, u32)>) -> Command {
     match ids {
         Some(ids) => setpriv_test_user(ckpt_bin(), ids),
@@ -64,7 +44,7 @@ fn round_trip(opts: &[&str], user: bool) {
         copy_program(&testdata("prctl"), &exe);
         (d, exe, None)
     };
-    let _sweep = Sweep(d.path().to_string_lossy().into_owned());
+    let _sweep = Sweep::new(&d);
     let (stop, ck) = (d.join("stop"), d.join("ckpt"));
     let mut cmd = match ids {
         Some(ids) => setpriv_test_user(&exe, ids),

@@ -1018,14 +1018,37 @@ pub fn children(pid: i32) -> Vec<i32> {
 
 /// `setpriv` to [`TEST_USER`] (uid, gid) in front of `program`: setpriv execs, so the
 /// process started is the program itself (a target's PID is the program's).
-pub fn setpriv_test_user(program: impl AsRef<OsStr>, (uid, gid): (u32, u32)) -> Command {
-    let mut c = command("setpriv");
-    c.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .args(["--clear-groups", "--"])
-        .arg(program);
-    clean_coord_env(&mut c);
-    c
+pub fn setpriv_test_user(program: impl AsRef<OsStr>, ids: (u32, u32)) -> Command {
+    setpriv(ids, &[], &[], program)
+}
+
+/// Kills everything whose command line mentions the test's directory (the program's
+/// copy in it, coordinators, agents, jobs, restorers) when the test ends, also when it
+/// fails.
+pub struct Sweep(pub String);
+
+impl Sweep {
+    pub fn new(dir: &TestDir) -> Sweep {
+        Sweep(dir.path().to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            let pids = pids_running(&self.0);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) takes only integers and touches no memory of this
+                // process; `pids` are the test's leftover processes, and a stale pid only
+                // makes kill fail (ESRCH).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 /// Give the whole tree under `dir` to (uid, gid).
