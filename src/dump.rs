@@ -176,13 +176,16 @@ impl FrozenDump {
     /// Freeze the tree of `opts.pid`, read its state, take the copy-on-write snapshots
     /// and write what must come from the originals. The tree stays stopped.
     pub fn freeze(opts: &DumpOptions) -> Result<FrozenDump> {
-        let t0 = Instant::now();
         let root = opts.pid;
+        ckpt_tracer::proc::warm_up_locks();
+        // The pause counts from here: nothing is stopped before the freeze.
+        let t0 = Instant::now();
         let mut tree = FrozenTree::freeze(root)?;
         phase(t0, "frozen");
         check_interrupted()?;
         let pids: Vec<i32> = tree.procs.iter().map(|f| f.pid).collect();
         ckpt_tracer::audit::check_tree(&pids)?;
+        phase(t0, "tree audited");
         let zombies = tree.zombies.clone();
         let mut states = Vec::new();
         let mut injectors = Vec::new();

@@ -683,6 +683,13 @@ pub fn parse_fd_locks(text: &str) -> Parsed<Vec<LockLine>> {
         .collect()
 }
 
+/// Read /proc/locks once and forget it: the first read in a process takes several ms
+/// (8 to 19 ms measured here, later ones 0.1 ms), which a dump pays before it freezes
+/// anything rather than while the tree is stopped.
+pub fn warm_up_locks() {
+    let _ = std::fs::read("/proc/locks");
+}
+
 /// Every lock of /proc/locks (of the processes this PID namespace sees), read for the
 /// dump of process `pid` (which errors name).
 pub fn locks(pid: i32) -> Result<Vec<LockLine>> {

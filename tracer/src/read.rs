@@ -105,7 +105,9 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         let what = what.to_string();
         move |e: io::Error| TraceError::io(pid, what.clone(), e)
     };
+    let t0 = std::time::Instant::now();
     let status = proc::status(pid)?;
+    crate::attr::timing("status", t0);
     // No x86_Thread_features line: a kernel without user shadow stacks.
     if status
         .thread_features
@@ -125,12 +127,15 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     }
 
     let mut ids = IdentityCache::for_dump(pid)?;
+    let t0 = std::time::Instant::now();
     let entries: Vec<MapEntry> = proc::smaps(pid)?;
+    crate::attr::timing("smaps", t0);
     let not_from_snapshot = entries
         .iter()
         .filter(|m| m.has_flag(VmFlags::DC) || m.has_flag(VmFlags::WF) || m.shared())
         .map(|m| (m.start, m.end))
         .collect();
+    let t0 = std::time::Instant::now();
     let mut vmas = Vec::new();
     for m in &entries {
         if let Some(kind) = maps::classify(pid, m, &mut ids)? {
@@ -148,9 +153,14 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         }
     }
 
+    crate::attr::timing("regions", t0);
+    let t0 = std::time::Instant::now();
     let inj = Injector::new(pid, &exec_ranges_of(&vmas))
         .map_err(io_err("preparing syscall injection"))?;
+    crate::attr::timing("injector", t0);
+    let t0 = std::time::Instant::now();
     crate::audit::check(pid, &inj, &mut f.threads, &entries)?;
+    crate::attr::timing("audit", t0);
 
     let vdso_hash = match vmas.iter().find(|v| v.kind == VmaKind::Vdso) {
         Some(v) => {
@@ -163,6 +173,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         None => 0,
     };
 
+    let t0 = std::time::Instant::now();
     // Per-thread state.
     let mut threads = Vec::new();
     for i in 0..f.threads.len() {
@@ -216,6 +227,8 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         });
     }
 
+    crate::attr::timing("threads", t0);
+    let t0 = std::time::Instant::now();
     // Per-process state that needs injection: brk, handlers, itimers.
     let leader = &mut f.threads[0];
     let brk = injected(pid, "brk(0)", inj.syscall(leader, libc::SYS_brk, [0; 6]))? as u64;
@@ -253,6 +266,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         }
     }
     let (itimers, posix_timers) = crate::timers::read_timers(&inj, leader, pid, &threads)?;
+    crate::attr::timing("handlers and timers", t0);
     let attrs = crate::attr::dump_all(&mut crate::attr::Dump {
         pid,
         group_stop: f.group_stop,
@@ -266,12 +280,19 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
     let stat = proc::stat(pid)?;
     let mut mm = stat.mm;
     mm.brk = brk;
+    let t0 = std::time::Instant::now();
     let fds = files::read_fds(pid, &mut ids)?;
+    crate::attr::timing("descriptors", t0);
+    let t0 = std::time::Instant::now();
     let volatile_files = files::volatile_files(pid, &vmas, &fds, &ids)?;
+    crate::attr::timing("memory file systems", t0);
+    let t0 = std::time::Instant::now();
     let exe_path = proc::link(pid, "exe").map_err(io_err("reading exe link"))?;
     let exe = files::file_identity(std::path::Path::new(&proc::path(pid, "exe")), &exe_path)
         .map_err(io_err("reading the executable"))?;
 
+    crate::attr::timing("executable", t0);
+    let t0 = std::time::Instant::now();
     let pagemap = File::open(proc::path(pid, "pagemap")).map_err(io_err("opening pagemap"))?;
     for v in &mut vmas {
         v.pages = match v.kind {
@@ -282,6 +303,7 @@ pub fn read_process_with(f: &mut Frozen) -> Result<(ProcessState, ReadExtras)> {
         .map_err(io_err("reading pagemap"))?;
     }
 
+    crate::attr::timing("pagemap", t0);
     Ok((
         ProcessState {
             pid,

@@ -83,11 +83,24 @@ pub static GROUPS: &[Group] = &[
 pub fn dump_all(d: &mut Dump) -> Result<Vec<Attr>> {
     let mut out = Vec::new();
     for g in GROUPS {
+        let t0 = std::time::Instant::now();
         if let Some(a) = (g.dump)(d)? {
             out.push(a);
         }
+        timing(&format!("group {}", g.name), t0);
     }
     Ok(out)
+}
+
+/// With CKPT_TIMING set, say on stderr how long one step of reading a process took (the
+/// dump's own phases say the same for the whole dump): where the pause goes.
+pub fn timing(what: &str, since: std::time::Instant) {
+    if std::env::var_os("CKPT_TIMING").is_some() {
+        eprintln!(
+            "ckpt: timing:   {what} took {:.2} ms",
+            since.elapsed().as_secs_f64() * 1e3
+        );
+    }
 }
 
 /// Restore every saved group, in [`GROUPS`] order.
