@@ -19,7 +19,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Kills process `pid` (if it still runs `locks`) when dropped: a restored process the
 /// test does not hold a handle of (a restored child, a restore that should have failed)
@@ -80,16 +80,10 @@ fn locks_come_back_as_root() {
     r.wait_success();
 }
 
-/// `setpriv` to the test user around `program args`.
-fn as_user(program: &Path, args: &[&OsStr], (uid, gid): (u32, u32)) -> Command {
-    let mut c = command("setpriv");
-    c.args([
-        format!("--reuid={uid}"),
-        format!("--regid={gid}"),
-        "--clear-groups".to_string(),
-        "--".to_string(),
-    ]);
-    c.arg(program).args(args);
+/// `program args` as the test user.
+fn as_user(program: &Path, args: &[&OsStr], ids: (u32, u32)) -> Command {
+    let mut c = setpriv(ids, &[], &[], program);
+    c.args(args);
     c
 }
 
@@ -109,30 +103,9 @@ fn locks_come_back_for_an_ordinary_user() {
     t.stdout.expect_line("ready");
     probe(d.path(), &["nolease"]);
 
-    let bin = ckpt_bin();
-    let pid = t.pid.to_string();
-    let out = run(as_user(
-        &bin,
-        &[
-            os("dump"),
-            os(&pid),
-            os("--dir"),
-            ck.as_os_str(),
-            os("--kill"),
-        ],
-        ids,
-    )
-    .stdin(Stdio::null()));
-    assert!(
-        out.status.success(),
-        "ckpt dump as {TEST_USER}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.reap_killed();
+    dump_kill_as(&mut t, &ck, ids);
 
-    let mut restore = as_user(&bin, &[os("restore"), ck.as_os_str()], ids);
-    restore.stdin(Stdio::null());
-    let mut r = Target::spawn(restore, &bin.to_string_lossy());
+    let mut r = restore_as(&ck, ids);
     check_restored(&mut r.stdout, d.path());
     let status = r.wait();
     assert!(

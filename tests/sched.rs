@@ -11,7 +11,7 @@ use common::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// `program args` as the test user.
 fn as_user(program: &Path, args: &[&std::ffi::OsStr], ids: (u32, u32)) -> Command {
@@ -52,35 +52,9 @@ fn scheduling_comes_back_for_an_ordinary_user() {
     t.stdout.expect_prefix("worker ");
     t.stdout.expect_line("ready");
 
-    let bin = ckpt_bin();
-    let pid = t.pid.to_string();
-    let out = run(as_user(
-        &bin,
-        &[
-            os("dump"),
-            os(&pid),
-            os("--dir"),
-            ck.as_os_str(),
-            os("--kill"),
-        ],
-        ids,
-    )
-    .stdin(Stdio::null()));
-    assert!(
-        out.status.success(),
-        "ckpt dump as {TEST_USER}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.reap_killed();
+    dump_kill_as(&mut t, &ck, ids);
 
-    let mut restore = as_user(&bin, &[os("restore"), ck.as_os_str()], ids);
-    let mut r = Target::spawn(
-        {
-            restore.stdin(Stdio::null());
-            restore
-        },
-        &bin.to_string_lossy(),
-    );
+    let mut r = restore_as(&ck, ids);
     touch(&stop);
     r.stdout.expect_line("sched ok");
     let status = r.wait();

@@ -1022,6 +1022,31 @@ pub fn setpriv_test_user(program: impl AsRef<OsStr>, ids: (u32, u32)) -> Command
     setpriv(ids, &[], &[], program)
 }
 
+/// `ckpt dump PID --dir CK --kill` run as the user `ids` (who owns the target), then
+/// the original reaped: the usual first half of an ordinary user's checkpoint test.
+pub fn dump_kill_as(t: &mut Target, ck: &Path, ids: (u32, u32)) {
+    let mut c = setpriv(ids, &[], &[], ckpt_bin());
+    c.args(["dump", &t.pid.to_string(), "--dir"])
+        .arg(ck)
+        .arg("--kill")
+        .stdin(Stdio::null());
+    let out = run(&mut c);
+    assert!(
+        out.status.success(),
+        "ckpt dump as {TEST_USER}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.reap_killed();
+}
+
+/// `ckpt restore CK` started as the user `ids` (it restores in a new user and PID
+/// namespace): its stdout is the restored program's.
+pub fn restore_as(ck: &Path, ids: (u32, u32)) -> Target {
+    let mut c = setpriv(ids, &[], &[], ckpt_bin());
+    c.arg("restore").arg(ck).stdin(Stdio::null());
+    Target::spawn(c, &ckpt_bin().to_string_lossy())
+}
+
 /// Kills everything whose command line mentions the test's directory (the program's
 /// copy in it, coordinators, agents, jobs, restorers) when the test ends, also when it
 /// fails.
