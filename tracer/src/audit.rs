@@ -93,6 +93,7 @@ pub struct Row {
     pub verdict: Verdict,
 }
 
+use crate::prctl_nr::*;
 use Def::*;
 use Source::*;
 use Verdict::*;
@@ -106,20 +107,6 @@ const fn row(source: Source, what: &'static str, verdict: Verdict) -> Row {
 }
 
 // prctl options (linux/prctl.h).
-const PR_GET_PDEATHSIG: u64 = 2;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_GET_KEEPCAPS: u64 = 7;
-const PR_GET_TSC: u64 = 25;
-const PR_GET_SECUREBITS: u64 = 27;
-const PR_GET_TIMERSLACK: u64 = 30;
-const PR_MCE_KILL_GET: u64 = 34;
-const PR_GET_CHILD_SUBREAPER: u64 = 37;
-const PR_GET_NO_NEW_PRIVS: u64 = 39;
-const PR_GET_THP_DISABLE: u64 = 42;
-const PR_GET_SPECULATION_CTRL: u64 = 52;
-const PR_GET_IO_FLUSHER: u64 = 58;
-const PR_GET_MDWE: u64 = 66;
-const PR_GET_MEMORY_MERGE: u64 = 68;
 // fcntl commands (asm-generic/fcntl.h) that the libc crate does not name.
 pub const F_GETSIG: i32 = 11;
 pub const F_GETOWN_EX: i32 = 16;

@@ -20,6 +20,7 @@ pub mod freeze;
 pub mod identity;
 pub mod inject;
 pub mod maps;
+pub mod prctl_nr;
 pub mod proc;
 pub mod procinfo;
 pub mod ptrace;

@@ -37,6 +37,7 @@ use crate::error::{Result, TraceError};
 use crate::fd::RestoreError;
 use crate::freeze::FrozenThread;
 use crate::inject::Injector;
+use crate::prctl_nr::*;
 use crate::state::{Attr, Creds, ThreadCreds};
 use std::io;
 
@@ -46,19 +47,6 @@ pub const GROUP: Group = Group {
     restore,
     describe,
 };
-
-const PR_SET_PDEATHSIG: u64 = 1;
-const PR_GET_PDEATHSIG: u64 = 2;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_SET_DUMPABLE: u64 = 4;
-const PR_SET_KEEPCAPS: u64 = 8;
-const PR_CAPBSET_DROP: u64 = 24;
-const PR_GET_SECUREBITS: u64 = 27;
-const PR_SET_SECUREBITS: u64 = 28;
-const PR_SET_NO_NEW_PRIVS: u64 = 38;
-const PR_CAP_AMBIENT: u64 = 47;
-const PR_CAP_AMBIENT_RAISE: u64 = 2;
-const PR_CAP_AMBIENT_CLEAR_ALL: u64 = 4;
 
 const SECBIT_NO_SETUID_FIXUP: u32 = 1 << 2;
 const SECBIT_KEEP_CAPS: u32 = 1 << 4;

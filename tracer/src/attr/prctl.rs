@@ -36,6 +36,7 @@ use crate::error::{Result, TraceError};
 use crate::fd::RestoreError;
 use crate::freeze::FrozenThread;
 use crate::inject::Injector;
+use crate::prctl_nr::*;
 use crate::proc;
 use crate::state::{Attr, Prctl};
 use std::io;
@@ -47,18 +48,6 @@ pub const GROUP: Group = Group {
     describe,
 };
 
-const PR_SET_PDEATHSIG: u64 = 1;
-const PR_GET_PDEATHSIG: u64 = 2;
-const PR_GET_DUMPABLE: u64 = 3;
-const PR_SET_DUMPABLE: u64 = 4;
-const PR_SET_CHILD_SUBREAPER: u64 = 36;
-const PR_GET_CHILD_SUBREAPER: u64 = 37;
-const PR_SET_THP_DISABLE: u64 = 41;
-const PR_GET_THP_DISABLE: u64 = 42;
-const PR_SET_MDWE: u64 = 65;
-const PR_GET_MDWE: u64 = 66;
-const PR_SET_MEMORY_MERGE: u64 = 67;
-const PR_GET_MEMORY_MERGE: u64 = 68;
 /// PR_SET_THP_DISABLE's flag (arg3) and PR_GET_THP_DISABLE's bit 1 (Linux 6.18).
 const PR_THP_DISABLE_EXCEPT_ADVISED: u32 = 1 << 1;
 const PR_MDWE_REFUSE_EXEC_GAIN: u32 = 1;

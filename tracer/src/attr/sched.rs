@@ -11,6 +11,7 @@
 use super::{injected, Dump, Group, Restore};
 use crate::error::{Result, TraceError};
 use crate::fd::RestoreError;
+use crate::prctl_nr::*;
 use crate::proc;
 use crate::state::{Attr, Sched, ThreadSched};
 use std::io;
@@ -22,8 +23,6 @@ pub const GROUP: Group = Group {
     describe,
 };
 
-const PR_SET_TIMERSLACK: u64 = 29;
-const PR_GET_TIMERSLACK: u64 = 30;
 const IOPRIO_WHO_PROCESS: i64 = 1;
 /// SCHED_ATTR_SIZE_VER1: with the utilization clamps.
 const ATTR_SIZE: usize = 56;
