@@ -8,7 +8,9 @@
 //! every descriptor reopens it with its own flags and offset. The seals are added in the
 //! late step, once the loader mapped the file and the content is in.
 
-use super::{cvt, open, owned, Context, Dump, Kind, RestoreResult, Shared, Target};
+use super::{
+    cvt, open, owned, set_status_flags, Context, Dump, Kind, RestoreResult, Shared, Target,
+};
 use crate::error::{Result, TraceError};
 use crate::freeze::FrozenThread;
 use crate::identity::IdentityCache;
@@ -185,11 +187,14 @@ fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<Owned
     };
     Some((|| {
         let new = backing(shared, file, pid, fd.fd)?;
-        let f = open(
-            &format!("/proc/self/fd/{new}"),
-            fd.flags,
-            &format!("fd {} ({})", fd.fd, file.name),
-        )?;
+        let f = match own_description(shared, file, fd.flags)? {
+            Some(f) => f,
+            None => open(
+                &format!("/proc/self/fd/{new}"),
+                fd.flags,
+                &format!("fd {} ({})", fd.fd, file.name),
+            )?,
+        };
         // SAFETY: lseek on our own descriptor.
         if unsafe { libc::lseek(f.as_raw_fd(), *pos as i64, libc::SEEK_SET) } < 0 {
             bail!(
@@ -200,6 +205,34 @@ fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<Owned
         }
         Ok(f)
     })())
+}
+
+/// The open file description memfd_create made for the new memfd, for the first
+/// read-write descriptor of it (the one memfd_create gave the process, as a rule).
+/// Reopening through /proc/self/fd would be a second description, and unlike
+/// memfd_create's, an open for writing counts as a writer of the file: execveat of the
+/// memfd would then fail with ETXTBSY. None for a deleted file, a read-only descriptor,
+/// or when the description is taken; also while the content is still to come and the
+/// descriptor appends (the content is written with pwrite, which O_APPEND would defeat).
+fn own_description(
+    shared: &mut Shared,
+    file: &UnlinkedFile,
+    flags: i32,
+) -> RestoreResult<Option<OwnedFd>> {
+    let Some(new) = shared.part::<Files>().0.get_mut(&(file.dev, file.ino)) else {
+        return Ok(None);
+    };
+    let append_too_early = flags & libc::O_APPEND != 0 && !new.filled;
+    if !file.memfd || flags & libc::O_ACCMODE != libc::O_RDWR || new.given || append_too_early {
+        return Ok(None);
+    }
+    let f = new
+        .fd
+        .try_clone()
+        .with_context(|| format!("sharing the description of memfd {}", file.name))?;
+    set_status_flags(&f, flags)?;
+    new.given = true;
+    Ok(Some(f))
 }
 
 fn describe(kind: &FdKind) -> Option<String> {
@@ -215,10 +248,17 @@ fn describe(kind: &FdKind) -> Option<String> {
     }
 }
 
-/// The new files of a restore, by saved (dev, ino): the file, and whether its content
-/// is in (it comes with one of its descriptors or mappings).
+/// The new files of a restore, by saved (dev, ino).
 #[derive(Default)]
-struct Files(HashMap<(u64, u64), (OwnedFd, bool)>);
+struct Files(HashMap<(u64, u64), NewFile>);
+
+struct NewFile {
+    fd: OwnedFd,
+    /// Its content is in (it comes with one of its descriptors or mappings).
+    filled: bool,
+    /// Its own open file description (the one memfd_create made) went to a descriptor.
+    given: bool,
+}
 
 const MFD_EXEC: libc::c_uint = 0x10;
 
@@ -247,9 +287,13 @@ pub fn backing(
     fdnum: RawFd,
 ) -> RestoreResult<RawFd> {
     use std::collections::hash_map::Entry;
-    let (fd, filled) = match shared.part::<Files>().0.entry((f.dev, f.ino)) {
+    let NewFile { fd, filled, .. } = match shared.part::<Files>().0.entry((f.dev, f.ino)) {
         Entry::Occupied(o) => o.into_mut(),
-        Entry::Vacant(v) => v.insert((new_unlinked(f, pid, fdnum)?, false)),
+        Entry::Vacant(v) => v.insert(NewFile {
+            fd: new_unlinked(f, pid, fdnum)?,
+            filled: false,
+            given: false,
+        }),
     };
     if let (Some(data), false) = (&f.data, *filled) {
         let file = std::fs::File::from(fd.try_clone()?);
