@@ -19,6 +19,7 @@ mod common;
 use common::*;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -1477,4 +1478,75 @@ fn dmtcp_environment_fallbacks() {
     );
     touch(&stop);
     assert!(agent.wait().success());
+}
+
+/// A second sqlite3 on `db`: whether it succeeded, and what it printed.
+fn second_sqlite(db: &Path, sql: &str) -> (bool, String) {
+    let out = run(command("sqlite3").arg(db).arg(sql));
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
+/// Issue 9: sqlite3 run under `ckpt run`, in the middle of a write transaction,
+/// checkpointed by the coordinator, killed (key k) and brought back by the restart
+/// script: it holds its lock again (a second sqlite3 finds the database locked) and
+/// commits, with the row it inserted before the checkpoint.
+#[test]
+fn sqlite_under_ckpt_run_keeps_its_transaction_and_lock() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let (db, ck_dir) = (d.join("t.db"), d.join("ckpts"));
+    let (ok, out) = second_sqlite(&db, "CREATE TABLE t(x); INSERT INTO t VALUES(1);");
+    assert!(ok, "creating the database: {out}");
+    let port = test_port(9);
+    let _coord = start_coordinator(port, &ck_dir, &[]);
+    let port_arg = port.to_string();
+    let mut agent = start_agent(
+        &[os("--coord-port"), os(&port_arg)],
+        &[os("sqlite3"), db.as_os_str()],
+        &db.to_string_lossy(),
+    );
+    let job = job_of(&agent);
+    let stdin = agent.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"BEGIN EXCLUSIVE;\nINSERT INTO t VALUES(2);\nSELECT 'in transaction';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    agent.stdout.expect_line("in transaction");
+    let locked = |when: &str| {
+        let (ok, out) = second_sqlite(&db, "SELECT count(*) FROM t;");
+        assert!(
+            !ok && out.contains("database is locked"),
+            "{when}, a second sqlite3 must find the database locked: {out}"
+        );
+    };
+    locked("before the checkpoint");
+    wait_listed(port, &[job]);
+    checkpoint_ok(port);
+    locked("after the checkpoint, with the job still running");
+    let out = command_at(port, &["k"]);
+    assert!(out.status.success(), "ckpt command k: {out:?}");
+    agent.wait();
+    wait_gone(job);
+
+    let script = ck_dir.join("ckpt_restart_script.sh");
+    let mut restart = Command::new(&script);
+    clean_coord_env(&mut restart);
+    let mut r = Target::spawn(restart, &ck_dir.to_string_lossy());
+    let stdin = r.stdin.as_mut().unwrap();
+    stdin.write_all(b"SELECT 'running';\n").unwrap();
+    stdin.flush().unwrap();
+    r.stdout.expect_line("running");
+    locked("after the restart");
+    let stdin = r.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"COMMIT;\nSELECT 'rows ' || count(*) FROM t;\n.quit\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    r.stdout.expect_line("rows 2");
+    assert!(r.wait().success(), "the restart script");
+    let (ok, out) = second_sqlite(&db, "SELECT count(*) FROM t;");
+    assert!(ok && out.trim() == "2", "the committed row is there: {out}");
 }
