@@ -187,6 +187,7 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
             dir: &ckdir,
             detach: true,
             pidns: crate::restore::PidNs::Never,
+            new_audit_session: false,
         },
         Then::Wait,
     )?;

@@ -64,6 +64,11 @@ enum Cmd {
         /// when the original PIDs cannot be had here.
         #[arg(long, value_enum, default_value_t = restore::PidNs::Auto)]
         pidns: restore::PidNs,
+        /// Accept an audit login uid and session id other than the saved ones (a restore
+        /// from another login session): the login uid is set back where the kernel
+        /// allows, the session id is a new one; each with a warning.
+        #[arg(long)]
+        new_audit_session: bool,
     },
     /// Launch a program under ckpt control (registered with a coordinator, which is
     /// started in the background if none answers); exits with the program's status.
@@ -235,10 +240,16 @@ fn main() {
                 0
             })
         }
-        Cmd::Restore { dir, detach, pidns } => restore_job(&restore::RestoreOptions {
+        Cmd::Restore {
+            dir,
+            detach,
+            pidns,
+            new_audit_session,
+        } => restore_job(&restore::RestoreOptions {
             dir: &dir,
             detach,
             pidns,
+            new_audit_session,
         }),
         Cmd::Run {
             coord,

@@ -268,3 +268,67 @@ fn user_cannot_restore_root_credentials() {
     }
     assert!(left.is_empty(), "the refused restore left {left:?} running");
 }
+
+/// /proc/PID/loginuid or sessionid of `pid`.
+fn audit_id(pid: i32, name: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/{name}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/{name}: {e}"))
+        .trim()
+        .to_string()
+}
+
+/// The audit login uid and session id (the `loginuid` group). A counter whose shell
+/// set its login uid (so it has a session id of its own) is dumped and killed. A
+/// restore from the test, whose login uid is unset, would give it other ones: refused
+/// with one line naming both and the option, nothing left running. With
+/// `--new-audit-session` (root) its login uid is set back, the session id is a new one,
+/// and the restore says so.
+#[test]
+fn audit_login_uid_is_kept_or_the_restore_refuses() {
+    assert_root("setting an audit login uid");
+    let _s = serial();
+    let d = tempdir();
+    let (out, stop, ck) = (d.join("out"), d.join("stop"), d.join("ckpt"));
+    let mut c = command("bash");
+    c.arg("-c")
+        .arg("echo 4321 > /proc/self/loginuid && exec \"$@\"")
+        .arg("bash")
+        .arg(testdata("counter"))
+        .arg(&out)
+        .arg(&stop);
+    let mut t = Target::spawn(c, &out.to_string_lossy());
+    t.stdout.expect_line("ready");
+    assert_eq!(audit_id(t.pid, "loginuid"), "4321");
+    let session = audit_id(t.pid, "sessionid");
+    let mine = audit_id(std::process::id() as i32, "sessionid");
+    assert_ne!(session, mine, "the target has a session of its own");
+    t.dump_kill(&ck);
+
+    let refused = ckpt([os("restore"), ck.as_os_str()]);
+    let err = assert_error(&refused, "a restore from another audit session");
+    for part in [
+        format!("process {}", t.pid),
+        "audit login uid 4321".to_string(),
+        format!("session id {session}"),
+        "--new-audit-session".to_string(),
+    ] {
+        assert!(err.contains(&part), "the refusal names {part:?}: {err}");
+    }
+    assert!(!pid_exists(t.pid), "nothing of the refused restore runs");
+
+    let mut r = Restored::start_with(&ck, t.pid, &out.to_string_lossy(), &["--new-audit-session"]);
+    r.assert_same_pid();
+    let n = r.stdout.expect_number_at_least(4);
+    assert!(n >= 4);
+    assert_eq!(
+        audit_id(t.pid, "loginuid"),
+        "4321",
+        "the login uid is set back"
+    );
+    touch(&stop);
+    r.stdout.expect_prefix("done ");
+    let warned = format!("audit session id {session} is now");
+    r.stderr
+        .expect("the warning of a new session id", |l| l.contains(&warned));
+    r.wait_success();
+}

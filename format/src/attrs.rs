@@ -31,6 +31,16 @@ pub enum Attr {
     Prctl(Prctl),
     /// Job control: the group stop the process was in.
     JobCtl(JobCtl),
+    /// The audit login uid and session id.
+    AuditIds(AuditIds),
+}
+
+/// The audit login uid and session id of a process (/proc/PID/loginuid, sessionid;
+/// u32::MAX: unset), as the dumper's user namespace shows them.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditIds {
+    pub loginuid: u32,
+    pub sessionid: u32,
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.

@@ -61,6 +61,7 @@ pub fn finish(
     status_fd: i32,
     exe_fd: i32,
     drop_caps: bool,
+    new_audit_session: bool,
 ) -> Result<Vec<FrozenThread>> {
     let pid = state.pid;
     let mut threads = seize_all(state)?;
@@ -221,6 +222,7 @@ pub fn finish(
             inj: &inj,
             threads: &mut threads,
             state,
+            new_audit_session,
         },
         &state.attrs,
     )?;

@@ -41,6 +41,8 @@ pub struct RestoreOptions<'a> {
     pub dir: &'a Path,
     pub detach: bool,
     pub pidns: PidNs,
+    /// Accept an audit login uid and session id other than the saved ones.
+    pub new_audit_session: bool,
 }
 
 fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd> {
@@ -282,6 +284,7 @@ pub struct Prepared {
     children: Vec<Vec<usize>>,
     new_ns: bool,
     detach: bool,
+    new_audit_session: bool,
 }
 
 /// Restore the newest complete generation in `opts.dir`, then do `then`. Returns the
@@ -413,6 +416,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         children,
         new_ns,
         detach: opts.detach,
+        new_audit_session: opts.new_audit_session,
     })
 }
 
@@ -438,6 +442,7 @@ impl Prepared {
             children,
             new_ns,
             detach,
+            new_audit_session,
         } = self;
         let hand_over = match then {
             Then::Wait => None,
@@ -451,6 +456,7 @@ impl Prepared {
             detach: detach || hand_over.is_some(),
             handed_over: hand_over.is_some(),
             drop_caps: new_ns && job::needs_user_ns(),
+            new_audit_session,
         };
         if tree.drop_caps {
             for p in &mut prepared {
@@ -481,6 +487,8 @@ struct Tree<'a> {
     /// The processes run in a user namespace ckpt made: the capability the loader
     /// needed is taken away from them before they resume.
     drop_caps: bool,
+    /// `--new-audit-session`.
+    new_audit_session: bool,
     /// The caller takes the job over once it runs (`Then::HandOver`).
     handed_over: bool,
 }
@@ -522,7 +530,15 @@ fn run_tree(
         result = match read_ready(status_r) {
             Some(r) if r.error == 0 => {
                 guard::step(&format!("ready#{}", n + 1));
-                finish::finish(&image.state, &r, *status_fd, *exe_fd, tree.drop_caps).map(|t| {
+                finish::finish(
+                    &image.state,
+                    &r,
+                    *status_fd,
+                    *exe_fd,
+                    tree.drop_caps,
+                    tree.new_audit_session,
+                )
+                .map(|t| {
                     guard::step(&format!("finished#{}", n + 1));
                     finished.push(t)
                 })

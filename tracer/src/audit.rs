@@ -369,8 +369,8 @@ pub static TABLE: &[Row] = &[
         Saved("sched"),
     ),
     row(File("coredump_filter"), "core dump filter", Saved("prctl")),
-    row(File("loginuid"), "audit login uid", Default(Ours)),
-    row(File("sessionid"), "audit session id", Default(Ours)),
+    row(File("loginuid"), "audit login uid", Saved("loginuid")),
+    row(File("sessionid"), "audit session id", Saved("loginuid")),
     row(
         File("personality"),
         "personality",

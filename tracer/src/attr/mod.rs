@@ -20,6 +20,7 @@ pub mod cgroup;
 pub mod creds;
 pub mod jobctl;
 pub mod locks;
+pub mod loginuid;
 pub mod memory;
 pub mod prctl;
 pub mod sched;
@@ -47,6 +48,9 @@ pub struct Restore<'a> {
     /// What the image holds of it (its descriptors, which of them are the restorer's own
     /// standard streams, its process group...).
     pub state: &'a crate::state::ProcessState,
+    /// `ckpt restore --new-audit-session`: a login uid and session id other than the
+    /// saved ones are accepted (see `loginuid`).
+    pub new_audit_session: bool,
 }
 
 /// What one attribute group provides.
@@ -74,6 +78,7 @@ pub static GROUPS: &[Group] = &[
     sched::GROUP,
     locks::GROUP,
     jobctl::GROUP,
+    loginuid::GROUP,
     creds::GROUP,
     prctl::GROUP,
     seccomp::GROUP,
