@@ -1,0 +1,229 @@
+//! Terminals (issue 9): pseudo-terminals made inside the job, and the restorer's own
+//! terminal.
+//!
+//! - `testdata/pty DIR` holds two pty pairs (see the program): both ends, the slave's
+//!   termios (every field and both speeds) and window size, the data queued in both
+//!   directions, a session with the slave as controlling terminal, /dev/tty, the
+//!   foreground process group, and a master alone in packet mode and locked. It is
+//!   checkpointed once left running (which must leave its queued data in place), then
+//!   with `--kill`, restored, and checks everything from inside; the data exchanged
+//!   after the restore follows the queued data. As root and as an ordinary user.
+//! - A real program: `script -c bash` (util-linux) with a command sent before and after
+//!   a checkpoint, the restored bash answering through the new pty.
+//! - The restorer's terminal: `testdata/rawtty` in raw mode in a tmux pane, checkpointed
+//!   and restored in another pane: a line typed afterwards appears once (the terminal
+//!   does not echo it as well), the program finds its termios, and when it exits the
+//!   restorer puts its terminal back as it was.
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+/// The restored `pty DIR` after DIR/go: its own checks, in order.
+fn check_restored_pty(stdout: &mut Lines, dir: &Path) {
+    touch(&dir.join("go"));
+    stdout.expect_line("child termios ok");
+    stdout.expect_prefix("parent termios ok");
+    stdout.expect_line("child ok");
+    stdout.expect_line("pty ok");
+}
+
+#[test]
+fn pty_pairs_come_back_as_root() {
+    let d = tempdir();
+    let ck = d.join("ckpt");
+    let mut t = Target::start("pty", &[d.path().as_os_str()]);
+    t.stdout.expect_prefix("parent ");
+    t.stdout.expect_line("ready");
+    // A dump that leaves the job running leaves its queued data where it was.
+    dump(t.pid, &ck, false);
+    assert_running_not_stopped(t.pid);
+    t.dump_kill(&ck);
+    let info = ckpt([os("info"), ck.as_os_str()]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        text.contains("pty master") && text.contains("pty slave"),
+        "ckpt info names both ends: {text}"
+    );
+
+    let mut r = Restored::of(&ck, &t);
+    r.assert_same_pid();
+    check_restored_pty(&mut r.stdout, d.path());
+    r.wait_success();
+}
+
+#[test]
+fn pty_pairs_come_back_for_an_ordinary_user() {
+    let (d, prog, ids) = test_user_dir("pty");
+    let ck = d.join("ckpt");
+    let work = d.join("work");
+    fs::create_dir(&work).unwrap();
+    fs::set_permissions(&work, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut c = setpriv_test_user(&prog, ids);
+    c.arg(&work);
+    let mut t = Target::spawn(c, &prog.to_string_lossy());
+    t.stdout.expect_prefix("parent ");
+    t.stdout.expect_line("ready");
+    dump_kill_as(&mut t, &ck, ids);
+    let mut r = restore_as(&ck, ids);
+    check_restored_pty(&mut r.stdout, &work);
+    let status = r.wait();
+    assert!(
+        status.success(),
+        "ckpt restore as {TEST_USER}: {status:?}, stderr {:?}",
+        r.stderr.seen()
+    );
+}
+
+/// `script -q -c bash /dev/null` with its input and output piped.
+fn script_bash() -> Command {
+    let mut c = command("script");
+    c.args([
+        "-q",
+        "-c",
+        "bash --norc --noprofile -i",
+        "/dev/null",
+    ])
+    .env("PS1", "$ ")
+    .env("TERM", "dumb")
+    .env_remove("PROMPT_COMMAND");
+    c
+}
+
+#[test]
+fn script_running_bash_continues() {
+    let mut t = Target::spawn(script_bash(), "script");
+    t.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"echo before-$((6*7))\n")
+        .unwrap();
+    t.stdout.expect("bash's answer before", |l| l.contains("before-42"));
+    let d = tempdir();
+    let ck = d.join("ckpt");
+    t.dump_kill(&ck);
+
+    let mut r = Restored::of(&ck, &t);
+    r.assert_same_pid();
+    r.write_stdin(b"echo after-$((6*7)) $(tty)\n");
+    let l = r
+        .stdout
+        .expect("bash's answer after the restore", |l| l.contains("after-42"));
+    assert!(l.contains("/dev/pts/"), "bash runs on a pty: {l}");
+    r.write_stdin(b"exit\n");
+    r.wait_success();
+}
+
+use std::io::Write;
+
+/// A tmux server of the test's own (socket in `dir`).
+struct Tmux {
+    sock: String,
+}
+
+impl Tmux {
+    fn new(dir: &Path) -> Tmux {
+        let t = Tmux {
+            sock: dir.join("tmux.sock").to_string_lossy().into_owned(),
+        };
+        t.run(&["new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "sleep 600"]);
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut c = command("tmux");
+        c.args(["-S", &self.sock]).args(args).env("TERM", "xterm");
+        let out = run(&mut c);
+        assert_success(&out, &format!("tmux {args:?}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn window(&self, name: &str, cmd: &str) {
+        self.run(&["new-window", "-t", "t", "-n", name, cmd]);
+    }
+
+    fn screen(&self, name: &str) -> String {
+        self.run(&["capture-pane", "-p", "-t", &format!("t:{name}")])
+    }
+
+    fn wait_screen(&self, name: &str, text: &str) -> String {
+        let mut s = String::new();
+        wait_until(&format!("{text:?} in tmux window {name}"), || {
+            s = self.screen(name);
+            s.contains(text)
+        });
+        s
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = command("tmux")
+            .args(["-S", &self.sock, "kill-server"])
+            .output();
+    }
+}
+
+/// Whether `pid` runs untraced (the restorer let it go).
+fn untraced(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .is_ok_and(|s| s.lines().any(|l| l == "TracerPid:\t0"))
+}
+
+#[test]
+fn the_restorers_terminal_gets_the_jobs_termios() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let tmux = Tmux::new(d.path());
+    let rawtty = testdata("rawtty");
+    let pidfile = d.join("pid");
+    tmux.window(
+        "orig",
+        &format!("{} {}", rawtty.display(), pidfile.display()),
+    );
+    let pid: i32 = wait_file_lines(&pidfile, 1)[0].parse().unwrap();
+    tmux.wait_screen("orig", "raw");
+    let ck = d.join("ckpt");
+    let out = dump(pid, &ck, true);
+    assert_success(&out, "ckpt dump --kill of rawtty");
+    wait_pid_free(pid);
+
+    let before = d.join("before");
+    let after = d.join("after");
+    tmux.window(
+        "restored",
+        &format!(
+            "sh -c 'stty -g > {b}; {ckpt} restore {ck}; echo restore-exit-$?; stty -g > {a}; sleep 600'",
+            b = before.display(),
+            a = after.display(),
+            ckpt = ckpt_bin().display(),
+            ck = ck.display()
+        ),
+    );
+    wait_until("the restored rawtty to run on its own", || {
+        cmdline(pid).is_some_and(|c| c.contains("rawtty")) && untraced(pid)
+    });
+    tmux.run(&["send-keys", "-t", "t:restored", "abc", "Enter"]);
+    let screen = tmux.wait_screen("restored", "got ABC");
+    assert!(
+        !screen.contains("abc"),
+        "the line typed was echoed by the terminal too (cooked mode):\n{screen}"
+    );
+    assert!(
+        screen.contains("got ABC termios same"),
+        "the restored program finds its termios:\n{screen}"
+    );
+    tmux.run(&["send-keys", "-t", "t:restored", "q", "Enter"]);
+    tmux.wait_screen("restored", "restore-exit-0");
+    wait_until("stty -g after the restore", || {
+        file_lines(&after).len() == 1
+    });
+    assert_eq!(
+        file_lines(&before),
+        file_lines(&after),
+        "the restorer puts its terminal back when the job exits"
+    );
+}
