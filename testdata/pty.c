@@ -14,7 +14,10 @@
  * Prints "ready" once everything is set, then waits for DIR/go (touched after the
  * restore) and checks everything from inside, each process printing what it found;
  * the data exchanged both ways after the restore continues the queued data. Exits 0
- * after "pty ok". */
+ * after "pty ok".
+ *
+ * pty DIR eof: the same, but the parent also types an end-of-file (^D) that the child
+ * has not read yet, which a checkpoint must refuse (then prints "eof queued"). */
 #include "common.h"
 #include <fcntl.h>
 #include <sys/ioctl.h>
@@ -34,6 +37,7 @@ extern int unlockpt(int fd);
 extern char *ptsname(int fd);
 
 static const char *dir;
+static int eof_mode;
 
 static void path_in(char *buf, size_t n, const char *name)
 {
@@ -150,6 +154,8 @@ static void child(const char *slave_path, int sync_w)
     close(sync_w);
 
     wait_go();
+    if (eof_mode)
+        exit(0);
     /* The same terminal, still the controlling one, of this session. */
     CHECK(getsid(0) == getpid(), "getsid %d", getsid(0));
     CHECK(tcgetsid(s) == getpid(), "tcgetsid %d: %s", tcgetsid(s), strerror(errno));
@@ -184,8 +190,9 @@ static void child(const char *slave_path, int sync_w)
 
 int main(int argc, char **argv)
 {
-    CHECK(argc == 2, "usage: pty DIR");
+    CHECK(argc == 2 || argc == 3, "usage: pty DIR [eof]");
     dir = argv[1];
+    eof_mode = argc == 3;
     int m = posix_openpt(O_RDWR | O_NOCTTY);
     CHECK(m >= 0 && grantpt(m) == 0 && unlockpt(m) == 0, "posix_openpt: %s", strerror(errno));
     char slave_path[64];
@@ -204,6 +211,8 @@ int main(int argc, char **argv)
     CHECK(read(sync[0], &x, 1) == 1, "the child did not get ready");
     close(sync[0]);
     write_all(m, "queued-in\npart");
+    if (argc == 3)
+        write_all(m, "\x04");
 
     int b = posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK);
     CHECK(b >= 0 && grantpt(b) == 0 && unlockpt(b) == 0, "posix_openpt B: %s", strerror(errno));
@@ -213,6 +222,11 @@ int main(int argc, char **argv)
     CHECK(ioctl(b, TIOCSPTLCK, &one) == 0, "TIOCSPTLCK: %s", strerror(errno));
     say("parent %d master A %s, master B %s", getpid(), slave_path, ptsname(b));
     say("ready");
+    if (argc == 3) {
+        say("eof queued");
+        wait_go();
+        return 0;
+    }
 
     wait_go();
     /* The slave's output queued before the checkpoint (ONLCR made its newline \r\n). */

@@ -92,19 +92,59 @@ fn pty_pairs_come_back_for_an_ordinary_user() {
     );
 }
 
-/// `script -q -c bash /dev/null` with its input and output piped.
-fn script_bash() -> Command {
-    let mut c = command("script");
+#[test]
+fn an_end_of_file_queued_in_canonical_input_is_refused() {
+    let d = tempdir();
+    let ck = d.join("ckpt");
+    let mut t = Target::start("pty", &[d.path().as_os_str(), os("eof")]);
+    pty_started(&mut t);
+    t.stdout.expect_line("eof queued");
+    let out = ckpt([
+        os("dump"),
+        os(&t.pid.to_string()),
+        os("--dir"),
+        ck.as_os_str(),
+        os("--kill"),
+    ]);
+    let err = assert_error(&out, "a dump with an end-of-file queued on a pty");
+    assert!(
+        err.contains(&format!("process {}", t.pid)) && err.contains("end-of-file"),
+        "the refusal names the process and what: {err}"
+    );
+    assert_running_not_stopped(t.pid);
+    touch(&d.join("go"));
+    assert!(t.wait().success());
+}
+
+/// `script -q -c bash /dev/null` with its input and output piped, as the user `ids`
+/// (None: as the test).
+fn script_bash(ids: Option<(u32, u32)>) -> Command {
+    let mut c = match ids {
+        Some(ids) => setpriv_test_user("script", ids),
+        None => command("script"),
+    };
     c.args(["-q", "-c", "bash --norc --noprofile -i", "/dev/null"])
         .env("PS1", "$ ")
         .env("TERM", "dumb")
+        .env("HOME", "/")
         .env_remove("PROMPT_COMMAND");
     c
 }
 
-#[test]
-fn script_running_bash_continues() {
-    let mut t = Target::spawn(script_bash(), "script");
+/// What the restored bash under script answers, through the new pty.
+fn script_after(stdin: &mut std::process::ChildStdin, stdout: &mut Lines) {
+    stdin.write_all(b"echo after-$((6*7)) $(tty)\n").unwrap();
+    let l = stdout.expect("bash's answer after the restore", |l| {
+        l.contains("after-42")
+    });
+    assert!(l.contains("/dev/pts/"), "bash runs on a pty: {l}");
+    stdin.write_all(b"exit\n").unwrap();
+}
+
+/// `script -c bash` answers a command, is checkpointed (as `ids`), and answers through
+/// the new pty after the restore.
+fn script_continues(ids: Option<(u32, u32)>) {
+    let mut t = Target::spawn(script_bash(ids), "script");
     t.stdin
         .as_mut()
         .unwrap()
@@ -113,21 +153,38 @@ fn script_running_bash_continues() {
     t.stdout
         .expect("bash's answer before", |l| l.contains("before-42"));
     let d = tempdir();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o777)).unwrap();
     let ck = d.join("ckpt");
     let shells = children(t.pid);
     assert_eq!(shells.len(), 1, "script runs bash: {shells:?}");
-    t.dump_kill(&ck);
-    wait_pid_free(shells[0]);
+    match ids {
+        Some(ids) => {
+            dump_kill_as(&mut t, &ck, ids);
+            wait_pid_free(shells[0]);
+            let mut r = restore_as(&ck, ids);
+            script_after(r.stdin.as_mut().unwrap(), &mut r.stdout);
+            assert!(r.wait().success(), "ckpt restore as {TEST_USER}");
+        }
+        None => {
+            t.dump_kill(&ck);
+            wait_pid_free(shells[0]);
+            let mut r = Restored::of(&ck, &t);
+            r.assert_same_pid();
+            script_after(r.stdin.as_mut().unwrap(), &mut r.stdout);
+            r.wait_success();
+        }
+    }
+}
 
-    let mut r = Restored::of(&ck, &t);
-    r.assert_same_pid();
-    r.write_stdin(b"echo after-$((6*7)) $(tty)\n");
-    let l = r.stdout.expect("bash's answer after the restore", |l| {
-        l.contains("after-42")
-    });
-    assert!(l.contains("/dev/pts/"), "bash runs on a pty: {l}");
-    r.write_stdin(b"exit\n");
-    r.wait_success();
+#[test]
+fn script_running_bash_continues() {
+    script_continues(None);
+}
+
+#[test]
+fn script_running_bash_continues_for_an_ordinary_user() {
+    assert_root("the unprivileged script test");
+    script_continues(Some(ensure_test_user()));
 }
 
 use std::io::Write;
