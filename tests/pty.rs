@@ -253,6 +253,45 @@ fn untraced(pid: i32) -> bool {
         .is_ok_and(|s| s.lines().any(|l| l == "TracerPid:\t0"))
 }
 
+/// `ckpt restore CK` in a new tmux window `restored`, between two `stty -g` of its
+/// terminal (into DIR/before and DIR/after); returns once the restored process, whose
+/// command line has `marker`, runs on its own. tmux does not always reap a pane's
+/// process killed by `ckpt dump --kill` (it saw the pane close while the process was
+/// still ckpt's tracee): the restore may then take a new PID namespace, and the
+/// restored process another host PID than `pid`.
+fn restore_in_window(tmux: &Tmux, d: &Path, ck: &Path, pid: i32, marker: &str) {
+    tmux.window(
+        "restored",
+        &format!(
+            "sh -c 'stty -g > {b}; {ckpt} restore {ck}; echo restore-exit-$?; stty -g > {a}; sleep 600'",
+            b = d.join("before").display(),
+            a = d.join("after").display(),
+            ckpt = ckpt_bin().display(),
+            ck = ck.display()
+        ),
+    );
+    wait_until("the restored process to run on its own", || {
+        pids_running(marker)
+            .into_iter()
+            .any(|p| p != pid && !matches!(proc_state(p), Some('Z') | None) && untraced(p))
+            || (proc_state(pid).is_some_and(|s| s != 'Z') && untraced(pid))
+    });
+}
+
+/// Once the restored job exited: its terminal is as it was before the restore.
+fn assert_terminal_put_back(tmux: &Tmux, d: &Path) {
+    tmux.wait_screen("restored", "restore-exit-0");
+    let after = d.join("after");
+    wait_until("stty -g after the restore", || {
+        file_lines(&after).len() == 1
+    });
+    assert_eq!(
+        file_lines(&d.join("before")),
+        file_lines(&after),
+        "the restorer puts its terminal back when the job exits"
+    );
+}
+
 #[test]
 fn the_restorers_terminal_gets_the_jobs_termios() {
     let d = tempdir();
@@ -269,29 +308,8 @@ fn the_restorers_terminal_gets_the_jobs_termios() {
     let ck = d.join("ckpt");
     let out = dump(pid, &ck, true);
     assert_success(&out, "ckpt dump --kill of rawtty");
-    // tmux does not always reap a pane's process killed by `ckpt dump --kill` (it saw
-    // the pane close while the process was still ckpt's tracee): the restore may then
-    // take a new PID namespace, and the restored rawtty another host PID.
 
-    let before = d.join("before");
-    let after = d.join("after");
-    tmux.window(
-        "restored",
-        &format!(
-            "sh -c 'stty -g > {b}; {ckpt} restore {ck}; echo restore-exit-$?; stty -g > {a}; sleep 600'",
-            b = before.display(),
-            a = after.display(),
-            ckpt = ckpt_bin().display(),
-            ck = ck.display()
-        ),
-    );
-    let marker = rawtty.to_string_lossy().into_owned();
-    wait_until("the restored rawtty to run on its own", || {
-        pids_running(&marker)
-            .into_iter()
-            .any(|p| p != pid && !matches!(proc_state(p), Some('Z') | None) && untraced(p))
-            || (proc_state(pid).is_some_and(|s| s != 'Z') && untraced(pid))
-    });
+    restore_in_window(&tmux, d.path(), &ck, pid, &rawtty.to_string_lossy());
     tmux.run(&["send-keys", "-t", "t:restored", "abc", "Enter"]);
     let screen = tmux.wait_screen("restored", "got ABC");
     assert!(
@@ -303,13 +321,52 @@ fn the_restorers_terminal_gets_the_jobs_termios() {
         "the restored program finds its termios:\n{screen}"
     );
     tmux.run(&["send-keys", "-t", "t:restored", "q", "Enter"]);
-    tmux.wait_screen("restored", "restore-exit-0");
-    wait_until("stty -g after the restore", || {
-        file_lines(&after).len() == 1
-    });
-    assert_eq!(
-        file_lines(&before),
-        file_lines(&after),
-        "the restorer puts its terminal back when the job exits"
+    assert_terminal_put_back(&tmux, d.path());
+}
+
+/// The case: bash (readline puts the terminal in raw mode while it reads a
+/// line) in a tmux pane, restored in another: the first line typed shows once.
+#[test]
+fn bash_restored_in_tmux_echoes_a_line_once() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let tmux = Tmux::new(d.path());
+    let rc = d.join("bashrc");
+    fs::write(&rc, "PS1='B> '\n").unwrap();
+    let marker = format!("--rcfile {}", rc.display());
+    tmux.window(
+        "orig",
+        &format!("env -i TERM=xterm HOME=/ bash --noprofile {marker} -i"),
     );
+    tmux.wait_screen("orig", "B>");
+    let pid: i32 = tmux
+        .run(&["list-panes", "-t", "t:orig", "-F", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        cmdline(pid).is_some_and(|c| c.contains(&marker)),
+        "the pane runs bash itself: {:?}",
+        cmdline(pid)
+    );
+    let ck = d.join("ckpt");
+    let out = dump(pid, &ck, true);
+    assert_success(&out, "ckpt dump --kill of bash");
+
+    restore_in_window(&tmux, d.path(), &ck, pid, &marker);
+    tmux.run(&[
+        "send-keys",
+        "-t",
+        "t:restored",
+        "echo two-$((6*7))",
+        "Enter",
+    ]);
+    let screen = tmux.wait_screen("restored", "two-42");
+    assert_eq!(
+        screen.matches("echo two-").count(),
+        1,
+        "the line typed shows once, not echoed by the terminal as well:\n{screen}"
+    );
+    tmux.run(&["send-keys", "-t", "t:restored", "exit", "Enter"]);
+    assert_terminal_put_back(&tmux, d.path());
 }
