@@ -99,14 +99,7 @@ fn an_end_of_file_queued_in_canonical_input_is_refused() {
     let mut t = Target::start("pty", &[d.path().as_os_str(), os("eof")]);
     pty_started(&mut t);
     t.stdout.expect_line("eof queued");
-    let out = ckpt([
-        os("dump"),
-        os(&t.pid.to_string()),
-        os("--dir"),
-        ck.as_os_str(),
-        os("--kill"),
-    ]);
-    let err = assert_error(&out, "a dump with an end-of-file queued on a pty");
+    let err = dump_refused(t.pid, &ck, "a dump with an end-of-file queued on a pty");
     assert!(
         err.contains(&format!("process {}", t.pid)) && err.contains("end-of-file"),
         "the refusal names the process and what: {err}"

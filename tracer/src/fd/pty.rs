@@ -395,13 +395,21 @@ fn read_pair(pid: i32, fd: i32, index: u32, slave_open: bool) -> Result<PtyState
     };
     let copy = crate::procinfo::pidfd_getfd(pid, fd).map_err(io_err("copying the master"))?;
     let m = copy.as_raw_fd();
-    let ldisc = get_int(m, libc::TIOCGETD).map_err(io_err("TIOCGETD"))?;
-    if ldisc != N_TTY {
-        return Err(refuse(
+    // Only the standard line discipline is saved, on either end.
+    let n_tty = |t: RawFd, end: &str| -> Result<()> {
+        let ldisc =
+            get_int(t, libc::TIOCGETD).map_err(io_err(&format!("TIOCGETD of the {end}")))?;
+        if ldisc == N_TTY {
+            return Ok(());
+        }
+        Err(refuse(
             pid,
-            what(&format!("line discipline {ldisc} (only N_TTY is saved)")),
-        ));
-    }
+            what(&format!(
+                "{end} line discipline {ldisc} (only N_TTY is saved)"
+            )),
+        ))
+    };
+    n_tty(m, "master")?;
     let master = termios_of(m).map_err(io_err("reading the master's termios"))?;
     let winsize = winsize(m).map_err(io_err("TIOCGWINSZ"))?;
     let packet = get_int(m, libc::TIOCGPKT).map_err(io_err("TIOCGPKT"))? != 0;
@@ -448,13 +456,7 @@ fn read_pair(pid: i32, fd: i32, index: u32, slave_open: bool) -> Result<PtyState
     }
     let peer = peer.map_err(io_err("opening the slave (TIOCGPTPEER)"))?;
     let s = peer.as_raw_fd();
-    let sl = get_int(s, libc::TIOCGETD).map_err(io_err("TIOCGETD of the slave"))?;
-    if sl != N_TTY {
-        return Err(refuse(
-            pid,
-            what(&format!("slave line discipline {sl} (only N_TTY is saved)")),
-        ));
-    }
+    n_tty(s, "slave")?;
     let slave = termios_of(s).map_err(io_err("reading the slave's termios"))?;
     let exclusive = get_int(s, libc::TIOCGEXCL).map_err(io_err("TIOCGEXCL"))? != 0;
     if packet && slave.lflag & libc::EXTPROC != 0 {
