@@ -188,14 +188,11 @@ fn a_lease_being_broken_is_refused_at_once_and_left_alone() {
             l.contains("LEASE") && l.contains("BREAKING") && l.contains(&format!(":{ino} "))
         })
     });
-    let out = ckpt([
-        os("dump"),
-        os(&t.pid.to_string()),
-        os("--dir"),
-        ck.as_os_str(),
-        os("--kill"),
-    ]);
-    let err = assert_error(&out, "a dump of a process whose lease is being broken");
+    let err = dump_refused(
+        t.pid,
+        &ck,
+        "a dump of a process whose lease is being broken",
+    );
     assert!(
         err.contains(&format!("process {}", t.pid))
             && err.contains("lease")

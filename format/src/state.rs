@@ -285,6 +285,71 @@ pub enum FdKind {
         senders: Vec<Vec<u8>>,
         opts: UnixOptions,
     },
+    /// The master of a pseudo-terminal made inside the job (opened from /dev/ptmx):
+    /// restored as a new pair, whose index may differ from `index`. `pty`, the pair's
+    /// state, is stored with exactly one master descriptor of the pair (`None` on any
+    /// other).
+    PtyMaster {
+        index: u32,
+        pty: Option<PtyState>,
+    },
+    /// The slave of a pseudo-terminal whose master is in the checkpoint: /dev/pts/INDEX,
+    /// or (`dev_tty`) /dev/tty opened by a process whose controlling terminal it is.
+    /// Reopened on the new pair.
+    PtySlave {
+        index: u32,
+        dev_tty: bool,
+    },
+    /// A terminal outside the checkpoint on a standard stream (0, 1 or 2): as [`Self::Tty`]
+    /// the restorer's own takes its place, and gets `termios` (the job's settings, raw
+    /// mode for an editor or a shell) until the job exits.
+    TtyStd {
+        path: String,
+        termios: Termios,
+    },
+}
+
+/// A terminal's settings, as TCGETS2 shows them (`struct termios2`).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Termios {
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    /// The line discipline number (N_TTY, 0).
+    pub line: u8,
+    /// The control characters (NCCS, 19).
+    pub cc: Vec<u8>,
+    pub ispeed: u32,
+    pub ospeed: u32,
+}
+
+/// The state of a pseudo-terminal pair made inside the job.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PtyState {
+    /// The slave's termios (what the program on the terminal set); `None`: the slave
+    /// was never opened (its termios are the kernel's defaults, and the master does not
+    /// see it closed: it is not opened at restore either).
+    pub slave: Option<Termios>,
+    /// The master's termios.
+    pub master: Termios,
+    /// TIOCGWINSZ: rows, columns, x and y pixels.
+    pub winsize: [u16; 4],
+    /// TIOCGPKT of the master.
+    pub packet: bool,
+    /// TIOCGPTLCK: the slave cannot be opened (before unlockpt, or locked again).
+    pub locked: bool,
+    /// TIOCGEXCL of the slave (TIOCEXCL: no further open but by root).
+    pub exclusive: bool,
+    /// The session whose controlling terminal the slave is (0: none), and its
+    /// foreground process group.
+    pub session: i32,
+    pub fg_pgrp: i32,
+    /// Written to the master, not yet read from the slave: the slave's input queue, as
+    /// its line discipline holds it (after its input processing and line editing).
+    pub input: Vec<u8>,
+    /// Written to the slave (after its output processing), not yet read from the master.
+    pub output: Vec<u8>,
 }
 
 /// The state of an AF_UNIX socket as the program sees it.

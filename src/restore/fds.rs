@@ -37,6 +37,16 @@ impl Shared {
     pub fn finish(&mut self) -> Result<()> {
         Ok(ckpt_tracer::fd::finish(&mut self.kinds)?)
     }
+
+    /// A new pty slave that process `pid`, a session leader, takes as its controlling
+    /// terminal (ckpt_tracer::fd::pty), numbered `min` or above, and the session's
+    /// foreground group.
+    pub fn ctty(&mut self, pid: i32, min: RawFd) -> Result<Option<(OwnedFd, i32)>> {
+        match ckpt_tracer::fd::pty::ctty(pid, &mut self.kinds)? {
+            Some((fd, fg)) => Ok(Some((above(fd, min)?, fg))),
+            None => Ok(None),
+        }
+    }
 }
 
 /// Open (or create) a source for every saved descriptor of process `pid`. `min` is the

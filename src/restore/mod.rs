@@ -205,6 +205,7 @@ fn prepare_process(
     let setup = spawn::ChildSetup {
         pid,
         session_leader,
+        ctty: None,
         pgid,
         installs,
         loader_fds,
@@ -390,6 +391,12 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         )?);
     }
     shared.finish()?;
+    for (image, p) in images.iter().zip(&mut prepared) {
+        if let Some((t, fg)) = shared.ctty(image.state.pid, base)? {
+            p.setup.ctty = Some((t.as_raw_fd(), fg));
+            p._keep.push(t);
+        }
+    }
     drop(shared);
 
     // Parent links: children are created by their restored parent, in PID order.
@@ -568,6 +575,21 @@ fn run_tree(
         let pids: Vec<i32> = tree.images.iter().map(|i| i.state.pid).collect();
         result = guard::Guard::arm(&pids).map(|g| guard = Some(g));
     }
+    // The job's terminal settings on the restorer's terminal (a shell or an editor had
+    // it in raw mode), until the job exits.
+    let mut terminal = None;
+    if result.is_ok() {
+        let fds = tree.images.iter().flat_map(|i| i.state.fds.iter());
+        match ckpt_tracer::fd::tty::RestorerTerminal::apply(fds) {
+            Ok(t) => terminal = t,
+            Err(e) => eprintln!("ckpt: warning: the terminal keeps its settings: {e}"),
+        }
+    }
+    let put_back = |t: Option<ckpt_tracer::fd::tty::RestorerTerminal>| {
+        if let Some(Err(e)) = t.map(|t| t.put_back()) {
+            eprintln!("ckpt: warning: putting the terminal's settings back: {e}");
+        }
+    };
     if result.is_ok() {
         for (n, t) in finished.iter().enumerate() {
             result = finish::resume(t);
@@ -580,6 +602,7 @@ fn run_tree(
     if let Err(e) = result {
         drop(guard);
         kill_all(&all_pids);
+        put_back(terminal);
         return Err(e);
     }
     if let Some(g) = guard {
@@ -592,7 +615,9 @@ fn run_tree(
     if tree.detach && (std::process::id() != 1 || tree.handed_over) {
         return Ok(0);
     }
-    wait_root(root_pid)
+    let code = wait_root(root_pid);
+    put_back(terminal);
+    code
 }
 
 /// Wait for the root; as init of a namespace, reap every orphan meanwhile.

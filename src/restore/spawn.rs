@@ -27,6 +27,11 @@ pub struct ChildSetup {
     pub pid: i32,
     /// setsid() first.
     pub session_leader: bool,
+    /// A descriptor (of the restorer, open in the child until it installs its own) on
+    /// the pty slave it takes as controlling terminal (TIOCSCTTY) right after setsid,
+    /// before it creates its children, which inherit it; and the foreground group it
+    /// gives the terminal once its children made that group.
+    pub ctty: Option<(RawFd, i32)>,
     pub pgid: Pgid,
     pub installs: Vec<Install>,
     /// Descriptors the loader needs (plan, image, status, map files, exe), kept open
@@ -235,6 +240,11 @@ fn spawn(
         if setup.session_leader && libc::setsid() < 0 {
             child_fail(sfd, "creating the saved session (setsid)");
         }
+        if let Some((t, _)) = setup.ctty {
+            if libc::ioctl(t, libc::TIOCSCTTY, 0) < 0 {
+                child_fail(sfd, "taking the saved controlling terminal (TIOCSCTTY)");
+            }
+        }
         let pg = match setup.pgid {
             Pgid::Inherit => 0,
             Pgid::Lead => libc::setpgid(0, 0),
@@ -253,6 +263,24 @@ fn spawn(
             if let Err(e) = spawn_zombie(z) {
                 let msg = format!("{e:#}");
                 child_fail(sfd, &msg);
+            }
+        }
+        if let Some((t, fg)) = setup.ctty {
+            if fg != 0 && fg != setup.pid {
+                // Its leader (a descendant, created above) makes the group in its own
+                // time: wait for it, a bounded while.
+                let mut tries = 0;
+                while libc::kill(-fg, 0) < 0 && tries < 5000 {
+                    let ms = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    };
+                    libc::nanosleep(&ms, std::ptr::null_mut());
+                    tries += 1;
+                }
+            }
+            if fg != 0 && libc::ioctl(t, libc::TIOCSPGRP, &fg) < 0 {
+                child_fail(sfd, "making the saved foreground group (TIOCSPGRP)");
             }
         }
         for i in &setup.installs {

@@ -496,8 +496,8 @@ pub fn assert_success(out: &Output, what: &str) {
     assert!(out.status.success(), "{what} failed: {}", describe(out));
 }
 
-/// `ckpt dump PID --dir DIR [--kill]`, which must succeed.
-pub fn dump(pid: i32, dir: &Path, kill: bool) -> Output {
+/// `ckpt dump PID --dir DIR [--kill]`.
+fn run_dump(pid: i32, dir: &Path, kill: bool) -> Output {
     let mut args: Vec<&OsStr> = vec!["dump".as_ref()];
     let pid_s = pid.to_string();
     args.push(pid_s.as_ref());
@@ -506,9 +506,20 @@ pub fn dump(pid: i32, dir: &Path, kill: bool) -> Output {
     if kill {
         args.push("--kill".as_ref());
     }
-    let out = ckpt(&args);
+    ckpt(&args)
+}
+
+/// `ckpt dump PID --dir DIR [--kill]`, which must succeed.
+pub fn dump(pid: i32, dir: &Path, kill: bool) -> Output {
+    let out = run_dump(pid, dir, kill);
     assert_success(&out, &format!("ckpt dump {pid}"));
     out
+}
+
+/// `ckpt dump PID --dir DIR --kill`, which must fail (see [`assert_error`], `what` is
+/// what the dump was of): its one-line error.
+pub fn dump_refused(pid: i32, dir: &Path, what: &str) -> String {
+    assert_error(&run_dump(pid, dir, true), what)
 }
 
 /// `ckpt info DIR --json`, parsed.

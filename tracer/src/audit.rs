@@ -82,6 +82,10 @@ pub enum Source {
     /// membarrier(MEMBARRIER_CMD_GET_REGISTRATIONS), injected (Linux 6.3+): the
     /// registered commands.
     Membarrier,
+    /// What the terminal kinds read of a terminal (`tracer/src/fd/pty.rs` for every
+    /// pty pair whose master is in the checkpoint, `tty.rs` for a terminal outside it
+    /// on a standard stream), and refuse as they read it: an ioctl or what it stands for.
+    Terminal(&'static str),
 }
 
 /// One attribute the audit checks.
@@ -545,6 +549,99 @@ pub static TABLE: &[Row] = &[
         "pipe capacity (F_SETPIPE_SZ)",
         Saved("locks"),
     ),
+    // ---- terminals: pty pairs made inside the job, and the one outside it ----
+    row(
+        Terminal("TCGETS2 of the slave"),
+        "pty slave's termios: every flag, control character and both speeds",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("TCGETS2 of the master"),
+        "pty master's termios",
+        Saved("fd: pty"),
+    ),
+    row(Terminal("TIOCGWINSZ"), "pty window size", Saved("fd: pty")),
+    row(Terminal("TIOCGPKT"), "pty packet mode", Saved("fd: pty")),
+    row(
+        Terminal("TIOCGPTLCK"),
+        "pty lock (before unlockpt, or locked again)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("TIOCGEXCL"),
+        "pty slave's exclusive mode (TIOCEXCL)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("TIOCGETD"),
+        "line discipline of either end",
+        Default(Value("N_TTY (0)")),
+    ),
+    row(
+        Terminal("read of the slave's input queue"),
+        "bytes written to the master, not yet read from the slave (a partial canonical line too)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("read of the master's queue"),
+        "bytes written to the slave, not yet read from the master",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("NUL in canonical input"),
+        "an end-of-file (^D) or NUL byte queued unread in canonical input (it cannot be put back as it was)",
+        Default(Zero),
+    ),
+    row(
+        Terminal("packet status"),
+        "a packet-mode status byte pending on the master (TIOCPKT_FLUSHREAD, ...)",
+        Default(Zero),
+    ),
+    row(
+        Terminal("EXTPROC in packet mode"),
+        "EXTPROC on a pty in packet mode (every termios change would be reported to the master's reader)",
+        Default(Zero),
+    ),
+    row(
+        Terminal("queue of a never opened slave"),
+        "data queued on a pair whose slave was never opened",
+        Default(Zero),
+    ),
+    row(
+        Terminal("POLLHUP of the master"),
+        "the master sees its slave closed (a slave never opened is not opened at restore either)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("TIOCGSID"),
+        "session whose controlling terminal the pty is (its leader must be in the checkpoint)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("TIOCGPGRP"),
+        "foreground process group of that session (it must have a process in the checkpoint)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("stat tty_nr"),
+        "controlling terminal of every process: a pty of the checkpoint must be that of its session, as the kernel makes it",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("/dev/tty"),
+        "/dev/tty on a pty of the checkpoint (reopened as the new slave: its /proc link names /dev/pts/M)",
+        Saved("fd: pty"),
+    ),
+    row(
+        Terminal("TIOCGPTN"),
+        "pty index: the new pair gets the kernel's next one; a program that kept its slave's old name (ptsname) finds another terminal or none",
+        Info,
+    ),
+    row(
+        Terminal("TCGETS2 of fd 0-2 outside the checkpoint"),
+        "termios of the job's terminal: given to the restorer's own terminal while the job runs, which gets its own back when the job exits",
+        Saved("fd: tty"),
+    ),
 ];
 
 fn refuse(pid: i32, what: String) -> TraceError {
@@ -941,6 +1038,7 @@ fn source_name(s: Source) -> String {
         Root => "/proc/PID/root".into(),
         Membarrier => "membarrier `MEMBARRIER_CMD_GET_REGISTRATIONS`".into(),
         FdLock(w) => format!("fdinfo `lock:` word `{w}`"),
+        Terminal(w) => format!("terminal: {w}"),
         Fcntl(cmd) => format!(
             "fcntl `{}` of every descriptor",
             match cmd {
@@ -969,6 +1067,7 @@ pub fn table_markdown() -> String {
     for r in TABLE {
         let v = match r.verdict {
             Saved(g) if g.starts_with("image: ") => format!("saved ({})", &g[7..]),
+            Saved(g) if g.starts_with("fd: ") => format!("saved (descriptor kind `{}`)", &g[4..]),
             Saved(g) => format!("saved (group `{g}`)"),
             Info => "not state (informational)".into(),
             Default(Zero) if matches!(r.source, Shared(_)) => "refused if shared".into(),

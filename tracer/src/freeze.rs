@@ -105,7 +105,8 @@ fn list_tasks(pid: i32) -> io::Result<BTreeSet<i32>> {
 }
 
 /// The kernel's state after signal handling without a handler: restartable syscalls
-/// re-execute, a restart-block syscall (nanosleep, poll with timeout...) returns -EINTR.
+/// re-execute, a restart-block syscall (nanosleep, poll with timeout...) returns -EINTR,
+/// but poll without a timeout re-executes.
 pub fn fixup_interrupted_syscall(regs: &mut Regs) -> Option<i64> {
     let nr = regs[reg::ORIG_RAX] as i64;
     if nr < 0 {
@@ -114,6 +115,14 @@ pub fn fixup_interrupted_syscall(regs: &mut Regs) -> Option<i64> {
     let ret = regs[reg::RAX] as i64;
     match -ret {
         ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            regs[reg::RAX] = regs[reg::ORIG_RAX];
+            regs[reg::RIP] -= 2;
+        }
+        // poll without a timeout has nothing in its restart block but its arguments,
+        // which are still in the registers: it is called again, as the kernel's restart
+        // would. A program that blocks every signal (script(1), with a signalfd) takes
+        // an -EINTR from poll for an error.
+        ERESTART_RESTARTBLOCK if nr == libc::SYS_poll && (regs[reg::RDX] as i32) < 0 => {
             regs[reg::RAX] = regs[reg::ORIG_RAX];
             regs[reg::RIP] -= 2;
         }

@@ -106,6 +106,8 @@ pub struct Stat {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    /// Field 7: the controlling terminal's device number (0: none).
+    pub tty_nr: i32,
     /// PF_* flags (field 9).
     pub flags: u32,
     /// Field 38: the signal the parent gets at exit.
@@ -129,6 +131,7 @@ pub fn parse_stat(text: &str) -> Parsed<Stat> {
         ppid: s.ppid,
         pgrp: s.pgrp,
         session: s.session,
+        tty_nr: s.tty_nr,
         flags: s.flags,
         exit_signal: required(s.exit_signal, "exit_signal (field 38)", since)?,
         exit_code: required(s.exit_code, "exit_code (field 52)", since)?,

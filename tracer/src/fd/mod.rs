@@ -46,6 +46,7 @@ pub mod file;
 pub mod inotify;
 pub mod memfd;
 pub mod pipe;
+pub mod pty;
 pub mod signalfd;
 pub mod timerfd;
 pub mod tty;
@@ -102,6 +103,7 @@ pub static KINDS: &[Kind] = &[
     epoll::KIND,
     memfd::KIND,
     file::KIND,
+    pty::KIND,
     tty::KIND,
     pipe::KIND,
     fifo::KIND,
