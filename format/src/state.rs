@@ -307,6 +307,12 @@ pub enum FdKind {
         path: String,
         termios: Termios,
     },
+    /// A pidfd (pidfd_open, clone with CLONE_PIDFD) of process (or, with PIDFD_THREAD,
+    /// O_EXCL in the flags, thread) `pid` of the checkpoint, a zombie among them, or
+    /// (`pid` -1) of a process that had exited and been reaped.
+    Pidfd {
+        pid: i32,
+    },
 }
 
 /// A terminal's settings, as TCGETS2 shows them (`struct termios2`).

@@ -519,6 +519,12 @@ pub fn parse_eventfd(text: &str) -> Parsed<EventfdInfo> {
     })
 }
 
+/// kernel/pid.c (pidfd_show_fdinfo): `Pid: %d`, the process (or thread) in the pid
+/// namespace of this /proc (0: not in it; -1: it has exited and was reaped).
+pub fn parse_pidfd(text: &str) -> Parsed<i32> {
+    num(field(text, "Pid"), "Pid")
+}
+
 /// fs/timerfd.c: `clockid: %d`, `ticks: %llu`, `settime flags: 0%o`,
 /// `it_value: (%llu, %llu)` (time left, 0 once expired), `it_interval: (%llu, %llu)`.
 #[derive(Debug, Clone, PartialEq, Eq)]

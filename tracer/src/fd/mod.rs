@@ -45,6 +45,7 @@ pub mod fifo;
 pub mod file;
 pub mod inotify;
 pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod pty;
 pub mod signalfd;
@@ -100,6 +101,7 @@ pub static KINDS: &[Kind] = &[
     timerfd::KIND,
     signalfd::KIND,
     inotify::KIND,
+    pidfd::KIND,
     epoll::KIND,
     memfd::KIND,
     file::KIND,
