@@ -31,6 +31,10 @@ pub enum Attr {
     Prctl(Prctl),
     /// Job control: the group stop the process was in.
     JobCtl(JobCtl),
+    /// The working directory, removed while the process was in it (`cwd` is then its
+    /// old path with " (deleted)"): the restored process starts in a new empty one,
+    /// made and removed again.
+    DeletedCwd(crate::state::DeletedDir),
 }
 
 /// What `sched_getattr` shows for one thread, plus the rest of its scheduling state.

@@ -43,6 +43,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod file;
+pub mod ghost;
 pub mod inotify;
 pub mod memfd;
 pub mod pipe;
@@ -100,11 +101,12 @@ pub static KINDS: &[Kind] = &[
     signalfd::KIND,
     inotify::KIND,
     epoll::KIND,
+    ghost::KIND,
+    fifo::KIND,
     memfd::KIND,
     file::KIND,
     tty::KIND,
     pipe::KIND,
-    fifo::KIND,
     unix::KIND,
 ];
 
