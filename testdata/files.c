@@ -8,8 +8,9 @@
  *   deleted [UID GID]  DIR/sparse: a 5 MiB file with holes (data at 1 MiB and
  *          3 MiB, a hole at the end), mode 0640, owner UID:GID (given: chown to
  *          them, root only), mtime/atime set in the past, open O_RDWR at offset
- *          4242, then unlinked. After: same holes (SEEK_DATA/SEEK_HOLE), content,
- *          size, blocks, owner, mode, times, offset, nlink 0.
+ *          4242, then unlinked; and a file opened O_TMPFILE in DIR with 7 bytes.
+ *          After: same holes (SEEK_DATA/SEEK_HOLE), content, size, blocks, owner,
+ *          mode, times, offset, nlink 0; the O_TMPFILE file's content and offset.
  *   big SIZE   DIR/big: SIZE bytes of data (dense), open, unlinked.
  *   mtime      DIR/kept opened O_RDONLY and DIR/kept2 O_RDWR, both with times set
  *          in the past; after: the same mtime and atime.
@@ -156,7 +157,7 @@ static void layout(int fd, char *out, size_t n)
     }
 }
 
-static int sparse_fd;
+static int sparse_fd, tmpfile_fd;
 static char sparse_layout[256];
 static struct stat sparse_st;
 
@@ -180,6 +181,10 @@ static void deleted_setup(int argc, char **argv)
     CHECK(lseek(sparse_fd, 4242, SEEK_SET) == 4242, "lseek: %s", strerror(errno));
     sparse_st = fstat_of(sparse_fd);
     CHECK(unlink(p) == 0, "unlink: %s", strerror(errno));
+    /* A file that never had a name. */
+    tmpfile_fd = open(dir, O_TMPFILE | O_RDWR, 0600);
+    CHECK(tmpfile_fd >= 0, "O_TMPFILE: %s", strerror(errno));
+    CHECK(write(tmpfile_fd, "tmpfile", 7) == 7, "write: %s", strerror(errno));
 }
 
 static void deleted_check(void)
@@ -215,6 +220,11 @@ static void deleted_check(void)
     check(good, "deleted content", "content differs");
     /* Still writable, and the offset moves. */
     check(write(sparse_fd, "x", 1) == 1, "deleted write", "%s", strerror(errno));
+    char t[8] = { 0 };
+    check(pread(tmpfile_fd, t, 7, 0) == 7 && strcmp(t, "tmpfile") == 0 &&
+              lseek(tmpfile_fd, 0, SEEK_CUR) == 7 && (flags_of(tmpfile_fd) & O_ACCMODE) == O_RDWR,
+          "O_TMPFILE file", "%s, offset %ld, flags %o", t, (long)lseek(tmpfile_fd, 0, SEEK_CUR),
+          flags_of(tmpfile_fd));
 }
 
 static int big_fd;

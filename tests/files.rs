@@ -80,6 +80,7 @@ const DELETED: &[&str] = &[
     "deleted holes",
     "deleted content",
     "deleted write",
+    "O_TMPFILE file",
 ];
 
 /// A deleted sparse file owned by another user (1234:5678), mode 0640, with old
@@ -175,6 +176,34 @@ fn o_path_descriptors_come_back() {
             "opath dir openat",
             "opath file not readable",
         ],
+    );
+}
+
+/// An O_PATH descriptor's file replaced after the checkpoint: the restore refuses before
+/// any process exists, naming the file.
+#[test]
+fn o_path_on_a_replaced_file_is_refused() {
+    let d = tempdir();
+    let (dir, ck) = (d.join("files"), d.join("ckpt"));
+    std::fs::create_dir(&dir).unwrap();
+    let mut t = Target::start("files", &[os("opath"), dir.as_os_str()]);
+    t.stdout.expect_line("ready");
+    t.dump_kill(&ck);
+    let f = dir.join("f");
+    std::fs::remove_file(&f).unwrap();
+    std::fs::write(&f, b"another file").unwrap();
+    let out = ckpt([os("restore"), ck.as_os_str()]);
+    let line = assert_error(
+        &out,
+        "a restore of an O_PATH descriptor whose file was replaced",
+    );
+    assert!(
+        line.contains(&format!("{} is no longer the file", f.display())),
+        "{line}"
+    );
+    assert!(
+        !pid_exists(t.pid),
+        "a process of the failed restore is left"
     );
 }
 

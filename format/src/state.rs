@@ -314,12 +314,14 @@ pub enum FdKind {
     },
     /// A descriptor opened with O_PATH on `path` (a regular file, directory, symlink
     /// (O_NOFOLLOW), or any other file): reopened with O_PATH, and it must be the same
-    /// inode. `mode` is its st_mode.
+    /// file: the same inode, type and birth time. `mode` is its st_mode; `btime` its
+    /// birth time (statx, ns since the epoch; 0: the file system does not keep one).
     OPath {
         path: String,
         mode: u32,
         dev: u64,
         ino: u64,
+        btime: i128,
     },
 }
 

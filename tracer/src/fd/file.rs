@@ -50,6 +50,7 @@ fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
             mode: md.mode(),
             dev: md.dev(),
             ino: md.ino(),
+            btime: btime(md),
         }));
     }
     if ft.is_file() {
@@ -120,6 +121,7 @@ fn restore(_pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<Own
             mode,
             dev,
             ino,
+            btime: born,
         } => Some((|| {
             let nofollow = if mode & libc::S_IFMT == libc::S_IFLNK {
                 libc::O_NOFOLLOW
@@ -127,10 +129,11 @@ fn restore(_pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<Own
                 0
             };
             let f = open(path, fd.flags | libc::O_PATH | nofollow, &what)?;
-            let st = fstat(&f)?;
-            if (st.st_dev, st.st_ino, st.st_mode & libc::S_IFMT)
-                != (*dev, *ino, mode & libc::S_IFMT)
-            {
+            // statx through the descriptor (O_PATH too): an inode number is reused at
+            // once by a file made after the one removed, its birth time is not.
+            let md = std::fs::File::from(f.try_clone()?).metadata()?;
+            let now = (md.dev(), md.ino(), md.mode() & libc::S_IFMT, btime(&md));
+            if now != (*dev, *ino, mode & libc::S_IFMT, *born) {
                 bail!("{path} is no longer the file that {what} had open (O_PATH): it was replaced since the checkpoint");
             }
             Ok(f)
@@ -139,7 +142,15 @@ fn restore(_pid: i32, fd: &Fd, _shared: &mut Shared) -> Option<RestoreResult<Own
     }
 }
 
-/// fstat(2) of a descriptor of ours (an O_PATH one too).
+/// The birth time of a file in ns since the epoch (0: its file system keeps none).
+fn btime(md: &std::fs::Metadata) -> i128 {
+    md.created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// fstat(2) of a descriptor of ours.
 fn fstat(f: &OwnedFd) -> RestoreResult<libc::stat> {
     // SAFETY: `libc::stat` is a plain C struct of integers: all-zero bytes are a valid
     // value, and fstat overwrites it.
