@@ -22,7 +22,7 @@ fn check_restored(out: &mut Lines, dir: &Path, oks: &[&str]) {
     for ok in oks {
         let line = format!("ok {ok}");
         assert!(
-            out.seen().iter().any(|l| *l == line),
+            out.seen().contains(&line),
             "the restored program did not check {ok:?}: {:?}",
             out.seen()
         );

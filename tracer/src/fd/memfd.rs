@@ -47,7 +47,7 @@ pub fn set_max_stored_file(bytes: u64) {
 
 /// A size limit as the refusal names it: MiB when it is a whole number of them.
 fn limit_text(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")
