@@ -8,12 +8,13 @@
  *   deleted [UID GID]  DIR/sparse: a 5 MiB file with holes (data at 1 MiB and
  *          3 MiB, a hole at the end), mode 0640, owner UID:GID (given: chown to
  *          them, root only), mtime/atime set in the past, open O_RDWR at offset
- *          4242, then unlinked; and a file opened O_TMPFILE in DIR with 7 bytes.
+ *          4242, then unlinked; DIR/mapped the same, also mapped MAP_SHARED over
+ *          its first extent; and a file opened O_TMPFILE in DIR with 7 bytes.
  *          After: same holes (SEEK_DATA/SEEK_HOLE), content, size, blocks, owner,
  *          mode, times, offset, nlink 0; the O_TMPFILE file's content and offset.
  *   big SIZE   DIR/big: SIZE bytes of data (dense), open, unlinked.
- *   mtime      DIR/kept opened O_RDONLY and DIR/kept2 O_RDWR, both with times set
- *          in the past; after: the same mtime and atime.
+ *   mtime      DIR/kept opened O_RDONLY (and mapped) and DIR/kept2 O_RDWR, both with
+ *          times set in the past; after: the same mtime and atime.
  *   ghosts     DIR/fifo (a FIFO) open for reading (non-blocking) and writing
  *          with 11 bytes in flight, then unlinked; DIR/gone (mode 0750) open
  *          as a descriptor and DIR/cwd (mode 0710) as the working directory,
@@ -40,6 +41,7 @@
 #include <fcntl.h>
 #include <linux/limits.h>
 #include <stdint.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -157,57 +159,76 @@ static void layout(int fd, char *out, size_t n)
     }
 }
 
-static int sparse_fd, tmpfile_fd;
-static char sparse_layout[256];
-static struct stat sparse_st;
+struct sparse {
+    const char *name; /* also the prefix of its checks */
+    int fd;
+    char layout[256];
+    struct stat st;
+    unsigned char *map; /* MAP_SHARED over the first extent, or NULL */
+};
+static struct sparse files[2] = { { .name = "deleted" }, { .name = "mapped" } };
+static int tmpfile_fd;
+
+/* DIR/NAME with the holes, mode, owner and times, then unlinked; with `map`, mapped
+ * too (the mapping then carries its content in the image, the descriptor its layout). */
+static void make_sparse(struct sparse *f, int map, int argc, char **argv)
+{
+    char p[PATH_MAX];
+    path_in(p, f->name);
+    f->fd = open(p, O_RDWR | O_CREAT | O_EXCL, 0600);
+    CHECK(f->fd >= 0, "open %s: %s", p, strerror(errno));
+    CHECK(ftruncate(f->fd, SPARSE_SIZE) == 0, "ftruncate: %s", strerror(errno));
+    for (size_t i = 0; i < sizeof extents / sizeof extents[0]; i++)
+        write_extent(f->fd, extents[i].off, extents[i].len);
+    CHECK(fsync(f->fd) == 0, "fsync: %s", strerror(errno));
+    CHECK(fchmod(f->fd, 0640) == 0, "fchmod: %s", strerror(errno));
+    if (argc >= 2)
+        CHECK(fchown(f->fd, (uid_t)atoi(argv[0]), (gid_t)atoi(argv[1])) == 0,
+              "fchown: %s", strerror(errno));
+    if (map) {
+        f->map = mmap(NULL, extents[0].len, PROT_READ, MAP_SHARED, f->fd, extents[0].off);
+        CHECK(f->map != MAP_FAILED, "mmap: %s", strerror(errno));
+    }
+    set_old_times(f->fd);
+    layout(f->fd, f->layout, sizeof f->layout);
+    say("layout %s", f->layout);
+    CHECK(lseek(f->fd, 4242, SEEK_SET) == 4242, "lseek: %s", strerror(errno));
+    f->st = fstat_of(f->fd);
+    CHECK(unlink(p) == 0, "unlink: %s", strerror(errno));
+}
 
 static void deleted_setup(int argc, char **argv)
 {
-    char p[PATH_MAX];
-    path_in(p, "sparse");
-    sparse_fd = open(p, O_RDWR | O_CREAT | O_EXCL, 0600);
-    CHECK(sparse_fd >= 0, "open %s: %s", p, strerror(errno));
-    CHECK(ftruncate(sparse_fd, SPARSE_SIZE) == 0, "ftruncate: %s", strerror(errno));
-    for (size_t i = 0; i < sizeof extents / sizeof extents[0]; i++)
-        write_extent(sparse_fd, extents[i].off, extents[i].len);
-    CHECK(fsync(sparse_fd) == 0, "fsync: %s", strerror(errno));
-    CHECK(fchmod(sparse_fd, 0640) == 0, "fchmod: %s", strerror(errno));
-    if (argc >= 2)
-        CHECK(fchown(sparse_fd, (uid_t)atoi(argv[0]), (gid_t)atoi(argv[1])) == 0,
-              "fchown: %s", strerror(errno));
-    set_old_times(sparse_fd);
-    layout(sparse_fd, sparse_layout, sizeof sparse_layout);
-    say("layout %s", sparse_layout);
-    CHECK(lseek(sparse_fd, 4242, SEEK_SET) == 4242, "lseek: %s", strerror(errno));
-    sparse_st = fstat_of(sparse_fd);
-    CHECK(unlink(p) == 0, "unlink: %s", strerror(errno));
+    make_sparse(&files[0], 0, argc, argv);
+    make_sparse(&files[1], 1, argc, argv);
     /* A file that never had a name. */
     tmpfile_fd = open(dir, O_TMPFILE | O_RDWR, 0600);
     CHECK(tmpfile_fd >= 0, "O_TMPFILE: %s", strerror(errno));
     CHECK(write(tmpfile_fd, "tmpfile", 7) == 7, "write: %s", strerror(errno));
 }
 
-static void deleted_check(void)
+static void check_sparse(struct sparse *f)
 {
-    struct stat st = fstat_of(sparse_fd);
-    check(st.st_nlink == 0, "deleted nlink", "nlink %ld", (long)st.st_nlink);
-    check(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0640, "deleted mode", "mode %o",
+    char name[64];
+#define NAME(what) (snprintf(name, sizeof name, "%s %s", f->name, what), name)
+    struct stat st = fstat_of(f->fd);
+    check(st.st_nlink == 0, NAME("nlink"), "nlink %ld", (long)st.st_nlink);
+    check(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0640, NAME("mode"), "mode %o",
           st.st_mode);
-    check(st.st_uid == sparse_st.st_uid && st.st_gid == sparse_st.st_gid, "deleted owner",
-          "%d:%d, want %d:%d", st.st_uid, st.st_gid, sparse_st.st_uid, sparse_st.st_gid);
-    check(st.st_size == SPARSE_SIZE, "deleted size", "%ld", (long)st.st_size);
-    check(st.st_blocks <= sparse_st.st_blocks, "deleted blocks", "%ld blocks, was %ld",
-          (long)st.st_blocks, (long)sparse_st.st_blocks);
-    check_times(sparse_fd, "deleted");
-    check(lseek(sparse_fd, 0, SEEK_CUR) == 4242, "deleted offset", "%ld",
-          (long)lseek(sparse_fd, 0, SEEK_CUR));
+    check(st.st_uid == f->st.st_uid && st.st_gid == f->st.st_gid, NAME("owner"),
+          "%d:%d, want %d:%d", st.st_uid, st.st_gid, f->st.st_uid, f->st.st_gid);
+    check(st.st_size == SPARSE_SIZE, NAME("size"), "%ld", (long)st.st_size);
+    check(st.st_blocks <= f->st.st_blocks, NAME("blocks"), "%ld blocks, was %ld",
+          (long)st.st_blocks, (long)f->st.st_blocks);
+    check_times(f->fd, f->name);
+    check(lseek(f->fd, 0, SEEK_CUR) == 4242, NAME("offset"), "%ld",
+          (long)lseek(f->fd, 0, SEEK_CUR));
     char now[256];
-    layout(sparse_fd, now, sizeof now);
-    check(strcmp(now, sparse_layout) == 0, "deleted holes", "layout %s, was %s", now,
-          sparse_layout);
+    layout(f->fd, now, sizeof now);
+    check(strcmp(now, f->layout) == 0, NAME("holes"), "layout %s, was %s", now, f->layout);
     int good = 1;
     unsigned char *b = malloc(SPARSE_SIZE);
-    if (pread(sparse_fd, b, SPARSE_SIZE, 0) != SPARSE_SIZE)
+    if (pread(f->fd, b, SPARSE_SIZE, 0) != SPARSE_SIZE)
         good = 0;
     for (off_t i = 0; good && i < SPARSE_SIZE; i++) {
         int in = 0;
@@ -217,9 +238,22 @@ static void deleted_check(void)
             good = 0;
     }
     free(b);
-    check(good, "deleted content", "content differs");
+    check(good, NAME("content"), "content differs");
+    if (f->map) {
+        int same = 1;
+        for (size_t i = 0; i < extents[0].len; i++)
+            same &= f->map[i] == byte_at(extents[0].off + (off_t)i);
+        check(same, NAME("mapping"), "the mapping shows other bytes");
+    }
     /* Still writable, and the offset moves. */
-    check(write(sparse_fd, "x", 1) == 1, "deleted write", "%s", strerror(errno));
+    check(write(f->fd, "x", 1) == 1, NAME("write"), "%s", strerror(errno));
+#undef NAME
+}
+
+static void deleted_check(void)
+{
+    check_sparse(&files[0]);
+    check_sparse(&files[1]);
     char t[8] = { 0 };
     check(pread(tmpfile_fd, t, 7, 0) == 7 && strcmp(t, "tmpfile") == 0 &&
               lseek(tmpfile_fd, 0, SEEK_CUR) == 7 && (flags_of(tmpfile_fd) & O_ACCMODE) == O_RDWR,
@@ -274,6 +308,10 @@ static void mtime_setup(void)
     set_old_times(kept_fd);
     close(kept_fd);
     kept_fd = open_old("kept", O_RDONLY);
+    /* Mapped too: the restore maps it again, which must not touch its atime either. */
+    CHECK(mmap(NULL, 4096, PROT_READ, MAP_SHARED, kept_fd, 0) != MAP_FAILED, "mmap: %s",
+          strerror(errno));
+    set_old_times(kept_fd);
     kept2_fd = open_old("kept2", O_RDWR);
     CHECK(write(kept2_fd, "kept2\n", 6) == 6, "write: %s", strerror(errno));
     set_old_times(kept2_fd);

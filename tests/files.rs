@@ -80,11 +80,22 @@ const DELETED: &[&str] = &[
     "deleted holes",
     "deleted content",
     "deleted write",
+    "mapped nlink",
+    "mapped mode",
+    "mapped owner",
+    "mapped blocks",
+    "mapped mtime",
+    "mapped atime",
+    "mapped holes",
+    "mapped content",
+    "mapped mapping",
     "O_TMPFILE file",
 ];
 
 /// A deleted sparse file owned by another user (1234:5678), mode 0640, with old
-/// times: its holes (SEEK_DATA/SEEK_HOLE), blocks, owner, mode and times come back.
+/// times: its holes (SEEK_DATA/SEEK_HOLE), blocks, owner, mode and times come back; the
+/// same for one also mapped (its content comes with the mapping, densely: the holes are
+/// punched again), and a file opened O_TMPFILE.
 #[test]
 fn deleted_file_keeps_holes_owner_mode_and_times() {
     assert_root("the deleted file test (it gives the file to another owner)");

@@ -597,6 +597,11 @@ pub static TABLE: &[Row] = &[
         Saved("fd: memfd"),
     ),
     row(
+        FdFile("deleted file only mapped"),
+        "owner, times and holes of a deleted file that only a mapping holds (no descriptor): it comes back dense, with the restorer's owner and new times",
+        Info,
+    ),
+    row(
         FdFile("holes of a memfd"),
         "holes of a memfd (it comes back with every page up to its size allocated; reads the same)",
         Info,
@@ -608,12 +613,12 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         FdFile("times of a deleted file"),
-        "atime and mtime of a deleted file (set back once its content is written)",
+        "atime and mtime of a deleted file (set back once its content is written, and again once the loader mapped it)",
         Saved("fd: memfd"),
     ),
     row(
         FdFile("times of a file open by path"),
-        "atime and mtime of a file open by path (ckpt reads files with O_NOATIME where it may, and writes none)",
+        "atime and mtime of a file open or mapped by path (ckpt reads and maps files with O_NOATIME where it may, the owner or CAP_FOWNER, and writes none)",
         Info,
     ),
     row(

@@ -447,6 +447,14 @@ fn apply_meta(file: &std::fs::File, f: &UnlinkedFile, m: &FileMeta) -> RestoreRe
         )?;
         set_mode(file, f)?;
     }
+    set_times(&CString::new(format!("/proc/self/fd/{fd}"))?, m)
+        .with_context(|| format!("setting the times of {}", f.name))?;
+    Ok(())
+}
+
+/// The saved atime and mtime on the file at `path` (a /proc fd link: the file itself).
+/// Also in the late step: mapping a file (the loader's mmap) updates its atime.
+fn set_times(path: &CString, m: &FileMeta) -> io::Result<()> {
     let times = [
         libc::timespec {
             tv_sec: m.atime_sec,
@@ -457,12 +465,11 @@ fn apply_meta(file: &std::fs::File, f: &UnlinkedFile, m: &FileMeta) -> RestoreRe
             tv_nsec: m.mtime_nsec as i64,
         },
     ];
-    cvt(
-        // SAFETY: futimens(2) reads the two timespecs of `times`, a local array alive
-        // for the call, on our own descriptor.
-        unsafe { libc::futimens(fd, times.as_ptr()) },
-        &format!("setting the times of {}", f.name),
-    )?;
+    // SAFETY: utimensat(2) reads `path`, a NUL-terminated CString, and the two timespecs
+    // of `times`, a local array, both alive for the call.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(())
 }
 
@@ -513,6 +520,14 @@ fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> RestoreResult<Owned
 /// added through a descriptor of ours on the restored process's memfd.
 fn late(_inj: &Injector, _leader: &mut FrozenThread, state: &ProcessState) -> RestoreResult<()> {
     let pid = state.pid;
+    // The times of deleted files once more: the loader's mmap of one updated its atime.
+    for f in &state.fds {
+        if let FdKind::DeletedFile { file, meta, .. } = &f.kind {
+            let path = format!("/proc/{pid}/fd/{}", f.fd);
+            set_times(&CString::new(path)?, meta)
+                .with_context(|| format!("process {pid}: setting the times of {}", file.name))?;
+        }
+    }
     let mut sealed = HashSet::new();
     let with_data = state
         .fds
