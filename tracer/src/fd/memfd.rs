@@ -61,6 +61,22 @@ fn first_time(ids: &mut IdentityCache, dev: u64, ino: u64) -> bool {
     ids.unlinked_stored.insert((dev, ino))
 }
 
+/// Refuse `what` of process `pid` (`at`: "fd N", or a mapping) when it holds more bytes
+/// to store (`stored`) than `ckpt dump --max-file-size` allows.
+fn check_limit(pid: i32, at: String, what: String, stored: u64) -> Result<()> {
+    let limit = MAX_STORED.load(Ordering::Relaxed);
+    if stored <= limit {
+        return Ok(());
+    }
+    Err(TraceError::TooLarge {
+        pid,
+        at,
+        what,
+        size: stored,
+        limit: limit_text(limit),
+    })
+}
+
 /// Describe (and, the first time, read) the unlinked file reachable at `open_path`:
 /// all of it, or with `extents` only those (the holes between them are not stored).
 fn unlinked(
@@ -84,14 +100,6 @@ fn unlinked(
         seals: 0,
         data: None,
     };
-    let stored = extents.map_or(md.size(), |e| e.iter().map(|x| x.1).sum());
-    let limit = MAX_STORED.load(Ordering::Relaxed);
-    if stored > limit {
-        return Err(format!(
-            "{stored} bytes to store, more than the {} ckpt dump stores per file (raise it with --max-file-size)",
-            limit_text(limit)
-        ));
-    }
     if !first_time(ids, file.dev, file.ino) {
         return Ok(file);
     }
@@ -113,6 +121,7 @@ fn unlinked(
         file.seals = s.max(0) as u32;
     }
     if let Some(extents) = extents {
+        let stored: u64 = extents.iter().map(|x| x.1).sum();
         let mut data = Vec::with_capacity(stored as usize);
         for &(off, len) in extents {
             let at = data.len();
@@ -220,11 +229,16 @@ fn unlinked_fd(
         fd,
         kind: format!("{what} {name}: {why}"),
     };
+    let at = format!("fd {fd}");
     if memfd {
+        let size = std::fs::metadata(&link).map_or(0, |m| m.size());
+        check_limit(pid, at, format!("{what} {name}"), size)?;
         let file = unlinked(&link, memfd, name, ids, None).map_err(refused)?;
         return Ok(FdKind::Unlinked { file, pos });
     }
     let meta = meta(&link).map_err(|e| refused(format!("reading its layout: {e}")))?;
+    let stored = meta.extents.iter().map(|e| e.1).sum();
+    check_limit(pid, at, format!("{what} {name}"), stored)?;
     let file = unlinked(&link, memfd, name, ids, Some(&meta.extents)).map_err(refused)?;
     Ok(FdKind::DeletedFile { file, pos, meta })
 }
@@ -249,6 +263,13 @@ pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
         Some(p) => p,
         None => proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end)),
     };
+    let size = std::fs::metadata(&open_path).map_or(0, |m| m.size());
+    check_limit(
+        pid,
+        format!("mapping at {:#x}", m.start),
+        format!("{what} {name}"),
+        size,
+    )?;
     let file =
         unlinked(&open_path, memfd, name, ids, None).map_err(|why| TraceError::Unsupported {
             pid,
