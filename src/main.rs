@@ -50,6 +50,11 @@ enum Cmd {
         /// How many generations to keep in the directory.
         #[arg(long, default_value_t = 2)]
         keep: usize,
+        /// The most content stored for one memfd or deleted file (bytes, or with a K,
+        /// M or G suffix); a larger one is refused, naming its process, descriptor and
+        /// size.
+        #[arg(long, value_parser = parse_size, default_value = "256M")]
+        max_file_size: u64,
     },
     /// Restore the newest complete checkpoint in DIR.
     Restore {
@@ -221,8 +226,10 @@ fn main() {
             dir,
             kill,
             keep,
+            max_file_size,
         } => {
             dump::stop_on_signals();
+            ckpt_tracer::fd::memfd::set_max_stored_file(max_file_size);
             dump::dump(&dump::DumpOptions {
                 pid,
                 dir: &dir,
@@ -331,4 +338,19 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// A size in bytes, with an optional K, M or G suffix (powers of 1024; `MiB` too).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size (bytes, or a number with K, M or G)"))
 }

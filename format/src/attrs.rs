@@ -33,6 +33,10 @@ pub enum Attr {
     JobCtl(JobCtl),
     /// The audit login uid and session id.
     AuditIds(AuditIds),
+    /// The working directory, removed while the process was in it (`cwd` is then its
+    /// old path with " (deleted)"): the restored process starts in a new empty one,
+    /// made and removed again.
+    DeletedCwd(crate::state::DeletedDir),
 }
 
 /// The audit login uid and session id of a process (/proc/PID/loginuid, sessionid;

@@ -313,6 +313,44 @@ pub enum FdKind {
     Pidfd {
         pid: i32,
     },
+    /// A regular file deleted after it was opened (not a memfd), at `pos`: as
+    /// [`FdKind::Unlinked`], with what else the restore gives back ([`FileMeta`]). Where
+    /// this descriptor carries the content (`file.data` is `Some`), `data` holds only
+    /// the bytes of `meta.extents`, one after the other (the holes are not stored).
+    DeletedFile {
+        file: UnlinkedFile,
+        pos: u64,
+        meta: FileMeta,
+    },
+    /// A FIFO deleted after it was opened: restored on a new FIFO made in a directory
+    /// of the restorer's and removed again, so that the process sees an unlinked FIFO.
+    /// `name` is the path it had; `mode` its st_mode; `data` and `peer_in_process` as in
+    /// [`FdKind::Fifo`].
+    DeletedFifo {
+        name: String,
+        ino: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        peer_in_process: bool,
+        data: Vec<u8>,
+    },
+    /// A directory deleted after it was opened: restored on a new empty directory made
+    /// in a directory of the restorer's and removed again.
+    DeletedDir {
+        dir: DeletedDir,
+    },
+    /// A descriptor opened with O_PATH on `path` (a regular file, directory, symlink
+    /// (O_NOFOLLOW), or any other file): reopened with O_PATH, and it must be the same
+    /// file: the same inode, type and birth time. `mode` is its st_mode; `btime` its
+    /// birth time (statx, ns since the epoch; 0: the file system does not keep one).
+    OPath {
+        path: String,
+        mode: u32,
+        dev: u64,
+        ino: u64,
+        btime: i128,
+    },
 }
 
 /// A terminal's settings, as TCGETS2 shows them (`struct termios2`).
@@ -356,6 +394,33 @@ pub struct PtyState {
     pub input: Vec<u8>,
     /// Written to the slave (after its output processing), not yet read from the master.
     pub output: Vec<u8>,
+}
+
+/// What a restore gives back of a deleted regular file besides its content and mode.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub uid: u32,
+    pub gid: u32,
+    pub atime_sec: i64,
+    pub atime_nsec: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    /// The data extents (offset, length) as SEEK_DATA/SEEK_HOLE show them; what lies
+    /// between them, and after the last one up to the size, is a hole.
+    pub extents: Vec<(u64, u64)>,
+}
+
+/// A directory that was removed while the process held it (as a descriptor, or as its
+/// working directory: [`DeletedCwd`] in the attribute groups).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DeletedDir {
+    /// The path it had.
+    pub name: String,
+    pub ino: u64,
+    /// st_mode, uid and gid.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The state of an AF_UNIX socket as the program sees it.

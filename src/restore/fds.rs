@@ -125,11 +125,21 @@ pub fn map_fd_for(
             if prev.is_some() && !writable_shared {
                 return Ok(None);
             }
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(writable_shared)
-                .open(&id.path)
-                .with_context(|| format!("opening mapped file {}", id.path))?;
+            // O_NOATIME where we may (owner, CAP_FOWNER): mapping a file updates its
+            // atime otherwise, which the process may check.
+            let open = |extra| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(writable_shared)
+                    .custom_flags(extra)
+                    .open(&id.path)
+            };
+            let f = match open(libc::O_NOATIME) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+                r => r,
+            }
+            .with_context(|| format!("opening mapped file {}", id.path))?;
             let fd = above(OwnedFd::from(f), min)?;
             map_fds.insert(id.path.clone(), fd.as_raw_fd());
             Ok(Some(fd))

@@ -181,6 +181,14 @@ fn prepare_process(
         );
     }
     let plan_fd = sys::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
+    // A removed working directory: a new one, made and removed again (ckpt_tracer::fd::ghost).
+    let cwd_ghost = match ckpt_tracer::attr::cwd::saved(state) {
+        Some(d) => Some(sys::above(
+            ckpt_tracer::fd::ghost::cwd_ghost(state.pid, d)?,
+            base,
+        )?),
+        None => None,
+    };
     let mut loader_fds = vec![
         image_fd.as_raw_fd(),
         status_w.as_raw_fd(),
@@ -216,6 +224,7 @@ fn prepare_process(
             CString::new(plan_fd.as_raw_fd().to_string())?,
         ],
         cwd: CString::new(state.cwd.clone())?,
+        cwd_fd: cwd_ghost.as_ref().map(|f| f.as_raw_fd()),
         umask: state.umask,
         rlimits: rlimits_for(&state.rlimits),
         personality: state.personality,
@@ -223,6 +232,7 @@ fn prepare_process(
     };
     let mut keep = vec![image_fd, plan_fd, exe_fd, status_w];
     keep.extend(map_files);
+    keep.extend(cwd_ghost);
     Ok(PreparedProcess {
         status_fd_child: setup.status_fd,
         exe_fd_child: setup.loader_fds[3],

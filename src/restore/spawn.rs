@@ -41,6 +41,9 @@ pub struct ChildSetup {
     pub loader_exe_fd: RawFd,
     pub argv: Vec<CString>,
     pub cwd: CString,
+    /// A descriptor of ours on the new directory to start in instead of `cwd`, when the
+    /// saved working directory had been removed (ckpt_tracer::attr::cwd).
+    pub cwd_fd: Option<RawFd>,
     pub umask: u32,
     pub rlimits: Vec<(i32, libc::rlimit64)>,
     pub personality: u32,
@@ -290,6 +293,11 @@ fn spawn(
                 }
             }
         }
+        if let Some(fd) = setup.cwd_fd {
+            if libc::fchdir(fd) < 0 {
+                child_fail(sfd, "changing to the new working directory");
+            }
+        }
         // Close everything else (the restorer's own descriptors).
         let mut next: u32 = 0;
         for &k in &keep {
@@ -304,7 +312,7 @@ fn spawn(
                 child_fail(sfd, "keeping a loader descriptor open");
             }
         }
-        if libc::chdir(setup.cwd.as_ptr()) < 0 {
+        if setup.cwd_fd.is_none() && libc::chdir(setup.cwd.as_ptr()) < 0 {
             child_fail(sfd, "changing to the saved working directory");
         }
         libc::umask(setup.umask as libc::mode_t);

@@ -86,6 +86,15 @@ pub enum Source {
     /// pty pair whose master is in the checkpoint, `tty.rs` for a terminal outside it
     /// on a standard stream), and refuse as they read it: an ioctl or what it stands for.
     Terminal(&'static str),
+    /// A bit of the `flags:` word of /proc/PID/fdinfo/FD (octal), for every descriptor:
+    /// checked as the descriptors are read (`files::read_fds`), with [`check_fd_flags`];
+    /// a bit the table does not know is refused.
+    FdFlag(i32),
+    /// What stat(2) and lseek(2) show of the file behind a descriptor (through
+    /// /proc/PID/fd/FD): saved by the descriptor kind that reads it.
+    FdFile(&'static str),
+    /// The process's working directory (/proc/PID/cwd).
+    Cwd,
 }
 
 /// One attribute the audit checks.
@@ -642,7 +651,126 @@ pub static TABLE: &[Row] = &[
         "termios of the job's terminal: given to the restorer's own terminal while the job runs, which gets its own back when the job exits",
         Saved("fd: tty"),
     ),
+    // ---- every descriptor: its status flags (fdinfo `flags:`), per open file description ----
+    row(
+        FdFlag(libc::O_ACCMODE),
+        "access mode (O_RDONLY, O_WRONLY, O_RDWR)",
+        Saved("fd: every kind"),
+    ),
+    row(FdFlag(libc::O_APPEND), "O_APPEND", Saved("fd: every kind")),
+    row(FdFlag(libc::O_NONBLOCK), "O_NONBLOCK", Saved("fd: every kind")),
+    row(FdFlag(libc::O_DSYNC), "O_DSYNC", Saved("fd: every kind")),
+    row(FdFlag(libc::O_ASYNC), "O_ASYNC", Saved("locks")),
+    row(FdFlag(libc::O_DIRECT), "O_DIRECT", Saved("fd: every kind")),
+    row(FdFlag(O_LARGEFILE_BIT), "O_LARGEFILE (always set on x86-64)", Info),
+    row(FdFlag(libc::O_DIRECTORY), "O_DIRECTORY", Saved("fd: every kind")),
+    row(FdFlag(libc::O_NOFOLLOW), "O_NOFOLLOW", Saved("fd: every kind")),
+    row(FdFlag(libc::O_NOATIME), "O_NOATIME", Saved("fd: every kind")),
+    row(
+        FdFlag(libc::O_CLOEXEC),
+        "close-on-exec (FD_CLOEXEC), per descriptor",
+        Saved("image: fds"),
+    ),
+    row(FdFlag(O_SYNC_BIT), "O_SYNC", Saved("fd: every kind")),
+    row(
+        FdFlag(libc::O_PATH),
+        "O_PATH (reopened O_PATH on the same inode)",
+        Saved("fd: file"),
+    ),
+    row(
+        FdFlag(O_TMPFILE_BIT),
+        "O_TMPFILE (the file is unlinked: restored as a deleted file)",
+        Saved("fd: memfd"),
+    ),
+    // ---- the file behind a descriptor ----
+    row(
+        FdFile("content of a memfd or deleted file"),
+        "content (at most `ckpt dump --max-file-size`, 256 MiB by default; more is refused)",
+        Saved("fd: memfd"),
+    ),
+    row(
+        FdFile("holes of a deleted file"),
+        "data extents and holes (SEEK_DATA/SEEK_HOLE) of a deleted file",
+        Saved("fd: memfd"),
+    ),
+    row(
+        FdFile("deleted file only mapped"),
+        "owner, times and holes of a deleted file that only a mapping holds (no descriptor): it comes back dense, with the restorer's owner and new times",
+        Info,
+    ),
+    row(
+        FdFile("holes of a memfd"),
+        "holes of a memfd (it comes back with every page up to its size allocated; reads the same)",
+        Info,
+    ),
+    row(
+        FdFile("owner and mode of a deleted file"),
+        "owner (uid, gid) and mode of a deleted file",
+        Saved("fd: memfd"),
+    ),
+    row(
+        FdFile("times of a deleted file"),
+        "atime and mtime of a deleted file (set back once its content is written, and again once the loader mapped it)",
+        Saved("fd: memfd"),
+    ),
+    row(
+        FdFile("times of a file open by path"),
+        "atime and mtime of a file open or mapped by path (ckpt reads and maps files with O_NOATIME where it may, the owner or CAP_FOWNER, and writes none)",
+        Info,
+    ),
+    row(
+        FdFile("identity of an unlinked file"),
+        "inode number, device and ctime of a deleted file, FIFO or directory (a new file gets new ones)",
+        Info,
+    ),
+    row(
+        FdFile("deleted FIFO"),
+        "a FIFO removed since it was opened: mode, owner, data in flight (a new FIFO, removed again)",
+        Saved("fd: fifo"),
+    ),
+    row(
+        FdFile("deleted directory"),
+        "a directory removed since it was opened: mode, owner (a new empty directory, removed again)",
+        Saved("fd: ghost"),
+    ),
+    row(
+        FdFile("device number"),
+        "device number of a character device (/dev/null, /dev/zero, /dev/full, /dev/random, /dev/urandom at any path; checked on restore)",
+        Saved("fd: file"),
+    ),
+    row(
+        Cwd,
+        "working directory removed while the process was in it: mode, owner (a new empty directory, removed again)",
+        Saved("cwd"),
+    ),
 ];
+
+/// __O_SYNC (O_SYNC without O_DSYNC) and __O_TMPFILE (O_TMPFILE without O_DIRECTORY),
+/// which the libc crate does not name alone.
+const O_SYNC_BIT: i32 = libc::O_SYNC & !libc::O_DSYNC;
+/// The kernel's O_LARGEFILE (the libc crate's is 0 on x86-64, where it is implied).
+const O_LARGEFILE_BIT: i32 = 0o100000;
+const O_TMPFILE_BIT: i32 = libc::O_TMPFILE & !libc::O_DIRECTORY;
+
+/// Refuse descriptor `fd` whose fdinfo `flags:` word (`flags`) has a bit [`TABLE`] does
+/// not know.
+pub fn check_fd_flags(pid: i32, fd: i32, flags: i32) -> Result<()> {
+    let known = TABLE.iter().fold(0, |k, r| match r.source {
+        FdFlag(bit) => k | bit,
+        _ => k,
+    });
+    let unknown = flags & !known;
+    if unknown != 0 {
+        return Err(TraceError::UnsupportedFd {
+            pid,
+            fd,
+            kind: format!(
+                "status flag {unknown:#o} in fdinfo `flags:` {flags:#o} (a kernel feature this ckpt does not know)"
+            ),
+        });
+    }
+    Ok(())
+}
 
 fn refuse(pid: i32, what: String) -> TraceError {
     TraceError::Unsupported { pid, what }
@@ -1039,6 +1167,9 @@ fn source_name(s: Source) -> String {
         Membarrier => "membarrier `MEMBARRIER_CMD_GET_REGISTRATIONS`".into(),
         FdLock(w) => format!("fdinfo `lock:` word `{w}`"),
         Terminal(w) => format!("terminal: {w}"),
+        FdFlag(bit) => format!("fdinfo `flags:` bit `{bit:#o}`"),
+        FdFile(f) => format!("stat/lseek of every descriptor: {f}"),
+        Cwd => "/proc/PID/cwd".into(),
         Fcntl(cmd) => format!(
             "fcntl `{}` of every descriptor",
             match cmd {
@@ -1067,7 +1198,9 @@ pub fn table_markdown() -> String {
     for r in TABLE {
         let v = match r.verdict {
             Saved(g) if g.starts_with("image: ") => format!("saved ({})", &g[7..]),
-            Saved(g) if g.starts_with("fd: ") => format!("saved (descriptor kind `{}`)", &g[4..]),
+            Saved(g) if g.starts_with("fd: ") => {
+                format!("saved (descriptor kind `{}`)", &g[4..])
+            }
             Saved(g) => format!("saved (group `{g}`)"),
             Info => "not state (informational)".into(),
             Default(Zero) if matches!(r.source, Shared(_)) => "refused if shared".into(),

@@ -27,6 +27,16 @@ pub enum TraceError {
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("process {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    /// A memfd or deleted file whose content is more than the dump may store.
+    #[error("process {pid} {at}: {what} holds {size} bytes to store, more than the {limit} ckpt dump stores per file (raise it with `ckpt dump --max-file-size`)")]
+    TooLarge {
+        pid: i32,
+        /// "fd N", or "mapping at ADDR".
+        at: String,
+        what: String,
+        size: u64,
+        limit: String,
+    },
     #[error("process {pid} exited while it was being checkpointed")]
     Exited { pid: i32 },
     /// A field of a /proc file that the checkpoint depends on is missing or does not

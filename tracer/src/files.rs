@@ -21,6 +21,7 @@ pub fn read_fds(pid: i32, ids: &mut IdentityCache) -> Result<Vec<Fd>> {
             continue; // closed meanwhile
         };
         let info = crate::proc::fdinfo(pid, fd)?;
+        crate::audit::check_fd_flags(pid, fd, info.flags)?;
         let raw_flags = info.flags;
         let cloexec = raw_flags & libc::O_CLOEXEC != 0;
         let flags = raw_flags & !libc::O_CLOEXEC;

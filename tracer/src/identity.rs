@@ -97,13 +97,22 @@ impl IdentityCache {
 }
 
 /// Open `path` for reading with O_NONBLOCK: if a lease is on it that the open would
-/// break, fail at once with a message rather than wait for the holder.
+/// break, fail at once with a message rather than wait for the holder. With O_NOATIME
+/// where the caller may (the file's owner, or CAP_FOWNER), so that reading an ELF
+/// header or a file's content for the image does not change the atime the process may
+/// check (relatime updates it on a read when it is older than the mtime).
 pub fn open_nonblocking(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| {
+    let open = |extra| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | extra)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+        r => r,
+    }
+    .map_err(|e| {
             if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                 io::Error::new(
                     e.kind(),

@@ -18,6 +18,7 @@ use crate::state::Attr;
 
 pub mod cgroup;
 pub mod creds;
+pub mod cwd;
 pub mod jobctl;
 pub mod locks;
 pub mod loginuid;
@@ -73,6 +74,7 @@ pub struct Group {
 /// the parent-death signal and the dumpable flag, and prctl needs no privilege);
 /// seccomp last (after it, its filters judge every system call injected).
 pub static GROUPS: &[Group] = &[
+    cwd::GROUP,
     cgroup::GROUP,
     memory::GROUP,
     sched::GROUP,

@@ -17,12 +17,13 @@ use crate::identity::IdentityCache;
 use crate::inject::Injector;
 use crate::proc;
 use crate::proc::MapEntry;
-use crate::state::{Fd, FdKind, ProcessState, UnlinkedFile, VmaKind};
+use crate::state::{Fd, FdKind, FileMeta, ProcessState, UnlinkedFile, VmaKind};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const KIND: Kind = Kind {
     dump,
@@ -34,8 +35,26 @@ pub const KIND: Kind = Kind {
     describe,
 };
 
-/// The most content ckpt stores for one memfd or deleted file.
+/// The most content ckpt stores for one memfd or deleted file, unless `ckpt dump
+/// --max-file-size` says otherwise ([`set_max_stored_file`]).
 pub const MAX_STORED_FILE: u64 = 256 << 20;
+
+static MAX_STORED: AtomicU64 = AtomicU64::new(MAX_STORED_FILE);
+
+/// The most content the dumps of this process store for one memfd or deleted file
+/// (`ckpt dump --max-file-size`).
+pub fn set_max_stored_file(bytes: u64) {
+    MAX_STORED.store(bytes, Ordering::Relaxed);
+}
+
+/// A size limit as the refusal names it: MiB when it is a whole number of them.
+fn limit_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
 
 const HUGETLBFS_MAGIC: i64 = 0x958458f6;
 
@@ -44,12 +63,30 @@ fn first_time(ids: &mut IdentityCache, dev: u64, ino: u64) -> bool {
     ids.unlinked_stored.insert((dev, ino))
 }
 
-/// Describe (and, the first time, read) the unlinked file reachable at `open_path`.
+/// Refuse `what` of process `pid` (`at`: "fd N", or a mapping) when it holds more bytes
+/// to store (`stored`) than `ckpt dump --max-file-size` allows.
+fn check_limit(pid: i32, at: String, what: String, stored: u64) -> Result<()> {
+    let limit = MAX_STORED.load(Ordering::Relaxed);
+    if stored <= limit {
+        return Ok(());
+    }
+    Err(TraceError::TooLarge {
+        pid,
+        at,
+        what,
+        size: stored,
+        limit: limit_text(limit),
+    })
+}
+
+/// Describe (and, the first time, read) the unlinked file reachable at `open_path`:
+/// all of it, or with `extents` only those (the holes between them are not stored).
 fn unlinked(
     open_path: &str,
     memfd: bool,
     name: &str,
     ids: &mut IdentityCache,
+    extents: Option<&[(u64, u64)]>,
 ) -> std::result::Result<UnlinkedFile, String> {
     let md = std::fs::metadata(open_path).map_err(|e| format!("stat: {e}"))?;
     if !md.is_file() {
@@ -65,13 +102,6 @@ fn unlinked(
         seals: 0,
         data: None,
     };
-    if md.size() > MAX_STORED_FILE {
-        return Err(format!(
-            "{} bytes, more than the {} MiB ckpt stores per file",
-            md.size(),
-            MAX_STORED_FILE >> 20
-        ));
-    }
     if !first_time(ids, file.dev, file.ino) {
         return Ok(file);
     }
@@ -92,6 +122,18 @@ fn unlinked(
         let s = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
         file.seals = s.max(0) as u32;
     }
+    if let Some(extents) = extents {
+        let stored: u64 = extents.iter().map(|x| x.1).sum();
+        let mut data = Vec::with_capacity(stored as usize);
+        for &(off, len) in extents {
+            let at = data.len();
+            data.resize(at + len as usize, 0);
+            f.read_exact_at(&mut data[at..], off)
+                .map_err(|e| format!("reading it at {off}: {e}"))?;
+        }
+        file.data = Some(data);
+        return Ok(file);
+    }
     let size = f.metadata().map_err(|e| e.to_string())?.len();
     let mut data = vec![0u8; size as usize];
     let mut got = 0;
@@ -107,6 +149,44 @@ fn unlinked(
     file.size = got as u64;
     file.data = Some(data);
     Ok(file)
+}
+
+/// The owner, times and data extents of the deleted file open at `open_path`.
+fn meta(open_path: &str) -> io::Result<FileMeta> {
+    let f = crate::identity::open_nonblocking(std::path::Path::new(open_path))?;
+    let md = f.metadata()?;
+    let mut extents = Vec::new();
+    let (fd, size) = (f.as_raw_fd(), md.size() as i64);
+    let mut pos = 0i64;
+    while pos < size {
+        // SAFETY: lseek(2) on `f`, our own open descriptor (its offset, not the
+        // process's); integers only.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // only a hole up to the end
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let hole = hole.min(size);
+        extents.push((data as u64, (hole - data) as u64));
+        pos = hole;
+    }
+    Ok(FileMeta {
+        uid: md.uid(),
+        gid: md.gid(),
+        atime_sec: md.atime(),
+        atime_nsec: md.atime_nsec() as u32,
+        mtime_sec: md.mtime(),
+        mtime_nsec: md.mtime_nsec() as u32,
+        extents,
+    })
 }
 
 fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
@@ -146,12 +226,23 @@ fn unlinked_fd(
             });
         }
     }
-    let file = unlinked(&link, memfd, name, ids).map_err(|why| TraceError::UnsupportedFd {
+    let refused = |why| TraceError::UnsupportedFd {
         pid,
         fd,
         kind: format!("{what} {name}: {why}"),
-    })?;
-    Ok(FdKind::Unlinked { file, pos })
+    };
+    let at = format!("fd {fd}");
+    if memfd {
+        let size = std::fs::metadata(&link).map_or(0, |m| m.size());
+        check_limit(pid, at, format!("{what} {name}"), size)?;
+        let file = unlinked(&link, memfd, name, ids, None).map_err(refused)?;
+        return Ok(FdKind::Unlinked { file, pos });
+    }
+    let meta = meta(&link).map_err(|e| refused(format!("reading its layout: {e}")))?;
+    let stored = meta.extents.iter().map(|e| e.1).sum();
+    check_limit(pid, at, format!("{what} {name}"), stored)?;
+    let file = unlinked(&link, memfd, name, ids, Some(&meta.extents)).map_err(refused)?;
+    Ok(FdKind::DeletedFile { file, pos, meta })
 }
 
 /// A mapping of a memfd or of a deleted regular file. Its content is read through a
@@ -174,19 +265,29 @@ pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
         Some(p) => p,
         None => proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end)),
     };
-    let file = unlinked(&open_path, memfd, name, ids).map_err(|why| TraceError::Unsupported {
+    let size = std::fs::metadata(&open_path).map_or(0, |m| m.size());
+    check_limit(
         pid,
-        what: format!("mapping of {what} {name} at {:#x}: {why}", m.start),
-    })?;
+        format!("mapping at {:#x}", m.start),
+        format!("{what} {name}"),
+        size,
+    )?;
+    let file =
+        unlinked(&open_path, memfd, name, ids, None).map_err(|why| TraceError::Unsupported {
+            pid,
+            what: format!("mapping of {what} {name} at {:#x}: {why}", m.start),
+        })?;
     Ok(VmaKind::Unlinked { file })
 }
 
 fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
-    let FdKind::Unlinked { file, pos } = &fd.kind else {
-        return None;
+    let (file, pos, meta) = match &fd.kind {
+        FdKind::Unlinked { file, pos } => (file, pos, None),
+        FdKind::DeletedFile { file, pos, meta } => (file, pos, Some(meta)),
+        _ => return None,
     };
     Some((|| {
-        let new = backing(shared, file, pid, fd.fd)?;
+        let new = backing_with(shared, file, meta, pid, fd.fd)?;
         let f = match own_description(shared, file, fd.flags)? {
             Some(f) => f,
             None => open(
@@ -244,6 +345,13 @@ fn describe(kind: &FdKind) -> Option<String> {
             "deleted file {} ({} bytes) @{pos}",
             file.name, file.size
         )),
+        FdKind::DeletedFile { file, pos, meta } => Some(format!(
+            "deleted file {} ({} bytes, {} in {} extent(s)) @{pos}",
+            file.name,
+            file.size,
+            meta.extents.iter().map(|e| e.1).sum::<u64>(),
+            meta.extents.len()
+        )),
         _ => None,
     }
 }
@@ -252,12 +360,17 @@ fn describe(kind: &FdKind) -> Option<String> {
 #[derive(Default)]
 struct Files(HashMap<(u64, u64), NewFile>);
 
+/// A new file standing for a saved one.
 struct NewFile {
     fd: OwnedFd,
     /// Its content is in (it comes with one of its descriptors or mappings).
     filled: bool,
     /// Its own open file description (the one memfd_create made) went to a descriptor.
     given: bool,
+    /// The owner, times and holes of a deleted file, once a descriptor brought them.
+    meta: Option<FileMeta>,
+    /// `meta` is applied (after the content: writing it changes the times).
+    meta_done: bool,
 }
 
 const MFD_EXEC: libc::c_uint = 0x10;
@@ -286,30 +399,135 @@ pub fn backing(
     pid: i32,
     fdnum: RawFd,
 ) -> RestoreResult<RawFd> {
+    backing_with(shared, f, None, pid, fdnum)
+}
+
+/// [`backing`], for an occurrence that may bring the owner, times and holes of a deleted
+/// file (`meta`; its `data` is then only the bytes of the extents). They are applied once
+/// the content is in, whichever occurrence brought it.
+fn backing_with(
+    shared: &mut Shared,
+    f: &UnlinkedFile,
+    meta: Option<&FileMeta>,
+    pid: i32,
+    fdnum: RawFd,
+) -> RestoreResult<RawFd> {
     use std::collections::hash_map::Entry;
-    let NewFile { fd, filled, .. } = match shared.part::<Files>().0.entry((f.dev, f.ino)) {
+    let new = match shared.part::<Files>().0.entry((f.dev, f.ino)) {
         Entry::Occupied(o) => o.into_mut(),
         Entry::Vacant(v) => v.insert(NewFile {
             fd: new_unlinked(f, pid, fdnum)?,
             filled: false,
             given: false,
+            meta: None,
+            meta_done: false,
         }),
     };
-    if let (Some(data), false) = (&f.data, *filled) {
-        let file = std::fs::File::from(fd.try_clone()?);
-        file.write_all_at(data, 0)
-            .with_context(|| format!("writing the content of {}", f.name))?;
+    let file = std::fs::File::from(new.fd.try_clone()?);
+    if let (Some(data), false) = (&f.data, new.filled) {
+        match meta {
+            // Only the extents are stored: written where they were, the rest stays holes.
+            Some(m) => {
+                let mut at = 0usize;
+                for &(off, len) in &m.extents {
+                    let part = data
+                        .get(at..at + len as usize)
+                        .with_context(|| format!("the stored content of {} is short", f.name))?;
+                    file.write_all_at(part, off)
+                        .with_context(|| format!("writing the content of {}", f.name))?;
+                    at += len as usize;
+                }
+            }
+            None => file
+                .write_all_at(data, 0)
+                .with_context(|| format!("writing the content of {}", f.name))?,
+        }
         file.set_len(f.size)
             .with_context(|| format!("setting the size of {}", f.name))?;
-        cvt(
-            // SAFETY: fchmod(2) on `fd`, a descriptor this function holds open, with an
-            // integer mode; no pointer is involved.
-            unsafe { libc::fchmod(fd.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
-            &format!("setting the mode of {}", f.name),
-        )?;
-        *filled = true;
+        set_mode(&file, f)?;
+        new.filled = true;
     }
-    Ok(fd.as_raw_fd())
+    if new.meta.is_none() {
+        new.meta = meta.cloned();
+    }
+    if let (true, Some(m), false) = (new.filled, &new.meta, new.meta_done) {
+        apply_meta(&file, f, m)?;
+        new.meta_done = true;
+    }
+    Ok(new.fd.as_raw_fd())
+}
+
+fn set_mode(file: &std::fs::File, f: &UnlinkedFile) -> RestoreResult<()> {
+    cvt(
+        // SAFETY: fchmod(2) on `file`, a descriptor borrowed open for the call, with an
+        // integer mode; no pointer is involved.
+        unsafe { libc::fchmod(file.as_raw_fd(), (f.mode & 0o7777) as libc::mode_t) },
+        &format!("setting the mode of {}", f.name),
+    )?;
+    Ok(())
+}
+
+/// Holes (punched where the content was written densely, from a mapping), owner, mode
+/// again (a change of owner clears set-user-ID) and last the times, of the new `file`.
+fn apply_meta(file: &std::fs::File, f: &UnlinkedFile, m: &FileMeta) -> RestoreResult<()> {
+    let fd = file.as_raw_fd();
+    let mut holes = Vec::new();
+    let mut pos = 0u64;
+    for &(off, len) in &m.extents {
+        holes.push((pos, off.saturating_sub(pos)));
+        pos = off + len;
+    }
+    holes.push((pos, f.size.saturating_sub(pos)));
+    for (off, len) in holes.into_iter().filter(|h| h.1 > 0) {
+        cvt(
+            // SAFETY: fallocate(2) on our own descriptor; integers only.
+            unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as i64,
+                    len as i64,
+                )
+            },
+            &format!("punching the hole at {off} of {}", f.name),
+        )?;
+    }
+    let md = file.metadata()?;
+    if (md.uid(), md.gid()) != (m.uid, m.gid) {
+        cvt(
+            // SAFETY: fchown(2) on our own descriptor; integers only.
+            unsafe { libc::fchown(fd, m.uid, m.gid) },
+            &format!(
+                "giving {} back to its owner {}:{} (a restore as another user cannot)",
+                f.name, m.uid, m.gid
+            ),
+        )?;
+        set_mode(file, f)?;
+    }
+    set_times(&CString::new(format!("/proc/self/fd/{fd}"))?, m)
+        .with_context(|| format!("setting the times of {}", f.name))?;
+    Ok(())
+}
+
+/// The saved atime and mtime on the file at `path` (a /proc fd link: the file itself).
+/// Also in the late step: mapping a file (the loader's mmap) updates its atime.
+fn set_times(path: &CString, m: &FileMeta) -> io::Result<()> {
+    let times = [
+        libc::timespec {
+            tv_sec: m.atime_sec,
+            tv_nsec: m.atime_nsec as i64,
+        },
+        libc::timespec {
+            tv_sec: m.mtime_sec,
+            tv_nsec: m.mtime_nsec as i64,
+        },
+    ];
+    // SAFETY: utimensat(2) reads `path`, a NUL-terminated CString, and the two timespecs
+    // of `times`, a local array, both alive for the call.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A new empty file for `f`: a memfd with the same name, or, for a deleted file, an
@@ -359,6 +577,14 @@ fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> RestoreResult<Owned
 /// added through a descriptor of ours on the restored process's memfd.
 fn late(_inj: &Injector, _leader: &mut FrozenThread, state: &ProcessState) -> RestoreResult<()> {
     let pid = state.pid;
+    // The times of deleted files once more: the loader's mmap of one updated its atime.
+    for f in &state.fds {
+        if let FdKind::DeletedFile { file, meta, .. } = &f.kind {
+            let path = format!("/proc/{pid}/fd/{}", f.fd);
+            set_times(&CString::new(path)?, meta)
+                .with_context(|| format!("process {pid}: setting the times of {}", file.name))?;
+        }
+    }
     let mut sealed = HashSet::new();
     let with_data = state
         .fds

@@ -43,6 +43,7 @@ pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod file;
+pub mod ghost;
 pub mod inotify;
 pub mod memfd;
 pub mod pidfd;
@@ -103,12 +104,13 @@ pub static KINDS: &[Kind] = &[
     inotify::KIND,
     pidfd::KIND,
     epoll::KIND,
+    ghost::KIND,
+    fifo::KIND,
     memfd::KIND,
     file::KIND,
     pty::KIND,
     tty::KIND,
     pipe::KIND,
-    fifo::KIND,
     unix::KIND,
 ];
 
@@ -356,10 +358,17 @@ fn cvt(r: libc::c_int, what: &str) -> RestoreResult<libc::c_int> {
     Ok(r)
 }
 
-/// Reopen `path` with the saved `flags` (without O_CREAT, O_TRUNC and O_EXCL, and
+/// Reopen `path` with the saved `flags` (without O_CREAT, O_TRUNC, O_EXCL and
+/// O_TMPFILE — a file opened O_TMPFILE is reopened, not made again —, and
 /// close-on-exec), for `what` (e.g. `fd 3`).
 pub fn open(path: &str, flags: i32, what: &str) -> RestoreResult<OwnedFd> {
     let c = CString::new(path)?;
+    let tmpfile = libc::O_TMPFILE & !libc::O_DIRECTORY;
+    let flags = if flags & tmpfile != 0 {
+        flags & !libc::O_TMPFILE
+    } else {
+        flags
+    };
     let flags = flags & !(libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) | libc::O_CLOEXEC;
     // SAFETY: open(2) with `c`, a NUL-terminated CString alive for the call; it only
     // reads the name.

@@ -114,9 +114,12 @@ fn dump_tree(procs: &mut [ProcessState]) -> Result<()> {
     Ok(())
 }
 
-/// One new pipe per saved pipe (by its saved inode): its read and write ends.
+/// One new pipe per saved pipe (by its saved inode): its read and write ends, and
+/// whether a description of each was handed out already.
 #[derive(Default)]
-struct Pipes(HashMap<u64, (Option<OwnedFd>, Option<OwnedFd>)>);
+struct Pipes(HashMap<u64, PipeEnds>);
+
+type PipeEnds = (Option<OwnedFd>, Option<OwnedFd>, bool, bool);
 
 fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
     let FdKind::Pipe {
@@ -134,7 +137,7 @@ fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<Owned
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let (r, w) = pipe()?;
-                v.insert((Some(r), Some(w)))
+                v.insert((Some(r), Some(w), false, false))
             }
         };
         if !data.is_empty() {
@@ -146,14 +149,26 @@ fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<Owned
                 fd.fd
             );
         }
-        let end = if *write_end { &ends.1 } else { &ends.0 };
-        let dup = end
-            .as_ref()
-            .context("pipe end")?
-            .try_clone()
-            .context("duplicating a pipe end")?;
-        set_status_flags(&dup, fd.flags)?;
-        Ok(dup)
+        let (end, used) = if *write_end {
+            (&ends.1, &mut ends.3)
+        } else {
+            (&ends.0, &mut ends.2)
+        };
+        let end = end.as_ref().context("pipe end")?;
+        // The first description of an end is a duplicate of it; another description of
+        // the same end (the process opened /proc/self/fd/N again) is a new open of it,
+        // so that its status flags are its own.
+        let new = if std::mem::replace(used, true) {
+            super::open(
+                &format!("/proc/self/fd/{}", end.as_raw_fd()),
+                fd.flags | libc::O_NONBLOCK,
+                &format!("fd {} (another description of a pipe end)", fd.fd),
+            )?
+        } else {
+            end.try_clone().context("duplicating a pipe end")?
+        };
+        set_status_flags(&new, fd.flags)?;
+        Ok(new)
     })())
 }
 
