@@ -415,6 +415,7 @@ impl Sockets {
             made: HashMap::new(),
             far: HashMap::new(),
             in_use: None,
+            detached: DetachedSet::default(),
         };
         b.build()?;
         let made = std::mem::take(&mut b.made);
@@ -467,6 +468,19 @@ struct Builder<'a> {
     far: HashMap<u64, OwnedFd>,
     /// (dev, ino) of the socket files of live sockets here (computed when needed).
     in_use: Option<HashSet<(u64, u64)>>,
+    /// Socket files of names bound detached, removed once everything is rebuilt.
+    detached: DetachedSet,
+}
+
+/// Undone in the reverse order of creation (a directory made for one name may hold the
+/// socket file of the next).
+#[derive(Default)]
+struct DetachedSet(Vec<Detached>);
+
+impl Drop for DetachedSet {
+    fn drop(&mut self) {
+        while self.0.pop().is_some() {}
+    }
 }
 
 impl Builder<'_> {
@@ -475,8 +489,7 @@ impl Builder<'_> {
         // Listening sockets first: they hold their names, and accepted ends connect to them.
         for (&ino, r) in recs.iter().filter(|(_, r)| r.state == UnixState::Listening) {
             let s = new_socket(r.ty)?;
-            self.bind_name(&s, r)
-                .with_context(|| format!("{}: binding the listening socket", r.what()))?;
+            self.bind_own(&s, r, "binding the listening socket")?;
             cvt(
                 // SAFETY: listen(2) on `s`, a socket this function owns and keeps open; its
                 // arguments are integers.
@@ -490,8 +503,7 @@ impl Builder<'_> {
             .filter(|(_, r)| r.state == UnixState::Unconnected)
         {
             let s = new_socket(r.ty)?;
-            self.bind_name(&s, r)
-                .with_context(|| format!("{}: binding the socket", r.what()))?;
+            self.bind_own(&s, r, "binding the socket")?;
             self.made.insert(ino, s);
         }
         let mut connect_later = Vec::new();
@@ -528,6 +540,8 @@ impl Builder<'_> {
             self.refill(ino, r)
                 .with_context(|| format!("{}: refilling its receive queue", r.what()))?;
         }
+        // Names bound detached lose their socket files again.
+        self.detached = DetachedSet::default();
         for (&ino, r) in recs.iter() {
             let s = &self.made[&ino];
             for (bit, how) in [
@@ -784,10 +798,12 @@ impl Builder<'_> {
         Ok(self.in_use.as_ref().unwrap().contains(&(dev, ino)))
     }
 
-    /// Bind `s` to the saved name of `r`. A path name is bound in its saved directory
-    /// (relative names), after removing a stale socket file that no live socket uses;
-    /// the new file gets the saved mode and owner, or is removed again if the original
-    /// had been.
+    /// Bind `s` to the saved name of `r`. A path name whose socket file was still there
+    /// at checkpoint time is bound in its saved directory (relative names), after
+    /// removing a stale socket file that no live socket uses, and the new file gets the
+    /// saved mode and owner. A name whose file was gone (unlinked, its directory deleted
+    /// or moved), or whose path is taken now by a live socket or another file, is bound
+    /// detached: see [`bind_detached`].
     fn bind_name(&mut self, s: &OwnedFd, r: &Rec) -> Result<()> {
         if r.name.is_empty() {
             return Ok(());
@@ -796,38 +812,75 @@ impl Builder<'_> {
         if r.name[0] == 0 {
             return bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"));
         }
+        let file = match &r.file {
+            Some(f) if !f.unlinked => f.clone(),
+            _ => return self.detach(s, r),
+        };
         let path = Path::new(OsStr::from_bytes(&r.name));
         let dir = r.dir().to_string();
-        let stale = with_dir(&dir, || Ok(std::fs::symlink_metadata(path).ok()))?
-            .filter(|m| m.file_type().is_socket());
-        let remove = match stale {
-            Some(m) => !self.in_use(m.dev(), m.ino())?,
-            None => false,
+        if !dir.is_empty() && !Path::new(&dir).is_dir() {
+            return self.detach(s, r);
+        }
+        let stale = with_dir(&dir, || Ok(std::fs::symlink_metadata(path).ok()))?;
+        let remove = match &stale {
+            Some(m) if m.file_type().is_socket() => !self.in_use(m.dev(), m.ino())?,
+            _ => false,
         };
-        let file = r.file.clone();
-        with_dir(&dir, || {
+        if stale.is_some() && !remove {
+            eprintln!(
+                "ckpt: warning: {}: {shown} is taken by another file or a live socket now; the socket gets its name back without the file (nobody can connect to it by that path)",
+                r.what()
+            );
+            return self.detach(s, r);
+        }
+        let r2 = with_dir(&dir, || {
             if remove {
                 std::fs::remove_file(path)
                     .with_context(|| format!("removing the stale socket file {shown}"))?;
             }
-            bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"))?;
-            match &file {
-                Some(f) if f.unlinked => {
-                    let _ = std::fs::remove_file(path);
-                }
-                Some(f) => {
-                    let c = CString::new(r.name.clone())?;
-                    // SAFETY: chmod/lchown with a valid C string; failures leave the
-                    // file as bind made it.
-                    unsafe {
-                        libc::chmod(c.as_ptr(), f.mode & 0o7777);
-                        libc::lchown(c.as_ptr(), f.uid, f.gid);
-                    }
-                }
-                None => {}
+            match bind_raw(s, &r.name) {
+                Ok(()) => {}
+                // The directory is gone since the checkpoint.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+                Err(e) => return Err(e).with_context(|| format!("binding to {shown}")),
             }
-            Ok(())
-        })
+            let c = CString::new(r.name.clone())?;
+            // SAFETY: chmod/lchown with a valid C string; failures leave the file as
+            // bind made it.
+            unsafe {
+                libc::chmod(c.as_ptr(), file.mode & 0o7777);
+                libc::lchown(c.as_ptr(), file.uid, file.gid);
+            }
+            Ok(true)
+        })?;
+        if !r2 {
+            eprintln!(
+                "ckpt: warning: {}: the directory of {shown} is gone; the socket gets its name back without the file",
+                r.what()
+            );
+            return self.detach(s, r);
+        }
+        Ok(())
+    }
+
+    /// [`bind_detached`], keeping the socket file until every connection and queue is
+    /// rebuilt (clients connect to it, datagrams are sent to it by name).
+    fn detach(&mut self, s: &OwnedFd, r: &Rec) -> Result<()> {
+        let d = bind_detached(s, r)?;
+        self.detached.0.push(d);
+        Ok(())
+    }
+
+    /// Bind a listening or unconnected socket: an error if its socket file was there at
+    /// checkpoint time (the name is someone else's now), a warning if not (nobody could
+    /// connect to it by name anyway).
+    fn bind_own(&mut self, s: &OwnedFd, r: &Rec, what: &str) -> Result<()> {
+        if r.file.as_ref().is_some_and(|f| f.unlinked) {
+            self.bind_or_warn(s, r);
+            return Ok(());
+        }
+        self.bind_name(s, r)
+            .with_context(|| format!("{}: {what}", r.what()))
     }
 
     fn bind_or_warn(&mut self, s: &OwnedFd, r: &Rec) {
@@ -840,6 +893,108 @@ impl Builder<'_> {
             );
         }
     }
+}
+
+/// What [`bind_detached`] changed on disk, undone when dropped: directories it made
+/// (deepest last), the file it put aside, the socket file bind made.
+#[derive(Default)]
+struct Detached {
+    made_dirs: Vec<std::path::PathBuf>,
+    aside: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    bound: Option<std::path::PathBuf>,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(p) = self.bound.take() {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some((aside, back)) = self.aside.take() {
+            if let Err(e) = std::fs::rename(&aside, &back) {
+                eprintln!(
+                    "ckpt: warning: could not move {} back to {} ({e})",
+                    aside.display(),
+                    back.display()
+                );
+            }
+        }
+        for d in self.made_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Bind `s` to the path name of `r` although no socket file of it exists any more, as
+/// CRIU does for deleted socket files: the kernel keeps the name a socket was bound
+/// with (getsockname() shows it) whatever becomes of the file. So the path is made
+/// bindable for a moment: the missing directories up to it are created (and the saved
+/// working directory of a relative name), a file that has taken the path since is
+/// renamed aside, bind() creates the socket file, which is removed at once; then the
+/// file put aside comes back and the directories made are removed again. Nobody can
+/// connect to the socket by its name afterwards, as before the checkpoint (for a socket
+/// whose directory was moved, connecting through the moved file is refused: the file
+/// does not lead to the restored socket).
+fn bind_detached(s: &OwnedFd, r: &Rec) -> Result<Detached> {
+    let shown = display_name(&r.name);
+    let name = Path::new(OsStr::from_bytes(&r.name));
+    let dir = r.dir().trim_end_matches(" (deleted)");
+    let full = if name.is_absolute() {
+        name.to_path_buf()
+    } else if dir.is_empty() {
+        std::env::current_dir()?.join(name)
+    } else {
+        Path::new(dir).join(name)
+    };
+    let mut undo = Detached::default();
+    let parent = full.parent().unwrap_or(Path::new("/"));
+    let mut missing = Vec::new();
+    let mut p = parent;
+    while std::fs::symlink_metadata(p).is_err() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(&d).with_context(|| {
+            format!("binding to {shown}: creating {} for a moment", d.display())
+        })?;
+        undo.made_dirs.push(d);
+    }
+    if std::fs::symlink_metadata(&full).is_ok() {
+        let aside = parent.join(format!(
+            ".ckpt-aside-{}-{}",
+            std::process::id(),
+            full.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        std::fs::rename(&full, &aside).with_context(|| {
+            format!("binding to {shown}: moving the file that took its path aside for a moment")
+        })?;
+        undo.aside = Some((aside, full.clone()));
+    }
+    // The saved name, relative or not, from the directory it was relative to.
+    let cwd = if name.is_absolute() {
+        String::new()
+    } else {
+        parent_dir(&full, name)
+    };
+    with_dir(&cwd, || {
+        bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"))
+    })?;
+    undo.bound = Some(full);
+    Ok(undo)
+}
+
+/// The directory a relative `name` resolves from to give `full`.
+fn parent_dir(full: &Path, name: &Path) -> String {
+    let mut d = full.to_path_buf();
+    for _ in name.components() {
+        d.pop();
+    }
+    d.to_string_lossy().into_owned()
 }
 
 /// A listening socket bound to `r`'s name for one connection, if the name is free.
