@@ -272,6 +272,7 @@ static int mode_pending(int data)
         CHECK(n == 1 && m[0] == 'x', "accepted %d is not client %d's connection", i, i);
         close(a);
     }
+    CHECK(fcntl(l, F_SETFL, O_NONBLOCK) == 0, "O_NONBLOCK");
     int a = accept4(l, NULL, NULL, SOCK_NONBLOCK);
     CHECK(a < 0 && errno == EAGAIN, "a fourth connection was waiting");
     say("pending ok");

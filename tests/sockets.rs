@@ -226,9 +226,10 @@ fn queued_descriptor_is_refused() {
     refused("scm_rights", &["unix", "scm_rights"]);
 }
 
-/// A listening unix socket with a connection not yet accepted: refused, and
-/// the connection can still be accepted afterwards.
+/// A connection not yet accepted whose client sent data already (only accepting it
+/// could read that data): refused, naming the client, and the connection can still
+/// be accepted afterwards, with its data (tests/unixsk.rs: without data, restored).
 #[test]
-fn pending_connection_is_refused() {
-    refused("backlog", &["listening", "waiting to be accepted"]);
+fn pending_connection_with_data_is_refused() {
+    refused("backlog", &["waiting to be accepted", "bytes it sent"]);
 }

@@ -123,7 +123,46 @@ fn connections_waiting_to_be_accepted_come_back_for_an_ordinary_user() {
 /// A dump without --kill leaves the waiting connections where they were.
 #[test]
 fn dump_without_kill_leaves_waiting_connections() {
-    check("pending", &["data"], Run::NoKill);
+    check("pending", &["nodata"], Run::NoKill);
+}
+
+/// A connection waiting to be accepted that holds data its client sent: that data can
+/// only be read by accepting it, which would take it from the process. The dump is
+/// refused naming the process, the first client's descriptor and why; the process
+/// goes on and accepts its three connections with their data.
+#[test]
+fn waiting_connection_holding_data_is_refused_and_left_alone() {
+    let d = tempdir();
+    let (w, stop) = work(d.path());
+    let ck = d.join("ckpt");
+    let mut t = Target::start(
+        "unixsk",
+        &[os("pending"), w.as_os_str(), stop.as_os_str(), os("data")],
+    );
+    t.stdout.expect_line("ready");
+    let out = ckpt([
+        "dump".as_ref(),
+        t.pid.to_string().as_ref(),
+        "--dir".as_ref(),
+        ck.as_os_str(),
+        "--kill".as_ref(),
+    ]);
+    let line = assert_error(&out, "dump of a connection waiting with data");
+    for want in [
+        &t.pid.to_string(),
+        "fd 4",
+        "waiting to be accepted",
+        "bytes it sent",
+    ] {
+        assert!(
+            line.contains(want),
+            "the refusal should say {want:?}: {line}"
+        );
+    }
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_line("pending ok");
+    assert!(t.wait().success());
 }
 
 /// Seqpacket queues filled until EAGAIN (hundreds of small records, and 60000-byte ones):

@@ -15,10 +15,20 @@
 //!   by one by moving SO_PEEK_OFF from message to message (with MSG_TRUNC to learn each
 //!   length), which keeps their boundaries. SO_PEEK_OFF is put back afterwards.
 //!
+//! Connections waiting to be accepted: the socket accept() will return has no inode yet
+//! (sock_diag shows none, nor the peer of its client), so they are found from their
+//! clients: a connected stream or seqpacket socket whose peer has no inode and that is
+//! not shut down both ways (as a socket whose peer was closed is) is such a client,
+//! getpeername() names its listening socket. A listening socket of the tree whose
+//! waiting connections all have their client in the tree is restored with them (the
+//! clients connect again, in the order of their inodes, see `restore.rs`).
+//!
 //! Refused (the restore could not be faithful): queued ancillary data (SCM_RIGHTS,
 //! SCM_CREDENTIALS, ...: the kernel attaches credentials to every message of a socket
-//! with SO_PASSCRED), a listening socket with connections waiting to be accepted, a
-//! datagram socket connected to one peer with datagrams queued from another sender,
+//! with SO_PASSCRED), a connection waiting to be accepted whose client sent data
+//! already (it can only be read by accepting the connection, which would take it from
+//! the process), a listening socket with waiting connections from clients outside the
+//! checkpoint or more of them than its backlog admits, a datagram socket connected to one peer with datagrams queued from another sender,
 //! queued datagrams on a socket that has neither a name nor a peer to refill it through.
 //! A socket whose peer is outside the checkpoint is not refused: the restore gives it a
 //! closed peer (see `restore.rs`).
@@ -570,6 +580,36 @@ fn socket_file(pid: i32, name: &[u8], vfs: Option<(u64, u64)>) -> UnixSocketFile
     }
 }
 
+/// The name `sock` is connected to (getpeername), empty if none.
+fn peer_name_of(sock: &OwnedFd) -> Vec<u8> {
+    // SAFETY: sockaddr_un is plain data: all-zero bytes are a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: getpeername into a local sockaddr_un of `len` bytes.
+    let r = unsafe {
+        libc::getpeername(
+            sock.as_raw_fd(),
+            (&mut a as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_un>());
+    if r < 0 || len <= 2 {
+        return Vec::new();
+    }
+    // SAFETY: sun_path is plain bytes; len - 2 of them were written.
+    let path: &[u8] = unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr().cast(), len - 2) };
+    name_from_sun_path(path)
+}
+
+/// The client of a connection waiting to be accepted: connected, but its peer (the
+/// socket accept() will return) has no inode yet, so sock_diag shows none; unlike a
+/// socket whose peer was closed, it is not shut down both ways. The name it is
+/// connected to is its listening socket's.
+fn waiting_client(d: &Diag, sock_type: i32) -> bool {
+    sock_type != libc::SOCK_DGRAM && d.state == TCP_ESTABLISHED && d.peer == 0 && d.shutdown != 3
+}
+
 /// A `socket:[ino]` descriptor: an AF_UNIX socket, or an error naming the kind.
 pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
@@ -620,11 +660,21 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
         s => return Err(unsupported(format!("unix {tname} socket in state {s}"))),
     };
     let shown = display_name(&d.name);
-    if state == UnixState::Listening && (d.rqueue > 0 || !d.icons.is_empty()) {
+    if state == UnixState::Listening && d.rqueue > d.wqueue + 1 {
         return Err(unsupported(format!(
-            "listening unix {tname} socket {shown} with {} connection(s) waiting to be accepted",
-            d.rqueue.max(d.icons.len() as u32)
+            "listening unix {tname} socket {shown} with {} connections waiting to be accepted, more than its backlog {} admits",
+            d.rqueue, d.wqueue
         )));
+    }
+    let waiting = waiting_client(&d, sock_type).then(|| peer_name_of(&sock));
+    if let Some(to) = &waiting {
+        if d.wqueue > 0 && !to.is_empty() {
+            return Err(unsupported(format!(
+                "unix {tname} socket connected to {} whose connection is waiting to be accepted, with {} bytes it sent (they cannot be read without accepting the connection)",
+                display_name(to),
+                d.wqueue
+            )));
+        }
     }
     let opt = |o: i32| get_int(&sock, libc::SOL_SOCKET, o);
     let opts = UnixOptions {
@@ -657,7 +707,9 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
             }
         }
     };
-    let (peer_name, peer_peer) = if d.peer != 0 {
+    let (peer_name, peer_peer) = if let Some(to) = waiting {
+        (to, 0)
+    } else if d.peer != 0 {
         match diag(d.peer).map_err(io_err("sock_diag of the peer"))? {
             Some(p) => (p.name, p.peer),
             None => (Vec::new(), 0),
@@ -717,6 +769,10 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
     })
 }
 
+/// A listening socket of the tree, by (type, name): (inode, pid, fd, clients found of
+/// its waiting connections).
+type Listener = (u64, i32, i32, u32);
+
 /// Across the whole tree: whether each socket's peer is in the checkpoint; standard
 /// streams connected outside are reattached to the restorer's own (like pipes); each
 /// receive queue is kept once. Refuses datagram connections the restore cannot rebuild.
@@ -733,6 +789,27 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
             }
         }
     }
+    // Connections waiting to be accepted on a listening socket of the tree: their
+    // clients connect again at restore time (peer_in_checkpoint: the peer is in the
+    // accept queue of the listening socket of the checkpoint named peer_name).
+    let mut listeners: HashMap<(i32, Vec<u8>), Listener> = HashMap::new();
+    for p in procs.iter() {
+        for fd in &p.fds {
+            if let FdKind::UnixSocket {
+                ino,
+                sock_type,
+                state: UnixState::Listening,
+                name,
+                ..
+            } = &fd.kind
+            {
+                if !name.is_empty() {
+                    listeners.insert((*sock_type, name.clone()), (*ino, p.pid, fd.fd, 0));
+                }
+            }
+        }
+    }
+    let mut counted: HashSet<u64> = HashSet::new();
     let mut kept: HashSet<u64> = HashSet::new();
     for p in procs.iter_mut() {
         let pid = p.pid;
@@ -743,7 +820,9 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 state,
                 name,
                 peer,
+                peer_name,
                 peer_in_checkpoint,
+                shutdown,
                 queue,
                 senders,
                 ..
@@ -752,6 +831,19 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 continue;
             };
             *peer_in_checkpoint = *peer != 0 && socks.contains_key(peer);
+            if *state == UnixState::Connected
+                && *peer == 0
+                && *sock_type != libc::SOCK_DGRAM
+                && *shutdown != 3
+                && !peer_name.is_empty()
+            {
+                if let Some(l) = listeners.get_mut(&(*sock_type, peer_name.clone())) {
+                    *peer_in_checkpoint = true;
+                    if counted.insert(*ino) {
+                        l.3 += 1;
+                    }
+                }
+            }
             if *state == UnixState::Connected
                 && !*peer_in_checkpoint
                 && fd.fd <= 2
@@ -780,6 +872,21 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 queue.clear();
                 senders.clear();
             }
+        }
+    }
+    for (ino, pid, fd, found) in listeners.into_values() {
+        let waiting = diag(ino)
+            .map_err(|e| TraceError::io(pid, format!("sock_diag of socket fd {fd}"), e))?
+            .map_or(0, |d| d.rqueue);
+        if waiting > found {
+            return Err(TraceError::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!(
+                    "listening unix socket with {} of its {waiting} connections waiting to be accepted from clients outside the checkpoint",
+                    waiting - found
+                ),
+            });
         }
     }
     Ok(())

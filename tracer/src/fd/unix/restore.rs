@@ -19,12 +19,20 @@
 //!   same if that name is free (else the name is lost, with a warning);
 //! - any other connected pair inside the checkpoint: socketpair(), then each end is bound
 //!   to its own name, if it had one (bind works on a connected socket);
+//! - the client of a connection that was waiting to be accepted: once every accepted
+//!   end is rebuilt, it connects again to the restored listener (without blocking),
+//!   and stays in its accept queue; clients connect in the order of their inodes;
 //! - a datagram socket connected to a socket of the checkpoint that is connected
 //!   elsewhere: connect() by name once every socket is bound;
 //! - connected to a peer outside the checkpoint, or to a peer closed since: one end of a
 //!   socketpair whose other end is closed once the queued data is in (reads return that
 //!   data then EOF; writes fail with EPIPE or ECONNREFUSED), with a warning when the
 //!   peer was still open (docs/KERNEL.md: descriptors leading outside the job).
+//!
+//! A path name whose socket file was gone at checkpoint time (unlinked, or its
+//! directory deleted or moved) is given back by a bind in a place made bindable for a
+//! moment (see `bind_detached`); the socket file stays until every connection and
+//! queue is rebuilt, then it goes again with whatever was made for it.
 //!
 //! Queued data is written through the socket's (restored or stand-in) peer so that it
 //! lands in its receive queue, one send per datagram or record. Datagrams queued on an
@@ -65,6 +73,10 @@ struct Rec {
     name: Vec<u8>,
     file: Option<UnixSocketFile>,
     peer: u64,
+    peer_name: Vec<u8>,
+    /// With `peer` not among the sockets: the peer is a connection waiting in the
+    /// accept queue of the listening socket named `peer_name`.
+    peer_in_checkpoint: bool,
     shutdown: u8,
     backlog: u32,
     queue: Vec<Vec<u8>>,
@@ -343,6 +355,8 @@ impl Sockets {
             name,
             file,
             peer,
+            peer_name,
+            peer_in_checkpoint,
             shutdown,
             backlog,
             queue,
@@ -392,6 +406,8 @@ impl Sockets {
                         name: name.clone(),
                         file: file.clone(),
                         peer: *peer,
+                        peer_name: peer_name.clone(),
+                        peer_in_checkpoint: *peer_in_checkpoint,
                         shutdown: *shutdown,
                         backlog: *backlog,
                         queue: queue.clone(),
@@ -507,11 +523,19 @@ impl Builder<'_> {
             self.made.insert(ino, s);
         }
         let mut connect_later = Vec::new();
+        // Clients of connections waiting to be accepted, in the order of their inodes:
+        // the order they connect again in, taken as the order they were created and
+        // connected in (the sockets in the accept queue have no inode to tell).
+        let mut waiting = Vec::new();
         for (&ino, r) in recs.iter().filter(|(_, r)| r.state == UnixState::Connected) {
             if self.made.contains_key(&ino) {
                 continue;
             }
             let peer = (r.peer != 0).then(|| recs.get(&r.peer)).flatten();
+            if peer.is_none() && r.peer_in_checkpoint && r.ty != libc::SOCK_DGRAM {
+                waiting.push(ino);
+                continue;
+            }
             match peer {
                 Some(p) if r.ty != libc::SOCK_DGRAM => self.stream_pair(ino, r, p)?,
                 Some(p) if p.peer == ino => {
@@ -529,6 +553,13 @@ impl Builder<'_> {
                 }
                 None => self.orphan(ino, r)?,
             }
+        }
+        // After every accepted end is rebuilt (each connect + accept on a listener takes
+        // the connection it made only while its accept queue is empty).
+        for ino in waiting {
+            self.wait_in_queue(ino, &recs[&ino]).with_context(|| {
+                format!("{}: connecting again (not accepted)", recs[&ino].what())
+            })?;
         }
         for ino in connect_later {
             let r = &recs[&ino];
@@ -562,6 +593,28 @@ impl Builder<'_> {
             set_options(s, &r.opts).with_context(|| r.what())?;
             set_status_flags(s, r.flags).with_context(|| r.what())?;
         }
+        Ok(())
+    }
+
+    /// The client `r` of a connection that was waiting to be accepted: connected again
+    /// (without blocking: the listener's backlog admits as many as before) to its
+    /// listening socket, and left in its accept queue.
+    fn wait_in_queue(&mut self, ino: u64, r: &Rec) -> Result<()> {
+        let (_, l) = self
+            .recs
+            .iter()
+            .find(|(_, l)| l.state == UnixState::Listening && l.ty == r.ty && l.name == r.peer_name)
+            .with_context(|| {
+                format!(
+                    "no listening socket {} in the checkpoint",
+                    display_name(&r.peer_name)
+                )
+            })?;
+        let s = new_socket(r.ty)?;
+        self.bind_or_warn(&s, r);
+        set_status_flags(&s, libc::O_NONBLOCK)?;
+        with_dir(l.dir(), || connect(&s, &l.name))?;
+        self.made.insert(ino, s);
         Ok(())
     }
 
