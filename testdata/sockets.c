@@ -37,7 +37,7 @@
  *   tcp        a TCP listening socket on 127.0.0.1
  *   netlink    a NETLINK_ROUTE socket
  *   scm_rights a unix stream socketpair with a descriptor in flight
- *              (SCM_RIGHTS); at the end it is received and checked
+ *              (SCM_RIGHTS) that it closed itself; at the end it is received and checked
  *   backlog    a listening unix socket with a connection not yet accepted
  *              whose client (fd) sent a byte already;
  *              at the end it is accepted
@@ -507,6 +507,7 @@ static int hold(int argc, char **argv)
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &other, sizeof(int));
         CHECK(sendmsg(sp[0], &m, 0) == 1, "sendmsg: %s", strerror(errno));
+        close(other); /* the descriptor lives only in flight */
         fd = sp[1];
     } else if (!strcmp(kind, "backlog")) {
         struct sockaddr_un a;

@@ -2,6 +2,7 @@
  * unixsk pending DIR STOPFILE nodata|data
  * unixsk seqpacket DIR STOPFILE
  * unixsk dgram DIR STOPFILE
+ * unixsk inflight DIR STOPFILE keep|closed
  *
  * Unix socket state that is hard to checkpoint, checked by the program itself
  * once STOPFILE exists (after a restore, or after a dump without --kill).  Each
@@ -42,6 +43,21 @@
  * interleaved; a forked child blocked in sendto() to it from DIR/c.sock; a dgram
  * socketpair filled until EAGAIN.  Checks: the 11 datagrams in order, each with
  * its sender's address, then the child's; the pair's datagrams in order.
+ *
+ * inflight: descriptors in flight (SCM_RIGHTS, sent and not yet received): a pipe's
+ * write end, a regular file DIR/f (opened read-write, at offset 3) and one end of
+ * a unix socketpair, in a stream socketpair (between plain data: "before", "pipe!"
+ * with the pipe, "mid", "file" with the file, "after"), a seqpacket socketpair
+ * (records "one", "two" with the socket, "three" with the pipe and the file), a
+ * dgram socketpair ("d1" with the pipe, "d2") and an unconnected dgram socket
+ * DIR/ifr.sock ("from s" with the file, sent by DIR/ifs.sock).  With "keep" the
+ * process keeps its own descriptor of each; with "closed" it closes the file after
+ * sending it (the descriptor then lives only in flight).  Checks: every message
+ * comes back with its data and descriptors (a stream read of 64 bytes returns
+ * "beforepipe!" with the pipe, "midfile" with the file, then "after": a read stops
+ * after the data that came with descriptors), and each received descriptor is the
+ * same open file as the kept one (the pipe carries bytes to the kept read end; the
+ * file has the same inode and shares the offset; the socket reaches its peer).
  */
 #include "common.h"
 #include <fcntl.h>
@@ -430,6 +446,144 @@ static int mode_dgram(void)
     return 0;
 }
 
+static void send_fds(int s, const char *m, const int *fds, int n, const char *to)
+{
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(4 * sizeof(int))];
+    } u;
+    memset(&u, 0, sizeof u);
+    struct iovec iov = {.iov_base = (void *)m, .iov_len = strlen(m)};
+    struct sockaddr_un a;
+    struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (to) {
+        h.msg_name = &a;
+        h.msg_namelen = addr_of(&a, to, 0);
+    }
+    if (n > 0) {
+        h.msg_control = u.b;
+        h.msg_controllen = CMSG_SPACE((size_t)n * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN((size_t)n * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, (size_t)n * sizeof(int));
+    }
+    CHECK(sendmsg(s, &h, MSG_DONTWAIT) == (ssize_t)strlen(m), "sendmsg \"%s\": %s", m,
+          strerror(errno));
+}
+
+/* Receive `want` (as one read of up to 64 bytes) with `n` descriptors, into got[]. */
+static void recv_fds(int s, const char *want, int *got, int n, const char *what)
+{
+    char b[64];
+    union {
+        struct cmsghdr h;
+        char b[CMSG_SPACE(8 * sizeof(int))];
+    } u;
+    struct iovec iov = {.iov_base = b, .iov_len = sizeof b};
+    struct msghdr h = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.b,
+                       .msg_controllen = sizeof u.b};
+    ssize_t r = recvmsg(s, &h, MSG_DONTWAIT);
+    CHECK(r == (ssize_t)strlen(want) && memcmp(b, want, (size_t)r) == 0,
+          "%s: expected \"%s\", got %zd bytes \"%.*s\" (%s)", what, want, r, (int)(r > 0 ? r : 0),
+          b, r < 0 ? strerror(errno) : "");
+    struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+    int have = 0;
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+        have = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    CHECK(have == n, "%s: \"%s\" came with %d descriptors, not %d", what, want, have, n);
+    if (n > 0)
+        memcpy(got, CMSG_DATA(c), (size_t)n * sizeof(int));
+}
+
+static void same_pipe(int w, int r, const char *what)
+{
+    xwrite(w, "P", 1, what);
+    char c = 0;
+    CHECK(read(r, &c, 1) == 1 && c == 'P', "%s: the pipe end in flight is not the pipe's", what);
+}
+
+static void same_file(int got, int kept, const char *path, const char *what)
+{
+    struct stat a, b;
+    CHECK(fstat(got, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino &&
+              a.st_dev == b.st_dev,
+          "%s: the file in flight is not %s", what, path);
+    off_t at = lseek(got, 0, SEEK_CUR);
+    CHECK(at == 3, "%s: the file in flight is at offset %ld, not 3", what, (long)at);
+    CHECK((fcntl(got, F_GETFL) & O_ACCMODE) == O_RDWR, "%s: the file is not read-write", what);
+    if (kept >= 0) {
+        CHECK(lseek(got, 5, SEEK_SET) == 5 && lseek(kept, 0, SEEK_CUR) == 5,
+              "%s: the file in flight does not share its offset with the kept one", what);
+        CHECK(lseek(got, 3, SEEK_SET) == 3, "lseek");
+    }
+}
+
+static void same_socket(int got, int peer, const char *what)
+{
+    xwrite(got, "S", 1, what);
+    char c = 0;
+    CHECK(read(peer, &c, 1) == 1 && c == 'S', "%s: the socket in flight does not reach its peer",
+          what);
+}
+
+static int mode_inflight(int closed)
+{
+    char *fp = path("f"), *rp = path("ifr.sock"), *sp = path("ifs.sock");
+    int pp[2], st[2], sq[2], dg[2], us[2];
+    CHECK(pipe(pp) == 0, "pipe");
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, st) == 0 &&
+              socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sq) == 0 &&
+              socketpair(AF_UNIX, SOCK_DGRAM, 0, dg) == 0 &&
+              socketpair(AF_UNIX, SOCK_STREAM, 0, us) == 0,
+          "socketpair");
+    int f = open(fp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    CHECK(f >= 0, "open %s", fp);
+    xwrite(f, "0123456789", 10, "file");
+    CHECK(lseek(f, 3, SEEK_SET) == 3, "lseek");
+    int rs = bound(SOCK_DGRAM, rp, 0), ss = bound(SOCK_DGRAM, sp, 0);
+
+    send_fds(st[0], "before", NULL, 0, NULL);
+    send_fds(st[0], "pipe!", &pp[1], 1, NULL);
+    send_fds(st[0], "mid", NULL, 0, NULL);
+    send_fds(st[0], "file", &f, 1, NULL);
+    send_fds(st[0], "after", NULL, 0, NULL);
+    send_fds(sq[0], "one", NULL, 0, NULL);
+    send_fds(sq[0], "two", &us[0], 1, NULL);
+    int two[2] = {pp[1], f};
+    send_fds(sq[0], "three", two, 2, NULL);
+    send_fds(dg[0], "d1", &pp[1], 1, NULL);
+    send_fds(dg[0], "d2", NULL, 0, NULL);
+    send_fds(ss, "from s", &f, 1, rp);
+    if (closed) {
+        close(f);
+        f = -1;
+    }
+    wait_stop();
+
+    int g[2];
+    /* A stream read stops after the data that came with descriptors. */
+    recv_fds(st[1], "beforepipe!", g, 1, "stream");
+    same_pipe(g[0], pp[0], "stream");
+    recv_fds(st[1], "midfile", g, 1, "stream");
+    same_file(g[0], f, fp, "stream");
+    recv_fds(st[1], "after", g, 0, "stream");
+    recv_fds(sq[1], "one", g, 0, "seqpacket");
+    recv_fds(sq[1], "two", g, 1, "seqpacket");
+    same_socket(g[0], us[1], "seqpacket");
+    recv_fds(sq[1], "three", g, 2, "seqpacket");
+    same_pipe(g[0], pp[0], "seqpacket");
+    same_file(g[1], f, fp, "seqpacket");
+    recv_fds(dg[1], "d1", g, 1, "dgram");
+    same_pipe(g[0], pp[0], "dgram");
+    recv_fds(dg[1], "d2", g, 0, "dgram");
+    recv_fds(rs, "from s", g, 1, "unconnected dgram");
+    same_file(g[0], f, fp, "unconnected dgram");
+    say("inflight ok");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4)
@@ -445,5 +599,7 @@ int main(int argc, char **argv)
         return mode_seqpacket();
     if (strcmp(m, "dgram") == 0)
         return mode_dgram();
+    if (strcmp(m, "inflight") == 0)
+        return mode_inflight(argc > 4 && strcmp(argv[4], "closed") == 0);
     fail("unknown mode %s", m);
 }

@@ -199,3 +199,66 @@ fn full_datagram_queues_come_back_for_an_ordinary_user() {
 fn dump_without_kill_leaves_full_datagram_queues() {
     check("dgram", &[], Run::NoKill);
 }
+
+/// Descriptors in flight (SCM_RIGHTS) in stream, seqpacket and dgram sockets (a pipe
+/// end, a regular file, a unix socket): after restore every message comes with its
+/// descriptors, each the same open file as the one the process kept.
+#[test]
+fn descriptors_in_flight_come_back() {
+    check("inflight", &["keep"], Run::Root);
+}
+
+#[test]
+fn descriptors_in_flight_come_back_for_an_ordinary_user() {
+    check("inflight", &["keep"], Run::User);
+}
+
+/// Reading the queues with their descriptors at dump time consumes nothing.
+#[test]
+fn dump_without_kill_leaves_descriptors_in_flight() {
+    check("inflight", &["keep"], Run::NoKill);
+}
+
+/// A descriptor that lives only in flight (its sender closed it): refused, naming the
+/// process, the socket's descriptor and the file; the process goes on and receives
+/// every message with its descriptors.
+#[test]
+fn descriptor_only_in_flight_is_refused_and_left_alone() {
+    let d = tempdir();
+    let (w, stop) = work(d.path());
+    let ck = d.join("ckpt");
+    let mut t = Target::start(
+        "unixsk",
+        &[
+            os("inflight"),
+            w.as_os_str(),
+            stop.as_os_str(),
+            os("closed"),
+        ],
+    );
+    t.stdout.expect_line("ready");
+    let out = ckpt([
+        "dump".as_ref(),
+        t.pid.to_string().as_ref(),
+        "--dir".as_ref(),
+        ck.as_os_str(),
+        "--kill".as_ref(),
+    ]);
+    let line = assert_error(&out, "dump of a descriptor only in flight");
+    let file = w.join("f");
+    for want in [
+        t.pid.to_string().as_str(),
+        "SCM_RIGHTS",
+        "no process of the checkpoint has open",
+        &file.to_string_lossy(),
+    ] {
+        assert!(
+            line.contains(want),
+            "the refusal should say {want:?}: {line}"
+        );
+    }
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_line("inflight ok");
+    assert!(t.wait().success());
+}

@@ -49,7 +49,7 @@
 
 use super::dump::{diag_all, display_name, type_name};
 use crate::fd::{cvt, set_status_flags, Context, RestoreResult};
-use crate::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
+use crate::state::{Attr, Fd, FdKind, UnixInFlight, UnixOptions, UnixSocketFile, UnixState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -105,6 +105,10 @@ pub struct Sockets {
     recs: BTreeMap<u64, Rec>,
     /// Stand-in socket inode -> saved inode.
     standins: HashMap<u64, u64>,
+    /// Descriptors in flight, by the saved inode of the socket whose queue holds them.
+    in_flight: HashMap<u64, Vec<UnixInFlight>>,
+    /// Our descriptor for each open file description in flight, by its id.
+    descs: HashMap<u32, OwnedFd>,
 }
 
 fn new_socket(ty: i32) -> Result<OwnedFd> {
@@ -288,23 +292,53 @@ fn set_options(s: &OwnedFd, o: &UnixOptions) -> Result<()> {
 
 /// send() (or sendto() `to`) one message without blocking: a full queue is an error.
 fn send_one(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>) -> Result<usize> {
+    send_msg(s, msg, to, &[])
+}
+
+/// sendmsg() one message to `to` (or the peer) with the descriptors `fds` (SCM_RIGHTS),
+/// without blocking: a full queue is an error.
+fn send_msg(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>, fds: &[RawFd]) -> Result<usize> {
     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    let addr = to.map(sockaddr).transpose()?;
+    let mut addr = to.map(sockaddr).transpose()?;
+    // Room for SCM_MAX_FD (253) descriptors.
+    let mut control = [0u64; 160];
+    if fds.len() > 253 {
+        bail!("{} descriptors in one message (at most 253)", fds.len());
+    }
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
     loop {
-        // SAFETY: send/sendto from live buffers.
-        let n = unsafe {
-            match &addr {
-                Some((a, len)) => libc::sendto(
-                    s.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    flags,
-                    (a as *const libc::sockaddr_un).cast(),
-                    *len,
-                ),
-                None => libc::send(s.as_raw_fd(), msg.as_ptr().cast(), msg.len(), flags),
+        // SAFETY: `msghdr` is plain C data: all-zero bytes (null pointers, zero lengths)
+        // are a valid value; the fields sendmsg needs are set right below.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        if let Some((a, len)) = &mut addr {
+            m.msg_name = (a as *mut libc::sockaddr_un).cast();
+            m.msg_namelen = *len;
+        }
+        if !fds.is_empty() {
+            let bytes = std::mem::size_of_val(fds) as u32;
+            m.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is arithmetic; the control buffer holds 1280 bytes, more
+            // than CMSG_SPACE of 253 descriptors; the header and data written lie in it.
+            unsafe {
+                m.msg_controllen = libc::CMSG_SPACE(bytes) as usize;
+                let c = libc::CMSG_FIRSTHDR(&m);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr().cast::<u8>(),
+                    libc::CMSG_DATA(c),
+                    bytes as usize,
+                );
             }
-        };
+        }
+        // SAFETY: every buffer the msghdr points to lives across the call.
+        let n = unsafe { libc::sendmsg(s.as_raw_fd(), &m, flags) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -344,6 +378,36 @@ impl Drop for TempListener {
 }
 
 impl Sockets {
+    /// Note the descriptors in flight that process attributes `attrs` hold.
+    pub fn note_in_flight(&mut self, attrs: &[Attr]) {
+        for a in attrs {
+            if let Attr::UnixInFlight(list) = a {
+                for m in list {
+                    self.in_flight.entry(m.ino).or_default().push(m.clone());
+                }
+            }
+        }
+    }
+
+    /// The ids of the open file descriptions in flight, whose descriptors
+    /// [`Sockets::give_desc`] hands over before [`Sockets::finish`].
+    pub fn descs_in_flight(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .in_flight
+            .values()
+            .flatten()
+            .flat_map(|m| m.descs.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Our descriptor (a copy) for the open file description `id` in flight.
+    pub fn give_desc(&mut self, id: u32, fd: OwnedFd) {
+        self.descs.insert(id, fd);
+    }
+
     /// A stand-in source for the socket of `fd`, replaced by the real one in [`finish`].
     ///
     /// [`finish`]: Sockets::finish
@@ -432,13 +496,19 @@ impl Sockets {
             far: HashMap::new(),
             in_use: None,
             detached: DetachedSet::default(),
+            in_flight: &self.in_flight,
+            descs: &self.descs,
         };
         b.build()?;
-        let made = std::mem::take(&mut b.made);
+        // Descriptors in flight may be sockets of the tree: they are sent once the real
+        // ones stand in every descriptor of ours (the descriptions in `descs` too).
+        replace_standins(&self.standins, &b.made)?;
+        b.fill_and_settle()?;
         drop(b);
-        replace_standins(&self.standins, &made)?;
         self.recs.clear();
         self.standins.clear();
+        self.in_flight.clear();
+        self.descs.clear();
         Ok(())
     }
 }
@@ -486,6 +556,10 @@ struct Builder<'a> {
     in_use: Option<HashSet<(u64, u64)>>,
     /// Socket files of names bound detached, removed once everything is rebuilt.
     detached: DetachedSet,
+    /// Descriptors in flight, by the saved inode of the socket whose queue holds them.
+    in_flight: &'a HashMap<u64, Vec<UnixInFlight>>,
+    /// Our descriptor for each open file description in flight, by its id.
+    descs: &'a HashMap<u32, OwnedFd>,
 }
 
 /// Undone in the reverse order of creation (a directory made for one name may hold the
@@ -567,6 +641,13 @@ impl Builder<'_> {
             with_dir(p.dir(), || connect(&self.made[&ino], &p.name))
                 .with_context(|| format!("{}: reconnecting", r.what()))?;
         }
+        Ok(())
+    }
+
+    /// Once the real sockets are in place: queued data (with the descriptors in flight),
+    /// shutdown state, options and flags.
+    fn fill_and_settle(&mut self) -> Result<()> {
+        let recs = self.recs;
         for (&ino, r) in recs.iter().filter(|(_, r)| !r.queue.is_empty()) {
             self.refill(ino, r)
                 .with_context(|| format!("{}: refilling its receive queue", r.what()))?;
@@ -748,6 +829,30 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Our descriptors for the open file descriptions in flight with `m`.
+    fn fds_of(&self, m: &UnixInFlight) -> Result<Vec<RawFd>> {
+        m.descs
+            .iter()
+            .map(|d| {
+                self.descs.get(d).map(|f| f.as_raw_fd()).with_context(|| {
+                    format!("the description {d} in flight is not in the checkpoint")
+                })
+            })
+            .collect()
+    }
+
+    /// The descriptors in flight with message `i` of the queue of socket `ino`.
+    fn fds_at(&self, ino: u64, i: usize) -> Result<Vec<RawFd>> {
+        match self
+            .in_flight
+            .get(&ino)
+            .and_then(|l| l.iter().find(|m| m.at == i as u64))
+        {
+            Some(m) => self.fds_of(m),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Write the saved receive queue of `r` so that it lands in its receive queue.
     fn refill(&mut self, ino: u64, r: &Rec) -> Result<()> {
         let total: usize = r.queue.iter().map(Vec::len).sum();
@@ -760,10 +865,26 @@ impl Builder<'_> {
             .context("no peer to write the queued data through")?;
             ensure_sndbuf(from, total);
             if r.ty == libc::SOCK_STREAM {
-                return send_all(from, &r.queue.concat());
+                let data = r.queue.concat();
+                let mut done = 0;
+                for m in self.in_flight.get(&ino).into_iter().flatten() {
+                    let (at, end) = (m.at as usize, (m.at + m.len) as usize);
+                    if at < done || end > data.len() || at == end {
+                        bail!(
+                            "descriptors in flight at bytes {at}..{end} of a queue of {}",
+                            data.len()
+                        );
+                    }
+                    send_all(from, &data[done..at])?;
+                    // The descriptors go with the first part the kernel takes.
+                    let n = send_msg(from, &data[at..end], None, &self.fds_of(m)?)?;
+                    send_all(from, &data[at + n..end])?;
+                    done = end;
+                }
+                return send_all(from, &data[done..]);
             }
-            for m in &r.queue {
-                send_one(from, m, None)?;
+            for (i, m) in r.queue.iter().enumerate() {
+                send_msg(from, m, None, &self.fds_at(ino, i)?)?;
             }
             return Ok(());
         }
@@ -778,15 +899,16 @@ impl Builder<'_> {
             } else {
                 bail!("it has no name to send its queued datagrams to");
             };
-            for m in &r.queue {
-                with_dir(r.dir(), || send_one(from, m, to))?;
+            for (i, m) in r.queue.iter().enumerate() {
+                let fds = self.fds_at(ino, i)?;
+                with_dir(r.dir(), || send_msg(from, m, to, &fds))?;
             }
             return Ok(());
         }
         if let Some(t) = self.far.get(&ino) {
             ensure_sndbuf(t, total);
-            for m in &r.queue {
-                send_one(t, m, None)?;
+            for (i, m) in r.queue.iter().enumerate() {
+                send_msg(t, m, None, &self.fds_at(ino, i)?)?;
             }
             return Ok(());
         }
@@ -824,7 +946,8 @@ impl Builder<'_> {
                 }
             };
             ensure_sndbuf(from, m.len());
-            with_dir(r.dir(), || send_one(from, m, Some(&r.name)))?;
+            let fds = self.fds_at(ino, i)?;
+            with_dir(r.dir(), || send_msg(from, m, Some(&r.name), &fds))?;
         }
         for (name, n) in lost {
             eprintln!(
