@@ -38,7 +38,12 @@
 //! lands in its receive queue, one send per datagram or record. Datagrams queued on an
 //! unconnected socket are sent from a socket bound to their sender's name where one can
 //! be had (a socket of the checkpoint, or a temporary one for a free abstract name);
-//! otherwise from an unnamed socket, with a warning. Shutdown state, socket options
+//! otherwise from an unnamed socket, with a warning. Queues are sent once the real
+//! sockets stand in place of their stand-ins, so that a message carrying descriptors
+//! (SCM_RIGHTS, `Attr::UnixInFlight`: description ids, whose descriptors the front end
+//! hands over with [`Sockets::give_desc`]) carries the real ones, sockets included.
+//! Every send is MSG_DONTWAIT and every connect does not wait: a full queue is an error,
+//! never a hang. Shutdown state, socket options
 //! (SO_PASSCRED last, so that nothing autobinds) and descriptor flags come last.
 //!
 //! Limits: SO_PEERCRED of a restored connection names the restorer, which created it,
@@ -48,7 +53,7 @@
 //! they had bound them themselves.
 
 use super::dump::{diag_all, display_name, type_name};
-use crate::fd::{cvt, set_status_flags, Context, RestoreResult};
+use crate::fd::{cvt, set_status_flags, Context, RestoreError, RestoreResult};
 use crate::state::{Attr, Fd, FdKind, UnixInFlight, UnixOptions, UnixSocketFile, UnixState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
@@ -161,20 +166,40 @@ fn bind_raw(s: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// connect() without waiting: a unix stream connect waits while the listener's accept
+/// queue is full; here that is an error (nothing would drain it).
 fn connect(s: &OwnedFd, name: &[u8]) -> Result<()> {
     let (a, len) = sockaddr(name)?;
-    loop {
+    // SAFETY: fcntl on our own socket, integers only.
+    let fl = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) };
+    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) };
+    }
+    let r = loop {
         // SAFETY: connect with a local address.
         let r =
             unsafe { libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
         if r == 0 {
-            return Ok(());
+            break Ok(());
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).with_context(|| format!("connecting to {}", display_name(name)));
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => {
+                break Err(RestoreError::msg(format!(
+                    "connecting to {}: its accept queue is full",
+                    display_name(name)
+                )))
+            }
+            _ => break Err(e).with_context(|| format!("connecting to {}", display_name(name))),
         }
+    };
+    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, fl) };
     }
+    r
 }
 
 /// Run `f` with `dir` as working directory (for relative socket names), if not empty.
@@ -693,7 +718,6 @@ impl Builder<'_> {
             })?;
         let s = new_socket(r.ty)?;
         self.bind_or_warn(&s, r);
-        set_status_flags(&s, libc::O_NONBLOCK)?;
         with_dir(l.dir(), || connect(&s, &l.name))?;
         self.made.insert(ino, s);
         Ok(())
