@@ -32,9 +32,10 @@
  * byte that its own client reads), each with its client's data if any, and a
  * fourth accept finds none (EAGAIN).
  *
- * seqpacket: two SOCK_SEQPACKET socketpairs: one filled with small records
+ * seqpacket: three SOCK_SEQPACKET socketpairs: one filled with small records
  * (0 to 3000 bytes, cycling) until EAGAIN, one with 60000-byte records until
- * EAGAIN.  Prints "records <n> <m>".  Checks: every record comes back with its
+ * EAGAIN, one whose sender has the largest send buffer it may set (4 MiB for
+ * root) with 1-byte records until EAGAIN.  Prints "records <n> <m> <k>".  Checks: every record comes back with its
  * length and bytes, then EAGAIN; the pairs ping-pong.
  *
  * dgram: an unconnected dgram socket DIR/r.sock receiving 11 datagrams (the
@@ -346,20 +347,35 @@ static size_t big_len(int i)
     return 60000;
 }
 
+static size_t tiny_len(int i)
+{
+    (void)i;
+    return 1;
+}
+
 static int mode_seqpacket(void)
 {
-    int a[2], b[2];
+    int a[2], b[2], c[2];
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, a) == 0, "socketpair");
     CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, b) == 0, "socketpair");
+    CHECK(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, c) == 0, "socketpair");
+    /* As large a send buffer as the user may have (root: 4 MiB). */
+    int big = 4 << 20;
+    CHECK(setsockopt(c[0], SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof big) == 0 ||
+              setsockopt(c[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big) == 0,
+          "SO_SNDBUF");
     static unsigned char buf[70000];
     int n = fill(a[0], small_len, buf, 0);
     int m = fill(b[1], big_len, buf, 0);
-    say("records %d %d", n, m);
+    int k = fill(c[0], tiny_len, buf, 0);
+    say("records %d %d %d", n, m, k);
     wait_stop();
     drain(a[1], n, small_len, buf, sizeof buf, "small records");
     drain(b[0], m, big_len, buf, sizeof buf, "large records");
+    drain(c[1], k, tiny_len, buf, sizeof buf, "one-byte records");
     ping(a[0], a[1], "small pair");
     ping(b[0], b[1], "large pair");
+    ping(c[0], c[1], "one-byte pair");
     say("seqpacket ok");
     return 0;
 }

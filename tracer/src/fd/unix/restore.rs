@@ -280,9 +280,20 @@ fn set_buf(s: &OwnedFd, opt: i32, force: i32, value: i32) {
     }
 }
 
-/// Room in the send buffer of `s` for `need` more bytes of queued data.
-fn ensure_sndbuf(s: &OwnedFd, need: usize) {
-    let want = (need.saturating_mul(2) + (256 << 10)).min(i32::MAX as usize) as i32;
+/// Room in the send buffer of `s` for the messages `queue`: the kernel charges each
+/// one's whole buffer (its bytes and some 1 KiB of overhead, more than the bytes for
+/// small records) to the sender until it is read, so a queue of many small records
+/// needs more than its bytes. At least `saved`, the send buffer of the socket that
+/// filled it (root may set any size; an ordinary user gets at most net.core.wmem_max,
+/// as the original sender did).
+fn ensure_sndbuf(s: &OwnedFd, queue: &[Vec<u8>], saved: i32) {
+    let bytes: usize = queue.iter().map(Vec::len).sum();
+    let need = bytes
+        .saturating_mul(2)
+        .saturating_add(queue.len().saturating_mul(1536))
+        .saturating_add(256 << 10);
+    let want = need.min(i32::MAX as usize) as i32;
+    let want = want.max(saved);
     if get_int(s, libc::SO_SNDBUF).unwrap_or(0) < want {
         set_buf(s, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, want);
     }
@@ -879,15 +890,15 @@ impl Builder<'_> {
 
     /// Write the saved receive queue of `r` so that it lands in its receive queue.
     fn refill(&mut self, ino: u64, r: &Rec) -> Result<()> {
-        let total: usize = r.queue.iter().map(Vec::len).sum();
         let peer = (r.peer != 0).then(|| self.recs.get(&r.peer)).flatten();
+        let saved = peer.map_or(0, |p| p.opts.sndbuf);
         if r.ty != libc::SOCK_DGRAM {
             let from = match peer {
                 Some(_) => self.made.get(&r.peer),
                 None => self.far.get(&ino),
             }
             .context("no peer to write the queued data through")?;
-            ensure_sndbuf(from, total);
+            ensure_sndbuf(from, &r.queue, saved);
             if r.ty == libc::SOCK_STREAM {
                 let data = r.queue.concat();
                 let mut done = 0;
@@ -915,7 +926,7 @@ impl Builder<'_> {
         if let Some(p) = peer {
             // Connected to a socket of the checkpoint: every datagram came from it.
             let from = &self.made[&r.peer];
-            ensure_sndbuf(from, total);
+            ensure_sndbuf(from, &r.queue, saved);
             let to = if p.peer == ino {
                 None
             } else if !r.name.is_empty() {
@@ -930,7 +941,7 @@ impl Builder<'_> {
             return Ok(());
         }
         if let Some(t) = self.far.get(&ino) {
-            ensure_sndbuf(t, total);
+            ensure_sndbuf(t, &r.queue, 0);
             for (i, m) in r.queue.iter().enumerate() {
                 send_msg(t, m, None, &self.fds_at(ino, i)?)?;
             }
@@ -969,7 +980,7 @@ impl Builder<'_> {
                     &temps[&key]
                 }
             };
-            ensure_sndbuf(from, m.len());
+            ensure_sndbuf(from, std::slice::from_ref(m), 0);
             let fds = self.fds_at(ino, i)?;
             with_dir(r.dir(), || send_msg(from, m, Some(&r.name), &fds))?;
         }
