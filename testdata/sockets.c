@@ -37,8 +37,9 @@
  *   tcp        a TCP listening socket on 127.0.0.1
  *   netlink    a NETLINK_ROUTE socket
  *   scm_rights a unix stream socketpair with a descriptor in flight
- *              (SCM_RIGHTS); at the end it is received and checked
- *   backlog    a listening unix socket with a connection not yet accepted;
+ *              (SCM_RIGHTS) that it closed itself; at the end it is received and checked
+ *   backlog    a listening unix socket with a connection not yet accepted
+ *              whose client (fd) sent a byte already;
  *              at the end it is accepted
  */
 #include "common.h"
@@ -506,18 +507,20 @@ static int hold(int argc, char **argv)
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &other, sizeof(int));
         CHECK(sendmsg(sp[0], &m, 0) == 1, "sendmsg: %s", strerror(errno));
+        close(other); /* the descriptor lives only in flight */
         fd = sp[1];
     } else if (!strcmp(kind, "backlog")) {
         struct sockaddr_un a;
         char name[64];
         snprintf(name, sizeof name, "ckpt-sockets-%d-backlog", (int)getpid());
         socklen_t al = set_abstract(&a, name);
-        fd = socket(AF_UNIX, SOCK_STREAM, 0);
-        CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&a, al) == 0 && listen(fd, 4) == 0,
-              "listen: %s", strerror(errno));
         other = socket(AF_UNIX, SOCK_STREAM, 0);
-        CHECK(other >= 0 && connect(other, (struct sockaddr *)&a, al) == 0, "connect: %s",
+        CHECK(other >= 0 && bind(other, (struct sockaddr *)&a, al) == 0 && listen(other, 4) == 0,
+              "listen: %s", strerror(errno));
+        fd = socket(AF_UNIX, SOCK_STREAM, 0);
+        CHECK(fd >= 0 && connect(fd, (struct sockaddr *)&a, al) == 0, "connect: %s",
               strerror(errno));
+        CHECK(write(fd, "B", 1) == 1, "write: %s", strerror(errno));
     } else {
         fail("unknown kind '%s'", kind);
     }
@@ -544,8 +547,10 @@ static int hold(int argc, char **argv)
         memcpy(&got, CMSG_DATA(c), sizeof got);
         CHECK(fcntl(got, F_GETFD) >= 0, "the received descriptor is not valid");
     } else if (!strcmp(kind, "backlog")) {
-        int c = accept(fd, NULL, NULL);
+        int c = accept(other, NULL, NULL);
+        char b;
         CHECK(c >= 0, "the pending connection is gone: %s", strerror(errno));
+        CHECK(read(c, &b, 1) == 1 && b == 'B', "the pending connection's data is gone");
     }
     say("done");
     return 0;

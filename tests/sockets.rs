@@ -219,16 +219,26 @@ fn netlink_socket_is_refused() {
     refused("netlink", &["af_netlink"]);
 }
 
-/// Queued SCM_RIGHTS cannot be restored faithfully: refused, and the refused
-/// dump (which peeked at the queue) left the message and its descriptor there.
+/// A descriptor queued with SCM_RIGHTS that no process has open any more (its sender
+/// closed it) cannot be restored: refused, and the refused dump (which peeked at the
+/// queue) left the message and its descriptor there (tests/unixsk.rs: descriptors in
+/// flight that are open in the tree are restored).
 #[test]
 fn queued_descriptor_is_refused() {
-    refused("scm_rights", &["unix", "scm_rights"]);
+    refused(
+        "scm_rights",
+        &[
+            "unix",
+            "scm_rights",
+            "no process of the checkpoint has open",
+        ],
+    );
 }
 
-/// A listening unix socket with a connection not yet accepted: refused, and
-/// the connection can still be accepted afterwards.
+/// A connection not yet accepted whose client sent data already (only accepting it
+/// could read that data): refused, naming the client, and the connection can still
+/// be accepted afterwards, with its data (tests/unixsk.rs: without data, restored).
 #[test]
-fn pending_connection_is_refused() {
-    refused("backlog", &["listening", "waiting to be accepted"]);
+fn pending_connection_with_data_is_refused() {
+    refused("backlog", &["waiting to be accepted", "bytes it sent"]);
 }

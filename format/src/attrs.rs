@@ -37,6 +37,8 @@ pub enum Attr {
     /// old path with " (deleted)"): the restored process starts in a new empty one,
     /// made and removed again.
     DeletedCwd(crate::state::DeletedDir),
+    /// Descriptors in flight (SCM_RIGHTS) in the receive queues of its unix sockets.
+    UnixInFlight(Vec<UnixInFlight>),
 }
 
 /// The audit login uid and session id of a process (/proc/PID/loginuid, sessionid;
@@ -244,4 +246,20 @@ pub struct JobCtl {
     /// The children of this process whose stop its parent (this process) had not yet
     /// collected with waitpid(WUNTRACED): they are to report it again after restore.
     pub stop_reports: Vec<i32>,
+}
+
+/// Descriptors sent with one queued message (SCM_RIGHTS) of a unix socket's receive
+/// queue ([`crate::state::FdKind::UnixSocket`] `queue`), not yet received.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UnixInFlight {
+    /// The saved inode of the socket whose receive queue holds the message.
+    pub ino: u64,
+    /// Datagram and seqpacket sockets: the index of the message in the queue. Stream
+    /// sockets: the byte offset in the queue of the data sent with the descriptors.
+    pub at: u64,
+    /// Stream sockets: how many bytes were sent with the descriptors (0 otherwise).
+    pub len: u64,
+    /// The descriptors, in order, as open file descriptions of the checkpoint
+    /// ([`crate::state::Fd::desc`]): each is open in some process of the tree too.
+    pub descs: Vec<u32>,
 }

@@ -35,6 +35,17 @@ impl Shared {
     /// their connections, ckpt_tracer::fd::unix) and put it in place of the stand-in
     /// sources.
     pub fn finish(&mut self) -> Result<()> {
+        let socks = self.kinds.part::<ckpt_tracer::fd::unix::restore::Sockets>();
+        for id in socks.descs_in_flight() {
+            let src = self
+                .descs
+                .get(&id)
+                .with_context(|| format!("description {id} in flight is not in the checkpoint"))?;
+            socks.give_desc(
+                id,
+                src.try_clone().context("keeping a description in flight")?,
+            );
+        }
         Ok(ckpt_tracer::fd::finish(&mut self.kinds)?)
     }
 
@@ -46,6 +57,14 @@ impl Shared {
             Some((fd, fg)) => Ok(Some((above(fd, min)?, fg))),
             None => Ok(None),
         }
+    }
+
+    /// What the attributes of a process hold for the descriptor kinds: the descriptors
+    /// in flight in its unix sockets' queues.
+    pub fn note_attrs(&mut self, attrs: &[ckpt_format::attrs::Attr]) {
+        self.kinds
+            .part::<ckpt_tracer::fd::unix::restore::Sockets>()
+            .note_in_flight(attrs);
     }
 }
 

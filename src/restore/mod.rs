@@ -145,6 +145,7 @@ fn prepare_process(
 ) -> Result<PreparedProcess> {
     let state = &image.state;
     let installs = fds::prepare(state.pid, &state.fds, base, shared)?;
+    shared.note_attrs(&state.attrs);
     let image_fd = sys::above(
         OwnedFd::from(image.file.try_clone().context("reopening the image")?),
         base,

@@ -95,6 +95,10 @@ pub enum Source {
     FdFile(&'static str),
     /// The process's working directory (/proc/PID/cwd).
     Cwd,
+    /// A property of every AF_UNIX socket (sock_diag, getsockopt/getpeername on a copy
+    /// of the descriptor, its receive queue peeked), checked by the unix socket kind as
+    /// it reads each one (tracer/src/fd/unix/dump.rs).
+    UnixSock(&'static str),
 }
 
 /// One attribute the audit checks.
@@ -743,6 +747,62 @@ pub static TABLE: &[Row] = &[
         "working directory removed while the process was in it: mode, owner (a new empty directory, removed again)",
         Saved("cwd"),
     ),
+    // ---- every AF_UNIX socket (tracer/src/fd/unix/dump.rs) ----
+    row(
+        UnixSock("sock_diag name"),
+        "its name (a path, or an abstract name), also when the socket file was unlinked, its directory deleted or moved, or its path taken by another file since (bound again in a place made bindable for a moment)",
+        Saved("image: fd unix"),
+    ),
+    row(
+        UnixSock("sock_diag state, peer"),
+        "its connection (inside the tree; to outside: restored with its peer closed, with a warning)",
+        Saved("image: fd unix"),
+    ),
+    row(
+        UnixSock("peeked receive queue"),
+        "queued bytes, records and datagrams, with the sender of each datagram",
+        Saved("image: fd unix"),
+    ),
+    row(
+        UnixSock("peeked SCM_RIGHTS"),
+        "descriptors in flight (SCM_RIGHTS) that some process of the tree has open",
+        Saved("image: attribute UnixInFlight"),
+    ),
+    row(
+        UnixSock("peeked SCM_RIGHTS open nowhere else"),
+        "descriptor in flight that no process of the tree has open (its sender closed it)",
+        Default(Zero),
+    ),
+    row(
+        UnixSock("peeked SCM_CREDENTIALS"),
+        "queued credentials (SCM_CREDENTIALS: every message of a socket with SO_PASSCRED)",
+        Default(Zero),
+    ),
+    row(
+        UnixSock("peeked SCM_PIDFD, SCM_SECURITY"),
+        "other queued ancillary data (SCM_PIDFD, SCM_SECURITY)",
+        Default(Zero),
+    ),
+    row(
+        UnixSock("sock_diag pending connections"),
+        "connections waiting to be accepted, their clients in the tree (connected again, not accepted)",
+        Saved("image: fd unix"),
+    ),
+    row(
+        UnixSock("wqueue of a waiting client"),
+        "data a client sent on a connection not yet accepted (only accepting it could read it)",
+        Default(Zero),
+    ),
+    row(
+        UnixSock("pending connections from outside"),
+        "connections waiting to be accepted whose client is outside the tree",
+        Default(Zero),
+    ),
+    row(
+        UnixSock("getsockopt"),
+        "SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD, buffer sizes, SO_RCVLOWAT, timeouts, SO_PEEK_OFF",
+        Saved("image: fd unix"),
+    ),
 ];
 
 /// __O_SYNC (O_SYNC without O_DSYNC) and __O_TMPFILE (O_TMPFILE without O_DIRECTORY),
@@ -1165,6 +1225,7 @@ fn source_name(s: Source) -> String {
         ThreadArea => "PTRACE_GET_THREAD_AREA".into(),
         Root => "/proc/PID/root".into(),
         Membarrier => "membarrier `MEMBARRIER_CMD_GET_REGISTRATIONS`".into(),
+        UnixSock(w) => format!("AF_UNIX socket: {w}"),
         FdLock(w) => format!("fdinfo `lock:` word `{w}`"),
         Terminal(w) => format!("terminal: {w}"),
         FdFlag(bit) => format!("fdinfo `flags:` bit `{bit:#o}`"),

@@ -15,10 +15,34 @@
 //!   by one by moving SO_PEEK_OFF from message to message (with MSG_TRUNC to learn each
 //!   length), which keeps their boundaries. SO_PEEK_OFF is put back afterwards.
 //!
-//! Refused (the restore could not be faithful): queued ancillary data (SCM_RIGHTS,
-//! SCM_CREDENTIALS, ...: the kernel attaches credentials to every message of a socket
-//! with SO_PASSCRED), a listening socket with connections waiting to be accepted, a
-//! datagram socket connected to one peer with datagrams queued from another sender,
+//! Connections waiting to be accepted: the socket accept() will return has no inode yet
+//! (sock_diag shows none, nor the peer of its client), so they are found from their
+//! clients: a connected stream or seqpacket socket whose peer has no inode and that is
+//! not shut down both ways (as a socket whose peer was closed is) is such a client,
+//! getpeername() names its listening socket. A listening socket of the tree whose
+//! waiting connections all have their client in the tree is restored with them (the
+//! clients connect again, in the order of their inodes, see `restore.rs`).
+//!
+//! Descriptors in flight (SCM_RIGHTS) come with the peek: peeking installs copies of
+//! them here, as a read would, without taking them from the queue. Once the whole tree
+//! is read, [`link`] finds each one among the descriptors of the tree (kcmp
+//! KCMP_FILE: the same open file description) and saves it as that description's id,
+//! in the process attribute [`crate::state::Attr::UnixInFlight`]; the restore sends
+//! the same message with that description. A stream peek stops after the data sent
+//! with descriptors but cannot show where that message began: the descriptors are
+//! saved with all the bytes queued since the previous ones (so a read of the restored
+//! queue gets them with the same read as before, unless it stops short of the data
+//! they came with). A descriptor that no process of the tree has open (its sender
+//! closed it) is refused.
+//!
+//! Refused (the restore could not be faithful): queued ancillary data other than
+//! SCM_RIGHTS (SCM_CREDENTIALS, which the kernel attaches to every message of a
+//! socket with SO_PASSCRED: a restorer without CAP_SYS_ADMIN cannot send another
+//! process's; SCM_PIDFD, SCM_SECURITY), a descriptor in flight open nowhere else in
+//! the tree, a connection waiting to be accepted whose client sent data
+//! already (it can only be read by accepting the connection, which would take it from
+//! the process), a listening socket with waiting connections from clients outside the
+//! checkpoint or more of them than its backlog admits, a datagram socket connected to one peer with datagrams queued from another sender,
 //! queued datagrams on a socket that has neither a name nor a peer to refill it through.
 //! A socket whose peer is outside the checkpoint is not refused: the restore gives it a
 //! closed peer (see `restore.rs`).
@@ -374,10 +398,12 @@ impl From<io::Error> for QueueError {
     }
 }
 
-/// One peeked message: its full length and the sender's name.
+/// One peeked message: its full length, the sender's name and the descriptors sent
+/// with it (SCM_RIGHTS; peeking installs copies of them here).
 struct Peeked {
     len: usize,
     sender: Vec<u8>,
+    fds: Vec<OwnedFd>,
 }
 
 /// recvmsg(MSG_PEEK) at the current SO_PEEK_OFF; None when nothing (more) is queued.
@@ -385,7 +411,8 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Pe
     // SAFETY: `sockaddr_un` is a plain C struct (a family integer and a byte array): all-
     // zero bytes are a valid value.
     let mut name: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    let mut control = [0u64; 64];
+    // Room for SCM_MAX_FD (253) descriptors.
+    let mut control = [0u64; 160];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -418,8 +445,10 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Pe
         }
         break (n as usize, msg);
     };
-    // Ancillary data: peeking SCM_RIGHTS installs the descriptors here; close them.
+    // Ancillary data: peeking SCM_RIGHTS installs the descriptors here (kept, closed
+    // when dropped).
     let mut kinds = Vec::new();
+    let mut fds = Vec::new();
     if msg.msg_controllen > 0 {
         // SAFETY: walking the control buffer the kernel filled, within msg_controllen.
         unsafe {
@@ -431,11 +460,15 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Pe
                 if level == libc::SOL_SOCKET && (ty == libc::SCM_RIGHTS || ty == SCM_PIDFD) {
                     for i in 0..dlen / 4 {
                         let fd = std::ptr::read_unaligned(data.add(i * 4) as *const i32);
-                        libc::close(fd);
+                        // The kernel just installed it in our table: ours alone.
+                        fds.push(OwnedFd::from_raw_fd(fd));
                     }
                 }
                 kinds.push(match (level, ty) {
-                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => "SCM_RIGHTS",
+                    (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                        continue;
+                    }
                     (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
                         "SCM_CREDENTIALS, which SO_PASSCRED attaches to every message"
                     }
@@ -447,8 +480,8 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Pe
             }
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 && kinds.is_empty() {
-        kinds.push("ancillary data");
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        kinds.push("more ancillary data than one message can carry");
     }
     if !kinds.is_empty() {
         kinds.dedup();
@@ -466,13 +499,25 @@ fn peek_one(sock: &OwnedFd, buf: &mut [u8], datagram: bool) -> Result2<Option<Pe
     } else {
         Vec::new()
     };
-    Ok(Some(Peeked { len: n, sender }))
+    Ok(Some(Peeked {
+        len: n,
+        sender,
+        fds,
+    }))
 }
 
 type Result2<T> = std::result::Result<T, QueueError>;
 
-/// Queued messages and, per message, the sender's name.
-type Queue = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+/// Descriptors in flight with one queued message, as [`crate::state::UnixInFlight`]
+/// holds them, with our copies of them.
+pub struct InFlight {
+    pub at: u64,
+    pub len: u64,
+    pub fds: Vec<OwnedFd>,
+}
+
+/// Queued messages, per message the sender's name, and the descriptors in flight.
+type Queue = (Vec<Vec<u8>>, Vec<Vec<u8>>, Vec<InFlight>);
 
 /// The receive queue, peeked message by message with SO_PEEK_OFF (a stream socket's is
 /// one element). Leaves SO_PEEK_OFF at -1; the caller puts the saved value back.
@@ -480,6 +525,7 @@ fn peek_queue(sock: &OwnedFd, sock_type: i32) -> Result2<Queue> {
     let stream = sock_type == libc::SOCK_STREAM;
     let mut queue = Vec::new();
     let mut senders = Vec::new();
+    let mut inflight = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     if stream {
         let mut n: libc::c_int = 0;
@@ -488,7 +534,7 @@ fn peek_queue(sock: &OwnedFd, sock_type: i32) -> Result2<Queue> {
             return Err(io::Error::last_os_error().into());
         }
         if n <= 0 {
-            return Ok((queue, senders));
+            return Ok((queue, senders, inflight));
         }
         buf.resize(n as usize, 0);
     }
@@ -513,6 +559,19 @@ fn peek_queue(sock: &OwnedFd, sock_type: i32) -> Result2<Queue> {
                 break;
             }
             data.extend_from_slice(&buf[off..off + p.len]);
+            if !p.fds.is_empty() {
+                // A peek stops after the data that came with descriptors, but shows
+                // nothing of where that message began (a peek of any part of the data
+                // queued before it returns its descriptors too): the descriptors are
+                // saved with all the bytes this peek returned, so that a read of the
+                // restored queue returns them at the same point as before, with the
+                // read that takes the last of those bytes or any part of them.
+                inflight.push(InFlight {
+                    at: off as u64,
+                    len: p.len as u64,
+                    fds: p.fds,
+                });
+            }
             off += p.len;
             if off >= buf.len() {
                 break;
@@ -521,6 +580,13 @@ fn peek_queue(sock: &OwnedFd, sock_type: i32) -> Result2<Queue> {
             // Truncated: peek the same message again with room for all of it.
             buf.resize(p.len, 0);
         } else {
+            if !p.fds.is_empty() {
+                inflight.push(InFlight {
+                    at: queue.len() as u64,
+                    len: 0,
+                    fds: p.fds,
+                });
+            }
             queue.push(buf[..p.len].to_vec());
             senders.push(p.sender);
             off += p.len;
@@ -529,7 +595,7 @@ fn peek_queue(sock: &OwnedFd, sock_type: i32) -> Result2<Queue> {
     if stream && !data.is_empty() {
         queue.push(data);
     }
-    Ok((queue, senders))
+    Ok((queue, senders, inflight))
 }
 
 /// The socket file of a path name, if it is still there under that name.
@@ -568,6 +634,36 @@ fn socket_file(pid: i32, name: &[u8], vfs: Option<(u64, u64)>) -> UnixSocketFile
             dir,
         },
     }
+}
+
+/// The name `sock` is connected to (getpeername), empty if none.
+fn peer_name_of(sock: &OwnedFd) -> Vec<u8> {
+    // SAFETY: sockaddr_un is plain data: all-zero bytes are a valid value.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: getpeername into a local sockaddr_un of `len` bytes.
+    let r = unsafe {
+        libc::getpeername(
+            sock.as_raw_fd(),
+            (&mut a as *mut libc::sockaddr_un).cast(),
+            &mut len,
+        )
+    };
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_un>());
+    if r < 0 || len <= 2 {
+        return Vec::new();
+    }
+    // SAFETY: sun_path is plain bytes; len - 2 of them were written.
+    let path: &[u8] = unsafe { std::slice::from_raw_parts(a.sun_path.as_ptr().cast(), len - 2) };
+    name_from_sun_path(path)
+}
+
+/// The client of a connection waiting to be accepted: connected, but its peer (the
+/// socket accept() will return) has no inode yet, so sock_diag shows none; unlike a
+/// socket whose peer was closed, it is not shut down both ways. The name it is
+/// connected to is its listening socket's.
+fn waiting_client(d: &Diag, sock_type: i32) -> bool {
+    sock_type != libc::SOCK_DGRAM && d.state == TCP_ESTABLISHED && d.peer == 0 && d.shutdown != 3
 }
 
 /// A `socket:[ino]` descriptor: an AF_UNIX socket, or an error naming the kind.
@@ -620,11 +716,21 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
         s => return Err(unsupported(format!("unix {tname} socket in state {s}"))),
     };
     let shown = display_name(&d.name);
-    if state == UnixState::Listening && (d.rqueue > 0 || !d.icons.is_empty()) {
+    if state == UnixState::Listening && d.rqueue > d.wqueue + 1 {
         return Err(unsupported(format!(
-            "listening unix {tname} socket {shown} with {} connection(s) waiting to be accepted",
-            d.rqueue.max(d.icons.len() as u32)
+            "listening unix {tname} socket {shown} with {} connections waiting to be accepted, more than its backlog {} admits",
+            d.rqueue, d.wqueue
         )));
+    }
+    let waiting = waiting_client(&d, sock_type).then(|| peer_name_of(&sock));
+    if let Some(to) = &waiting {
+        if d.wqueue > 0 && !to.is_empty() {
+            return Err(unsupported(format!(
+                "unix {tname} socket connected to {} whose connection is waiting to be accepted, with {} bytes it sent (they cannot be read without accepting the connection)",
+                display_name(to),
+                d.wqueue
+            )));
+        }
     }
     let opt = |o: i32| get_int(&sock, libc::SOL_SOCKET, o);
     let opts = UnixOptions {
@@ -638,8 +744,8 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
         sndtimeo_us: get_timeout_us(&sock, libc::SO_SNDTIMEO).unwrap_or(0),
         peek_off: opt(libc::SO_PEEK_OFF).unwrap_or(-1),
     };
-    let (queue, senders) = if state == UnixState::Listening {
-        (Vec::new(), Vec::new())
+    let (queue, senders, inflight) = if state == UnixState::Listening {
+        (Vec::new(), Vec::new(), Vec::new())
     } else {
         let r = peek_queue(&sock, sock_type);
         // Put the program's peek offset back whatever happened.
@@ -657,7 +763,9 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
             }
         }
     };
-    let (peer_name, peer_peer) = if d.peer != 0 {
+    let (peer_name, peer_peer) = if let Some(to) = waiting {
+        (to, 0)
+    } else if d.peer != 0 {
         match diag(d.peer).map_err(io_err("sock_diag of the peer"))? {
             Some(p) => (p.name, p.peer),
             None => (Vec::new(), 0),
@@ -692,6 +800,9 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
     } else {
         Vec::new()
     };
+    if !inflight.is_empty() {
+        in_flight_stash().push((ino, pid, fd, inflight));
+    }
     let file = match d.name.first() {
         Some(&c) if c != 0 => Some(socket_file(pid, &d.name, d.vfs)),
         _ => None,
@@ -717,6 +828,106 @@ pub fn socket_fd(pid: i32, fd: i32, ino: u64) -> Result<FdKind> {
     })
 }
 
+/// The descriptors in flight found while reading each socket (by inode, with the pid
+/// and fd it was read through), until [`link`] knows the whole tree and can tell which
+/// open file description of the checkpoint each one is.
+type Stash = HashMap<u64, (i32, i32, Vec<InFlight>)>;
+
+/// One socket's descriptors in flight: (inode, pid, fd, messages).
+type Stashed = (u64, i32, i32, Vec<InFlight>);
+
+fn in_flight_stash() -> std::sync::MutexGuard<'static, Vec<Stashed>> {
+    static STASH: std::sync::Mutex<Vec<Stashed>> = std::sync::Mutex::new(Vec::new());
+    STASH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// kcmp(KCMP_FILE): whether our descriptor `ours` and descriptor `theirs` of process
+/// `pid` are the same open file description.
+fn same_description(ours: &OwnedFd, pid: i32, theirs: i32) -> bool {
+    const KCMP_FILE: libc::c_long = 0;
+    // SAFETY: kcmp only compares kernel objects; all arguments are integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            std::process::id() as libc::c_long,
+            pid as libc::c_long,
+            KCMP_FILE,
+            ours.as_raw_fd() as libc::c_long,
+            theirs as libc::c_long,
+        )
+    };
+    r == 0
+}
+
+/// What our copy of a descriptor in flight is, as /proc shows it.
+fn shown_fd(f: &OwnedFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The descriptors in flight of the sockets whose queue `procs[i]` keeps, as open file
+/// descriptions of the checkpoint: each must be open in some process of the tree
+/// (found with kcmp); one that is not (sent, then closed by its sender) is refused.
+fn resolve_in_flight(procs: &mut [ProcessState], mut stash: Stash) -> Result<()> {
+    // (pid, fd number, description id) of every descriptor of the tree.
+    let all: Vec<(i32, i32, u32)> = procs
+        .iter()
+        .flat_map(|p| p.fds.iter().map(move |f| (p.pid, f.fd, f.desc)))
+        .collect();
+    for p in procs.iter_mut() {
+        let mut found = Vec::new();
+        for fd in &p.fds {
+            let FdKind::UnixSocket { ino, queue, .. } = &fd.kind else {
+                continue;
+            };
+            if queue.is_empty() {
+                continue;
+            }
+            let Some((pid, sfd, list)) = stash.remove(ino) else {
+                continue;
+            };
+            // Read in this dump: the socket it was read through is in the tree.
+            if !all.iter().any(|&(opid, ofd, _)| opid == pid && ofd == sfd) {
+                continue;
+            }
+            for m in list {
+                let mut descs = Vec::new();
+                for f in &m.fds {
+                    let Some(&(_, _, desc)) = all
+                        .iter()
+                        .find(|(opid, ofd, _)| same_description(f, *opid, *ofd))
+                    else {
+                        return Err(TraceError::UnsupportedFd {
+                            pid,
+                            fd: sfd,
+                            kind: format!(
+                                "unix socket with a descriptor in flight (SCM_RIGHTS: {}) that no process of the checkpoint has open",
+                                shown_fd(f)
+                            ),
+                        });
+                    };
+                    descs.push(desc);
+                }
+                found.push(crate::state::UnixInFlight {
+                    ino: *ino,
+                    at: m.at,
+                    len: m.len,
+                    descs,
+                });
+            }
+        }
+        if !found.is_empty() {
+            p.attrs.push(crate::state::Attr::UnixInFlight(found));
+        }
+    }
+    Ok(())
+}
+
+/// A listening socket of the tree, by (type, name): (inode, pid, fd, clients found of
+/// its waiting connections).
+type Listener = (u64, i32, i32, u32);
+
 /// Across the whole tree: whether each socket's peer is in the checkpoint; standard
 /// streams connected outside are reattached to the restorer's own (like pipes); each
 /// receive queue is kept once. Refuses datagram connections the restore cannot rebuild.
@@ -733,6 +944,27 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
             }
         }
     }
+    // Connections waiting to be accepted on a listening socket of the tree: their
+    // clients connect again at restore time (peer_in_checkpoint: the peer is in the
+    // accept queue of the listening socket of the checkpoint named peer_name).
+    let mut listeners: HashMap<(i32, Vec<u8>), Listener> = HashMap::new();
+    for p in procs.iter() {
+        for fd in &p.fds {
+            if let FdKind::UnixSocket {
+                ino,
+                sock_type,
+                state: UnixState::Listening,
+                name,
+                ..
+            } = &fd.kind
+            {
+                if !name.is_empty() {
+                    listeners.insert((*sock_type, name.clone()), (*ino, p.pid, fd.fd, 0));
+                }
+            }
+        }
+    }
+    let mut counted: HashSet<u64> = HashSet::new();
     let mut kept: HashSet<u64> = HashSet::new();
     for p in procs.iter_mut() {
         let pid = p.pid;
@@ -743,7 +975,9 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 state,
                 name,
                 peer,
+                peer_name,
                 peer_in_checkpoint,
+                shutdown,
                 queue,
                 senders,
                 ..
@@ -752,6 +986,19 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 continue;
             };
             *peer_in_checkpoint = *peer != 0 && socks.contains_key(peer);
+            if *state == UnixState::Connected
+                && *peer == 0
+                && *sock_type != libc::SOCK_DGRAM
+                && *shutdown != 3
+                && !peer_name.is_empty()
+            {
+                if let Some(l) = listeners.get_mut(&(*sock_type, peer_name.clone())) {
+                    *peer_in_checkpoint = true;
+                    if counted.insert(*ino) {
+                        l.3 += 1;
+                    }
+                }
+            }
             if *state == UnixState::Connected
                 && !*peer_in_checkpoint
                 && fd.fd <= 2
@@ -780,6 +1027,26 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 queue.clear();
                 senders.clear();
             }
+        }
+    }
+    let stash = std::mem::take(&mut *in_flight_stash())
+        .into_iter()
+        .map(|(ino, pid, fd, list)| (ino, (pid, fd, list)))
+        .collect();
+    resolve_in_flight(procs, stash)?;
+    for (ino, pid, fd, found) in listeners.into_values() {
+        let waiting = diag(ino)
+            .map_err(|e| TraceError::io(pid, format!("sock_diag of socket fd {fd}"), e))?
+            .map_or(0, |d| d.rqueue);
+        if waiting > found {
+            return Err(TraceError::UnsupportedFd {
+                pid,
+                fd,
+                kind: format!(
+                    "listening unix socket with {} of its {waiting} connections waiting to be accepted from clients outside the checkpoint",
+                    waiting - found
+                ),
+            });
         }
     }
     Ok(())

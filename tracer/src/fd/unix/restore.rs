@@ -19,6 +19,9 @@
 //!   same if that name is free (else the name is lost, with a warning);
 //! - any other connected pair inside the checkpoint: socketpair(), then each end is bound
 //!   to its own name, if it had one (bind works on a connected socket);
+//! - the client of a connection that was waiting to be accepted: once every accepted
+//!   end is rebuilt, it connects again to the restored listener (without blocking),
+//!   and stays in its accept queue; clients connect in the order of their inodes;
 //! - a datagram socket connected to a socket of the checkpoint that is connected
 //!   elsewhere: connect() by name once every socket is bound;
 //! - connected to a peer outside the checkpoint, or to a peer closed since: one end of a
@@ -26,11 +29,21 @@
 //!   data then EOF; writes fail with EPIPE or ECONNREFUSED), with a warning when the
 //!   peer was still open (docs/KERNEL.md: descriptors leading outside the job).
 //!
+//! A path name whose socket file was gone at checkpoint time (unlinked, or its
+//! directory deleted or moved) is given back by a bind in a place made bindable for a
+//! moment (see `bind_detached`); the socket file stays until every connection and
+//! queue is rebuilt, then it goes again with whatever was made for it.
+//!
 //! Queued data is written through the socket's (restored or stand-in) peer so that it
 //! lands in its receive queue, one send per datagram or record. Datagrams queued on an
 //! unconnected socket are sent from a socket bound to their sender's name where one can
 //! be had (a socket of the checkpoint, or a temporary one for a free abstract name);
-//! otherwise from an unnamed socket, with a warning. Shutdown state, socket options
+//! otherwise from an unnamed socket, with a warning. Queues are sent once the real
+//! sockets stand in place of their stand-ins, so that a message carrying descriptors
+//! (SCM_RIGHTS, `Attr::UnixInFlight`: description ids, whose descriptors the front end
+//! hands over with [`Sockets::give_desc`]) carries the real ones, sockets included.
+//! Every send is MSG_DONTWAIT and every connect does not wait: a full queue is an error,
+//! never a hang. Shutdown state, socket options
 //! (SO_PASSCRED last, so that nothing autobinds) and descriptor flags come last.
 //!
 //! Limits: SO_PEERCRED of a restored connection names the restorer, which created it,
@@ -40,8 +53,8 @@
 //! they had bound them themselves.
 
 use super::dump::{diag_all, display_name, type_name};
-use crate::fd::{cvt, set_status_flags, Context, RestoreResult};
-use crate::state::{Fd, FdKind, UnixOptions, UnixSocketFile, UnixState};
+use crate::fd::{cvt, set_status_flags, Context, RestoreError, RestoreResult};
+use crate::state::{Attr, Fd, FdKind, UnixInFlight, UnixOptions, UnixSocketFile, UnixState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -65,6 +78,10 @@ struct Rec {
     name: Vec<u8>,
     file: Option<UnixSocketFile>,
     peer: u64,
+    peer_name: Vec<u8>,
+    /// With `peer` not among the sockets: the peer is a connection waiting in the
+    /// accept queue of the listening socket named `peer_name`.
+    peer_in_checkpoint: bool,
     shutdown: u8,
     backlog: u32,
     queue: Vec<Vec<u8>>,
@@ -93,6 +110,10 @@ pub struct Sockets {
     recs: BTreeMap<u64, Rec>,
     /// Stand-in socket inode -> saved inode.
     standins: HashMap<u64, u64>,
+    /// Descriptors in flight, by the saved inode of the socket whose queue holds them.
+    in_flight: HashMap<u64, Vec<UnixInFlight>>,
+    /// Our descriptor for each open file description in flight, by its id.
+    descs: HashMap<u32, OwnedFd>,
 }
 
 fn new_socket(ty: i32) -> Result<OwnedFd> {
@@ -145,20 +166,40 @@ fn bind_raw(s: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// connect() without waiting: a unix stream connect waits while the listener's accept
+/// queue is full; here that is an error (nothing would drain it).
 fn connect(s: &OwnedFd, name: &[u8]) -> Result<()> {
     let (a, len) = sockaddr(name)?;
-    loop {
+    // SAFETY: fcntl on our own socket, integers only.
+    let fl = unsafe { libc::fcntl(s.as_raw_fd(), libc::F_GETFL) };
+    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK) };
+    }
+    let r = loop {
         // SAFETY: connect with a local address.
         let r =
             unsafe { libc::connect(s.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
         if r == 0 {
-            return Ok(());
+            break Ok(());
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).with_context(|| format!("connecting to {}", display_name(name)));
+        match e.kind() {
+            std::io::ErrorKind::Interrupted => continue,
+            std::io::ErrorKind::WouldBlock => {
+                break Err(RestoreError::msg(format!(
+                    "connecting to {}: its accept queue is full",
+                    display_name(name)
+                )))
+            }
+            _ => break Err(e).with_context(|| format!("connecting to {}", display_name(name))),
         }
+    };
+    if fl >= 0 && fl & libc::O_NONBLOCK == 0 {
+        // SAFETY: as above.
+        unsafe { libc::fcntl(s.as_raw_fd(), libc::F_SETFL, fl) };
     }
+    r
 }
 
 /// Run `f` with `dir` as working directory (for relative socket names), if not empty.
@@ -239,9 +280,20 @@ fn set_buf(s: &OwnedFd, opt: i32, force: i32, value: i32) {
     }
 }
 
-/// Room in the send buffer of `s` for `need` more bytes of queued data.
-fn ensure_sndbuf(s: &OwnedFd, need: usize) {
-    let want = (need.saturating_mul(2) + (256 << 10)).min(i32::MAX as usize) as i32;
+/// Room in the send buffer of `s` for the messages `queue`: the kernel charges each
+/// one's whole buffer (its bytes and some 1 KiB of overhead, more than the bytes for
+/// small records) to the sender until it is read, so a queue of many small records
+/// needs more than its bytes. At least `saved`, the send buffer of the socket that
+/// filled it (root may set any size; an ordinary user gets at most net.core.wmem_max,
+/// as the original sender did).
+fn ensure_sndbuf(s: &OwnedFd, queue: &[Vec<u8>], saved: i32) {
+    let bytes: usize = queue.iter().map(Vec::len).sum();
+    let need = bytes
+        .saturating_mul(2)
+        .saturating_add(queue.len().saturating_mul(1536))
+        .saturating_add(256 << 10);
+    let want = need.min(i32::MAX as usize) as i32;
+    let want = want.max(saved);
     if get_int(s, libc::SO_SNDBUF).unwrap_or(0) < want {
         set_buf(s, libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, want);
     }
@@ -276,23 +328,53 @@ fn set_options(s: &OwnedFd, o: &UnixOptions) -> Result<()> {
 
 /// send() (or sendto() `to`) one message without blocking: a full queue is an error.
 fn send_one(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>) -> Result<usize> {
+    send_msg(s, msg, to, &[])
+}
+
+/// sendmsg() one message to `to` (or the peer) with the descriptors `fds` (SCM_RIGHTS),
+/// without blocking: a full queue is an error.
+fn send_msg(s: &OwnedFd, msg: &[u8], to: Option<&[u8]>, fds: &[RawFd]) -> Result<usize> {
     let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
-    let addr = to.map(sockaddr).transpose()?;
+    let mut addr = to.map(sockaddr).transpose()?;
+    // Room for SCM_MAX_FD (253) descriptors.
+    let mut control = [0u64; 160];
+    if fds.len() > 253 {
+        bail!("{} descriptors in one message (at most 253)", fds.len());
+    }
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
     loop {
-        // SAFETY: send/sendto from live buffers.
-        let n = unsafe {
-            match &addr {
-                Some((a, len)) => libc::sendto(
-                    s.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    flags,
-                    (a as *const libc::sockaddr_un).cast(),
-                    *len,
-                ),
-                None => libc::send(s.as_raw_fd(), msg.as_ptr().cast(), msg.len(), flags),
+        // SAFETY: `msghdr` is plain C data: all-zero bytes (null pointers, zero lengths)
+        // are a valid value; the fields sendmsg needs are set right below.
+        let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = &mut iov;
+        m.msg_iovlen = 1;
+        if let Some((a, len)) = &mut addr {
+            m.msg_name = (a as *mut libc::sockaddr_un).cast();
+            m.msg_namelen = *len;
+        }
+        if !fds.is_empty() {
+            let bytes = std::mem::size_of_val(fds) as u32;
+            m.msg_control = control.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is arithmetic; the control buffer holds 1280 bytes, more
+            // than CMSG_SPACE of 253 descriptors; the header and data written lie in it.
+            unsafe {
+                m.msg_controllen = libc::CMSG_SPACE(bytes) as usize;
+                let c = libc::CMSG_FIRSTHDR(&m);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr().cast::<u8>(),
+                    libc::CMSG_DATA(c),
+                    bytes as usize,
+                );
             }
-        };
+        }
+        // SAFETY: every buffer the msghdr points to lives across the call.
+        let n = unsafe { libc::sendmsg(s.as_raw_fd(), &m, flags) };
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -332,6 +414,36 @@ impl Drop for TempListener {
 }
 
 impl Sockets {
+    /// Note the descriptors in flight that process attributes `attrs` hold.
+    pub fn note_in_flight(&mut self, attrs: &[Attr]) {
+        for a in attrs {
+            if let Attr::UnixInFlight(list) = a {
+                for m in list {
+                    self.in_flight.entry(m.ino).or_default().push(m.clone());
+                }
+            }
+        }
+    }
+
+    /// The ids of the open file descriptions in flight, whose descriptors
+    /// [`Sockets::give_desc`] hands over before [`Sockets::finish`].
+    pub fn descs_in_flight(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .in_flight
+            .values()
+            .flatten()
+            .flat_map(|m| m.descs.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Our descriptor (a copy) for the open file description `id` in flight.
+    pub fn give_desc(&mut self, id: u32, fd: OwnedFd) {
+        self.descs.insert(id, fd);
+    }
+
     /// A stand-in source for the socket of `fd`, replaced by the real one in [`finish`].
     ///
     /// [`finish`]: Sockets::finish
@@ -343,6 +455,8 @@ impl Sockets {
             name,
             file,
             peer,
+            peer_name,
+            peer_in_checkpoint,
             shutdown,
             backlog,
             queue,
@@ -392,6 +506,8 @@ impl Sockets {
                         name: name.clone(),
                         file: file.clone(),
                         peer: *peer,
+                        peer_name: peer_name.clone(),
+                        peer_in_checkpoint: *peer_in_checkpoint,
                         shutdown: *shutdown,
                         backlog: *backlog,
                         queue: queue.clone(),
@@ -415,13 +531,20 @@ impl Sockets {
             made: HashMap::new(),
             far: HashMap::new(),
             in_use: None,
+            detached: DetachedSet::default(),
+            in_flight: &self.in_flight,
+            descs: &self.descs,
         };
         b.build()?;
-        let made = std::mem::take(&mut b.made);
+        // Descriptors in flight may be sockets of the tree: they are sent once the real
+        // ones stand in every descriptor of ours (the descriptions in `descs` too).
+        replace_standins(&self.standins, &b.made)?;
+        b.fill_and_settle()?;
         drop(b);
-        replace_standins(&self.standins, &made)?;
         self.recs.clear();
         self.standins.clear();
+        self.in_flight.clear();
+        self.descs.clear();
         Ok(())
     }
 }
@@ -467,6 +590,23 @@ struct Builder<'a> {
     far: HashMap<u64, OwnedFd>,
     /// (dev, ino) of the socket files of live sockets here (computed when needed).
     in_use: Option<HashSet<(u64, u64)>>,
+    /// Socket files of names bound detached, removed once everything is rebuilt.
+    detached: DetachedSet,
+    /// Descriptors in flight, by the saved inode of the socket whose queue holds them.
+    in_flight: &'a HashMap<u64, Vec<UnixInFlight>>,
+    /// Our descriptor for each open file description in flight, by its id.
+    descs: &'a HashMap<u32, OwnedFd>,
+}
+
+/// Undone in the reverse order of creation (a directory made for one name may hold the
+/// socket file of the next).
+#[derive(Default)]
+struct DetachedSet(Vec<Detached>);
+
+impl Drop for DetachedSet {
+    fn drop(&mut self) {
+        while self.0.pop().is_some() {}
+    }
 }
 
 impl Builder<'_> {
@@ -475,8 +615,7 @@ impl Builder<'_> {
         // Listening sockets first: they hold their names, and accepted ends connect to them.
         for (&ino, r) in recs.iter().filter(|(_, r)| r.state == UnixState::Listening) {
             let s = new_socket(r.ty)?;
-            self.bind_name(&s, r)
-                .with_context(|| format!("{}: binding the listening socket", r.what()))?;
+            self.bind_own(&s, r, "binding the listening socket")?;
             cvt(
                 // SAFETY: listen(2) on `s`, a socket this function owns and keeps open; its
                 // arguments are integers.
@@ -490,16 +629,23 @@ impl Builder<'_> {
             .filter(|(_, r)| r.state == UnixState::Unconnected)
         {
             let s = new_socket(r.ty)?;
-            self.bind_name(&s, r)
-                .with_context(|| format!("{}: binding the socket", r.what()))?;
+            self.bind_own(&s, r, "binding the socket")?;
             self.made.insert(ino, s);
         }
         let mut connect_later = Vec::new();
+        // Clients of connections waiting to be accepted, in the order of their inodes:
+        // the order they connect again in, taken as the order they were created and
+        // connected in (the sockets in the accept queue have no inode to tell).
+        let mut waiting = Vec::new();
         for (&ino, r) in recs.iter().filter(|(_, r)| r.state == UnixState::Connected) {
             if self.made.contains_key(&ino) {
                 continue;
             }
             let peer = (r.peer != 0).then(|| recs.get(&r.peer)).flatten();
+            if peer.is_none() && r.peer_in_checkpoint && r.ty != libc::SOCK_DGRAM {
+                waiting.push(ino);
+                continue;
+            }
             match peer {
                 Some(p) if r.ty != libc::SOCK_DGRAM => self.stream_pair(ino, r, p)?,
                 Some(p) if p.peer == ino => {
@@ -518,16 +664,32 @@ impl Builder<'_> {
                 None => self.orphan(ino, r)?,
             }
         }
+        // After every accepted end is rebuilt (each connect + accept on a listener takes
+        // the connection it made only while its accept queue is empty).
+        for ino in waiting {
+            self.wait_in_queue(ino, &recs[&ino]).with_context(|| {
+                format!("{}: connecting again (not accepted)", recs[&ino].what())
+            })?;
+        }
         for ino in connect_later {
             let r = &recs[&ino];
             let p = &recs[&r.peer];
             with_dir(p.dir(), || connect(&self.made[&ino], &p.name))
                 .with_context(|| format!("{}: reconnecting", r.what()))?;
         }
+        Ok(())
+    }
+
+    /// Once the real sockets are in place: queued data (with the descriptors in flight),
+    /// shutdown state, options and flags.
+    fn fill_and_settle(&mut self) -> Result<()> {
+        let recs = self.recs;
         for (&ino, r) in recs.iter().filter(|(_, r)| !r.queue.is_empty()) {
             self.refill(ino, r)
                 .with_context(|| format!("{}: refilling its receive queue", r.what()))?;
         }
+        // Names bound detached lose their socket files again.
+        self.detached = DetachedSet::default();
         for (&ino, r) in recs.iter() {
             let s = &self.made[&ino];
             for (bit, how) in [
@@ -548,6 +710,27 @@ impl Builder<'_> {
             set_options(s, &r.opts).with_context(|| r.what())?;
             set_status_flags(s, r.flags).with_context(|| r.what())?;
         }
+        Ok(())
+    }
+
+    /// The client `r` of a connection that was waiting to be accepted: connected again
+    /// (without blocking: the listener's backlog admits as many as before) to its
+    /// listening socket, and left in its accept queue.
+    fn wait_in_queue(&mut self, ino: u64, r: &Rec) -> Result<()> {
+        let (_, l) = self
+            .recs
+            .iter()
+            .find(|(_, l)| l.state == UnixState::Listening && l.ty == r.ty && l.name == r.peer_name)
+            .with_context(|| {
+                format!(
+                    "no listening socket {} in the checkpoint",
+                    display_name(&r.peer_name)
+                )
+            })?;
+        let s = new_socket(r.ty)?;
+        self.bind_or_warn(&s, r);
+        with_dir(l.dir(), || connect(&s, &l.name))?;
+        self.made.insert(ino, s);
         Ok(())
     }
 
@@ -681,29 +864,69 @@ impl Builder<'_> {
         Ok(())
     }
 
+    /// Our descriptors for the open file descriptions in flight with `m`.
+    fn fds_of(&self, m: &UnixInFlight) -> Result<Vec<RawFd>> {
+        m.descs
+            .iter()
+            .map(|d| {
+                self.descs.get(d).map(|f| f.as_raw_fd()).with_context(|| {
+                    format!("the description {d} in flight is not in the checkpoint")
+                })
+            })
+            .collect()
+    }
+
+    /// The descriptors in flight with message `i` of the queue of socket `ino`.
+    fn fds_at(&self, ino: u64, i: usize) -> Result<Vec<RawFd>> {
+        match self
+            .in_flight
+            .get(&ino)
+            .and_then(|l| l.iter().find(|m| m.at == i as u64))
+        {
+            Some(m) => self.fds_of(m),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Write the saved receive queue of `r` so that it lands in its receive queue.
     fn refill(&mut self, ino: u64, r: &Rec) -> Result<()> {
-        let total: usize = r.queue.iter().map(Vec::len).sum();
         let peer = (r.peer != 0).then(|| self.recs.get(&r.peer)).flatten();
+        let saved = peer.map_or(0, |p| p.opts.sndbuf);
         if r.ty != libc::SOCK_DGRAM {
             let from = match peer {
                 Some(_) => self.made.get(&r.peer),
                 None => self.far.get(&ino),
             }
             .context("no peer to write the queued data through")?;
-            ensure_sndbuf(from, total);
+            ensure_sndbuf(from, &r.queue, saved);
             if r.ty == libc::SOCK_STREAM {
-                return send_all(from, &r.queue.concat());
+                let data = r.queue.concat();
+                let mut done = 0;
+                for m in self.in_flight.get(&ino).into_iter().flatten() {
+                    let (at, end) = (m.at as usize, (m.at + m.len) as usize);
+                    if at < done || end > data.len() || at == end {
+                        bail!(
+                            "descriptors in flight at bytes {at}..{end} of a queue of {}",
+                            data.len()
+                        );
+                    }
+                    send_all(from, &data[done..at])?;
+                    // The descriptors go with the first part the kernel takes.
+                    let n = send_msg(from, &data[at..end], None, &self.fds_of(m)?)?;
+                    send_all(from, &data[at + n..end])?;
+                    done = end;
+                }
+                return send_all(from, &data[done..]);
             }
-            for m in &r.queue {
-                send_one(from, m, None)?;
+            for (i, m) in r.queue.iter().enumerate() {
+                send_msg(from, m, None, &self.fds_at(ino, i)?)?;
             }
             return Ok(());
         }
         if let Some(p) = peer {
             // Connected to a socket of the checkpoint: every datagram came from it.
             let from = &self.made[&r.peer];
-            ensure_sndbuf(from, total);
+            ensure_sndbuf(from, &r.queue, saved);
             let to = if p.peer == ino {
                 None
             } else if !r.name.is_empty() {
@@ -711,15 +934,16 @@ impl Builder<'_> {
             } else {
                 bail!("it has no name to send its queued datagrams to");
             };
-            for m in &r.queue {
-                with_dir(r.dir(), || send_one(from, m, to))?;
+            for (i, m) in r.queue.iter().enumerate() {
+                let fds = self.fds_at(ino, i)?;
+                with_dir(r.dir(), || send_msg(from, m, to, &fds))?;
             }
             return Ok(());
         }
         if let Some(t) = self.far.get(&ino) {
-            ensure_sndbuf(t, total);
-            for m in &r.queue {
-                send_one(t, m, None)?;
+            ensure_sndbuf(t, &r.queue, 0);
+            for (i, m) in r.queue.iter().enumerate() {
+                send_msg(t, m, None, &self.fds_at(ino, i)?)?;
             }
             return Ok(());
         }
@@ -756,8 +980,9 @@ impl Builder<'_> {
                     &temps[&key]
                 }
             };
-            ensure_sndbuf(from, m.len());
-            with_dir(r.dir(), || send_one(from, m, Some(&r.name)))?;
+            ensure_sndbuf(from, std::slice::from_ref(m), 0);
+            let fds = self.fds_at(ino, i)?;
+            with_dir(r.dir(), || send_msg(from, m, Some(&r.name), &fds))?;
         }
         for (name, n) in lost {
             eprintln!(
@@ -784,10 +1009,12 @@ impl Builder<'_> {
         Ok(self.in_use.as_ref().unwrap().contains(&(dev, ino)))
     }
 
-    /// Bind `s` to the saved name of `r`. A path name is bound in its saved directory
-    /// (relative names), after removing a stale socket file that no live socket uses;
-    /// the new file gets the saved mode and owner, or is removed again if the original
-    /// had been.
+    /// Bind `s` to the saved name of `r`. A path name whose socket file was still there
+    /// at checkpoint time is bound in its saved directory (relative names), after
+    /// removing a stale socket file that no live socket uses, and the new file gets the
+    /// saved mode and owner. A name whose file was gone (unlinked, its directory deleted
+    /// or moved), or whose path is taken now by a live socket or another file, is bound
+    /// detached: see [`bind_detached`].
     fn bind_name(&mut self, s: &OwnedFd, r: &Rec) -> Result<()> {
         if r.name.is_empty() {
             return Ok(());
@@ -796,38 +1023,75 @@ impl Builder<'_> {
         if r.name[0] == 0 {
             return bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"));
         }
+        let file = match &r.file {
+            Some(f) if !f.unlinked => f.clone(),
+            _ => return self.detach(s, r),
+        };
         let path = Path::new(OsStr::from_bytes(&r.name));
         let dir = r.dir().to_string();
-        let stale = with_dir(&dir, || Ok(std::fs::symlink_metadata(path).ok()))?
-            .filter(|m| m.file_type().is_socket());
-        let remove = match stale {
-            Some(m) => !self.in_use(m.dev(), m.ino())?,
-            None => false,
+        if !dir.is_empty() && !Path::new(&dir).is_dir() {
+            return self.detach(s, r);
+        }
+        let stale = with_dir(&dir, || Ok(std::fs::symlink_metadata(path).ok()))?;
+        let remove = match &stale {
+            Some(m) if m.file_type().is_socket() => !self.in_use(m.dev(), m.ino())?,
+            _ => false,
         };
-        let file = r.file.clone();
-        with_dir(&dir, || {
+        if stale.is_some() && !remove {
+            eprintln!(
+                "ckpt: warning: {}: {shown} is taken by another file or a live socket now; the socket gets its name back without the file (nobody can connect to it by that path)",
+                r.what()
+            );
+            return self.detach(s, r);
+        }
+        let r2 = with_dir(&dir, || {
             if remove {
                 std::fs::remove_file(path)
                     .with_context(|| format!("removing the stale socket file {shown}"))?;
             }
-            bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"))?;
-            match &file {
-                Some(f) if f.unlinked => {
-                    let _ = std::fs::remove_file(path);
-                }
-                Some(f) => {
-                    let c = CString::new(r.name.clone())?;
-                    // SAFETY: chmod/lchown with a valid C string; failures leave the
-                    // file as bind made it.
-                    unsafe {
-                        libc::chmod(c.as_ptr(), f.mode & 0o7777);
-                        libc::lchown(c.as_ptr(), f.uid, f.gid);
-                    }
-                }
-                None => {}
+            match bind_raw(s, &r.name) {
+                Ok(()) => {}
+                // The directory is gone since the checkpoint.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(false),
+                Err(e) => return Err(e).with_context(|| format!("binding to {shown}")),
             }
-            Ok(())
-        })
+            let c = CString::new(r.name.clone())?;
+            // SAFETY: chmod/lchown with a valid C string; failures leave the file as
+            // bind made it.
+            unsafe {
+                libc::chmod(c.as_ptr(), file.mode & 0o7777);
+                libc::lchown(c.as_ptr(), file.uid, file.gid);
+            }
+            Ok(true)
+        })?;
+        if !r2 {
+            eprintln!(
+                "ckpt: warning: {}: the directory of {shown} is gone; the socket gets its name back without the file",
+                r.what()
+            );
+            return self.detach(s, r);
+        }
+        Ok(())
+    }
+
+    /// [`bind_detached`], keeping the socket file until every connection and queue is
+    /// rebuilt (clients connect to it, datagrams are sent to it by name).
+    fn detach(&mut self, s: &OwnedFd, r: &Rec) -> Result<()> {
+        let d = bind_detached(s, r)?;
+        self.detached.0.push(d);
+        Ok(())
+    }
+
+    /// Bind a listening or unconnected socket: an error if its socket file was there at
+    /// checkpoint time (the name is someone else's now), a warning if not (nobody could
+    /// connect to it by name anyway).
+    fn bind_own(&mut self, s: &OwnedFd, r: &Rec, what: &str) -> Result<()> {
+        if r.file.as_ref().is_some_and(|f| f.unlinked) {
+            self.bind_or_warn(s, r);
+            return Ok(());
+        }
+        self.bind_name(s, r)
+            .with_context(|| format!("{}: {what}", r.what()))
     }
 
     fn bind_or_warn(&mut self, s: &OwnedFd, r: &Rec) {
@@ -840,6 +1104,108 @@ impl Builder<'_> {
             );
         }
     }
+}
+
+/// What [`bind_detached`] changed on disk, undone when dropped: directories it made
+/// (deepest last), the file it put aside, the socket file bind made.
+#[derive(Default)]
+struct Detached {
+    made_dirs: Vec<std::path::PathBuf>,
+    aside: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    bound: Option<std::path::PathBuf>,
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(p) = self.bound.take() {
+            let _ = std::fs::remove_file(p);
+        }
+        if let Some((aside, back)) = self.aside.take() {
+            if let Err(e) = std::fs::rename(&aside, &back) {
+                eprintln!(
+                    "ckpt: warning: could not move {} back to {} ({e})",
+                    aside.display(),
+                    back.display()
+                );
+            }
+        }
+        for d in self.made_dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Bind `s` to the path name of `r` although no socket file of it exists any more, as
+/// CRIU does for deleted socket files: the kernel keeps the name a socket was bound
+/// with (getsockname() shows it) whatever becomes of the file. So the path is made
+/// bindable for a moment: the missing directories up to it are created (and the saved
+/// working directory of a relative name), a file that has taken the path since is
+/// renamed aside, bind() creates the socket file, which is removed at once; then the
+/// file put aside comes back and the directories made are removed again. Nobody can
+/// connect to the socket by its name afterwards, as before the checkpoint (for a socket
+/// whose directory was moved, connecting through the moved file is refused: the file
+/// does not lead to the restored socket).
+fn bind_detached(s: &OwnedFd, r: &Rec) -> Result<Detached> {
+    let shown = display_name(&r.name);
+    let name = Path::new(OsStr::from_bytes(&r.name));
+    let dir = r.dir().trim_end_matches(" (deleted)");
+    let full = if name.is_absolute() {
+        name.to_path_buf()
+    } else if dir.is_empty() {
+        std::env::current_dir()?.join(name)
+    } else {
+        Path::new(dir).join(name)
+    };
+    let mut undo = Detached::default();
+    let parent = full.parent().unwrap_or(Path::new("/"));
+    let mut missing = Vec::new();
+    let mut p = parent;
+    while std::fs::symlink_metadata(p).is_err() {
+        missing.push(p.to_path_buf());
+        match p.parent() {
+            Some(q) => p = q,
+            None => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        std::fs::create_dir(&d).with_context(|| {
+            format!("binding to {shown}: creating {} for a moment", d.display())
+        })?;
+        undo.made_dirs.push(d);
+    }
+    if std::fs::symlink_metadata(&full).is_ok() {
+        let aside = parent.join(format!(
+            ".ckpt-aside-{}-{}",
+            std::process::id(),
+            full.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ));
+        std::fs::rename(&full, &aside).with_context(|| {
+            format!("binding to {shown}: moving the file that took its path aside for a moment")
+        })?;
+        undo.aside = Some((aside, full.clone()));
+    }
+    // The saved name, relative or not, from the directory it was relative to.
+    let cwd = if name.is_absolute() {
+        String::new()
+    } else {
+        parent_dir(&full, name)
+    };
+    with_dir(&cwd, || {
+        bind_raw(s, &r.name).with_context(|| format!("binding to {shown}"))
+    })?;
+    undo.bound = Some(full);
+    Ok(undo)
+}
+
+/// The directory a relative `name` resolves from to give `full`.
+fn parent_dir(full: &Path, name: &Path) -> String {
+    let mut d = full.to_path_buf();
+    for _ in name.components() {
+        d.pop();
+    }
+    d.to_string_lossy().into_owned()
 }
 
 /// A listening socket bound to `r`'s name for one connection, if the name is free.
