@@ -63,6 +63,16 @@ fn memory_policy_is_refused() {
     refused_and_running("mempolicy", "set_mempolicy");
 }
 
+#[test]
+fn a_sysv_message_queue_is_refused() {
+    refused_and_running("msgqueue", "SysV message queue it used");
+}
+
+#[test]
+fn an_aio_ring_is_refused() {
+    refused_and_running("aio", "aio ring (io_setup)");
+}
+
 /// Two processes sharing what a restore would give each its own copy of.
 fn shared_refused(what: &str, named: &str) {
     let d = tempdir();

@@ -212,19 +212,6 @@ fn a_lease_being_broken_is_refused_at_once_and_left_alone() {
     assert!(opener.wait().success());
 }
 
-/// A second sqlite3 on `db`: its stdout and stderr, and whether it succeeded.
-fn second_sqlite(db: &Path, sql: &str) -> (bool, String) {
-    let out = run(command("sqlite3").arg(db).arg(sql));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn sqlite_keeps_its_write_transaction_and_lock() {
     let d = tempdir();
@@ -240,13 +227,7 @@ fn sqlite_keeps_its_write_transaction_and_lock() {
         .unwrap();
     stdin.flush().unwrap();
     t.stdout.expect_line("in transaction");
-    let locked = |when: &str| {
-        let (ok, out) = second_sqlite(&db, "SELECT count(*) FROM t;");
-        assert!(
-            !ok && out.contains("database is locked"),
-            "{when}, a second sqlite3 must find the database locked: {out}"
-        );
-    };
+    let locked = |when: &str| assert_sqlite_locked(&db, when);
     locked("before the checkpoint");
     t.dump_kill(&ck);
 

@@ -76,14 +76,7 @@ fn a_pidfd_of_a_process_outside_is_refused() {
     let (stop, ck) = (d.join("stop"), d.join("ckpt"));
     let mut t = Target::start("pidfds", &[stop.as_os_str(), os("outside")]);
     t.stdout.expect_line("ready");
-    let out = ckpt([
-        os("dump"),
-        os(&t.pid.to_string()),
-        os("--dir"),
-        ck.as_os_str(),
-        os("--kill"),
-    ]);
-    let err = assert_error(&out, "a dump of a pidfd of a process outside");
+    let err = dump_refused(t.pid, &ck, "a pidfd of a process outside");
     let me = std::process::id();
     assert!(
         err.contains(&format!("process {}", t.pid))

@@ -1480,15 +1480,6 @@ fn dmtcp_environment_fallbacks() {
     assert!(agent.wait().success());
 }
 
-/// A second sqlite3 on `db`: whether it succeeded, and what it printed.
-fn second_sqlite(db: &Path, sql: &str) -> (bool, String) {
-    let out = run(command("sqlite3").arg(db).arg(sql));
-    (
-        out.status.success(),
-        format!("{}{}", stdout(&out), stderr(&out)),
-    )
-}
-
 /// Issue 9: sqlite3 run under `ckpt run`, in the middle of a write transaction,
 /// checkpointed by the coordinator, killed (key k) and brought back by the restart
 /// script: it holds its lock again (a second sqlite3 finds the database locked) and
@@ -1515,13 +1506,7 @@ fn sqlite_under_ckpt_run_keeps_its_transaction_and_lock() {
         .unwrap();
     stdin.flush().unwrap();
     agent.stdout.expect_line("in transaction");
-    let locked = |when: &str| {
-        let (ok, out) = second_sqlite(&db, "SELECT count(*) FROM t;");
-        assert!(
-            !ok && out.contains("database is locked"),
-            "{when}, a second sqlite3 must find the database locked: {out}"
-        );
-    };
+    let locked = |when: &str| assert_sqlite_locked(&db, when);
     locked("before the checkpoint");
     wait_listed(port, &[job]);
     checkpoint_ok(port);

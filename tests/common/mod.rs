@@ -1111,3 +1111,26 @@ pub fn test_user_dir(name: &str) -> (TestDir, PathBuf, (u32, u32)) {
     chown_tree(d.path(), ids);
     (d, exe, ids)
 }
+
+/// A second sqlite3 on `db` running `sql`: whether it succeeded, and what it printed
+/// (stdout, then stderr).
+pub fn second_sqlite(db: &Path, sql: &str) -> (bool, String) {
+    let out = run(command("sqlite3").arg(db).arg(sql));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// A second sqlite3 finds `db` locked (`when`: at which point of the test).
+pub fn assert_sqlite_locked(db: &Path, when: &str) {
+    let (ok, out) = second_sqlite(db, "SELECT count(*) FROM t;");
+    assert!(
+        !ok && out.contains("database is locked"),
+        "{when}, a second sqlite3 must find the database locked: {out}"
+    );
+}

@@ -95,6 +95,9 @@ pub enum Source {
     FdFile(&'static str),
     /// The process's working directory (/proc/PID/cwd).
     Cwd,
+    /// SysV IPC objects of the IPC namespace that the process used (/proc/sysvipc/NAME,
+    /// or kcmp for the semaphore undo list): the group `sysvipc`.
+    SysvIpc(&'static str),
     /// A property of every AF_UNIX socket (sock_diag, getsockopt/getpeername on a copy
     /// of the descriptor, its receive queue peeked), checked by the unix socket kind as
     /// it reads each one (tracer/src/fd/unix/dump.rs).
@@ -440,6 +443,22 @@ pub static TABLE: &[Row] = &[
         "one signal handler table with another process (CLONE_SIGHAND)",
         Default(Zero),
     ),
+    // ---- SysV IPC (tracer/src/attr/sysvipc.rs) ----
+    row(
+        SysvIpc("msg lspid/lrpid"),
+        "a SysV message queue the process last sent to or received from",
+        Default(Zero),
+    ),
+    row(
+        SysvIpc("shm cpid/lpid"),
+        "a SysV shared memory segment the process created or last attached or detached (an attached one is refused as a mapping)",
+        Default(Zero),
+    ),
+    row(
+        SysvIpc("sem"),
+        "a SysV semaphore set the process uses, with or without SEM_UNDO (/proc shows no trace of the process: not seen, and not saved)",
+        Info,
+    ),
     // ---- VmFlags of every region ----
     row(VmFlag("rd"), "readable", Saved("image: memory")),
     row(VmFlag("wr"), "writable", Saved("image: memory")),
@@ -662,6 +681,11 @@ pub static TABLE: &[Row] = &[
         Saved("fd: every kind"),
     ),
     row(FdFlag(libc::O_APPEND), "O_APPEND", Saved("fd: every kind")),
+    row(
+        FdFlag(libc::O_EXCL),
+        "O_EXCL: PIDFD_THREAD on a pidfd (open(2) clears it from any other file)",
+        Saved("fd: pidfd"),
+    ),
     row(FdFlag(libc::O_NONBLOCK), "O_NONBLOCK", Saved("fd: every kind")),
     row(FdFlag(libc::O_DSYNC), "O_DSYNC", Saved("fd: every kind")),
     row(FdFlag(libc::O_ASYNC), "O_ASYNC", Saved("locks")),
@@ -1231,6 +1255,7 @@ fn source_name(s: Source) -> String {
         FdFlag(bit) => format!("fdinfo `flags:` bit `{bit:#o}`"),
         FdFile(f) => format!("stat/lseek of every descriptor: {f}"),
         Cwd => "/proc/PID/cwd".into(),
+        SysvIpc(w) => format!("SysV IPC: {w}"),
         Fcntl(cmd) => format!(
             "fcntl `{}` of every descriptor",
             match cmd {

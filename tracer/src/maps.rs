@@ -70,6 +70,12 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
     if m.name.starts_with("/SYSV") {
         return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
     }
+    if m.name.starts_with("/[aio]") {
+        return Err(unsupported(format!(
+            "aio ring (io_setup) at {:#x}",
+            m.start
+        )));
+    }
     if m.name.ends_with(" (deleted)") && m.name.starts_with('/') {
         return crate::fd::memfd::vma(pid, m, ids).map(Some);
     }

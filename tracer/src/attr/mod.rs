@@ -26,6 +26,7 @@ pub mod memory;
 pub mod prctl;
 pub mod sched;
 pub mod seccomp;
+pub mod sysvipc;
 
 /// The frozen process being dumped.
 pub struct Dump<'a> {
@@ -75,6 +76,7 @@ pub struct Group {
 /// seccomp last (after it, its filters judge every system call injected).
 pub static GROUPS: &[Group] = &[
     cwd::GROUP,
+    sysvipc::GROUP,
     cgroup::GROUP,
     memory::GROUP,
     sched::GROUP,
