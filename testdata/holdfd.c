@@ -11,11 +11,15 @@
  *                 eventfd lives on under another number)
  *       epoll-reused (the same, and the closed number now holds another eventfd)
  *       big-memfd (a memfd of 300 MiB, sparse: more than ckpt stores)
+ *       inotify-queued (an inotify instance watching the working directory, with
+ *                 the event of a file created there queued, not read)
  */
 #include "common.h"
 #include <linux/netlink.h>
 #include <sys/epoll.h>
+#include <fcntl.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -23,7 +27,7 @@
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s netlink|io_uring|epoll-stale|epoll-reused|big-memfd STOPFILE\n", argv[0]);
+        fprintf(stderr, "usage: %s netlink|io_uring|epoll-stale|epoll-reused|big-memfd|inotify-queued STOPFILE\n", argv[0]);
         return 2;
     }
     const char *kind = argv[1], *stop = argv[2];
@@ -49,6 +53,17 @@ int main(int argc, char **argv)
     } else if (!strcmp(kind, "big-memfd")) {
         fd = memfd_create("big", 0);
         CHECK(fd >= 0 && ftruncate(fd, 300L << 20) == 0, "memfd: %s", strerror(errno));
+    } else if (!strcmp(kind, "inotify-queued")) {
+        char dir[64] = "/tmp/holdfd-inotify-XXXXXX", file[96];
+        CHECK(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+        fd = inotify_init1(IN_NONBLOCK);
+        CHECK(fd >= 0 && inotify_add_watch(fd, dir, IN_CREATE) == 1, "inotify: %s", strerror(errno));
+        snprintf(file, sizeof file, "%s/f", dir);
+        int f = open(file, O_CREAT | O_WRONLY, 0600);
+        CHECK(f >= 0, "creating %s: %s", file, strerror(errno));
+        close(f);
+        unlink(file);
+        rmdir(dir);
     } else {
         fail("unknown kind '%s'", kind);
     }

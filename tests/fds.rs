@@ -191,6 +191,13 @@ fn dump_refuses_epoll_entry_under_reused_number() {
     );
 }
 
+/// inotify events queued and not read cannot be put back into a new instance (nothing
+/// writes to one): refused, rather than lost.
+#[test]
+fn dump_refuses_inotify_with_events_queued() {
+    dump_refused("inotify-queued", &["inotify", "bytes of events queued"]);
+}
+
 /// A memfd larger than the 256 MiB ckpt stores per file: refused.
 #[test]
 fn dump_refuses_memfd_over_256_mib() {

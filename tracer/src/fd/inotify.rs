@@ -2,8 +2,11 @@
 //! Dump: fdinfo's `inotify wd:` lines give inode, device, mask and a file handle; the
 //! path is found by opening that handle (open_by_handle_at, root only). Restore: a new
 //! instance whose watches get their saved numbers back (the kernel hands them out in
-//! order, so the numbers in between are taken and released on a spare memfd). Queued
-//! events are not carried over (docs/FDKINDS.md). O_NONBLOCK is in the fd flags.
+//! order, so the numbers in between are taken and released on a spare memfd). Events
+//! queued and not yet read cannot be put back (nothing writes into an instance): a dump
+//! with any (FIONREAD of a pidfd_getfd copy) is refused, naming how many bytes, rather
+//! than losing them; a later checkpoint, once the program read them, succeeds. O_NONBLOCK
+//! is in the fd flags.
 
 use super::{owned, set_status_flags, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::{Result, TraceError};
@@ -29,8 +32,26 @@ fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
         .then(|| inotify_of(d.pid, d.fd, d.info))
 }
 
+/// The bytes of events queued on descriptor `fd` of `pid`, read through a copy of it.
+fn queued_bytes(pid: i32, fd: i32) -> io::Result<i32> {
+    let copy = crate::procinfo::pidfd_getfd(pid, fd)?;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to `n`; `copy` is our own open descriptor.
+    if unsafe { libc::ioctl(copy.as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n)
+}
+
 fn inotify_of(pid: i32, fd: i32, info: &proc::FdInfo) -> Result<FdKind> {
     let unsupported = |kind: String| TraceError::UnsupportedFd { pid, fd, kind };
+    let queued = queued_bytes(pid, fd)
+        .map_err(|e| TraceError::io(pid, format!("reading the queue of inotify fd {fd}"), e))?;
+    if queued > 0 {
+        return Err(unsupported(format!(
+            "inotify instance with {queued} bytes of events queued, not yet read (they cannot be put back into a new instance)"
+        )));
+    }
     let mut watches = Vec::new();
     for w in proc::parse_inotify(&info.text).map_err(super::bad(pid, fd))? {
         let (wd, ino, dev, mask) = (w.wd, w.ino, proc::kdev_to_dev(w.sdev), w.mask);
