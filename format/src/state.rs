@@ -136,6 +136,19 @@ pub struct UnlinkedFile {
     pub data: Option<Vec<u8>>,
 }
 
+/// One inode mark of a fanotify group: `path` was found from the inode's file handle;
+/// `mflags` the mark flags fdinfo shows (FAN_MARK_IGNORED_SURV_MODIFY,
+/// FAN_MARK_EVICTABLE), `mask` and `ignored_mask` its events.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FanotifyMark {
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+    pub mflags: u32,
+    pub mask: u64,
+    pub ignored_mask: u64,
+}
+
 /// One watch of an inotify instance: `path` was found from the inode's file handle.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct InotifyWatch {
@@ -350,6 +363,12 @@ pub enum FdKind {
         dev: u64,
         ino: u64,
         btime: i128,
+    },
+    /// A fanotify group (fanotify_init `flags` and `event_flags`) with its inode marks.
+    Fanotify {
+        flags: u32,
+        event_flags: u32,
+        marks: Vec<FanotifyMark>,
     },
 }
 

@@ -589,6 +589,80 @@ pub fn parse_inotify(text: &str) -> Parsed<Vec<InotifyLine>> {
     Ok(out)
 }
 
+/// fs/notify/fdinfo.c for a fanotify group: its `fanotify flags:%x event-flags:%x`
+/// line and one line per mark (all hex): an inode mark (`ino:`, `sdev:`, with its file
+/// handle as inotify's), a mount mark (`mnt_id:`) or a filesystem mark (`sdev:` alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanotifyInfo {
+    pub flags: u32,
+    pub event_flags: u32,
+    pub marks: Vec<FanotifyLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FanotifyTarget {
+    /// An inode: (ino, kernel dev_t, file handle as in [`InotifyLine`]).
+    Inode(u64, u64, Option<(i32, Vec<u8>)>),
+    Mount(u32),
+    /// A filesystem: its kernel dev_t.
+    Filesystem(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FanotifyLine {
+    pub target: FanotifyTarget,
+    pub mflags: u32,
+    pub mask: u64,
+    pub ignored_mask: u64,
+}
+
+pub fn parse_fanotify(text: &str) -> Parsed<FanotifyInfo> {
+    let mut info = None;
+    let mut marks = Vec::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("fanotify ")) {
+        let p = pairs(line);
+        if get(&p, "event-flags").is_some() {
+            info = Some((
+                radix(get(&p, "flags"), "fanotify flags", 16)?,
+                radix(get(&p, "event-flags"), "fanotify event-flags", 16)?,
+            ));
+            continue;
+        }
+        let target = if let Some(ino) = get(&p, "ino") {
+            let handle = match (get(&p, "fhandle-type"), get(&p, "f_handle")) {
+                (None, None) => None,
+                (t, h) => {
+                    let h = h.ok_or_else(|| Bad::missing("fanotify f_handle"))?;
+                    let bytes = unhex(h).ok_or_else(|| Bad::value("fanotify f_handle", h))?;
+                    let t: i32 = radix(t, "fanotify fhandle-type", 16)?;
+                    (!bytes.is_empty()).then_some((t, bytes))
+                }
+            };
+            FanotifyTarget::Inode(
+                radix(Some(ino), "fanotify ino", 16)?,
+                radix(get(&p, "sdev"), "fanotify sdev", 16)?,
+                handle,
+            )
+        } else if let Some(m) = get(&p, "mnt_id") {
+            FanotifyTarget::Mount(radix(Some(m), "fanotify mnt_id", 16)?)
+        } else {
+            FanotifyTarget::Filesystem(radix(get(&p, "sdev"), "fanotify sdev", 16)?)
+        };
+        marks.push(FanotifyLine {
+            target,
+            mflags: radix(get(&p, "mflags"), "fanotify mflags", 16)?,
+            mask: radix(get(&p, "mask"), "fanotify mask", 16)?,
+            ignored_mask: radix(get(&p, "ignored_mask"), "fanotify ignored_mask", 16)?,
+        });
+    }
+    let (flags, event_flags) = info.ok_or_else(|| Bad::missing("fanotify flags"))?;
+    Ok(FanotifyInfo {
+        flags,
+        event_flags,
+        marks,
+    })
+}
+
 /// One `tfd: %8d events: %8x data: %16llx  pos:%lli ino:%lx sdev:%x` line of
 /// fs/eventpoll.c.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,7 +33,7 @@ fn dump(d: &mut Dump) -> Option<Result<FdKind>> {
 }
 
 /// The bytes of events queued on descriptor `fd` of `pid`, read through a copy of it.
-fn queued_bytes(pid: i32, fd: i32) -> io::Result<i32> {
+pub(super) fn queued_bytes(pid: i32, fd: i32) -> io::Result<i32> {
     let copy = crate::procinfo::pidfd_getfd(pid, fd)?;
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int to `n`; `copy` is our own open descriptor.
@@ -105,7 +105,7 @@ fn mount_of(dev: u64) -> std::result::Result<Option<String>, String> {
 
 /// The path of the watched inode: open_by_handle_at(2) with the handle fdinfo shows (needs
 /// CAP_DAC_READ_SEARCH, i.e. root), then the name of what it opened.
-fn watch_path(
+pub(super) fn watch_path(
     dev: u64,
     ino: u64,
     handle: Option<(i32, Vec<u8>)>,

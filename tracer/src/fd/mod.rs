@@ -41,6 +41,7 @@ macro_rules! bail {
 
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod file;
 pub mod ghost;
@@ -102,6 +103,7 @@ pub static KINDS: &[Kind] = &[
     timerfd::KIND,
     signalfd::KIND,
     inotify::KIND,
+    fanotify::KIND,
     pidfd::KIND,
     epoll::KIND,
     ghost::KIND,
