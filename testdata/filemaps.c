@@ -13,7 +13,8 @@
  *   - with "orphan": memfd "fm-orphan" whose descriptor is closed (mapping only);
  *   - memfd "fm-exe" holding a copy of /bin/true, run with fexecve (execveat).
  * Prints "ready", waits for STOPFILE, checks every page again and runs the memfd
- * once more ("filemaps ok" or "FAIL: ..."). DIR should be a tmpfs (/dev/shm). */
+ * once more, and that the deleted file's descriptor still names its old path ("filemaps
+ * ok" or "FAIL: ..."). DIR should be a tmpfs (/dev/shm). */
 #include "common.h"
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -158,6 +159,14 @@ int main(int argc, char **argv)
         sleep_ms(10);
     check_all();
     run_memfd(exe);
+    /* The deleted file keeps its name, as /proc shows it. */
+    char link[4096], want[4200], fdp[64];
+    snprintf(fdp, sizeof fdp, "/proc/self/fd/%d", del);
+    ssize_t n = readlink(fdp, link, sizeof link - 1);
+    CHECK(n > 0, "readlink %s: %s", fdp, strerror(errno));
+    link[n] = 0;
+    snprintf(want, sizeof want, "%s/fm-deleted.%d (deleted)", argv[2], (int)getpid());
+    CHECK(!strcmp(link, want), "the deleted file's descriptor names %s, not %s", link, want);
     snprintf(path, sizeof path, "%s/fm-named.%d", argv[2], (int)getpid());
     unlink(path);
     say("filemaps ok");

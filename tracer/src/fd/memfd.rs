@@ -530,6 +530,51 @@ fn set_times(path: &CString, m: &FileMeta) -> io::Result<()> {
     Ok(())
 }
 
+/// The unnamed file `tmp` opened again under `name` and unlinked again, so that what
+/// the process sees of it (/proc/PID/fd, /proc/PID/maps) is `name (deleted)`, as
+/// before the checkpoint, not the `#INODE` an O_TMPFILE file shows. The name is given
+/// for an instant only (linkat, open, unlink), and only when nothing has it now; None
+/// when it cannot be (the file stays unnamed).
+fn under_old_name(tmp: &OwnedFd, name: &str) -> Option<OwnedFd> {
+    use std::os::unix::fs::MetadataExt;
+    let from = CString::new(format!("/proc/self/fd/{}", tmp.as_raw_fd())).ok()?;
+    let to = CString::new(name).ok()?;
+    // SAFETY: linkat(2) with two valid C strings; it creates the name or fails.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r < 0 {
+        return None;
+    }
+    // SAFETY: open(2) with a valid C string; the result is checked below.
+    let fd = unsafe {
+        libc::open(
+            to.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    // SAFETY: unlink(2) of the name made above.
+    unsafe { libc::unlink(to.as_ptr()) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just returned by a successful open(2): ours alone.
+    let named = unsafe { OwnedFd::from_raw_fd(fd) };
+    let same = |f: &OwnedFd| {
+        std::fs::File::from(f.try_clone().ok()?)
+            .metadata()
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    (same(&named).is_some() && same(&named) == same(tmp)).then_some(named)
+}
+
 /// A new empty file for `f`: a memfd with the same name, or, for a deleted file, an
 /// O_TMPFILE file in its old directory (so it lives on the same filesystem, unnamed), or a
 /// memfd (with a warning) when that directory is gone or cannot hold one.
@@ -554,7 +599,8 @@ fn new_unlinked(f: &UnlinkedFile, pid: i32, fdnum: RawFd) -> RestoreResult<Owned
     if r >= 0 {
         // SAFETY: `r` was just returned by a successful open(O_TMPFILE) (checked >= 0): a
         // fresh descriptor nothing else owns.
-        return Ok(unsafe { OwnedFd::from_raw_fd(r) });
+        let tmp = unsafe { OwnedFd::from_raw_fd(r) };
+        return Ok(under_old_name(&tmp, &f.name).unwrap_or(tmp));
     }
     let what = if fdnum >= 0 {
         format!("process {pid} fd {fdnum}")
