@@ -354,6 +354,19 @@ static void ghosts_setup(void)
     CHECK(rmdir(p) == 0, "rmdir: %s", strerror(errno));
 }
 
+/* The link of /proc/self/LINK names DIR/NAME (deleted), as it did. */
+static void link_names(const char *link, const char *name, const char *what)
+{
+    char want[PATH_MAX + 16], got[PATH_MAX + 16], lp[64], check_name[128];
+    path_in(want, name);
+    strcat(want, " (deleted)");
+    snprintf(lp, sizeof lp, "/proc/self/%s", link);
+    ssize_t n = readlink(lp, got, sizeof got - 1);
+    got[n > 0 ? n : 0] = 0;
+    snprintf(check_name, sizeof check_name, "%s keeps its name", what);
+    check(n > 0 && strcmp(got, want) == 0, check_name, "%s names %s, not %s", lp, got, want);
+}
+
 static void check_empty_dir(int fd, const char *what)
 {
     char name[128];
@@ -386,6 +399,12 @@ static void ghosts_check(void)
     n = read(fifo_r, buf, sizeof buf);
     check(n < 0 && errno == EAGAIN, "fifo empty", "read %zd", n);
 
+    char lk[32];
+    snprintf(lk, sizeof lk, "fd/%d", fifo_r);
+    link_names(lk, "fifo", "fifo");
+    snprintf(lk, sizeof lk, "fd/%d", gone_fd);
+    link_names(lk, "gone", "dir fd");
+    link_names("cwd", "cwd", "cwd");
     check_empty_dir(gone_fd, "dir fd");
     st = fstat_of(gone_fd);
     check((st.st_mode & 07777) == 0750, "dir fd mode", "%o", st.st_mode & 07777);

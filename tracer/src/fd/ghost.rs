@@ -1,8 +1,9 @@
 //! Ghosts: directories and FIFOs that were removed while the process held them (as a
 //! descriptor, or a directory as its working directory), as CRIU's "ghost files". There
 //! is nothing to reopen by path, and the process can tell an unlinked one from a linked
-//! one (nlink 0, openat in it fails with ENOENT), so the restore makes a new one in a
-//! directory of its own (`$TMPDIR/ckpt-ghost-XXXXXX`, mode 0700), opens it, gives it the
+//! one (nlink 0, openat in it fails with ENOENT), so the restore makes a new one — at
+//! its old path when nothing has that name now, so that /proc shows the same name, else
+//! in a directory of its own (`$TMPDIR/ckpt-ghost-XXXXXX`, mode 0700) —, opens it, gives it the
 //! saved owner and mode, and removes it (and that directory) again: the process holds an
 //! unlinked directory or FIFO with the same mode and owner. Its inode number, device and
 //! times are new; a deleted directory comes back empty, as it was (a directory can only
@@ -125,8 +126,9 @@ pub enum Ghost {
     Fifo,
 }
 
-/// A new directory or FIFO named like `name` (its last component), made in a new
-/// private directory of ours, opened with `flags` (close-on-exec, never blocking), given
+/// A new directory or FIFO made at `name` itself when nothing has that name now (so
+/// that /proc shows `name (deleted)` as before the checkpoint), else named like `name`
+/// (its last component) in a new private directory of ours, opened with `flags` (close-on-exec, never blocking), given
 /// `uid`:`gid` (when they differ from ours) and the permission bits of `mode`, then
 /// removed with that private directory: an unlinked one, held only by the descriptor
 /// returned.
@@ -138,6 +140,9 @@ pub fn make(
     gid: u32,
     flags: i32,
 ) -> RestoreResult<OwnedFd> {
+    if let Some(fd) = at_old_name(what, name, mode, uid, gid, flags) {
+        return Ok(fd);
+    }
     let base = std::path::Path::new(name)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -172,6 +177,34 @@ pub fn make(
     // SAFETY: as above.
     unsafe { libc::rmdir(p.as_ptr()) };
     r
+}
+
+/// [`make`] at `name` itself, removed again at once; None when `name` is taken, its
+/// directory is gone, or the object cannot be made there (the caller falls back).
+fn at_old_name(
+    what: Ghost,
+    name: &str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    flags: i32,
+) -> Option<OwnedFd> {
+    if !name.starts_with('/') || std::fs::symlink_metadata(name).is_ok() {
+        return None;
+    }
+    let c = CString::new(name).ok()?;
+    let r = make_in(what, name, mode, uid, gid, flags);
+    // Whatever make_in got to (made, opened, or failed after making), the name goes.
+    // SAFETY: rmdir/unlink of `c`, a NUL-terminated CString alive for the call; an
+    // object that is not there (make_in failed to make it) makes them fail, harmlessly.
+    unsafe {
+        if what == Ghost::Dir {
+            libc::rmdir(c.as_ptr());
+        } else {
+            libc::unlink(c.as_ptr());
+        }
+    }
+    r.ok()
 }
 
 fn make_in(
