@@ -142,3 +142,11 @@ impl Injector {
         r
     }
 }
+
+/// The result of an injected system call: a negative result in -4095..0 is an errno.
+pub fn injected(r: io::Result<i64>) -> io::Result<i64> {
+    match r {
+        Ok(v) if (-4095..0).contains(&v) => Err(io::Error::from_raw_os_error(-v as i32)),
+        r => r,
+    }
+}

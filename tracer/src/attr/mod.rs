@@ -140,13 +140,7 @@ pub fn describe(a: &Attr) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The result of an injected system call: a negative result in -4095..0 is an errno.
-pub(crate) fn injected(r: std::io::Result<i64>) -> std::io::Result<i64> {
-    match r {
-        Ok(v) if (-4095..0).contains(&v) => Err(std::io::Error::from_raw_os_error(-v as i32)),
-        r => r,
-    }
-}
+pub(crate) use crate::inject::injected;
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@
 use super::{owned, set_status_flags, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::{Result, TraceError};
 use crate::freeze::FrozenThread;
-use crate::inject::Injector;
+use crate::inject::{injected, Injector};
 use crate::proc;
 use crate::state::{EpollEntry, Fd, FdKind, ProcessState};
 use std::io;
@@ -147,17 +147,13 @@ fn add_entries(
         let mut ev = [0u8; 12];
         ev[..4].copy_from_slice(&e.events.to_le_bytes());
         ev[4..].copy_from_slice(&e.data.to_le_bytes());
-        let r = inj.syscall_with_buf(
+        let r = injected(inj.syscall_with_buf(
             leader,
             libc::SYS_epoll_ctl,
             |a| [epfd as u64, EPOLL_CTL_ADD, e.fd as u64, a, 0, 0],
             &ev,
             &mut [],
-        );
-        let r = match r {
-            Ok(v) if (-4095..0).contains(&v) => Err(io::Error::from_raw_os_error(-v as i32)),
-            r => r,
-        };
+        ));
         // EEXIST: the instance is shared with a process of the tree restored before,
         // which added this (file, number) entry already.
         match r {

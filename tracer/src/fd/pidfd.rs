@@ -21,7 +21,7 @@
 use super::{owned, Dump, Kind, RestoreError, RestoreResult, Shared};
 use crate::error::{Result, TraceError};
 use crate::freeze::FrozenThread;
-use crate::inject::Injector;
+use crate::inject::{injected, Injector};
 use crate::proc;
 use crate::state::{Fd, FdKind, ProcessState};
 use std::collections::HashSet;
@@ -143,18 +143,9 @@ fn reaped(flags: i32) -> RestoreResult<OwnedFd> {
 
 /// Put the real pidfds in place of their stand-ins, from inside the restored process.
 fn late(inj: &Injector, leader: &mut FrozenThread, state: &ProcessState) -> RestoreResult<()> {
-    let call = |leader: &mut FrozenThread, nr: i64, args: [u64; 6], what: &str| match inj
-        .syscall(leader, nr, args)
-    {
-        Ok(v) if (-4095..0).contains(&v) => Err(RestoreError::context(
-            format!("process {}: {what}", state.pid),
-            std::io::Error::from_raw_os_error(-v as i32),
-        )),
-        Ok(v) => Ok(v),
-        Err(e) => Err(RestoreError::context(
-            format!("process {}: {what}", state.pid),
-            e,
-        )),
+    let call = |leader: &mut FrozenThread, nr: i64, args: [u64; 6], what: &str| {
+        injected(inj.syscall(leader, nr, args))
+            .map_err(|e| RestoreError::context(format!("process {}: {what}", state.pid), e))
     };
     let mut done = HashSet::new();
     for fd in &state.fds {
