@@ -14,7 +14,22 @@
 //! PlanSigaction[nr_sigactions]  only signals whose handler is not SIG_DFL
 //! u64          [auxv_words]     saved auxv (pairs, ending with AT_NULL)
 //! i32          [nr_close_fds]   descriptors the loader closes before it parks
+//! PlanFork     [nr_forks]       children this loader forks once its memory is in place
+//! PlanDup2     [nr_dup2s]       a forked child's descriptors (forked plans only)
+//! i32          [nr_keep_fds]    what a forked child keeps open, ascending
+//! PlanRlimit   [nr_rlimits]     a forked child's resource limits
+//! u8           [cwd_len]        a forked child's working directory, NUL-terminated
 //! ```
+//!
+//! **Forked children** keep the memory they share copy-on-write with their parent: the
+//! front end lets a parent's loader create some of its children (leaves of the tree)
+//! with `clone3(set_tid)` right after it has mapped and filled its own regions. Such a
+//! child's plan has `fork_parent` set and carries the setup the front end would have
+//! done before exec (session and group, descriptors, cwd, umask, limits, personality);
+//! its VMAs flagged [`VMA_F_INHERITED`] are the parent's own regions, identical in
+//! bounds, kind, protection and backing: the child keeps them and rewrites only the
+//! pages whose content differs from its image (and drops the pages it did not have),
+//! so every page both had in common stays one page.
 //!
 //! [`validate`] checks a plan against everything the loader relies on and returns typed
 //! slices of it ([`PlanView`]). The crate is `no_std` without `alloc` and never panics on
@@ -33,7 +48,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// "CKPTPLAN"
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CKPTPLAN");
-pub const PLAN_VERSION: u64 = 1;
+pub const PLAN_VERSION: u64 = 2;
 
 /// The page size every address, length and file offset of the plan is a multiple of.
 pub const PAGE_SIZE: u64 = 4096;
@@ -75,6 +90,20 @@ pub const VMA_VDSO: u32 = 6;
 
 /// `PlanVma::flags` bits
 pub const VMA_F_GROWSDOWN: u32 = 1;
+/// In a forked child's plan: the region exists as it is in the parent's memory at the
+/// fork (same bounds, kind, protection, flags and backing file); only pages that differ
+/// are written. Private kinds only.
+pub const VMA_F_INHERITED: u32 = 2;
+pub const VMA_F_ALL: u32 = VMA_F_GROWSDOWN | VMA_F_INHERITED;
+
+/// `PlanHeader::setup_flags` bits (forked children only).
+/// setsid(): the child leads a session (and a group) of its own.
+pub const SETUP_SETSID: u64 = 1;
+/// setpgid(0, 0): the child leads a group of its own.
+pub const SETUP_PGID_LEAD: u64 = 2;
+/// setpgid(0, setup_pgid): the child joins that group.
+pub const SETUP_PGID_JOIN: u64 = 4;
+pub const SETUP_ALL: u64 = SETUP_SETSID | SETUP_PGID_LEAD | SETUP_PGID_JOIN;
 
 /// `PlanVma::prot` bits (PROT_READ | PROT_WRITE | PROT_EXEC).
 pub const VMA_PROT_MASK: u32 = 7;
@@ -112,6 +141,27 @@ pub struct PlanHeader {
     /// Fields for prctl(PR_SET_MM, PR_SET_MM_MAP); exe_fd is always -1 here (the front
     /// end sets the exe link afterwards, once the loader is gone).
     pub mm: PrctlMmMap,
+
+    /// Children to fork once the memory is in place ([`PlanFork`]).
+    pub forks_off: u64,
+    pub nr_forks: u64,
+    /// PID of the parent whose loader forks this process; 0: the front end created it.
+    /// The fields below are used only when it is set.
+    pub fork_parent: u64,
+    /// `SETUP_*` bits, and the group `SETUP_PGID_JOIN` joins.
+    pub setup_flags: u64,
+    pub setup_pgid: u64,
+    pub setup_umask: u64,
+    pub setup_personality: u64,
+    pub dup2s_off: u64,
+    pub nr_dup2s: u64,
+    pub keep_fds_off: u64,
+    pub nr_keep_fds: u64,
+    pub rlimits_off: u64,
+    pub nr_rlimits: u64,
+    pub cwd_off: u64,
+    pub cwd_len: u64,
+    pub _reserved: u64,
 }
 
 impl PlanHeader {
@@ -230,6 +280,38 @@ pub struct PlanSigaction {
     pub mask: u64,
 }
 
+/// A child the loader forks with `clone3(set_tid = [pid])` once its memory is in place;
+/// the child loads the plan at `plan_fd` (its `fork_parent` is this process).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct PlanFork {
+    pub pid: u64,
+    pub plan_fd: i64,
+}
+
+/// dup2(src, target) in a forked child.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct PlanDup2 {
+    pub src: i32,
+    pub target: i32,
+}
+
+/// prlimit64(0, resource, {cur, max}) in a forked child.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
+pub struct PlanRlimit {
+    pub resource: u64,
+    pub cur: u64,
+    pub max: u64,
+}
+
 pub const READY_MAGIC: u64 = u64::from_le_bytes(*b"CKPTRDY!");
 
 /// What the loader writes to `status_fd`: once everything is mapped, every thread exists
@@ -289,6 +371,9 @@ pub const STAGE_SIGACTION: u64 = 7;
 pub const STAGE_MM: u64 = 8;
 pub const STAGE_THREAD: u64 = 9;
 pub const STAGE_THREAD_STATE: u64 = 10;
+pub const STAGE_FORK: u64 = 11;
+pub const STAGE_SETUP: u64 = 12;
+pub const STAGE_INHERIT: u64 = 13;
 
 pub fn stage_name(stage: u64) -> &'static str {
     match stage {
@@ -303,15 +388,21 @@ pub fn stage_name(stage: u64) -> &'static str {
         STAGE_MM => "restoring mm fields (PR_SET_MM_MAP)",
         STAGE_THREAD => "creating a thread with its original TID (clone3 set_tid)",
         STAGE_THREAD_STATE => "restoring per-thread state",
+        STAGE_FORK => "forking a child that shares memory (clone3 set_tid)",
+        STAGE_SETUP => "setting up a forked child (group, descriptors, cwd, limits)",
+        STAGE_INHERIT => "rewriting the pages a forked child does not share",
         _ => "unknown stage",
     }
 }
 
 // The sizes the front end, the loader and restore/tests/smoke.py agree on.
-const _: () = assert!(core::mem::size_of::<PlanHeader>() == 232);
+const _: () = assert!(core::mem::size_of::<PlanHeader>() == 360);
 const _: () = assert!(core::mem::size_of::<PlanVma>() == 56);
 const _: () = assert!(core::mem::size_of::<PlanRun>() == 24);
 const _: () = assert!(core::mem::size_of::<PlanThread>() == 96);
 const _: () = assert!(core::mem::size_of::<PlanSigaction>() == 40);
+const _: () = assert!(core::mem::size_of::<PlanFork>() == 16);
+const _: () = assert!(core::mem::size_of::<PlanDup2>() == 8);
+const _: () = assert!(core::mem::size_of::<PlanRlimit>() == 24);
 // One write below PIPE_BUF, so atomic on a pipe.
 const _: () = assert!(core::mem::size_of::<Ready>() == 128);

@@ -57,6 +57,18 @@ pub enum PlanErrorKind {
     RunMalformed,
     RunOutside,
     RunOrder,
+    ForksOutOfBounds,
+    Dup2sOutOfBounds,
+    KeepFdsOutOfBounds,
+    RlimitsOutOfBounds,
+    CwdOutOfBounds,
+    BadFork,
+    BadSetup,
+    BadCwd,
+    BadKeepFds,
+    BadDup2,
+    BadRlimit,
+    VmaInherited,
 }
 
 impl PlanErrorKind {
@@ -99,6 +111,18 @@ impl PlanErrorKind {
             RunMalformed => "malformed run",
             RunOutside => "run out of its vma",
             RunOrder => "runs overlap or are out of order",
+            ForksOutOfBounds => "fork array outside the plan",
+            Dup2sOutOfBounds => "dup2 array outside the plan",
+            KeepFdsOutOfBounds => "keep_fds outside the plan",
+            RlimitsOutOfBounds => "rlimit array outside the plan",
+            CwdOutOfBounds => "cwd outside the plan",
+            BadFork => "bad pid or descriptor of a child to fork",
+            BadSetup => "setup of a process that is not forked, or bad setup flags",
+            BadCwd => "cwd of a forked child empty or not one NUL-terminated string",
+            BadKeepFds => "keep_fds not ascending, or without the status or image fd",
+            BadDup2 => "bad descriptor in a dup2",
+            BadRlimit => "bad resource in an rlimit",
+            VmaInherited => "inherited vma in a plan that is not forked, or not private",
         }
     }
 }
@@ -137,6 +161,12 @@ pub struct PlanView<'a> {
     pub sigactions: &'a [PlanSigaction],
     pub auxv: &'a [u64],
     pub close_fds: &'a [i32],
+    pub forks: &'a [PlanFork],
+    pub dup2s: &'a [PlanDup2],
+    pub keep_fds: &'a [i32],
+    pub rlimits: &'a [PlanRlimit],
+    /// With its NUL; empty unless forked.
+    pub cwd: &'a [u8],
 }
 
 impl<'a> PlanView<'a> {
@@ -272,6 +302,11 @@ pub fn validate(bytes: &[u8]) -> Result<PlanView<'_>, PlanError> {
             hdr.nr_close_fds,
             CloseFdsOutOfBounds,
         )?,
+        forks: array(plan, hdr.forks_off, hdr.nr_forks, ForksOutOfBounds)?,
+        dup2s: array(plan, hdr.dup2s_off, hdr.nr_dup2s, Dup2sOutOfBounds)?,
+        keep_fds: array(plan, hdr.keep_fds_off, hdr.nr_keep_fds, KeepFdsOutOfBounds)?,
+        rlimits: array(plan, hdr.rlimits_off, hdr.nr_rlimits, RlimitsOutOfBounds)?,
+        cwd: array(plan, hdr.cwd_off, hdr.cwd_len, CwdOutOfBounds)?,
     };
 
     check_fds(&view)?;
@@ -281,7 +316,72 @@ pub fn validate(bytes: &[u8]) -> Result<PlanView<'_>, PlanError> {
     }
     check_sigactions(view.sigactions)?;
     check_vmas(&view)?;
+    check_forks(&view)?;
+    check_setup(&view)?;
     Ok(view)
+}
+
+fn check_forks(view: &PlanView<'_>) -> Result<(), PlanError> {
+    for f in view.forks {
+        let fd_ok = as_fd(f.plan_fd).is_some_and(|fd| {
+            i64::from(fd) != view.hdr.status_fd && i64::from(fd) != view.hdr.image_fd
+        });
+        if f.pid == 0 || f.pid > i32::MAX as u64 || f.pid == view.hdr.pid || !fd_ok {
+            return err(PlanErrorKind::BadFork, f.pid);
+        }
+    }
+    Ok(())
+}
+
+/// A forked child's setup: only in a forked plan, and complete there.
+fn check_setup(view: &PlanView<'_>) -> Result<(), PlanError> {
+    use PlanErrorKind::*;
+    let h = view.hdr;
+    if h.fork_parent == 0 {
+        let any = h.setup_flags != 0
+            || !view.dup2s.is_empty()
+            || !view.keep_fds.is_empty()
+            || !view.rlimits.is_empty()
+            || !view.cwd.is_empty();
+        return if any { err(BadSetup, 0) } else { Ok(()) };
+    }
+    if h.fork_parent > i32::MAX as u64
+        || h.fork_parent == h.pid
+        || h.setup_flags & !SETUP_ALL != 0
+        || h.setup_pgid > i32::MAX as u64
+        || h.setup_umask > 0o777
+        || h.setup_personality > u64::from(u32::MAX)
+    {
+        return err(BadSetup, h.setup_flags);
+    }
+    match view.cwd.split_last() {
+        Some((0, path)) if !path.is_empty() && !path.contains(&0) => {}
+        _ => return err(BadCwd, view.cwd.len() as u64),
+    }
+    let mut prev = -1;
+    for &fd in view.keep_fds {
+        if fd <= prev {
+            return err(BadKeepFds, fd as u64);
+        }
+        prev = fd;
+    }
+    for fd in [h.status_fd, h.image_fd] {
+        if !view.keep_fds.iter().any(|&k| i64::from(k) == fd) {
+            return err(BadKeepFds, fd as u64);
+        }
+    }
+    for d in view.dup2s {
+        if d.src < 0 || d.target < 0 {
+            return err(BadDup2, d.target as u32 as u64);
+        }
+    }
+    for r in view.rlimits {
+        // RLIM_NLIMITS is 16 on Linux.
+        if r.resource >= 16 || r.cur > r.max {
+            return err(BadRlimit, r.resource);
+        }
+    }
+    Ok(())
 }
 
 fn check_fds(view: &PlanView<'_>) -> Result<(), PlanError> {
@@ -385,8 +485,14 @@ fn check_vmas(view: &PlanView<'_>) -> Result<(), PlanError> {
             }
             *seen = true;
         }
-        if vma.flags & !VMA_F_GROWSDOWN != 0 {
+        if vma.flags & !VMA_F_ALL != 0 {
             return err(VmaFlags, s);
+        }
+        if vma.flags & VMA_F_INHERITED != 0
+            && (view.hdr.fork_parent == 0
+                || !matches!(vma.kind, VMA_ANON_PRIVATE | VMA_FILE_PRIVATE))
+        {
+            return err(VmaInherited, s);
         }
         if vma.prot & !VMA_PROT_MASK != 0 {
             return err(VmaProt, s);

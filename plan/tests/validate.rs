@@ -17,6 +17,11 @@ struct Plan {
     sigactions: Vec<PlanSigaction>,
     auxv: Vec<u64>,
     close_fds: Vec<i32>,
+    forks: Vec<PlanFork>,
+    dup2s: Vec<PlanDup2>,
+    keep_fds: Vec<i32>,
+    rlimits: Vec<PlanRlimit>,
+    cwd: Vec<u8>,
 }
 
 /// Bytes in a `Vec<u64>`, so that they are 8-byte aligned.
@@ -102,6 +107,11 @@ fn sample() -> Plan {
         }],
         auxv: vec![6, PAGE, 25, 0x7ffc_0000_0000, 0, 0],
         close_fds: vec![102, 103],
+        forks: vec![],
+        dup2s: vec![],
+        keep_fds: vec![],
+        rlimits: vec![],
+        cwd: vec![],
     };
     let mut a = vma(0x40_0000, 2, VMA_FILE_PRIVATE, 102);
     a.prot = 5;
@@ -177,6 +187,16 @@ impl Plan {
         h.auxv_words = self.auxv.len() as u64;
         h.close_fds_off = section(&mut body, self.close_fds.as_bytes());
         h.nr_close_fds = self.close_fds.len() as u64;
+        h.forks_off = section(&mut body, self.forks.as_bytes());
+        h.nr_forks = self.forks.len() as u64;
+        h.dup2s_off = section(&mut body, self.dup2s.as_bytes());
+        h.nr_dup2s = self.dup2s.len() as u64;
+        h.keep_fds_off = section(&mut body, self.keep_fds.as_bytes());
+        h.nr_keep_fds = self.keep_fds.len() as u64;
+        h.rlimits_off = section(&mut body, self.rlimits.as_bytes());
+        h.nr_rlimits = self.rlimits.len() as u64;
+        h.cwd_off = section(&mut body, &self.cwd);
+        h.cwd_len = self.cwd.len() as u64;
         h.size = body.len() as u64;
         body[..HDR as usize].copy_from_slice(h.as_bytes());
         Buf::from_bytes(&body)
@@ -254,7 +274,7 @@ fn minimal_and_trailing_bytes() {
 fn header_errors() {
     assert_eq!(refused_hdr(|h| h.magic ^= 1), BadMagic);
     assert_eq!(refused_hdr(|h| h.version = 0), BadVersion);
-    assert_eq!(refused_hdr(|h| h.version = 2), BadVersion);
+    assert_eq!(refused_hdr(|h| h.version = PLAN_VERSION + 1), BadVersion);
     assert_eq!(refused_hdr(|h| h.status_fd = -1), BadStatusFd);
     assert_eq!(refused_hdr(|h| h.status_fd = 1 << 31), BadStatusFd);
     assert_eq!(refused_hdr(|h| h.image_fd = -1), BadImageFd);
@@ -516,7 +536,8 @@ fn vma_errors() {
     assert_eq!(refused(|p| p.vmas[2].offset = !(PAGE - 1)), VmaFile);
     assert_eq!(refused(|p| p.vmas[2].kind = 7), VmaKind);
     assert_eq!(refused(|p| p.vmas[2].kind = u32::MAX), VmaKind);
-    assert_eq!(refused(|p| p.vmas[2].flags = 2), VmaFlags);
+    assert_eq!(refused(|p| p.vmas[2].flags = 4), VmaFlags);
+    assert_eq!(refused(|p| p.vmas[1].flags = VMA_F_INHERITED), VmaInherited);
     assert_eq!(refused(|p| p.vmas[2].prot = 8), VmaProt);
     assert_eq!(refused(|p| p.vmas[5].kind = VMA_VVAR), VmaVdso);
     assert_eq!(
@@ -689,4 +710,103 @@ fn random_mutations_never_panic() {
     // Both outcomes were exercised (mutations of padding or of values nobody checks
     // leave a valid plan).
     assert!(accepted > 100 && refused > 10_000, "{accepted} {refused}");
+}
+
+/// `sample()` as the plan of a child its parent's loader forks.
+fn forked() -> Plan {
+    let mut p = sample();
+    p.hdr.fork_parent = 4000;
+    p.hdr.setup_flags = SETUP_PGID_LEAD;
+    p.hdr.setup_umask = 0o022;
+    p.dup2s = vec![PlanDup2 {
+        src: 110,
+        target: 3,
+    }];
+    p.keep_fds = vec![0, 1, 2, 3, 100, 101, 102, 103];
+    p.rlimits = vec![PlanRlimit {
+        resource: 7,
+        cur: 1024,
+        max: 4096,
+    }];
+    p.cwd = b"/tmp\0".to_vec();
+    p.vmas[1].flags = VMA_F_INHERITED;
+    p
+}
+
+#[test]
+fn forks_and_forked_setup() {
+    let mut parent = sample();
+    parent.forks = vec![PlanFork {
+        pid: 4300,
+        plan_fd: 120,
+    }];
+    let b = parent.bytes();
+    let v = validate(b.bytes()).unwrap();
+    assert_eq!(v.forks, &parent.forks[..]);
+    let b = forked().bytes();
+    let v = validate(b.bytes()).unwrap();
+    assert_eq!(v.cwd, b"/tmp\0");
+    assert_eq!(v.keep_fds.len(), 8);
+
+    let fork_refused = |f: PlanFork| {
+        let mut p = sample();
+        p.forks = vec![f];
+        kind_of(&p.bytes())
+    };
+    assert_eq!(
+        fork_refused(PlanFork {
+            pid: 0,
+            plan_fd: 120
+        }),
+        BadFork
+    );
+    assert_eq!(
+        fork_refused(PlanFork {
+            pid: 4242,
+            plan_fd: 120
+        }),
+        BadFork
+    );
+    assert_eq!(
+        fork_refused(PlanFork {
+            pid: 4300,
+            plan_fd: 101
+        }),
+        BadFork
+    );
+    assert_eq!(
+        fork_refused(PlanFork {
+            pid: 4300,
+            plan_fd: -1
+        }),
+        BadFork
+    );
+
+    let forked_refused = |f: &dyn Fn(&mut Plan)| {
+        let mut p = forked();
+        f(&mut p);
+        kind_of(&p.bytes())
+    };
+    // Setup in a plan the front end made the process for.
+    assert_eq!(refused(|p| p.cwd = b"/\0".to_vec()), BadSetup);
+    assert_eq!(refused(|p| p.hdr.setup_flags = SETUP_SETSID), BadSetup);
+    assert_eq!(forked_refused(&|p| p.hdr.setup_flags = 8), BadSetup);
+    assert_eq!(forked_refused(&|p| p.hdr.fork_parent = 4242), BadSetup);
+    assert_eq!(forked_refused(&|p| p.hdr.setup_umask = 0o1000), BadSetup);
+    assert_eq!(forked_refused(&|p| p.cwd = vec![]), BadCwd);
+    assert_eq!(forked_refused(&|p| p.cwd = b"/tmp".to_vec()), BadCwd);
+    assert_eq!(forked_refused(&|p| p.cwd = b"/t\0mp\0".to_vec()), BadCwd);
+    assert_eq!(forked_refused(&|p| p.keep_fds.swap(0, 1)), BadKeepFds);
+    assert_eq!(
+        forked_refused(&|p| p.keep_fds.retain(|&f| f != 101)),
+        BadKeepFds
+    );
+    assert_eq!(forked_refused(&|p| p.dup2s[0].src = -1), BadDup2);
+    assert_eq!(forked_refused(&|p| p.rlimits[0].resource = 16), BadRlimit);
+    assert_eq!(forked_refused(&|p| p.rlimits[0].cur = 5000), BadRlimit);
+    // Only private regions can be inherited.
+    assert_eq!(
+        forked_refused(&|p| p.vmas[2].flags = VMA_F_INHERITED),
+        VmaInherited
+    );
 }

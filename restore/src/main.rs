@@ -10,7 +10,8 @@
 //! 3. maps and validates the plan (`planfile`);
 //! 4. unmaps everything outside the loader zone but the vdso pieces (`clear`);
 //! 5. moves the vdso pieces to their old addresses (`vdso`);
-//! 6. maps and fills every region (`regions`);
+//! 6. maps and fills every region (`regions`), then forks the children that share
+//!    memory with it copy-on-write (`fork`: they reshape its memory into theirs);
 //! 7. installs the signal handlers and 8. the mm fields (`process`);
 //! 9. recreates the threads with their TIDs and 10. restores each thread's state (`threads`);
 //! 11. closes the descriptors the plan names, reports success on the status pipe and parks.
@@ -23,6 +24,7 @@
 #![no_main]
 
 mod clear;
+mod fork;
 mod maps;
 mod planfile;
 mod process;
@@ -111,7 +113,7 @@ extern "C" fn loader_main(sp: *const u64) -> ! {
 /// parks). The `Plan` lives in this frame, which the created threads also read.
 fn restore(plan_fd: i32) -> Result<()> {
     status::set_stage(STAGE_PLAN);
-    let plan = planfile::load(plan_fd)?;
+    let mut plan = planfile::load(plan_fd)?;
 
     status::set_stage(STAGE_UNMAP);
     clear::clear_address_space()?;
@@ -122,20 +124,31 @@ fn restore(plan_fd: i32) -> Result<()> {
     status::set_stage(STAGE_MAP);
     regions::map_all(&plan)?;
 
+    // A forked child goes on with its own plan (and may fork children of its own).
+    status::set_stage(STAGE_FORK);
+    while let Some(child) = fork::fork_children(&plan)? {
+        plan = child;
+        status::set_stage(STAGE_FORK);
+    }
+    finish_restore(&plan)
+}
+
+/// Steps 7 to 11.
+fn finish_restore(plan: &planfile::Plan) -> Result<()> {
     status::set_stage(STAGE_SIGACTION);
-    process::install_sigactions(&plan)?;
+    process::install_sigactions(plan)?;
 
     status::set_stage(STAGE_MM);
-    process::restore_mm(&plan)?;
+    process::restore_mm(plan)?;
 
     status::set_stage(STAGE_THREAD);
-    threads::create_threads(&plan)?;
+    threads::create_threads(plan)?;
 
     status::set_stage(STAGE_THREAD_STATE);
     threads::restore_thread_state(plan.leader())?;
-    threads::wait_for_threads(&plan);
+    threads::wait_for_threads(plan);
 
-    close_fds(&plan);
+    close_fds(plan);
     status::set_stage(STAGE_DONE);
     status::report_done();
     Ok(())

@@ -26,7 +26,7 @@ pub fn map_all(plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
+pub fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
     let len = vma.end - vma.start;
     let runs = plan.runs_of(vma);
     // Regions with runs are writable while they are filled, then get their protection.

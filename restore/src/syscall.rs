@@ -38,6 +38,16 @@ const SYS_EXIT_GROUP: usize = 231;
 const SYS_OPENAT: usize = 257;
 const SYS_SET_ROBUST_LIST: usize = 273;
 const SYS_RSEQ: usize = 334;
+const SYS_MADVISE: usize = 28;
+const SYS_DUP2: usize = 33;
+const SYS_CHDIR: usize = 80;
+const SYS_UMASK: usize = 95;
+const SYS_GETPPID: usize = 110;
+const SYS_SETPGID: usize = 109;
+const SYS_SETSID: usize = 112;
+const SYS_PERSONALITY: usize = 135;
+const SYS_PRLIMIT64: usize = 302;
+const SYS_CLOSE_RANGE: usize = 436;
 pub const SYS_CLONE3: usize = 435;
 
 pub const PROT_READ: u32 = 1;
@@ -61,6 +71,10 @@ pub const SIG_SETMASK: usize = 2;
 pub const PR_SET_NAME: usize = 15;
 pub const PR_SET_MM: usize = 35;
 pub const PR_SET_MM_MAP: usize = 14;
+pub const PR_SET_PDEATHSIG: usize = 1;
+pub const SIGKILL: usize = 9;
+pub const SIGCHLD: u64 = 17;
+pub const MADV_DONTNEED: usize = 4;
 
 pub const SS_DISABLE: u64 = 2;
 
@@ -418,5 +432,117 @@ pub fn exit_group(code: i32) -> ! {
         syscall6(SYS_EXIT_GROUP, code as usize, 0, 0, 0, 0, 0);
         // exit_group does not return.
         asm!("ud2", options(noreturn));
+    }
+}
+
+/// The kernel's `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+#[repr(C)]
+#[derive(Default)]
+pub struct ForkArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+}
+
+/// `clone3(args)` without CLONE_VM: a fork. Returns 0 in the child, its PID in the parent.
+/// The child goes on from here on a copy of the caller's stack and memory.
+pub fn fork_with_pid(pid: i32) -> Result<usize, Errno> {
+    let tid = pid;
+    let args = ForkArgs {
+        exit_signal: SIGCHLD,
+        set_tid: &tid as *const i32 as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    // SAFETY: clone3 reads `args` (a local of the size passed) and, through `set_tid`, one
+    // i32 (`tid`, a live local). Without CLONE_VM the child runs on its own copy of the
+    // address space, so returning into Rust code on both sides is sound.
+    unsafe {
+        sys(
+            SYS_CLONE3,
+            &args as *const ForkArgs as usize,
+            core::mem::size_of::<ForkArgs>(),
+            0,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
+/// # Safety
+/// MADV_DONTNEED drops the pages of the range: nothing the loader uses may live there.
+pub unsafe fn madvise(addr: u64, len: u64, advice: usize) -> Result<usize, Errno> {
+    sys(SYS_MADVISE, addr as usize, len as usize, advice, 0, 0, 0)
+}
+
+pub fn dup2(src: i32, target: i32) -> Result<usize, Errno> {
+    // SAFETY: dup2(2) takes two integers and touches no memory.
+    unsafe { sys(SYS_DUP2, src as usize, target as usize, 0, 0, 0, 0) }
+}
+
+/// close_range(first, last, 0): closes every descriptor in `[first, last]`.
+pub fn close_range(first: u32, last: u32) -> Result<usize, Errno> {
+    // SAFETY: close_range(2) takes integers and touches no memory; the loader holds
+    // descriptors as plain integers.
+    unsafe { sys(SYS_CLOSE_RANGE, first as usize, last as usize, 0, 0, 0, 0) }
+}
+
+/// `path` must be NUL-terminated (checked by the plan validation for the forked cwd).
+pub fn chdir(path: &[u8]) -> Result<usize, Errno> {
+    if path.last() != Some(&0) {
+        return Err(EINVAL);
+    }
+    // SAFETY: chdir(2) reads the path up to its NUL, which lies inside the borrowed slice.
+    unsafe { sys(SYS_CHDIR, path.as_ptr() as usize, 0, 0, 0, 0, 0) }
+}
+
+pub fn umask(mask: u32) {
+    // SAFETY: umask(2) takes an integer and cannot fail.
+    unsafe { syscall6(SYS_UMASK, mask as usize, 0, 0, 0, 0, 0) };
+}
+
+pub fn getppid() -> u64 {
+    // SAFETY: getppid(2) takes no argument and touches no memory.
+    unsafe { syscall6(SYS_GETPPID, 0, 0, 0, 0, 0, 0) as u64 }
+}
+
+pub fn setsid() -> Result<usize, Errno> {
+    // SAFETY: setsid(2) takes no argument and touches no memory.
+    unsafe { sys(SYS_SETSID, 0, 0, 0, 0, 0, 0) }
+}
+
+pub fn setpgid(pid: i32, pgid: i32) -> Result<usize, Errno> {
+    // SAFETY: setpgid(2) takes integers and touches no memory.
+    unsafe { sys(SYS_SETPGID, pid as usize, pgid as usize, 0, 0, 0, 0) }
+}
+
+pub fn personality(p: u32) -> Result<usize, Errno> {
+    // SAFETY: personality(2) takes an integer and touches no memory.
+    unsafe { sys(SYS_PERSONALITY, p as usize, 0, 0, 0, 0, 0) }
+}
+
+/// prlimit64(0, resource, {cur, max}, NULL).
+pub fn setrlimit(resource: u64, cur: u64, max: u64) -> Result<usize, Errno> {
+    let lim = [cur, max];
+    // SAFETY: prlimit64 reads one `struct rlimit64` (two u64: `lim`, a live local) and
+    // writes nothing (the old-limit pointer is NULL).
+    unsafe {
+        sys(
+            SYS_PRLIMIT64,
+            0,
+            resource as usize,
+            lim.as_ptr() as usize,
+            0,
+            0,
+            0,
+        )
     }
 }

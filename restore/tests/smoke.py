@@ -24,7 +24,7 @@ PAGE = 4096
 
 PLAN_MAGIC = int.from_bytes(b"CKPTPLAN", "little")
 READY_MAGIC = int.from_bytes(b"CKPTRDY!", "little")
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 VMA_ANON_PRIVATE, VMA_ANON_SHARED, VMA_FILE_PRIVATE, VMA_FILE_SHARED = 0, 1, 2, 3
 VMA_VVAR, VMA_VVAR_VCLOCK, VMA_VDSO = 4, 5, 6
@@ -34,14 +34,14 @@ PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
 STAGE_DONE, STAGE_PLAN, STAGE_MAP, STAGE_THREAD = 0, 1, 4, 9
 EEXIST, EINVAL = 17, 22
 
-HEADER_FMT = "<4Q12Q2q11Q"    # PlanHeader (with PrctlMmMap)
+HEADER_FMT = "<4Q12Q2q11Q16Q" # PlanHeader (with PrctlMmMap, then forks and fork setup: unused here)
 VMA_FMT = "<QQIIIiQQQ"         # PlanVma
 RUN_FMT = "<3Q"                # PlanRun
 THREAD_FMT = "<10Q16s"         # PlanThread
 SIGACTION_FMT = "<5Q"          # PlanSigaction
 READY_FMT = "<6Q80s"           # Ready
 
-assert struct.calcsize(HEADER_FMT) == 232
+assert struct.calcsize(HEADER_FMT) == 360
 assert struct.calcsize(VMA_FMT) == 56
 assert struct.calcsize(THREAD_FMT) == 96
 assert struct.calcsize(READY_FMT) == 128
@@ -144,7 +144,7 @@ class PlanBuilder:
         for o, n in zip(offs, counts):
             fields += [o, n]
         hdr = struct.pack(HEADER_FMT, PLAN_MAGIC, PLAN_VERSION, size, pid, *fields,
-                          image_fd, status_fd, *self.mm)
+                          image_fd, status_fd, *self.mm, *([0] * 16))
         return hdr + body
 
 

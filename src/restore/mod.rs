@@ -5,6 +5,7 @@
 mod checks;
 mod fds;
 mod finish;
+mod forked;
 mod guard;
 pub mod plan;
 mod spawn;
@@ -110,6 +111,8 @@ fn rlimits_for(saved: &[ckpt_format::state::Rlimit]) -> Vec<(i32, libc::rlimit64
 /// Everything prepared in the front end for one process before any process exists.
 struct PreparedProcess {
     setup: spawn::ChildSetup,
+    /// The descriptors its plan names (the plan itself is written by `write_plan`).
+    plan_fds: plan::PlanFds,
     status_r: OwnedFd,
     status_fd_child: RawFd,
     exe_fd_child: RawFd,
@@ -164,24 +167,6 @@ fn prepare_process(
     // SAFETY: pipe2 just returned these two descriptors, which nothing else owns.
     let (status_r, status_w0) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
     let status_w = sys::above(status_w0, base)?;
-    let plan_bytes = plan::build(
-        state,
-        &plan::PlanFds {
-            image_fd: image_fd.as_raw_fd(),
-            status_fd: status_w.as_raw_fd(),
-            map_fds,
-            map_files: map_files.iter().map(|f| f.as_raw_fd()).collect(),
-        },
-    );
-    // The loader's own checks, before any process exists: a plan it would refuse is a bug
-    // here, better reported now and with its cause.
-    if let Err(e) = plan::check(&plan_bytes) {
-        bail!(
-            "internal error: the restore plan of process {} is invalid: {e}",
-            state.pid
-        );
-    }
-    let plan_fd = sys::above(memfd("ckpt-plan", &plan_bytes)?, base)?;
     // A removed working directory: a new one, made and removed again (ckpt_tracer::fd::ghost).
     let cwd_ghost = match ckpt_tracer::attr::cwd::saved(state) {
         Some(d) => Some(sys::above(
@@ -190,10 +175,16 @@ fn prepare_process(
         )?),
         None => None,
     };
+    let plan_fds = plan::PlanFds {
+        image_fd: image_fd.as_raw_fd(),
+        status_fd: status_w.as_raw_fd(),
+        map_fds,
+        map_files: map_files.iter().map(|f| f.as_raw_fd()).collect(),
+    };
+    // The plan's own descriptor is added by `write_plan`.
     let mut loader_fds = vec![
         image_fd.as_raw_fd(),
         status_w.as_raw_fd(),
-        plan_fd.as_raw_fd(),
         exe_fd.as_raw_fd(),
     ];
     loader_fds.extend(map_files.iter().map(|f| f.as_raw_fd()));
@@ -220,10 +211,7 @@ fn prepare_process(
         loader_fds,
         status_fd: status_w.as_raw_fd(),
         loader_exe_fd: loader_fd,
-        argv: vec![
-            CString::new("ckpt-restore")?,
-            CString::new(plan_fd.as_raw_fd().to_string())?,
-        ],
+        argv: Vec::new(),
         cwd: CString::new(state.cwd.clone())?,
         cwd_fd: cwd_ghost.as_ref().map(|f| f.as_raw_fd()),
         umask: state.umask,
@@ -231,16 +219,48 @@ fn prepare_process(
         personality: state.personality,
         ambient_checkpoint_cap: false,
     };
-    let mut keep = vec![image_fd, plan_fd, exe_fd, status_w];
+    let exe_fd_child = exe_fd.as_raw_fd();
+    let mut keep = vec![image_fd, exe_fd, status_w];
     keep.extend(map_files);
     keep.extend(cwd_ghost);
     Ok(PreparedProcess {
         status_fd_child: setup.status_fd,
-        exe_fd_child: setup.loader_fds[3],
+        exe_fd_child,
         setup,
+        plan_fds,
         status_r,
         _keep: keep,
     })
+}
+
+/// Builds the plan of `p` (with what `extra` adds for forking), checks it as the loader
+/// will, and puts it where the loader finds it (a descriptor above `base`, its number
+/// the loader's argument). Returns that descriptor's number.
+fn write_plan(
+    state: &ckpt_format::state::ProcessState,
+    p: &mut PreparedProcess,
+    extra: &plan::Extra,
+    base: RawFd,
+) -> Result<RawFd> {
+    let plan_fd = sys::above(memfd("ckpt-plan", &[])?, base)?;
+    let n = plan_fd.as_raw_fd();
+    let plan_bytes = plan::build(state, &p.plan_fds, extra, n);
+    // The loader's own checks, before any process exists: a plan it would refuse is a bug
+    // here, better reported now and with its cause.
+    if let Err(e) = plan::check(&plan_bytes) {
+        bail!(
+            "internal error: the restore plan of process {} is invalid: {e}",
+            state.pid
+        );
+    }
+    use std::io::Write;
+    std::fs::File::from(plan_fd.try_clone()?)
+        .write_all(&plan_bytes)
+        .context("writing the restore plan")?;
+    p.setup.loader_fds.push(n);
+    p.setup.argv = vec![CString::new("ckpt-restore")?, CString::new(n.to_string())?];
+    p._keep.push(plan_fd);
+    Ok(n)
 }
 
 fn raise_nofile() {
@@ -294,6 +314,8 @@ pub struct Prepared {
     loader_fd: OwnedFd,
     /// Indices of each process's children.
     children: Vec<Vec<usize>>,
+    /// Those the front end creates (the others are forked by their parent's loader).
+    spawned_children: Vec<Vec<usize>>,
     new_ns: bool,
     detach: bool,
     new_audit_session: bool,
@@ -425,6 +447,48 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     for c in &mut children {
         c.sort_by_key(|&i| manifest.processes[i].pid);
     }
+    // Children that share memory copy-on-write with their parent are forked by its
+    // loader (forked.rs); their plans are written first, their parents' name them.
+    let forked_by = forked::choose(&images, &manifest, &children, &prepared);
+    let mut extras: Vec<plan::Extra> = Vec::new();
+    for (i, parent) in forked_by.iter().enumerate() {
+        extras.push(match parent {
+            Some(p) => forked::child_extra(&images[i].state, &images[*p].state, &prepared[i])?,
+            None => plan::Extra::default(),
+        });
+    }
+    for i in 0..prepared.len() {
+        if let Some(p) = forked_by[i] {
+            log::debug!(
+                "process {} is forked by the loader of {} (memory shared copy-on-write)",
+                images[i].state.pid,
+                images[p].state.pid
+            );
+            let plan_fd = write_plan(&images[i].state, &mut prepared[i], &extras[i], base)?;
+            let fds = forked::fds_for_parent(&prepared[i]);
+            extras[p].forks.push(ckpt_plan::PlanFork {
+                pid: images[i].state.pid as u64,
+                plan_fd: plan_fd as i64,
+            });
+            extras[p].close.extend(fds.iter().copied());
+            prepared[p].setup.loader_fds.extend(fds);
+        }
+    }
+    for i in 0..prepared.len() {
+        if forked_by[i].is_none() {
+            write_plan(&images[i].state, &mut prepared[i], &extras[i], base)?;
+        }
+    }
+    // The front end creates the others (spawn.rs); `children` itself stays the tree.
+    let spawned_children: Vec<Vec<usize>> = children
+        .iter()
+        .map(|c| {
+            c.iter()
+                .copied()
+                .filter(|&i| forked_by[i].is_none())
+                .collect()
+        })
+        .collect();
     Ok(Prepared {
         gen,
         manifest,
@@ -432,6 +496,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         prepared,
         loader_fd,
         children,
+        spawned_children,
         new_ns,
         detach: opts.detach,
         new_audit_session: opts.new_audit_session,
@@ -458,6 +523,7 @@ impl Prepared {
             mut prepared,
             loader_fd,
             children,
+            spawned_children,
             new_ns,
             detach,
             new_audit_session,
@@ -471,6 +537,7 @@ impl Prepared {
             images: &images,
             manifest: &manifest,
             children,
+            spawned_children,
             detach: detach || hand_over.is_some(),
             handed_over: hand_over.is_some(),
             drop_caps: new_ns && job::needs_user_ns(),
@@ -501,6 +568,8 @@ struct Tree<'a> {
     manifest: &'a generation::Manifest,
     /// Indices of each process's children.
     children: Vec<Vec<usize>>,
+    /// Those the front end creates.
+    spawned_children: Vec<Vec<usize>>,
     detach: bool,
     /// The processes run in a user namespace ckpt made: the capability the loader
     /// needed is taken away from them before they resume.
@@ -530,7 +599,7 @@ fn run_tree(
         .map(|p| p.pid)
         .chain(manifest.zombies.iter().map(|z| z.pid))
         .collect();
-    let root_pid = spawn::spawn_tree(&setups, &tree.children, &manifest.zombies)?;
+    let root_pid = spawn::spawn_tree(&setups, &tree.spawned_children, &manifest.zombies)?;
     guard::step("spawned");
     drop(setups);
     drop(loader_fd);

@@ -16,16 +16,49 @@ pub struct PlanFds {
     pub map_files: Vec<i32>,
 }
 
+/// What a plan says beyond the process's own image: the children its loader forks, and,
+/// for such a child, the setup its loader does (src/restore/forked.rs).
+#[derive(Default)]
+pub struct Extra {
+    pub forks: Vec<PlanFork>,
+    /// Descriptors of the forked children, closed by the parent's loader too.
+    pub close: Vec<i32>,
+    pub forked: Option<ForkedSetup>,
+}
+
+/// The setup of a child its parent's loader forks.
+pub struct ForkedSetup {
+    pub parent: i32,
+    /// `SETUP_*` bits and the group to join.
+    pub flags: u64,
+    pub pgid: i32,
+    pub umask: u32,
+    pub personality: u32,
+    pub dup2s: Vec<PlanDup2>,
+    /// Without the plan's own descriptor (added by `build`).
+    pub keep_fds: Vec<i32>,
+    pub rlimits: Vec<PlanRlimit>,
+    /// With its NUL.
+    pub cwd: Vec<u8>,
+    /// Per VMA of the image: the parent has it as it is (`VMA_F_INHERITED`).
+    pub inherited: Vec<bool>,
+}
+
 fn align8(buf: &mut Vec<u8>) {
     while !buf.len().is_multiple_of(8) {
         buf.push(0);
     }
 }
 
-pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
+/// The plan of `state`, to be read from descriptor `plan_fd` in the loader.
+pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -> Vec<u8> {
     let mut vmas = Vec::new();
     let mut runs = Vec::new();
-    for v in &state.vmas {
+    for (n, v) in state.vmas.iter().enumerate() {
+        let inherited = extra
+            .forked
+            .as_ref()
+            .is_some_and(|f| f.inherited.get(n) == Some(&true));
         let (kind, fd) = match &v.kind {
             VmaKind::Anon => (VMA_ANON_PRIVATE, -1),
             // Rebuilt on one memfd per object, shared by every process that maps it.
@@ -63,7 +96,8 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
             end: v.end,
             prot: v.prot,
             kind,
-            flags: if v.growsdown { VMA_F_GROWSDOWN } else { 0 },
+            flags: if v.growsdown { VMA_F_GROWSDOWN } else { 0 }
+                | if inherited { VMA_F_INHERITED } else { 0 },
             fd,
             offset: v.offset,
             first_run,
@@ -112,6 +146,7 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
         .map_fds
         .values()
         .chain(fds.map_files.iter())
+        .chain(extra.close.iter())
         .copied()
         .collect();
     close_fds.sort_unstable();
@@ -161,6 +196,34 @@ pub fn build(state: &ProcessState, fds: &PlanFds) -> Vec<u8> {
     h.nr_close_fds = close_fds.len() as u64;
     body.extend_from_slice(close_fds.as_bytes());
     align8(&mut body);
+    h.forks_off = body.len() as u64;
+    h.nr_forks = extra.forks.len() as u64;
+    body.extend_from_slice(extra.forks.as_bytes());
+    if let Some(f) = &extra.forked {
+        let mut keep = f.keep_fds.clone();
+        keep.push(plan_fd);
+        keep.sort_unstable();
+        keep.dedup();
+        h.fork_parent = f.parent as u64;
+        h.setup_flags = f.flags;
+        h.setup_pgid = f.pgid as u64;
+        h.setup_umask = f.umask as u64;
+        h.setup_personality = f.personality as u64;
+        h.dup2s_off = body.len() as u64;
+        h.nr_dup2s = f.dup2s.len() as u64;
+        body.extend_from_slice(f.dup2s.as_bytes());
+        h.keep_fds_off = body.len() as u64;
+        h.nr_keep_fds = keep.len() as u64;
+        body.extend_from_slice(keep.as_bytes());
+        align8(&mut body);
+        h.rlimits_off = body.len() as u64;
+        h.nr_rlimits = f.rlimits.len() as u64;
+        body.extend_from_slice(f.rlimits.as_bytes());
+        h.cwd_off = body.len() as u64;
+        h.cwd_len = f.cwd.len() as u64;
+        body.extend_from_slice(&f.cwd);
+        align8(&mut body);
+    }
     h.size = body.len() as u64;
     body[..hdr_len].copy_from_slice(h.as_bytes());
     body
