@@ -183,8 +183,14 @@ impl FrozenDump {
         let mut tree = FrozenTree::freeze(root)?;
         phase(t0, "frozen");
         check_interrupted()?;
-        let pids: Vec<i32> = tree.procs.iter().map(|f| f.pid).collect();
-        ckpt_tracer::audit::check_tree(&pids)?;
+        let procs: Vec<(i32, i32)> = tree
+            .procs
+            .iter()
+            .map(|f| Ok((f.pid, ckpt_tracer::proc::stat(f.pid)?.ppid)))
+            .collect::<ckpt_tracer::Result<_>>()?;
+        let zombie_parents: Vec<i32> = tree.zombies.iter().map(|z| z.ppid).collect();
+        let has_children = |p: i32| procs.iter().any(|x| x.1 == p) || zombie_parents.contains(&p);
+        let shares = ckpt_tracer::audit::check_tree(&procs, &has_children)?;
         phase(t0, "tree audited");
         let zombies = tree.zombies.clone();
         let mut states = Vec::new();
@@ -198,6 +204,7 @@ impl FrozenDump {
         }
         phase(t0, "state read");
         check_interrupted()?;
+        ckpt_tracer::attr::shares::record(&mut states, &shares);
         link_descriptors(&mut states)?;
         dedupe_shared_pages(&mut states);
         let created_ns = SystemTime::now()

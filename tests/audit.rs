@@ -103,16 +103,6 @@ fn shared_refused(what: &str, named: &str) {
 }
 
 #[test]
-fn a_shared_descriptor_table_is_refused() {
-    shared_refused("files", "CLONE_FILES");
-}
-
-#[test]
-fn a_shared_cwd_is_refused() {
-    shared_refused("fs", "CLONE_FS");
-}
-
-#[test]
 fn a_shared_address_space_is_refused() {
     shared_refused("sighand", "CLONE_VM");
 }

@@ -35,6 +35,21 @@ fn tree_memory(root: i32, comm: &str) -> (u64, u64, usize) {
     (pss, rss, n)
 }
 
+/// The descriptor numbers of `pid` with what they are (pipe:[...] numbers aside).
+fn fd_names(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = fs::read_link(e.path()).ok()?;
+            let kind = target.to_string_lossy().split(':').next()?.to_string();
+            Some(format!("{} {kind}", e.file_name().to_string_lossy()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
 fn assert_same_memory(before: (u64, u64, usize), after: (u64, u64, usize)) {
     eprintln!(
         "tree memory before: Pss {} kB, Rss {} kB ({} processes); after restore: Pss {} kB, Rss {} kB ({} processes)",
@@ -83,14 +98,26 @@ fn a_parent_and_four_children_sharing_1_gib_keep_sharing_it() {
     ready(&mut t.stdout);
     let before = tree_memory(t.pid, "cowtree");
     let kids = children(t.pid);
+    let fds: Vec<Vec<String>> = std::iter::once(t.pid)
+        .chain(kids.iter().copied())
+        .map(fd_names)
+        .collect();
     t.dump_kill(&ck);
-    for k in kids {
+    for &k in &kids {
         wait_pid_free(k);
     }
 
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
     let after = restored_memory(t.pid, before);
+    let fds_after: Vec<Vec<String>> = std::iter::once(t.pid)
+        .chain(kids.iter().copied())
+        .map(fd_names)
+        .collect();
+    assert_eq!(
+        fds_after, fds,
+        "every process has the descriptors it had, and no other"
+    );
     touch(&stop);
     finished(&mut r.stdout);
     r.wait_success();

@@ -39,6 +39,18 @@ pub enum Attr {
     DeletedCwd(crate::state::DeletedDir),
     /// Descriptors in flight (SCM_RIGHTS) in the receive queues of its unix sockets.
     UnixInFlight(Vec<UnixInFlight>),
+    /// What it shares with its parent, which created it with clone(CLONE_FILES) or
+    /// clone(CLONE_FS): the restore creates it from its parent the same way.
+    SharesWithParent(CloneShares),
+}
+
+/// Kernel objects a process shares with its parent (kcmp equal at dump time).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CloneShares {
+    /// The descriptor table (CLONE_FILES).
+    pub files: bool,
+    /// The cwd, root and umask (CLONE_FS).
+    pub fs: bool,
 }
 
 /// The audit login uid and session id of a process (/proc/PID/loginuid, sessionid;

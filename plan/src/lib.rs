@@ -103,7 +103,18 @@ pub const SETUP_SETSID: u64 = 1;
 pub const SETUP_PGID_LEAD: u64 = 2;
 /// setpgid(0, setup_pgid): the child joins that group.
 pub const SETUP_PGID_JOIN: u64 = 4;
-pub const SETUP_ALL: u64 = SETUP_SETSID | SETUP_PGID_LEAD | SETUP_PGID_JOIN;
+/// Forked with CLONE_FILES: the descriptor table is the parent's (no dup2s, nothing
+/// closed, no keep list).
+pub const SETUP_SHARED_FILES: u64 = 8;
+/// Forked with CLONE_FS: cwd, root and umask are the parent's (no cwd, no umask).
+pub const SETUP_SHARED_FS: u64 = 16;
+pub const SETUP_ALL: u64 =
+    SETUP_SETSID | SETUP_PGID_LEAD | SETUP_PGID_JOIN | SETUP_SHARED_FILES | SETUP_SHARED_FS;
+
+/// `PlanFork::flags` bits: the clone flags a child is forked with (what it shares with
+/// its parent).
+pub const FORK_CLONE_FS: u64 = 0x200;
+pub const FORK_CLONE_FILES: u64 = 0x400;
 
 /// `PlanVma::prot` bits (PROT_READ | PROT_WRITE | PROT_EXEC).
 pub const VMA_PROT_MASK: u32 = 7;
@@ -289,6 +300,8 @@ pub struct PlanSigaction {
 pub struct PlanFork {
     pub pid: u64,
     pub plan_fd: i64,
+    /// `FORK_CLONE_*` bits.
+    pub flags: u64,
 }
 
 /// dup2(src, target) in a forked child.
@@ -401,7 +414,7 @@ const _: () = assert!(core::mem::size_of::<PlanVma>() == 56);
 const _: () = assert!(core::mem::size_of::<PlanRun>() == 24);
 const _: () = assert!(core::mem::size_of::<PlanThread>() == 96);
 const _: () = assert!(core::mem::size_of::<PlanSigaction>() == 40);
-const _: () = assert!(core::mem::size_of::<PlanFork>() == 16);
+const _: () = assert!(core::mem::size_of::<PlanFork>() == 24);
 const _: () = assert!(core::mem::size_of::<PlanDup2>() == 8);
 const _: () = assert!(core::mem::size_of::<PlanRlimit>() == 24);
 // One write below PIPE_BUF, so atomic on a pipe.

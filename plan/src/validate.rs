@@ -326,7 +326,8 @@ fn check_forks(view: &PlanView<'_>) -> Result<(), PlanError> {
         let fd_ok = as_fd(f.plan_fd).is_some_and(|fd| {
             i64::from(fd) != view.hdr.status_fd && i64::from(fd) != view.hdr.image_fd
         });
-        if f.pid == 0 || f.pid > i32::MAX as u64 || f.pid == view.hdr.pid || !fd_ok {
+        let flags_ok = f.flags & !(FORK_CLONE_FILES | FORK_CLONE_FS) == 0;
+        if f.pid == 0 || f.pid > i32::MAX as u64 || f.pid == view.hdr.pid || !fd_ok || !flags_ok {
             return err(PlanErrorKind::BadFork, f.pid);
         }
     }
@@ -354,10 +355,37 @@ fn check_setup(view: &PlanView<'_>) -> Result<(), PlanError> {
     {
         return err(BadSetup, h.setup_flags);
     }
-    match view.cwd.split_last() {
-        Some((0, path)) if !path.is_empty() && !path.contains(&0) => {}
-        _ => return err(BadCwd, view.cwd.len() as u64),
+    if h.setup_flags & SETUP_SHARED_FS == 0 {
+        match view.cwd.split_last() {
+            Some((0, path)) if !path.is_empty() && !path.contains(&0) => {}
+            _ => return err(BadCwd, view.cwd.len() as u64),
+        }
+    } else if !view.cwd.is_empty() {
+        return err(BadCwd, view.cwd.len() as u64);
     }
+    if h.setup_flags & SETUP_SHARED_FILES != 0 {
+        // The table is the parent's: nothing to install or close.
+        if !view.dup2s.is_empty() {
+            return err(BadDup2, view.dup2s.len() as u64);
+        }
+        if !view.keep_fds.is_empty() {
+            return err(BadKeepFds, view.keep_fds.len() as u64);
+        }
+    } else {
+        check_keep(view)?;
+    }
+    for r in view.rlimits {
+        // RLIM_NLIMITS is 16 on Linux.
+        if r.resource >= 16 || r.cur > r.max {
+            return err(BadRlimit, r.resource);
+        }
+    }
+    Ok(())
+}
+
+fn check_keep(view: &PlanView<'_>) -> Result<(), PlanError> {
+    use PlanErrorKind::*;
+    let h = view.hdr;
     let mut prev = -1;
     for &fd in view.keep_fds {
         if fd <= prev {
@@ -373,12 +401,6 @@ fn check_setup(view: &PlanView<'_>) -> Result<(), PlanError> {
     for d in view.dup2s {
         if d.src < 0 || d.target < 0 {
             return err(BadDup2, d.target as u32 as u64);
-        }
-    }
-    for r in view.rlimits {
-        // RLIM_NLIMITS is 16 on Linux.
-        if r.resource >= 16 || r.cur > r.max {
-            return err(BadRlimit, r.resource);
         }
     }
     Ok(())

@@ -739,6 +739,7 @@ fn forks_and_forked_setup() {
     parent.forks = vec![PlanFork {
         pid: 4300,
         plan_fd: 120,
+        flags: FORK_CLONE_FILES,
     }];
     let b = parent.bytes();
     let v = validate(b.bytes()).unwrap();
@@ -756,28 +757,32 @@ fn forks_and_forked_setup() {
     assert_eq!(
         fork_refused(PlanFork {
             pid: 0,
-            plan_fd: 120
+            plan_fd: 120,
+            flags: 0
         }),
         BadFork
     );
     assert_eq!(
         fork_refused(PlanFork {
             pid: 4242,
-            plan_fd: 120
+            plan_fd: 120,
+            flags: 0
         }),
         BadFork
     );
     assert_eq!(
         fork_refused(PlanFork {
             pid: 4300,
-            plan_fd: 101
+            plan_fd: 101,
+            flags: 0
         }),
         BadFork
     );
     assert_eq!(
         fork_refused(PlanFork {
             pid: 4300,
-            plan_fd: -1
+            plan_fd: -1,
+            flags: 0
         }),
         BadFork
     );
@@ -790,7 +795,7 @@ fn forks_and_forked_setup() {
     // Setup in a plan the front end made the process for.
     assert_eq!(refused(|p| p.cwd = b"/\0".to_vec()), BadSetup);
     assert_eq!(refused(|p| p.hdr.setup_flags = SETUP_SETSID), BadSetup);
-    assert_eq!(forked_refused(&|p| p.hdr.setup_flags = 8), BadSetup);
+    assert_eq!(forked_refused(&|p| p.hdr.setup_flags = 32), BadSetup);
     assert_eq!(forked_refused(&|p| p.hdr.fork_parent = 4242), BadSetup);
     assert_eq!(forked_refused(&|p| p.hdr.setup_umask = 0o1000), BadSetup);
     assert_eq!(forked_refused(&|p| p.cwd = vec![]), BadCwd);
@@ -804,6 +809,37 @@ fn forks_and_forked_setup() {
     assert_eq!(forked_refused(&|p| p.dup2s[0].src = -1), BadDup2);
     assert_eq!(forked_refused(&|p| p.rlimits[0].resource = 16), BadRlimit);
     assert_eq!(forked_refused(&|p| p.rlimits[0].cur = 5000), BadRlimit);
+    assert_eq!(
+        fork_refused(PlanFork {
+            pid: 4300,
+            plan_fd: 120,
+            flags: 0x100
+        }),
+        BadFork
+    );
+    // A shared table or fs: nothing of them in the setup.
+    let shared = |f: &dyn Fn(&mut Plan)| {
+        let mut p = forked();
+        p.hdr.setup_flags = SETUP_SHARED_FILES | SETUP_SHARED_FS;
+        p.dup2s.clear();
+        p.keep_fds.clear();
+        p.cwd.clear();
+        f(&mut p);
+        p
+    };
+    assert!(validate(shared(&|_| {}).bytes().bytes()).is_ok());
+    assert_eq!(
+        kind_of(&shared(&|p| p.cwd = b"/\0".to_vec()).bytes()),
+        BadCwd
+    );
+    assert_eq!(
+        kind_of(&shared(&|p| p.keep_fds = vec![100, 101]).bytes()),
+        BadKeepFds
+    );
+    assert_eq!(
+        kind_of(&shared(&|p| p.dup2s = vec![PlanDup2 { src: 9, target: 3 }]).bytes()),
+        BadDup2
+    );
     // Only private regions can be inherited.
     assert_eq!(
         forked_refused(&|p| p.vmas[2].flags = VMA_F_INHERITED),

@@ -4,7 +4,9 @@
 //! its own regions are mapped and filled, before it creates its threads. Each child
 //! ([`forked`]) drops the parent's plan, loads its own and does what the front end does
 //! before exec for the other processes ([`setup`]: pdeathsig, session and group,
-//! descriptors, cwd, umask, limits, personality). Then it reshapes the parent's address
+//! descriptors, cwd, umask, limits, personality; a child forked with CLONE_FILES or
+//! CLONE_FS shares its descriptor table or fs state with its parent and leaves those to
+//! it). Then it reshapes the parent's address
 //! space into its own ([`reshape`]): every range that is not one of its inherited
 //! regions, a vdso piece or the loader zone is unmapped; each inherited region keeps its
 //! pages, except that pages whose content differs from the child's image are rewritten
@@ -27,7 +29,7 @@ use ckpt_plan::*;
 #[inline(never)]
 pub fn fork_children(plan: &Plan) -> Result<Option<Plan>> {
     for f in plan.forks {
-        match syscall::fork_with_pid(f.pid as i32) {
+        match syscall::fork_with_pid(f.pid as i32, f.flags) {
             Ok(0) => return forked(plan.hdr.pid, plan.hdr.size, f.plan_fd as i32).map(Some),
             Ok(_) => {}
             Err(e) => {
@@ -92,20 +94,24 @@ fn setup(plan: &Plan) -> Result<()> {
             "joining the saved process group (setpgid)",
         )?;
     }
-    for d in plan.dup2s {
-        syscall::dup2(d.src, d.target).ctx(STAGE_SETUP, d.target as u64, "installing a descriptor")?;
-    }
-    // Close everything else: the parent's descriptors and its other children's.
-    let mut next: u32 = 0;
-    for &k in plan.keep_fds {
-        if k as u32 > next {
-            syscall::close_range(next, k as u32 - 1).ctx(STAGE_SETUP, next as u64, "close_range failed")?;
+    if h.setup_flags & SETUP_SHARED_FILES == 0 {
+        for d in plan.dup2s {
+            syscall::dup2(d.src, d.target).ctx(STAGE_SETUP, d.target as u64, "installing a descriptor")?;
         }
-        next = k as u32 + 1;
+        // Close everything else: the parent's descriptors and its other children's.
+        let mut next: u32 = 0;
+        for &k in plan.keep_fds {
+            if k as u32 > next {
+                syscall::close_range(next, k as u32 - 1).ctx(STAGE_SETUP, next as u64, "close_range failed")?;
+            }
+            next = k as u32 + 1;
+        }
+        syscall::close_range(next, u32::MAX).ctx(STAGE_SETUP, next as u64, "close_range failed")?;
     }
-    syscall::close_range(next, u32::MAX).ctx(STAGE_SETUP, next as u64, "close_range failed")?;
-    syscall::chdir(plan.cwd).ctx(STAGE_SETUP, 0, "changing to the saved working directory")?;
-    syscall::umask(h.setup_umask as u32);
+    if h.setup_flags & SETUP_SHARED_FS == 0 {
+        syscall::chdir(plan.cwd).ctx(STAGE_SETUP, 0, "changing to the saved working directory")?;
+        syscall::umask(h.setup_umask as u32);
+    }
     for r in plan.rlimits {
         syscall::setrlimit(r.resource, r.cur, r.max).ctx(STAGE_SETUP, r.resource, "setting a resource limit")?;
     }

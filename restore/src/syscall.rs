@@ -451,11 +451,12 @@ pub struct ForkArgs {
     pub set_tid_size: u64,
 }
 
-/// `clone3(args)` without CLONE_VM: a fork. Returns 0 in the child, its PID in the parent.
+/// `clone3(args)` without CLONE_VM (`flags`: CLONE_FILES, CLONE_FS at most): a fork. Returns 0 in the child, its PID in the parent.
 /// The child goes on from here on a copy of the caller's stack and memory.
-pub fn fork_with_pid(pid: i32) -> Result<usize, Errno> {
+pub fn fork_with_pid(pid: i32, flags: u64) -> Result<usize, Errno> {
     let tid = pid;
     let args = ForkArgs {
+        flags,
         exit_signal: SIGCHLD,
         set_tid: &tid as *const i32 as u64,
         set_tid_size: 1,

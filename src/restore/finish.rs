@@ -180,8 +180,11 @@ pub fn finish(
         )?;
     }
     // What descriptor kinds can only do once the process exists and every descriptor
-    // of it is in place (epoll's entries, memfd seals: ckpt_tracer::fd, docs/FDKINDS.md).
-    ckpt_tracer::fd::late(&inj, leader, state)?;
+    // of it is in place (epoll's entries, memfd seals: ckpt_tracer::fd, docs/FDKINDS.md);
+    // for a descriptor table shared with the parent, the parent's restore does it.
+    if !ckpt_tracer::attr::shares::saved(state).files {
+        ckpt_tracer::fd::late(&inj, leader, state)?;
+    }
     // Pending signals, queued again from inside (only a process may queue a siginfo
     // that looks kernel-made to itself). Every signal is still blocked here.
     // `args` are the leading arguments; the siginfo pointer follows them.

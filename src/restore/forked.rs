@@ -8,6 +8,12 @@
 //! *inherited* (kept, only the pages that differ rewritten), so every page whose content
 //! both share stays one page.
 //!
+//! A child that shares its descriptor table or fs state with its parent (clone with
+//! CLONE_FILES or CLONE_FS, `ckpt_tracer::attr::shares`) must be forked this way, with
+//! the same clone flags: it then takes none of its own descriptors, cwd or umask (they
+//! are its parent's), and the restore refuses, before any process exists, one that
+//! cannot be forked.
+//!
 //! [`choose`] picks the children this can be done for, conservatively: leaves of the
 //! tree (a forked child creates neither children nor zombies), without a controlling
 //! terminal to take or a removed working directory to enter, whose standard streams
@@ -22,9 +28,10 @@ use super::spawn::Pgid;
 use super::PreparedProcess;
 use crate::generation::Manifest;
 use crate::image::Image;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use ckpt_format::state::{ProcessState, Vma, VmaKind};
-use ckpt_plan::{PlanDup2, PlanRlimit, SETUP_PGID_JOIN, SETUP_PGID_LEAD, SETUP_SETSID};
+use ckpt_plan::*;
+use ckpt_tracer::attr::shares;
 use std::os::fd::{AsRawFd, RawFd};
 
 /// For each process, the index of the parent whose loader forks it, if one does.
@@ -33,14 +40,29 @@ pub(super) fn choose(
     manifest: &Manifest,
     children: &[Vec<usize>],
     prepared: &[PreparedProcess],
-) -> Vec<Option<usize>> {
+) -> Result<Vec<Option<usize>>> {
     let parent_of = |i: usize| children.iter().position(|c| c.contains(&i));
-    (0..images.len())
-        .map(|i| {
-            let p = parent_of(i)?;
-            eligible(i, p, images, manifest, children, prepared, &parent_of).then_some(p)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for i in 0..images.len() {
+        let state = &images[i].state;
+        let must = shares::saved(state);
+        let p = parent_of(i);
+        let ok =
+            p.is_some_and(|p| eligible(i, p, images, manifest, children, prepared, &parent_of));
+        if (must.files || must.fs) && !ok {
+            bail!(
+                "process {} shares {} with its parent, which ckpt restores only for a child without children, a controlling terminal to take or a removed working directory, whose group exists before it and whose vdso is where its parent's is",
+                state.pid,
+                if must.files {
+                    "its descriptor table (CLONE_FILES)"
+                } else {
+                    "its cwd and umask (CLONE_FS)"
+                }
+            );
+        }
+        out.push(if ok { p } else { None });
+    }
+    Ok(out)
 }
 
 fn eligible(
@@ -52,10 +74,11 @@ fn eligible(
     prepared: &[PreparedProcess],
     parent_of: &dyn Fn(usize) -> Option<usize>,
 ) -> bool {
-    if std::env::var_os("CKPT_NO_COW_FORK").is_some() {
+    let (child, parent) = (&images[i].state, &images[p].state);
+    let must = shares::saved(child);
+    if std::env::var_os("CKPT_NO_COW_FORK").is_some() && !(must.files || must.fs) {
         return false;
     }
-    let (child, parent) = (&images[i].state, &images[p].state);
     let (cs, ps) = (&prepared[i].setup, &prepared[p].setup);
     if !children[i].is_empty() || manifest.zombies.iter().any(|z| z.ppid == child.pid) {
         return false;
@@ -71,10 +94,11 @@ fn eligible(
         .filter(|x| x.src.is_none())
         .map(|x| x.target)
         .collect();
-    if cs
-        .installs
-        .iter()
-        .any(|x| x.src.is_none() && !parents_own.contains(&x.target))
+    if !must.files
+        && cs
+            .installs
+            .iter()
+            .any(|x| x.src.is_none() && !parents_own.contains(&x.target))
     {
         return false;
     }
@@ -108,7 +132,7 @@ fn eligible(
             return false;
         }
     }
-    child.vmas.iter().any(|v| inherited(v, parent))
+    must.files || must.fs || child.vmas.iter().any(|v| inherited(v, parent))
 }
 
 fn vdso_pieces(s: &ProcessState) -> Vec<(u64, u64, String)> {
@@ -149,7 +173,8 @@ pub(super) fn child_extra(
     p: &PreparedProcess,
 ) -> Result<Extra> {
     let s = &p.setup;
-    let (flags, pgid) = if s.session_leader {
+    let must = shares::saved(c);
+    let (mut flags, pgid) = if s.session_leader {
         (SETUP_SETSID, 0)
     } else {
         match s.pgid {
@@ -158,7 +183,7 @@ pub(super) fn child_extra(
             Pgid::Join(g) => (SETUP_PGID_JOIN, g),
         }
     };
-    let dup2s = s
+    let mut dup2s: Vec<PlanDup2> = s
         .installs
         .iter()
         .filter_map(|x| {
@@ -176,6 +201,17 @@ pub(super) fn child_extra(
         .collect();
     keep_fds.sort_unstable();
     keep_fds.dedup();
+    let mut cwd = s.cwd.as_bytes_with_nul().to_vec();
+    if must.files {
+        // The table is the parent's: nothing to install, nothing to close.
+        flags |= SETUP_SHARED_FILES;
+        dup2s.clear();
+        keep_fds.clear();
+    }
+    if must.fs {
+        flags |= SETUP_SHARED_FS;
+        cwd.clear();
+    }
     let rlimits = s
         .rlimits
         .iter()
@@ -197,18 +233,22 @@ pub(super) fn child_extra(
             dup2s,
             keep_fds,
             rlimits,
-            cwd: s.cwd.as_bytes_with_nul().to_vec(),
+            cwd,
             inherited: c.vmas.iter().map(|v| inherited(v, parent)).collect(),
         }),
     })
 }
 
 /// The descriptors of forked child `p` that must survive into its parent's loader (and
-/// that the parent's loader closes once the child is forked).
-pub(super) fn fds_for_parent(p: &PreparedProcess) -> Vec<RawFd> {
-    let mut fds: Vec<RawFd> = p
-        .setup
-        .installs
+/// that the parent's loader closes once the child is forked, unless they share one
+/// table: then the child's loader closes them, and it installs nothing).
+pub(super) fn fds_for_parent(c: &ProcessState, p: &PreparedProcess) -> Vec<RawFd> {
+    let installs = if shares::saved(c).files {
+        &[][..]
+    } else {
+        &p.setup.installs[..]
+    };
+    let mut fds: Vec<RawFd> = installs
         .iter()
         .filter_map(|x| x.src.as_ref().map(|s| s.as_raw_fd()))
         .chain(p.setup.loader_fds.iter().copied())
@@ -216,4 +256,31 @@ pub(super) fn fds_for_parent(p: &PreparedProcess) -> Vec<RawFd> {
     fds.sort_unstable();
     fds.dedup();
     fds
+}
+
+/// The clone flags child `c` is forked with.
+pub(super) fn clone_flags(c: &ProcessState) -> u64 {
+    let s = shares::saved(c);
+    (if s.files { FORK_CLONE_FILES } else { 0 }) | (if s.fs { FORK_CLONE_FS } else { 0 })
+}
+
+/// A child that shares its parent's descriptor table gets descriptors for its mappings
+/// that are its own (numbers no other loader uses), so that neither loader closes one
+/// the other still needs.
+pub(super) fn own_map_fds(c: &ProcessState, p: &mut PreparedProcess, base: RawFd) -> Result<()> {
+    if !shares::saved(c).files {
+        return Ok(());
+    }
+    for fd in p.plan_fds.map_fds.values_mut() {
+        // SAFETY: `*fd` is a descriptor of ours, open for this process's loader.
+        let own = super::sys::above(
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) }.try_clone_to_owned()?,
+            base,
+        )?;
+        *fd = own.as_raw_fd();
+        p.setup.loader_fds.push(own.as_raw_fd());
+        p.plan_fds.map_files.push(own.as_raw_fd());
+        p._keep.push(own);
+    }
+    Ok(())
 }

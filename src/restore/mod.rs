@@ -449,11 +449,14 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     }
     // Children that share memory copy-on-write with their parent are forked by its
     // loader (forked.rs); their plans are written first, their parents' name them.
-    let forked_by = forked::choose(&images, &manifest, &children, &prepared);
+    let forked_by = forked::choose(&images, &manifest, &children, &prepared)?;
     let mut extras: Vec<plan::Extra> = Vec::new();
     for (i, parent) in forked_by.iter().enumerate() {
         extras.push(match parent {
-            Some(p) => forked::child_extra(&images[i].state, &images[*p].state, &prepared[i])?,
+            Some(p) => {
+                forked::own_map_fds(&images[i].state, &mut prepared[i], base)?;
+                forked::child_extra(&images[i].state, &images[*p].state, &prepared[i])?
+            }
             None => plan::Extra::default(),
         });
     }
@@ -465,12 +468,16 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
                 images[p].state.pid
             );
             let plan_fd = write_plan(&images[i].state, &mut prepared[i], &extras[i], base)?;
-            let fds = forked::fds_for_parent(&prepared[i]);
+            let c = &images[i].state;
+            let fds = forked::fds_for_parent(c, &prepared[i]);
             extras[p].forks.push(ckpt_plan::PlanFork {
-                pid: images[i].state.pid as u64,
+                pid: c.pid as u64,
                 plan_fd: plan_fd as i64,
+                flags: forked::clone_flags(c),
             });
-            extras[p].close.extend(fds.iter().copied());
+            if !ckpt_tracer::attr::shares::saved(c).files {
+                extras[p].close.extend(fds.iter().copied());
+            }
             prepared[p].setup.loader_fds.extend(fds);
         }
     }

@@ -201,7 +201,9 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
     body.extend_from_slice(extra.forks.as_bytes());
     if let Some(f) = &extra.forked {
         let mut keep = f.keep_fds.clone();
-        keep.push(plan_fd);
+        if f.flags & SETUP_SHARED_FILES == 0 {
+            keep.push(plan_fd);
+        }
         keep.sort_unstable();
         keep.dedup();
         h.fork_parent = f.parent as u64;

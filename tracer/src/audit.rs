@@ -132,8 +132,7 @@ pub const F_GETSIG: i32 = 11;
 pub const F_GETOWN_EX: i32 = 16;
 // kcmp types (linux/kcmp.h).
 const KCMP_VM: i32 = 1;
-const KCMP_FILES: i32 = 2;
-const KCMP_FS: i32 = 3;
+use crate::attr::shares::{KCMP_FILES, KCMP_FS};
 const KCMP_SIGHAND: i32 = 4;
 // arch_prctl codes (asm/prctl.h).
 const ARCH_GET_CPUID: u64 = 0x1011;
@@ -431,12 +430,12 @@ pub static TABLE: &[Row] = &[
     row(
         Shared(KCMP_FILES),
         "one descriptor table with another process (CLONE_FILES)",
-        Default(Zero),
+        Saved("shares"),
     ),
     row(
         Shared(KCMP_FS),
         "one cwd, root and umask with another process (CLONE_FS)",
-        Default(Zero),
+        Saved("shares"),
     ),
     row(
         Shared(KCMP_SIGHAND),
@@ -1138,21 +1137,46 @@ pub fn check_lock(pid: i32, fd: i32, l: &proc::LockLine) -> Result<()> {
 }
 
 /// Refuse a tree in which two processes share what a restore would give each its own
-/// copy of. `pids`: every process of the tree (thread-group leaders), all frozen.
-pub fn check_tree(pids: &[i32]) -> Result<()> {
+/// copy of. `procs`: every process of the tree (thread-group leaders, all frozen) as
+/// (pid, ppid); `has_children`: whether one has children or zombies in the tree.
+/// Returns what the group `shares` saves: (child, kcmp type) for every child that
+/// shares an object with its parent in a way a restore makes again.
+pub fn check_tree(
+    procs: &[(i32, i32)],
+    has_children: &dyn Fn(i32) -> bool,
+) -> Result<Vec<(i32, i32)>> {
+    let mut saved = Vec::new();
     for r in TABLE {
         let Shared(kind) = r.source else { continue };
-        for (i, &a) in pids.iter().enumerate() {
-            for &b in &pids[i + 1..] {
+        let mut pairs = Vec::new();
+        for (i, &(a, _)) in procs.iter().enumerate() {
+            for &(b, _) in &procs[i + 1..] {
                 // SAFETY: kcmp(2) compares two kernel objects; it takes only integers.
-                let same = unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) } == 0;
-                if same {
-                    return Err(refuse(a, format!("{} ({b})", r.what)));
+                if unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) } == 0 {
+                    pairs.push((a, b));
                 }
             }
         }
+        let Some(&(a, b)) = pairs.first() else {
+            continue;
+        };
+        if !matches!(r.verdict, Saved(_)) {
+            return Err(refuse(a, format!("{} ({b})", r.what)));
+        }
+        match crate::attr::shares::children_sharing(kind, &pairs, procs, has_children) {
+            Ok(c) => saved.extend(c),
+            Err((a, b)) => {
+                return Err(refuse(
+                    a,
+                    format!(
+                        "{} ({b}), other than between a parent and children without children of their own",
+                        r.what
+                    ),
+                ))
+            }
+        }
     }
-    Ok(())
+    Ok(saved)
 }
 
 fn region_name(m: &MapEntry) -> &str {

@@ -26,6 +26,7 @@ pub mod memory;
 pub mod prctl;
 pub mod sched;
 pub mod seccomp;
+pub mod shares;
 pub mod sysvipc;
 
 /// The frozen process being dumped.
@@ -75,6 +76,7 @@ pub struct Group {
 /// the parent-death signal and the dumpable flag, and prctl needs no privilege);
 /// seccomp last (after it, its filters judge every system call injected).
 pub static GROUPS: &[Group] = &[
+    shares::GROUP,
     cwd::GROUP,
     sysvipc::GROUP,
     cgroup::GROUP,
