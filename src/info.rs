@@ -125,6 +125,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 VmaKind::Vdso => "vdso",
                 VmaKind::Vvar | VmaKind::VvarVclock => "vvar",
                 VmaKind::Unlinked { .. } => "unlinked",
+                VmaKind::AioRing(_) => "aio ring",
             };
             let stored: u64 = v.pages.iter().map(|r| r.npages * PAGE).sum();
             println!(

@@ -7,11 +7,13 @@
  *   ldt        an LDT entry (modify_ldt)
  *   mempolicy  set_mempolicy(MPOL_PREFERRED, node 0)
  *   msgqueue   a private SysV message queue holding one message it sent
- *   aio        an aio context (io_setup) and its ring
+ *   aio        an aio context (io_setup) whose ring holds a completed read not yet
+ *              reaped (io_getevents)
  *
  * Prints "ready", then "tick N" every 20 ms until STOPFILE exists, then checks
  * that the attribute is still set and prints "unsaved ok". */
 #include "common.h"
+#include <fcntl.h>
 #include <asm/ldt.h>
 #include <sys/prctl.h>
 #include <linux/aio_abi.h>
@@ -53,6 +55,14 @@ int main(int argc, char **argv)
         CHECK(id >= 0 && msgsnd(id, &m, sizeof m.text, 0) == 0, "msgsnd: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {
         CHECK(syscall(SYS_io_setup, 4, &ctx) == 0, "io_setup: %s", strerror(errno));
+        static char buf[16];
+        static struct iocb cb;
+        struct iocb *list[1] = { &cb };
+        cb.aio_lio_opcode = IOCB_CMD_PREAD;
+        cb.aio_fildes = open(argv[0], O_RDONLY);
+        cb.aio_buf = (unsigned long)buf;
+        cb.aio_nbytes = sizeof buf;
+        CHECK(syscall(SYS_io_submit, ctx, 1, list) == 1, "io_submit: %s", strerror(errno));
     } else {
         fail("unknown attribute %s", what);
     }
@@ -76,6 +86,9 @@ int main(int argc, char **argv)
               "the queued message: %s", strerror(errno));
         msgctl(id, IPC_RMID, NULL);
     } else if (strcmp(what, "aio") == 0) {
+        struct io_event ev;
+        CHECK(syscall(SYS_io_getevents, ctx, 1, 1, &ev, NULL) == 1 && ev.res == 16,
+              "the completed read: %s", strerror(errno));
         CHECK(syscall(SYS_io_destroy, ctx) == 0, "io_destroy: %s", strerror(errno));
     }
     say("unsaved ok");

@@ -69,8 +69,8 @@ fn a_sysv_message_queue_is_refused() {
 }
 
 #[test]
-fn an_aio_ring_is_refused() {
-    refused_and_running("aio", "aio ring (io_setup)");
+fn an_aio_ring_holding_unreaped_events_is_refused() {
+    refused_and_running("aio", "completed events not yet reaped");
 }
 
 /// Two processes sharing what a restore would give each its own copy of.

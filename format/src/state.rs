@@ -113,6 +113,22 @@ pub enum VmaKind {
     Unlinked {
         file: UnlinkedFile,
     },
+    /// The ring of an aio context (io_setup); the context id is the ring's address.
+    /// Made again with io_setup and moved here (tracer/src/aio.rs), its head and tail
+    /// where they were; no page is stored.
+    AioRing(AioRing),
+}
+
+/// What an aio ring's header said (`struct aio_ring`, linux/fs/aio.c).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AioRing {
+    /// The kernel's index of the context in the process (`id`): contexts are made
+    /// again in this order.
+    pub id: u32,
+    /// Events the ring holds (`nr`).
+    pub nr: u32,
+    /// Head and tail, equal: the ring held no event not yet reaped.
+    pub tail: u32,
 }
 
 /// A file without a name: a memfd, or a regular file deleted after it was opened or

@@ -127,6 +127,10 @@ pub fn finish(
             .map(|v| (v.start, v.end)),
     );
     let inj = Injector::new(pid, &exec)?;
+    // aio contexts, while the exe descriptor (a regular file) is still open for the
+    // empty reads that move their rings' heads and tails (ckpt_tracer::aio).
+    ckpt_tracer::aio::restore(&inj, leader, &state.vmas, exe_fd)
+        .map_err(|e| anyhow::anyhow!("process {pid}: {e}"))?;
     let mm = &state.mm;
     let mut map = Vec::with_capacity(104);
     for v in [

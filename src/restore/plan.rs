@@ -82,6 +82,8 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
             VmaKind::Vdso => (VMA_VDSO, -1),
             VmaKind::Vvar => (VMA_VVAR, -1),
             VmaKind::VvarVclock => (VMA_VVAR_VCLOCK, -1),
+            // Made in the stopped process (ckpt_tracer::aio), not by the loader.
+            VmaKind::AioRing(_) => continue,
         };
         let first_run = runs.len() as u64;
         for r in &v.pages {

@@ -11,6 +11,7 @@
 //! - [`read`]: puts it together into a [`state::ProcessState`].
 //! - [`state`]: the serde types of a checkpointed process.
 
+pub mod aio;
 pub mod attr;
 pub mod audit;
 pub mod error;

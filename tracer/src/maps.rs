@@ -71,10 +71,7 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
         return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
     }
     if m.name.starts_with("/[aio]") {
-        return Err(unsupported(format!(
-            "aio ring (io_setup) at {:#x}",
-            m.start
-        )));
+        return crate::aio::vma(pid, m).map(Some);
     }
     if m.name.ends_with(" (deleted)") && m.name.starts_with('/') {
         return crate::fd::memfd::vma(pid, m, ids).map(Some);
@@ -129,7 +126,9 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
     let mut runs: Vec<PageRun> = Vec::new();
     let mut push = |addr: u64| push_page(&mut runs, addr);
     match vma.kind {
-        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock => return Ok(runs),
+        VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::AioRing(_) => {
+            return Ok(runs)
+        }
         VmaKind::File { .. } | VmaKind::Unlinked { .. } if vma.shared => return Ok(runs),
         VmaKind::SharedAnon { .. } => {
             // Pages of the object may have been written through another mapping (even
