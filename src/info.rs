@@ -126,6 +126,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 VmaKind::Vvar | VmaKind::VvarVclock => "vvar",
                 VmaKind::Unlinked { .. } => "unlinked",
                 VmaKind::AioRing(_) => "aio ring",
+                VmaKind::DeletedFile { .. } => "deleted file",
             };
             let stored: u64 = v.pages.iter().map(|r| r.npages * PAGE).sum();
             println!(

@@ -10,8 +10,11 @@
  *          them, root only), mtime/atime set in the past, open O_RDWR at offset
  *          4242, then unlinked; DIR/mapped the same, also mapped MAP_SHARED over
  *          its first extent; and a file opened O_TMPFILE in DIR with 7 bytes.
+ *          As root, also DIR/maponly the same, mapped MAP_SHARED whole, then its
+ *          descriptor closed: only the mapping holds it.
  *          After: same holes (SEEK_DATA/SEEK_HOLE), content, size, blocks, owner,
- *          mode, times, offset, nlink 0; the O_TMPFILE file's content and offset.
+ *          mode, times, offset, nlink 0; the O_TMPFILE file's content and offset;
+ *          DIR/maponly seen through /proc/self/map_files (root).
  *   big SIZE   DIR/big: SIZE bytes of data (dense), open, unlinked.
  *   mtime      DIR/kept opened O_RDONLY (and mapped) and DIR/kept2 O_RDWR, both with
  *          times set in the past; after: the same mtime and atime.
@@ -166,7 +169,8 @@ struct sparse {
     struct stat st;
     unsigned char *map; /* MAP_SHARED over the first extent, or NULL */
 };
-static struct sparse files[2] = { { .name = "deleted" }, { .name = "mapped" } };
+static struct sparse files[3] = { { .name = "deleted" }, { .name = "mapped" },
+                                  { .name = "maponly" } };
 static int tmpfile_fd;
 
 /* DIR/NAME with the holes, mode, owner and times, then unlinked; with `map`, mapped
@@ -185,8 +189,11 @@ static void make_sparse(struct sparse *f, int map, int argc, char **argv)
     if (argc >= 2)
         CHECK(fchown(f->fd, (uid_t)atoi(argv[0]), (gid_t)atoi(argv[1])) == 0,
               "fchown: %s", strerror(errno));
-    if (map) {
+    if (map == 1) {
         f->map = mmap(NULL, extents[0].len, PROT_READ, MAP_SHARED, f->fd, extents[0].off);
+        CHECK(f->map != MAP_FAILED, "mmap: %s", strerror(errno));
+    } else if (map == 2) {
+        f->map = mmap(NULL, SPARSE_SIZE, PROT_READ, MAP_SHARED, f->fd, 0);
         CHECK(f->map != MAP_FAILED, "mmap: %s", strerror(errno));
     }
     set_old_times(f->fd);
@@ -195,12 +202,18 @@ static void make_sparse(struct sparse *f, int map, int argc, char **argv)
     CHECK(lseek(f->fd, 4242, SEEK_SET) == 4242, "lseek: %s", strerror(errno));
     f->st = fstat_of(f->fd);
     CHECK(unlink(p) == 0, "unlink: %s", strerror(errno));
+    if (map == 2) {
+        close(f->fd);
+        f->fd = -1;
+    }
 }
 
 static void deleted_setup(int argc, char **argv)
 {
     make_sparse(&files[0], 0, argc, argv);
     make_sparse(&files[1], 1, argc, argv);
+    if (geteuid() == 0)
+        make_sparse(&files[2], 2, argc, argv);
     /* A file that never had a name. */
     tmpfile_fd = open(dir, O_TMPFILE | O_RDWR, 0600);
     CHECK(tmpfile_fd >= 0, "O_TMPFILE: %s", strerror(errno));
@@ -211,6 +224,15 @@ static void check_sparse(struct sparse *f)
 {
     char name[64];
 #define NAME(what) (snprintf(name, sizeof name, "%s %s", f->name, what), name)
+    int by_map = f->fd < 0;
+    if (by_map) {
+        /* Only the mapping holds it: open it through map_files (root). */
+        char p[64];
+        snprintf(p, sizeof p, "/proc/self/map_files/%lx-%lx", (unsigned long)f->map,
+                 (unsigned long)f->map + SPARSE_SIZE);
+        f->fd = open(p, O_RDONLY | O_NOATIME);
+        CHECK(f->fd >= 0, "open %s: %s", p, strerror(errno));
+    }
     struct stat st = fstat_of(f->fd);
     check(st.st_nlink == 0, NAME("nlink"), "nlink %ld", (long)st.st_nlink);
     check(S_ISREG(st.st_mode) && (st.st_mode & 07777) == 0640, NAME("mode"), "mode %o",
@@ -221,8 +243,9 @@ static void check_sparse(struct sparse *f)
     check(st.st_blocks <= f->st.st_blocks, NAME("blocks"), "%ld blocks, was %ld",
           (long)st.st_blocks, (long)f->st.st_blocks);
     check_times(f->fd, f->name);
-    check(lseek(f->fd, 0, SEEK_CUR) == 4242, NAME("offset"), "%ld",
-          (long)lseek(f->fd, 0, SEEK_CUR));
+    if (!by_map)
+        check(lseek(f->fd, 0, SEEK_CUR) == 4242, NAME("offset"), "%ld",
+              (long)lseek(f->fd, 0, SEEK_CUR));
     char now[256];
     layout(f->fd, now, sizeof now);
     check(strcmp(now, f->layout) == 0, NAME("holes"), "layout %s, was %s", now, f->layout);
@@ -239,11 +262,19 @@ static void check_sparse(struct sparse *f)
     }
     free(b);
     check(good, NAME("content"), "content differs");
-    if (f->map) {
+    if (f->map && !by_map) {
         int same = 1;
         for (size_t i = 0; i < extents[0].len; i++)
             same &= f->map[i] == byte_at(extents[0].off + (off_t)i);
         check(same, NAME("mapping"), "the mapping shows other bytes");
+    }
+    if (by_map) {
+        int same = 1;
+        for (off_t e = 0; e < 2; e++)
+            for (size_t i = 0; i < extents[e].len; i++)
+                same &= f->map[extents[e].off + i] == byte_at(extents[e].off + (off_t)i);
+        check(same, NAME("mapping"), "the mapping shows other bytes");
+        return;
     }
     /* Still writable, and the offset moves. */
     check(write(f->fd, "x", 1) == 1, NAME("write"), "%s", strerror(errno));
@@ -254,6 +285,8 @@ static void deleted_check(void)
 {
     check_sparse(&files[0]);
     check_sparse(&files[1]);
+    if (files[2].map)
+        check_sparse(&files[2]);
     char t[8] = { 0 };
     check(pread(tmpfile_fd, t, 7, 0) == 7 && strcmp(t, "tmpfile") == 0 &&
               lseek(tmpfile_fd, 0, SEEK_CUR) == 7 && (flags_of(tmpfile_fd) & O_ACCMODE) == O_RDWR,

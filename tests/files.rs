@@ -102,6 +102,22 @@ fn deleted_file_keeps_holes_owner_mode_and_times() {
     round_trip("deleted", &["1234", "5678"], DELETED);
 }
 
+/// As root, a deleted sparse file that only a mapping holds (its descriptor closed):
+/// its holes, owner, mode and times come back too (read and checked through
+/// /proc/PID/map_files, which needs root).
+#[test]
+fn deleted_file_held_only_by_a_mapping_keeps_holes_owner_mode_and_times() {
+    assert_root("the mapping-only deleted file test (map_files)");
+    let oks: Vec<String> = [
+        "nlink", "mode", "owner", "size", "blocks", "mtime", "atime", "holes", "content", "mapping",
+    ]
+    .iter()
+    .map(|c| format!("maponly {c}"))
+    .collect();
+    let oks: Vec<&str> = oks.iter().map(String::as_str).collect();
+    round_trip("deleted", &["1234", "5678"], &oks);
+}
+
 #[test]
 fn deleted_file_of_an_ordinary_user() {
     round_trip_as_user("deleted", &[], DELETED);

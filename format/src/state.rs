@@ -117,6 +117,13 @@ pub enum VmaKind {
     /// Made again with io_setup and moved here (tracer/src/aio.rs), its head and tail
     /// where they were; no page is stored.
     AioRing(AioRing),
+    /// A mapping of a regular file deleted after it was mapped, with no descriptor of the
+    /// process on it: like `Unlinked`, with its owner, times and holes (`meta`; `data`
+    /// then holds only the extents' bytes).
+    DeletedFile {
+        file: UnlinkedFile,
+        meta: FileMeta,
+    },
 }
 
 /// What an aio ring's header said (`struct aio_ring`, linux/fs/aio.c).

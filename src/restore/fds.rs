@@ -114,7 +114,7 @@ pub fn map_key(v: &Vma) -> Option<String> {
     match &v.kind {
         VmaKind::File { id } => Some(id.path.clone()),
         VmaKind::SharedAnon { ino } => Some(format!("\0shared-anon {ino}")),
-        VmaKind::Unlinked { file } => {
+        VmaKind::Unlinked { file } | VmaKind::DeletedFile { file, .. } => {
             let rw = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
             Some(format!(
                 "\0unlinked {}:{} {}",
@@ -199,8 +199,16 @@ pub fn map_fd_for(
             map_fds.insert(key, fd.as_raw_fd());
             Ok(Some(fd))
         }
-        VmaKind::Unlinked { file } => {
-            let backing = ckpt_tracer::fd::memfd::backing(&mut shared.kinds, file, 0, -1)?;
+        VmaKind::Unlinked { .. } | VmaKind::DeletedFile { .. } => {
+            let backing = match &v.kind {
+                VmaKind::DeletedFile { file, meta } => {
+                    ckpt_tracer::fd::memfd::backing_of_deleted(&mut shared.kinds, file, meta)?
+                }
+                VmaKind::Unlinked { file } => {
+                    ckpt_tracer::fd::memfd::backing(&mut shared.kinds, file, 0, -1)?
+                }
+                _ => unreachable!("matched above"),
+            };
             let key = map_key(v).context("mapping key")?;
             if map_fds.contains_key(&key) {
                 return Ok(None);
@@ -210,11 +218,14 @@ pub fn map_fd_for(
             } else {
                 libc::O_RDONLY
             };
-            let f = ckpt_tracer::fd::open(
-                &format!("/proc/self/fd/{backing}"),
-                mode,
-                &format!("the mapping at {:#x}", v.start),
-            )?;
+            // O_NOATIME where we may: the loader's mmap would give a deleted file
+            // restored with its times a new atime.
+            let path = format!("/proc/self/fd/{backing}");
+            let what = format!("the mapping at {:#x}", v.start);
+            let f = match ckpt_tracer::fd::open(&path, mode | libc::O_NOATIME, &what) {
+                Ok(f) => f,
+                Err(_) => ckpt_tracer::fd::open(&path, mode, &what)?,
+            };
             let fd = above(f, min)?;
             map_fds.insert(key, fd.as_raw_fd());
             Ok(Some(fd))

@@ -157,7 +157,8 @@ pub(super) fn inherited(v: &Vma, parent: &ProcessState) -> bool {
     match (&p.kind, &v.kind) {
         (VmaKind::Anon, VmaKind::Anon) => true,
         (VmaKind::File { .. }, VmaKind::File { .. })
-        | (VmaKind::Unlinked { .. }, VmaKind::Unlinked { .. }) => {
+        | (VmaKind::Unlinked { .. }, VmaKind::Unlinked { .. })
+        | (VmaKind::DeletedFile { .. }, VmaKind::DeletedFile { .. }) => {
             p.offset == v.offset
                 && super::fds::map_key(p).is_some()
                 && super::fds::map_key(p) == super::fds::map_key(v)

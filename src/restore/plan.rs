@@ -66,7 +66,7 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
                 VMA_FILE_SHARED,
                 fds.map_fds[&super::fds::map_key(v).unwrap()],
             ),
-            VmaKind::File { .. } | VmaKind::Unlinked { .. } => {
+            VmaKind::File { .. } | VmaKind::Unlinked { .. } | VmaKind::DeletedFile { .. } => {
                 let fd = super::fds::map_key(v)
                     .and_then(|k| fds.map_fds.get(&k).copied())
                     .unwrap_or(-1);

@@ -129,7 +129,11 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
         VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::AioRing(_) => {
             return Ok(runs)
         }
-        VmaKind::File { .. } | VmaKind::Unlinked { .. } if vma.shared => return Ok(runs),
+        VmaKind::File { .. } | VmaKind::Unlinked { .. } | VmaKind::DeletedFile { .. }
+            if vma.shared =>
+        {
+            return Ok(runs)
+        }
         VmaKind::SharedAnon { .. } => {
             // Pages of the object may have been written through another mapping (even
             // one of a process that is gone): read them all, unless the caller knew
@@ -143,7 +147,10 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
         }
         _ => {}
     }
-    let is_file = matches!(vma.kind, VmaKind::File { .. } | VmaKind::Unlinked { .. });
+    let is_file = matches!(
+        vma.kind,
+        VmaKind::File { .. } | VmaKind::Unlinked { .. } | VmaKind::DeletedFile { .. }
+    );
     const CHUNK: u64 = 64 * 1024; // pages per pagemap read
     let mut buf = vec![0u8; (CHUNK * 8) as usize];
     let mut page = vma.start / PAGE;

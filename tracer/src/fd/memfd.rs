@@ -265,18 +265,22 @@ pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
         Some(p) => p,
         None => proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end)),
     };
-    let size = std::fs::metadata(&open_path).map_or(0, |m| m.size());
-    check_limit(
+    let refused = |why| TraceError::Unsupported {
         pid,
-        format!("mapping at {:#x}", m.start),
-        format!("{what} {name}"),
-        size,
-    )?;
-    let file =
-        unlinked(&open_path, memfd, name, ids, None).map_err(|why| TraceError::Unsupported {
-            pid,
-            what: format!("mapping of {what} {name} at {:#x}: {why}", m.start),
-        })?;
+        what: format!("mapping of {what} {name} at {:#x}: {why}", m.start),
+    };
+    let at = format!("mapping at {:#x}", m.start);
+    if !memfd {
+        // Its owner, times and holes, as for a descriptor of a deleted file.
+        let meta = meta(&open_path).map_err(|e| refused(format!("reading its layout: {e}")))?;
+        let stored = meta.extents.iter().map(|e| e.1).sum();
+        check_limit(pid, at, format!("{what} {name}"), stored)?;
+        let file = unlinked(&open_path, memfd, name, ids, Some(&meta.extents)).map_err(refused)?;
+        return Ok(VmaKind::DeletedFile { file, meta });
+    }
+    let size = std::fs::metadata(&open_path).map_or(0, |m| m.size());
+    check_limit(pid, at, format!("{what} {name}"), size)?;
+    let file = unlinked(&open_path, memfd, name, ids, None).map_err(refused)?;
     Ok(VmaKind::Unlinked { file })
 }
 
@@ -400,6 +404,15 @@ pub fn backing(
     fdnum: RawFd,
 ) -> RestoreResult<RawFd> {
     backing_with(shared, f, None, pid, fdnum)
+}
+
+/// [`backing`] for a mapping of a deleted file that brings its owner, times and holes.
+pub fn backing_of_deleted(
+    shared: &mut Shared,
+    f: &UnlinkedFile,
+    meta: &FileMeta,
+) -> RestoreResult<RawFd> {
+    backing_with(shared, f, Some(meta), 0, -1)
 }
 
 /// [`backing`], for an occurrence that may bring the owner, times and holes of a deleted
