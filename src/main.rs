@@ -80,8 +80,16 @@ enum Cmd {
     Run {
         #[command(flatten)]
         coord: CoordArgs,
+        /// Join the coordinator that runs at the address; fail at once, running nothing,
+        /// if none answers (DMTCP's --join-coordinator).
+        #[arg(short = 'j', long = "join-coordinator", visible_alias = "join")]
+        join: bool,
+        /// Start a new coordinator for this job; fail, running nothing, if one already
+        /// answers at the address (DMTCP's --new-coordinator).
+        #[arg(long, conflicts_with = "join")]
+        new_coordinator: bool,
         /// Checkpoint directory (CKPT_DIR; default: the current directory).
-        #[arg(long)]
+        #[arg(long, visible_alias = "ckptdir")]
         ckpt_dir: Option<PathBuf>,
         /// Checkpoint every N seconds when this starts the coordinator (CKPT_INTERVAL,
         /// DMTCP_CHECKPOINT_INTERVAL; 0 = off).
@@ -94,8 +102,9 @@ enum Cmd {
         /// root), so that its restores never collide with host PIDs.
         #[arg(long)]
         pidns: bool,
-        /// The program and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        /// The program and its arguments (an option of ckpt's before it is a usage
+        /// error, never run as the program; `--` ends ckpt's options).
+        #[arg(required = true, trailing_var_arg = true)]
         command: Vec<String>,
     },
     /// The coordinator: keys h c l s k q and `i N` on standard input.
@@ -113,7 +122,7 @@ enum Cmd {
         #[arg(long)]
         exit_on_last: bool,
         /// Where checkpoints go (one directory per job inside; CKPT_DIR).
-        #[arg(long)]
+        #[arg(long, visible_alias = "ckptdir")]
         ckpt_dir: Option<PathBuf>,
         /// Address to listen on; anything but loopback needs --token-file.
         #[arg(long, default_value = "127.0.0.1")]
@@ -260,6 +269,8 @@ fn main() {
         }),
         Cmd::Run {
             coord,
+            join,
+            new_coordinator,
             ckpt_dir,
             interval,
             keep,
@@ -273,9 +284,27 @@ fn main() {
                 interval: protocol::interval(interval)?,
                 keep,
                 token: protocol::read_token(coord.token_file)?,
-                start_coordinator: true,
+                start_coordinator: !join,
                 job_id: protocol::new_job_id(),
             };
+            if join || new_coordinator {
+                let answers = protocol::Conn::connect(&opts.host, opts.port).is_ok();
+                if join && !answers {
+                    anyhow::bail!(
+                        "no coordinator answers at {}:{} (--join-coordinator): start one with `ckpt coordinator --port {}`, or leave --join-coordinator out to have one started",
+                        opts.host,
+                        opts.port,
+                        opts.port
+                    );
+                }
+                if new_coordinator && answers {
+                    anyhow::bail!(
+                        "a coordinator already answers at {}:{} (--new-coordinator): choose another port with --coord-port, or join it",
+                        opts.host,
+                        opts.port
+                    );
+                }
+            }
             if pidns {
                 agent::run_in_pidns(&opts, &command)
             } else {

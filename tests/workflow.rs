@@ -1535,3 +1535,88 @@ fn sqlite_under_ckpt_run_keeps_its_transaction_and_lock() {
     let (ok, out) = second_sqlite(&db, "SELECT count(*) FROM t;");
     assert!(ok && out.trim() == "2", "the committed row is there: {out}");
 }
+
+/// DMTCP habits (issue 12): an option of ckpt's that `ckpt run` does not know is a
+/// usage error and runs nothing (it used to be run as the program);
+/// `--join-coordinator` without a coordinator fails at once, running nothing and
+/// starting none (the job used to run unprotected); with one, `-j` and `--ckptdir` join
+/// it; `--new-coordinator` refuses a port where one answers.
+#[test]
+fn dmtcp_run_options() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let mark = d.join("ran");
+    let out = run(ck()
+        .args(["run", "--join-the-club", "--", "touch"])
+        .arg(&mark));
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+    assert!(stderr(&out).contains("--join-the-club"), "{}", stderr(&out));
+    assert!(!mark.exists(), "the unknown option ran the program");
+
+    let port = test_port(10);
+    let port_s = port.to_string();
+    let out = run(ck()
+        .args([
+            "run",
+            "--join-coordinator",
+            "--coord-port",
+            &port_s,
+            "--",
+            "touch",
+        ])
+        .arg(&mark));
+    let err = assert_error(&out, "--join-coordinator without a coordinator");
+    assert!(
+        err.contains(&format!(":{port}")) && err.contains("--join-coordinator"),
+        "the error names the address and the option: {err}"
+    );
+    assert!(!mark.exists(), "the job ran without its coordinator");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "--join-coordinator started a coordinator"
+    );
+
+    let ck_dir = d.join("ckpt");
+    let _coord = start_coordinator(port, &ck_dir, &[]);
+    let (out_file, stop) = (d.join("out"), d.join("stop"));
+    let counter = testdata("counter");
+    let mut agent = start_agent(
+        &[
+            os("-j"),
+            os("--coord-port"),
+            os(&port_s),
+            os("--ckptdir"),
+            ck_dir.as_os_str(),
+        ],
+        &[counter.as_os_str(), out_file.as_os_str(), stop.as_os_str()],
+        &d.path().to_string_lossy(),
+    );
+    agent.stdout.expect_line("ready");
+    let job = job_of(&agent);
+    wait_listed(port, &[job]);
+    let gens = checkpoint_ok(port);
+    assert!(
+        gens.iter().all(|g| g.starts_with(&ck_dir)),
+        "the checkpoint went to --ckptdir {}: {gens:?}",
+        ck_dir.display()
+    );
+
+    let out = run(ck()
+        .args([
+            "run",
+            "--new-coordinator",
+            "--coord-port",
+            &port_s,
+            "--",
+            "touch",
+        ])
+        .arg(&mark));
+    let err = assert_error(&out, "--new-coordinator where one runs");
+    assert!(err.contains("--new-coordinator"), "{err}");
+    assert!(
+        !mark.exists(),
+        "the job ran although its coordinator could not be made"
+    );
+    touch(&stop);
+    assert!(agent.wait().success());
+}
