@@ -128,6 +128,7 @@ fn pidfd_open(pid: i32) -> Result<OwnedFd> {
 /// is checkpointed from inside, with the PIDs it sees.
 pub fn run_in_pidns(opts: &AgentOptions, command: &[String]) -> Result<i32> {
     crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
+    check_program(&command[0])?;
     // A coordinator started for the job must live outside the job's namespace.
     drop(connect(opts));
     let inner = AgentOptions {
@@ -141,8 +142,31 @@ pub fn run_in_pidns(opts: &AgentOptions, command: &[String]) -> Result<i32> {
 }
 
 /// Launch `command` and supervise it. Returns its exit code.
+/// Fails, as starting it would, when `program` cannot be executed: checked before a
+/// coordinator is started for it, so that a job that cannot start leaves nothing behind.
+fn check_program(program: &str) -> Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    let runnable = |p: &Path| p.is_file() && access(p, AccessFlags::X_OK).is_ok();
+    let found = if program.contains('/') {
+        let p = Path::new(program);
+        if p.is_file() && !runnable(p) {
+            anyhow::bail!("starting {program}: Permission denied (not executable)");
+        }
+        runnable(p)
+    } else {
+        std::env::var_os("PATH")
+            .map(|path| std::env::split_paths(&path).any(|d| runnable(&d.join(program))))
+            .unwrap_or(false)
+    };
+    if !found {
+        anyhow::bail!("starting {program}: No such file or directory");
+    }
+    Ok(())
+}
+
 pub fn run(opts: &AgentOptions, command: &[String]) -> Result<i32> {
     crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
+    check_program(&command[0])?;
     let conn = connect(opts);
     let child = std::process::Command::new(&command[0])
         .args(&command[1..])

@@ -1620,3 +1620,38 @@ fn dmtcp_run_options() {
     touch(&stop);
     assert!(agent.wait().success());
 }
+
+/// A `ckpt run` whose program cannot start (not found, not executable) fails with the
+/// cause and leaves nothing running: it used to leave its background coordinator
+/// behind for good (issue 12).
+#[test]
+fn a_failed_run_leaves_nothing_running() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(11);
+    let port_s = port.to_string();
+    let not_exec = d.join("not-executable");
+    fs::write(&not_exec, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&not_exec, fs::Permissions::from_mode(0o644)).unwrap();
+    let missing = d.join("missing");
+    for (program, why) in [
+        (&missing, "No such file or directory"),
+        (&not_exec, "Permission denied"),
+    ] {
+        let out = run(ck()
+            .args(["run", "--coord-port", &port_s, "--ckpt-dir"])
+            .arg(d.path())
+            .arg("--")
+            .arg(program));
+        let err = assert_error(&out, "ckpt run of a program that cannot start");
+        assert!(
+            err.contains(&program.display().to_string()) && err.contains(why),
+            "the error names the program and why: {err}"
+        );
+        thread::sleep(Duration::from_millis(200));
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "a coordinator was left running on port {port}"
+        );
+    }
+}
