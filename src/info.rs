@@ -125,6 +125,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 VmaKind::Vdso => "vdso",
                 VmaKind::Vvar | VmaKind::VvarVclock => "vvar",
                 VmaKind::Unlinked { .. } => "unlinked",
+                VmaKind::SysvShm { .. } => "sysv-shm",
             };
             let stored: u64 = v.pages.iter().map(|r| r.npages * PAGE).sum();
             println!(

@@ -113,6 +113,14 @@ pub enum VmaKind {
     Unlinked {
         file: UnlinkedFile,
     },
+    /// An attachment (shmat) of the SysV shared memory segment `shmid`, whole, from its
+    /// first byte; its content is saved with the segment (`Attr::SysvIpc`). `may_write`:
+    /// attached without SHM_RDONLY. (Whether SHM_EXEC was given cannot be told, every
+    /// attachment may be made executable: `prot` says what it is.)
+    SysvShm {
+        shmid: i32,
+        may_write: bool,
+    },
 }
 
 /// A file without a name: a memfd, or a regular file deleted after it was opened or

@@ -366,6 +366,10 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     for image in &images {
         checks::recreate_volatile_files(&image.state)?;
     }
+    // SysV objects: found where they still are, or made again with their ids.
+    let attrs: Vec<&[ckpt_format::attrs::Attr]> =
+        images.iter().map(|i| i.state.attrs.as_slice()).collect();
+    ckpt_tracer::attr::sysvipc::recreate(&attrs).map_err(anyhow::Error::msg)?;
     if new_ns {
         if let Some(p) = images.iter().find(|i| i.state.pid == 1) {
             bail!(

@@ -860,6 +860,37 @@ fn numbered(dir: &str) -> io::Result<BTreeSet<i32>> {
 }
 
 /// The open descriptors of `pid` (/proc/PID/fd), in order.
+/// One row of a /proc/sysvipc table: its columns by their header names.
+pub type SysvipcRow = std::collections::HashMap<String, i64>;
+
+/// Parse the text of /proc/sysvipc/msg, sem or shm: every row, with each numeric
+/// column by its header name (`key`, `msqid`, `lspid`, ...). Columns that are not
+/// numbers are left out.
+pub fn parse_sysvipc(text: &str) -> Vec<SysvipcRow> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    lines
+        .map(|l| {
+            names
+                .iter()
+                .zip(l.split_whitespace())
+                .filter_map(|(n, v)| Some((n.to_string(), v.parse::<i64>().ok()?)))
+                .collect()
+        })
+        .filter(|r: &SysvipcRow| !r.is_empty())
+        .collect()
+}
+
+/// The rows of /proc/sysvipc/`name` (none on a kernel without SysV IPC).
+pub fn sysvipc(name: &str) -> Vec<SysvipcRow> {
+    std::fs::read_to_string(format!("/proc/sysvipc/{name}"))
+        .map(|t| parse_sysvipc(&t))
+        .unwrap_or_default()
+}
+
 pub fn fd_numbers(pid: i32) -> io::Result<BTreeSet<i32>> {
     numbered(&path(pid, "fd"))
 }
