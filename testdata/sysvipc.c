@@ -22,6 +22,15 @@
  * undo: a semaphore set of one, semop +1 with SEM_UNDO: the adjustment cannot be
  *   read from outside, the dump must refuse. Prints "ids sem=<id>" and "ready", waits.
  *
+ * pair: a tree of two sharing a message queue and a segment. The parent makes both
+ *   (keys as above, + 0 and + 2), attaches the segment and forks; the child (which
+ *   inherits the attachment) sends "child" (type 2) and waits. The parent prints "ids
+ *   msg=<id> shm=<id> child=<pid>" and "ready" once the message is there. After DIR/go: the child
+ *   writes 0x77 at byte 100 of the segment and sends "done" (type 3); the parent
+ *   receives it (waiting), checks the byte (the two attachments are one segment), the
+ *   message "child", that nattch is 2, lets the child exit (type 4), reaps it (status
+ *   0), removes both objects and prints "pair ok".
+ *
  * take KIND ID KEY: creates a message queue (KIND msg) with id ID (through
  *   /proc/sys/kernel/msg_next_id) and key KEY, mode 0600, and prints "took <id>".
  */
@@ -31,6 +40,7 @@
 #include <sys/msg.h>
 #include <sys/sem.h>
 #include <sys/shm.h>
+#include <sys/wait.h>
 
 #define PAGE 4096UL
 #define SHM_SIZE (3 * PAGE + 100)
@@ -102,6 +112,50 @@ int main(int argc, char **argv)
         wait_for_file(go, 5);
         semctl(s, 0, IPC_RMID);
         say("undo done");
+        return 0;
+    }
+    if (strcmp(argv[1], "pair") == 0) {
+        int q = msgget(key_of(0), IPC_CREAT | IPC_EXCL | 0600);
+        CHECK(q >= 0, "msgget: %s", strerror(errno));
+        int m = shmget(key_of(2), SHM_SIZE, IPC_CREAT | IPC_EXCL | 0600);
+        CHECK(m >= 0, "shmget: %s", strerror(errno));
+        unsigned char *p = shmat(m, NULL, 0);
+        CHECK(p != (void *)-1, "shmat: %s", strerror(errno));
+        memset(p, 0x11, SHM_SIZE);
+        pid_t c = fork();
+        CHECK(c >= 0, "fork: %s", strerror(errno));
+        if (c == 0) {
+            put(q, 2, "child", 5);
+            wait_for_file(go, 5);
+            p[100] = 0x77;
+            put(q, 3, "done", 4);
+            struct msg ack;
+            while (msgrcv(q, &ack, sizeof ack.text, 4, 0) < 0)
+                CHECK(errno == EINTR, "child msgrcv: %s", strerror(errno));
+            _exit(0);
+        }
+        struct msqid_ds qs;
+        do {
+            sleep_ms(2);
+            CHECK(msgctl(q, IPC_STAT, &qs) == 0, "msgctl: %s", strerror(errno));
+        } while (qs.msg_qnum < 1);
+        say("ids msg=%d shm=%d child=%d", q, m, (int)c);
+        say("ready");
+        struct msg got;
+        while (msgrcv(q, &got, sizeof got.text, 3, 0) < 0)
+            CHECK(errno == EINTR, "msgrcv: %s", strerror(errno));
+        CHECK(p[100] == 0x77 && p[99] == 0x11, "the child's write does not show (%#x)", p[100]);
+        get(q, 2, "child", 5);
+        struct shmid_ds ms;
+        CHECK(shmctl(m, IPC_STAT, &ms) == 0, "shmctl: %s", strerror(errno));
+        put(q, 4, "ack", 3);
+        int st;
+        CHECK(waitpid(c, &st, 0) == c && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "child status %#x", st);
+        CHECK(ms.shm_nattch == 2, "nattch %lu", (unsigned long)ms.shm_nattch);
+        CHECK(msgctl(q, IPC_RMID, NULL) == 0, "IPC_RMID queue: %s", strerror(errno));
+        CHECK(shmctl(m, IPC_RMID, NULL) == 0, "IPC_RMID shm: %s", strerror(errno));
+        say("pair ok");
         return 0;
     }
     if (strcmp(argv[1], "hold") != 0)

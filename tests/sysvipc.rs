@@ -251,3 +251,71 @@ fn an_ordinary_user_uses_existing_objects_and_cannot_make_them_again() {
     );
     assert!(cmdline(t.pid).is_none_or(|c| !c.contains("sysvipc")));
 }
+
+/// A restore that made the objects again leaves the process their last user (sender,
+/// receiver, semaphore changer, attacher): a second checkpoint of the restored process
+/// saves them again, and a second restore after they are removed once more works.
+#[test]
+fn objects_made_again_are_saved_again_by_the_next_checkpoint() {
+    let d = tempdir();
+    let (ck1, ck2) = (d.join("ck1"), d.join("ck2"));
+    let (mut t, ids) = start_hold(d.path());
+    let _cleanup = remove_all(&ids);
+    t.dump_kill(&ck1);
+    let rm_all = || {
+        ipcrm("-q", ids.msg);
+        ipcrm("-s", ids.sem);
+        ipcrm("-m", ids.shm);
+    };
+    rm_all();
+    let mut r = Restored::of(&ck1, &t);
+    r.assert_same_pid();
+    for (name, col, id) in [
+        ("msg", 5, ids.msg),
+        ("msg", 6, ids.msg),
+        ("shm", 5, ids.shm),
+    ] {
+        let line = sysvipc_line(name, id).unwrap_or_else(|| panic!("{name} {id} not made"));
+        assert_eq!(
+            line[col],
+            t.pid.to_string(),
+            "{name} {id} column {col}: {line:?}"
+        );
+    }
+    dump(t.pid, &ck2, true);
+    r.wait();
+    wait_pid_free(t.pid);
+    rm_all();
+    let mut r = Restored::of(&ck2, &t);
+    check_restored(&mut r, d.path());
+}
+
+/// Two processes of a tree share a queue (the child sent to it) and a segment (both
+/// attached): each image holds what its process used, the restore makes each object
+/// once, and both processes find one segment and one queue again.
+#[test]
+fn objects_shared_in_a_tree_are_made_once() {
+    let d = tempdir();
+    let ck = d.join("ckpt");
+    let mut t = Target::start("sysvipc", &[os("pair"), d.path().as_os_str()]);
+    let line = t.stdout.expect_prefix("ids ");
+    let field = |name: &str| -> i32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (msg, shm, child) = (field("msg"), field("shm"), field("child"));
+    let _cleanup = RemoveOnDrop(vec![("-q", msg), ("-m", shm)]);
+    t.stdout.expect_line("ready");
+    t.dump_kill(&ck);
+    wait_pid_free(child);
+    ipcrm("-q", msg);
+    ipcrm("-m", shm);
+    let mut r = Restored::of(&ck, &t);
+    r.assert_same_pid();
+    touch(&d.join("go"));
+    r.stdout.expect_line("pair ok");
+    r.wait_success();
+}
