@@ -1,12 +1,12 @@
 /* A process with one attribute that ckpt does not save: the dump must refuse it,
  * naming the attribute, and leave the process running unharmed.
  *
- * usage: unsaved tsc|ldt|mempolicy|msgqueue|aio STOPFILE
+ * usage: unsaved tsc|ldt|mempolicy|shmrmid|aio STOPFILE
  *
  *   tsc        prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc faults
  *   ldt        an LDT entry (modify_ldt)
  *   mempolicy  set_mempolicy(MPOL_PREFERRED, node 0)
- *   msgqueue   a private SysV message queue holding one message it sent
+ *   shmrmid    a SysV shared memory segment removed (IPC_RMID) while attached
  *   aio        an aio context (io_setup) and its ring
  *
  * Prints "ready", then "tick N" every 20 ms until STOPFILE exists, then checks
@@ -16,7 +16,7 @@
 #include <sys/prctl.h>
 #include <linux/aio_abi.h>
 #include <sys/ipc.h>
-#include <sys/msg.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 
 #define MPOL_PREFERRED 1
@@ -31,11 +31,12 @@ static int get_tsc(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s tsc|ldt|mempolicy|msgqueue|aio STOPFILE\n", argv[0]);
+        fprintf(stderr, "usage: %s tsc|ldt|mempolicy|shmrmid|aio STOPFILE\n", argv[0]);
         return 2;
     }
     const char *what = argv[1];
     int id = -1;
+    char *seg = NULL;
     aio_context_t ctx = 0;
     struct user_desc d = { .entry_number = 0, .base_addr = 0x1000, .limit = 0xff,
                            .seg_32bit = 1, .useable = 1 };
@@ -47,10 +48,13 @@ int main(int argc, char **argv)
         unsigned long mask = 1;
         CHECK(syscall(SYS_set_mempolicy, MPOL_PREFERRED, &mask, 64) == 0, "set_mempolicy: %s",
               strerror(errno));
-    } else if (strcmp(what, "msgqueue") == 0) {
-        id = msgget(IPC_PRIVATE, 0600);
-        struct { long type; char text[8]; } m = { 1, "queued" };
-        CHECK(id >= 0 && msgsnd(id, &m, sizeof m.text, 0) == 0, "msgsnd: %s", strerror(errno));
+    } else if (strcmp(what, "shmrmid") == 0) {
+        id = shmget(IPC_PRIVATE, 4096, 0600);
+        CHECK(id >= 0, "shmget: %s", strerror(errno));
+        seg = shmat(id, NULL, 0);
+        CHECK(seg != (void *)-1, "shmat: %s", strerror(errno));
+        strcpy(seg, "attached");
+        CHECK(shmctl(id, IPC_RMID, NULL) == 0, "IPC_RMID: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {
         CHECK(syscall(SYS_io_setup, 4, &ctx) == 0, "io_setup: %s", strerror(errno));
     } else {
@@ -70,11 +74,9 @@ int main(int argc, char **argv)
         int mode = -1;
         CHECK(syscall(SYS_get_mempolicy, &mode, NULL, 0, NULL, 0) == 0 && mode == MPOL_PREFERRED,
               "memory policy %d", mode);
-    } else if (strcmp(what, "msgqueue") == 0) {
-        struct { long type; char text[8]; } m;
-        CHECK(msgrcv(id, &m, sizeof m.text, 0, IPC_NOWAIT) > 0 && !strcmp(m.text, "queued"),
-              "the queued message: %s", strerror(errno));
-        msgctl(id, IPC_RMID, NULL);
+    } else if (strcmp(what, "shmrmid") == 0) {
+        CHECK(strcmp(seg, "attached") == 0, "the segment holds %.8s", seg);
+        CHECK(shmdt(seg) == 0, "shmdt: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {
         CHECK(syscall(SYS_io_destroy, ctx) == 0, "io_destroy: %s", strerror(errno));
     }

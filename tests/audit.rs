@@ -64,8 +64,8 @@ fn memory_policy_is_refused() {
 }
 
 #[test]
-fn a_sysv_message_queue_is_refused() {
-    refused_and_running("msgqueue", "SysV message queue it used");
+fn a_sysv_segment_removed_while_attached_is_refused() {
+    refused_and_running("shmrmid", "removed (IPC_RMID) while attached");
 }
 
 #[test]
