@@ -311,6 +311,14 @@ fn objects_shared_in_a_tree_are_made_once() {
     t.stdout.expect_line("ready");
     t.dump_kill(&ck);
     wait_pid_free(child);
+    // The segment both attached is stored once.
+    let info = ckpt(["info".as_ref(), ck.as_os_str()]);
+    assert_success(&info, "ckpt info");
+    let info = String::from_utf8_lossy(&info.stdout);
+    let stored = format!("sysvipc: shared memory segment {shm} (key");
+    let named = format!("sysvipc: shared memory segment {shm}: stored with another process");
+    assert_eq!(info.matches(&stored).count(), 1, "{info}");
+    assert_eq!(info.matches(&named).count(), 1, "{info}");
     ipcrm("-q", msg);
     ipcrm("-m", shm);
     let mut r = Restored::of(&ck, &t);

@@ -268,13 +268,23 @@ pub struct UnixInFlight {
 }
 
 /// SysV IPC objects of the IPC namespace that a process used (its group `sysvipc`). An
-/// object several processes of the tree used is in each one's list; the restore makes
-/// it (or finds it) once, by id.
+/// object several processes of the tree used is stored once, with the first of them in
+/// tree order; the others name it in `elsewhere`.
 #[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 pub struct SysvIpc {
     pub msgs: Vec<SysvMsgQueue>,
     pub sems: Vec<SysvSemSet>,
     pub shms: Vec<SysvShm>,
+    /// Objects this process used that are stored with another process of the tree.
+    pub elsewhere: Vec<SysvRef>,
+}
+
+/// A SysV object by kind and id.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SysvRef {
+    Msg(i32),
+    Sem(i32),
+    Shm(i32),
 }
 
 /// The `ipc_perm` of an object, as IPC_STAT shows it.

@@ -51,7 +51,10 @@ use super::{injected, Dump, Group, Restore};
 use crate::error::{Result, TraceError};
 use crate::fd::RestoreError;
 use crate::proc;
-use crate::state::{Attr, SysvIpc, SysvMsg, SysvMsgQueue, SysvPerm, SysvSemSet, SysvShm, VmaKind};
+use crate::state::{
+    Attr, ProcessState, SysvIpc, SysvMsg, SysvMsgQueue, SysvPerm, SysvRef, SysvSemSet, SysvShm,
+    VmaKind,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -396,11 +399,40 @@ fn dump(d: &mut Dump) -> Result<Option<Attr>> {
     Ok((out != SysvIpc::default()).then_some(Attr::SysvIpc(out)))
 }
 
+/// Once the whole tree is read: each object is stored with the first process (in tree
+/// order) that used it; the others name it (`elsewhere`).
+pub fn dedupe_tree(procs: &mut [ProcessState]) {
+    let mut stored: HashSet<SysvRef> = HashSet::new();
+    for p in procs.iter_mut() {
+        for a in &mut p.attrs {
+            let Attr::SysvIpc(s) = a else { continue };
+            let mut elsewhere = std::mem::take(&mut s.elsewhere);
+            let mut keep = |r: SysvRef| {
+                let first = stored.insert(r);
+                if !first {
+                    elsewhere.push(r);
+                }
+                first
+            };
+            s.msgs.retain(|q| keep(SysvRef::Msg(q.perm.id)));
+            s.sems.retain(|q| keep(SysvRef::Sem(q.perm.id)));
+            s.shms.retain(|q| keep(SysvRef::Shm(q.perm.id)));
+            s.elsewhere = elsewhere;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------- restore
 
-/// The objects this restore made again (kind, id): their users set themselves as the
-/// last ones in [`restore`]. Filled by [`recreate`] before any process exists.
-static MADE: Mutex<Vec<(Kind, i32)>> = Mutex::new(Vec::new());
+/// The objects this restore made again (their content left out): the processes of the
+/// tree that were their last users become it again in [`restore`]. Filled by
+/// [`recreate`] before any process exists.
+static MADE: Mutex<SysvIpc> = Mutex::new(SysvIpc {
+    msgs: Vec::new(),
+    sems: Vec::new(),
+    shms: Vec::new(),
+    elsewhere: Vec::new(),
+});
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -760,29 +792,39 @@ pub fn recreate(attrs: &[&[Attr]]) -> std::result::Result<(), String> {
     }
     for o in gone {
         make(o)?;
-        MADE.lock().unwrap().push((o.kind, o.perm.id));
+        let mut made = MADE.lock().unwrap();
+        if let Some(q) = o.msg {
+            made.msgs.push(q.clone());
+        }
+        if let Some(q) = o.sem {
+            made.sems.push(q.clone());
+        }
+        if let Some(q) = o.shm {
+            made.shms.push(SysvShm {
+                data: Vec::new(),
+                ..q.clone()
+            });
+        }
     }
     Ok(())
-}
-
-fn made(kind: Kind, id: i32) -> bool {
-    MADE.lock().unwrap().contains(&(kind, id))
 }
 
 /// In the restored process: it becomes again the last user of the objects this restore
 /// made that it was the last user of.
 fn restore(r: &mut Restore, a: &Attr) -> Option<std::result::Result<(), RestoreError>> {
-    let Attr::SysvIpc(s) = a else {
+    let Attr::SysvIpc(_) = a else {
         return None;
     };
-    Some(restore_users(r, s))
+    let made = MADE.lock().unwrap().clone();
+    Some(restore_users(r, &made))
 }
 
+/// `s`: the objects this restore made, of every process of the tree.
 fn restore_users(r: &mut Restore, s: &SysvIpc) -> std::result::Result<(), RestoreError> {
     let pid = r.pid;
     let fail =
         |what: String| move |e: io::Error| RestoreError::msg(format!("process {pid}: {what}: {e}"));
-    for set in s.sems.iter().filter(|x| made(Kind::Sem, x.perm.id)) {
+    for set in &s.sems {
         for (i, (&v, &p)) in set.values.iter().zip(&set.pids).enumerate() {
             if p == pid {
                 injected(r.inj.syscall(
@@ -804,7 +846,7 @@ fn restore_users(r: &mut Restore, s: &SysvIpc) -> std::result::Result<(), Restor
             }
         }
     }
-    for q in s.msgs.iter().filter(|x| made(Kind::Msg, x.perm.id)) {
+    for q in &s.msgs {
         if q.lspid != pid && q.lrpid != pid {
             continue;
         }
@@ -859,7 +901,7 @@ fn restore_users(r: &mut Restore, s: &SysvIpc) -> std::result::Result<(), Restor
             _ => None,
         })
         .collect();
-    for m in s.shms.iter().filter(|x| made(Kind::Shm, x.perm.id)) {
+    for m in &s.shms {
         if m.lpid != pid || attached.contains(&m.perm.id) {
             continue; // the loader's shmat made it the last attacher
         }
@@ -904,6 +946,16 @@ fn describe(a: &Attr) -> Option<Vec<String>> {
             "semaphore set {}: values {:?}",
             perm(&q.perm),
             q.values
+        ));
+    }
+    for r in &s.elsewhere {
+        let (what, id) = match *r {
+            SysvRef::Msg(id) => ("message queue", id),
+            SysvRef::Sem(id) => ("semaphore set", id),
+            SysvRef::Shm(id) => ("shared memory segment", id),
+        };
+        out.push(format!(
+            "{what} {id}: stored with another process of the tree"
         ));
     }
     for q in &s.shms {
