@@ -1610,4 +1610,28 @@ ID: 0\nsignal: 12/00007ffd00000001\nnotify: thread/pid.27967\nClockID: 1\n";
             "ClockID"
         );
     }
+
+    #[test]
+    fn sysvipc_rows_by_column_name() {
+        let rows = parse_sysvipc(include_str!("proc_samples/sysvipc_msg.txt"));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["key"], 1543624900);
+        assert_eq!(rows[0]["msqid"], 45);
+        assert_eq!(rows[0]["lspid"], 30275);
+        assert_eq!(rows[1]["lrpid"], 17);
+        assert_eq!(rows[1]["cuid"], 999);
+        assert!(parse_sysvipc("").is_empty());
+        // The live tables have the columns the group reads.
+        for (name, cols) in [
+            ("msg", &["key", "msqid", "lspid", "lrpid"][..]),
+            ("sem", &["key", "semid", "nsems"][..]),
+            ("shm", &["key", "shmid", "size", "cpid", "lpid"][..]),
+        ] {
+            let text = std::fs::read_to_string(format!("/proc/sysvipc/{name}")).unwrap();
+            let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+            for c in cols {
+                assert!(header.contains(c), "/proc/sysvipc/{name} has no column {c}");
+            }
+        }
+    }
 }
