@@ -31,6 +31,14 @@
  *   message "child", that nattch is 2, lets the child exit (type 4), reaps it (status
  *   0), removes both objects and prints "pair ok".
  *
+ * private: IPC_PRIVATE objects, as programs that share memory with their children or
+ *   with an X server make them: a queue (mode 0600) holding "private" (type 5), and a
+ *   segment of two pages attached, filled with a pattern, then removed (IPC_RMID) while
+ *   attached, so that it goes with the last detach. Prints "ids msg=<id> shm=<id>
+ *   addr=<hex>" and "ready"; after DIR/go checks the message, the segment's content,
+ *   that it is still marked removed (SHM_DEST) with key 0 and one attachment, detaches
+ *   it and checks that it is gone, removes the queue and prints "private ok".
+ *
  * take KIND ID KEY: creates a message queue (KIND msg) with id ID (through
  *   /proc/sys/kernel/msg_next_id) and key KEY, mode 0600, and prints "took <id>".
  */
@@ -112,6 +120,36 @@ int main(int argc, char **argv)
         wait_for_file(go, 5);
         semctl(s, 0, IPC_RMID);
         say("undo done");
+        return 0;
+    }
+    if (strcmp(argv[1], "private") == 0) {
+        int q = msgget(IPC_PRIVATE, 0600);
+        CHECK(q >= 0, "msgget: %s", strerror(errno));
+        put(q, 5, "private", 7);
+        int m = shmget(IPC_PRIVATE, 2 * PAGE, 0600);
+        CHECK(m >= 0, "shmget: %s", strerror(errno));
+        unsigned char *p = shmat(m, NULL, 0);
+        CHECK(p != (void *)-1, "shmat: %s", strerror(errno));
+        for (size_t k = 0; k < 2 * PAGE; k++)
+            p[k] = pat(k);
+        CHECK(shmctl(m, IPC_RMID, NULL) == 0, "IPC_RMID: %s", strerror(errno));
+        say("ids msg=%d shm=%d addr=%p", q, m, (void *)p);
+        say("ready");
+        wait_for_file(go, 5);
+        get(q, 5, "private", 7);
+        for (size_t k = 0; k < 2 * PAGE; k++)
+            CHECK(p[k] == pat(k), "shm byte %zu is %u, not %u", k, p[k], pat(k));
+        struct shmid_ds ms;
+        CHECK(shmctl(m, IPC_STAT, &ms) == 0, "shmctl %d: %s", m, strerror(errno));
+        CHECK(ms.shm_perm.__key == IPC_PRIVATE && (ms.shm_perm.mode & SHM_DEST) &&
+                  ms.shm_nattch == 1,
+              "segment key %#x mode %o nattch %lu", ms.shm_perm.__key, ms.shm_perm.mode,
+              (unsigned long)ms.shm_nattch);
+        CHECK(shmdt(p) == 0, "shmdt: %s", strerror(errno));
+        CHECK(shmctl(m, IPC_STAT, &ms) < 0 && errno == EINVAL,
+              "the segment outlives its last detach");
+        CHECK(msgctl(q, IPC_RMID, NULL) == 0, "IPC_RMID queue: %s", strerror(errno));
+        say("private ok");
         return 0;
     }
     if (strcmp(argv[1], "pair") == 0) {

@@ -1,12 +1,13 @@
 /* A process with one attribute that ckpt does not save: the dump must refuse it,
  * naming the attribute, and leave the process running unharmed.
  *
- * usage: unsaved tsc|ldt|mempolicy|shmrmid|aio STOPFILE
+ * usage: unsaved tsc|ldt|mempolicy|shmpart|aio STOPFILE
  *
  *   tsc        prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc faults
  *   ldt        an LDT entry (modify_ldt)
  *   mempolicy  set_mempolicy(MPOL_PREFERRED, node 0)
- *   shmrmid    a SysV shared memory segment removed (IPC_RMID) while attached
+ *   shmpart    a SysV shared memory segment of two pages attached, its second page
+ *              unmapped
  *   aio        an aio context (io_setup) and its ring
  *
  * Prints "ready", then "tick N" every 20 ms until STOPFILE exists, then checks
@@ -16,6 +17,7 @@
 #include <sys/prctl.h>
 #include <linux/aio_abi.h>
 #include <sys/ipc.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
 
@@ -31,7 +33,7 @@ static int get_tsc(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s tsc|ldt|mempolicy|shmrmid|aio STOPFILE\n", argv[0]);
+        fprintf(stderr, "usage: %s tsc|ldt|mempolicy|shmpart|aio STOPFILE\n", argv[0]);
         return 2;
     }
     const char *what = argv[1];
@@ -48,12 +50,13 @@ int main(int argc, char **argv)
         unsigned long mask = 1;
         CHECK(syscall(SYS_set_mempolicy, MPOL_PREFERRED, &mask, 64) == 0, "set_mempolicy: %s",
               strerror(errno));
-    } else if (strcmp(what, "shmrmid") == 0) {
-        id = shmget(IPC_PRIVATE, 4096, 0600);
+    } else if (strcmp(what, "shmpart") == 0) {
+        id = shmget(IPC_PRIVATE, 8192, 0600);
         CHECK(id >= 0, "shmget: %s", strerror(errno));
         seg = shmat(id, NULL, 0);
         CHECK(seg != (void *)-1, "shmat: %s", strerror(errno));
         strcpy(seg, "attached");
+        CHECK(munmap(seg + 4096, 4096) == 0, "munmap: %s", strerror(errno));
         CHECK(shmctl(id, IPC_RMID, NULL) == 0, "IPC_RMID: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {
         CHECK(syscall(SYS_io_setup, 4, &ctx) == 0, "io_setup: %s", strerror(errno));
@@ -74,7 +77,7 @@ int main(int argc, char **argv)
         int mode = -1;
         CHECK(syscall(SYS_get_mempolicy, &mode, NULL, 0, NULL, 0) == 0 && mode == MPOL_PREFERRED,
               "memory policy %d", mode);
-    } else if (strcmp(what, "shmrmid") == 0) {
+    } else if (strcmp(what, "shmpart") == 0) {
         CHECK(strcmp(seg, "attached") == 0, "the segment holds %.8s", seg);
         CHECK(shmdt(seg) == 0, "shmdt: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {

@@ -327,3 +327,35 @@ fn objects_shared_in_a_tree_are_made_once() {
     r.stdout.expect_line("pair ok");
     r.wait_success();
 }
+
+/// IPC_PRIVATE objects, and a segment removed (IPC_RMID) while attached: gone with the
+/// killed process's detach, it is made again with its id and content, attached, and
+/// removed again, so that the program's last detach still makes it go.
+#[test]
+fn a_segment_removed_while_attached_comes_back_and_goes_with_its_last_detach() {
+    let d = tempdir();
+    let ck = d.join("ckpt");
+    let mut t = Target::start("sysvipc", &[os("private"), d.path().as_os_str()]);
+    let line = t.stdout.expect_prefix("ids ");
+    let field = |name: &str| -> i32 {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (msg, shm) = (field("msg"), field("shm"));
+    let _cleanup = RemoveOnDrop(vec![("-q", msg), ("-m", shm)]);
+    t.stdout.expect_line("ready");
+    t.dump_kill(&ck);
+    assert!(
+        sysvipc_line("shm", shm).is_none(),
+        "the removed segment outlived the kill"
+    );
+    ipcrm("-q", msg);
+    let mut r = Restored::of(&ck, &t);
+    r.assert_same_pid();
+    touch(&d.join("go"));
+    r.stdout.expect_line("private ok");
+    r.wait_success();
+}

@@ -471,7 +471,12 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         SysvIpc("shm SHM_DEST"),
-        "a segment removed (IPC_RMID) while still attached",
+        "a segment removed (IPC_RMID) while still attached: made again, attached, and removed again",
+        Saved("sysvipc"),
+    ),
+    row(
+        SysvIpc("shm partial attachment"),
+        "part of an attachment unmapped or given another protection (maps entries that do not cover the whole segment from offset 0)",
         Default(Zero),
     ),
     // ---- VmFlags of every region ----

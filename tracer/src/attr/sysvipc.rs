@@ -19,9 +19,8 @@
 //! object is in the image of every process of the tree that used it; the restore
 //! handles it once, by id.
 //!
-//! Refused, naming the object: an object the dumper cannot read; a segment removed
-//! (IPC_RMID) while still attached, which has no key nor name to come back under; an
-//! attachment that is not the whole segment from its first byte; and a process with a
+//! Refused, naming the object: an object the dumper cannot read; an attachment that
+//! is not the whole segment from its first byte; and a process with a
 //! semaphore undo list (SEM_UNDO, or any multi-threaded process: pthread_create's
 //! CLONE_SYSVSEM makes one) that used a set: its adjustments cannot be read, and a kill
 //! applies them to the values. A set changed last by another process, or a queue or
@@ -45,7 +44,11 @@
 //! (SETVAL) and the last sender or receiver of a queue sends and receives a message of a
 //! type none of its messages have, so that a later dump sees them as the users again.
 //! Attachments are made by the loader (plan VMA kind `VMA_SYSV_SHM`, shmat at the old
-//! address), which makes the process the segment's last attacher.
+//! address), which makes the process the segment's last attacher. A segment removed
+//! (IPC_RMID) while attached (SHM_DEST, its key IPC_PRIVATE: gone once the killed
+//! processes detached) is made again with its id and removed again once every process
+//! of the tree that had it attached has it again, so that it goes with its last
+//! detach as before. A restore that fails after this step removes what it made.
 
 use super::{injected, Dump, Group, Restore};
 use crate::error::{Result, TraceError};
@@ -380,12 +383,8 @@ fn dump(d: &mut Dump) -> Result<Option<Attr>> {
             pid,
             what: format!("reading the SysV shared memory segment {id} it used ({e})"),
         })?;
+        // Removed (IPC_RMID) while attached: SHM_DEST, and the key is IPC_PRIVATE.
         let perm = perm_of(&ds.shm_perm, id);
-        if perm.mode & SHM_DEST != 0 {
-            return refuse(format!(
-                "the SysV shared memory segment {id} removed (IPC_RMID) while attached"
-            ));
-        }
         let size = ds.shm_segsz as u64;
         let data = read_segment(d, id, size, attached.get(&id).copied())?;
         out.shms.push(SysvShm {
@@ -728,10 +727,20 @@ fn fill(o: &Saved) -> io::Result<()> {
 /// process's groups), once each by id, found where it still is or made again. Fails,
 /// with a message naming the object, when an id or key is another object's or a gone
 /// object cannot be made again with its id; nothing is made then.
-pub fn recreate(attrs: &[&[Attr]]) -> std::result::Result<(), String> {
+pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
     let mut all: Vec<Saved> = Vec::new();
     let mut seen: HashSet<(u8, i32)> = HashSet::new();
-    for a in attrs.iter().flat_map(|a| a.iter()) {
+    // Who attaches each segment again: a segment removed while attached is removed
+    // again once the last of them has.
+    let mut attachers: BTreeMap<i32, HashSet<i32>> = BTreeMap::new();
+    for p in states {
+        for v in &p.vmas {
+            if let VmaKind::SysvShm { shmid, .. } = v.kind {
+                attachers.entry(shmid).or_default().insert(p.pid);
+            }
+        }
+    }
+    for a in states.iter().flat_map(|p| p.attrs.iter()) {
         let Attr::SysvIpc(s) = a else { continue };
         for q in &s.msgs {
             if seen.insert((0, q.perm.id)) {
@@ -758,6 +767,12 @@ pub fn recreate(attrs: &[&[Attr]]) -> std::result::Result<(), String> {
             }
         }
         for q in &s.shms {
+            // Removed while attached, and attached in no process of the tree: it
+            // would go at once.
+            let unused = !attachers.contains_key(&q.perm.id);
+            if q.perm.mode & SHM_DEST != 0 && unused {
+                continue;
+            }
             if seen.insert((2, q.perm.id)) {
                 all.push(Saved {
                     kind: Kind::Shm,
@@ -804,9 +819,53 @@ pub fn recreate(attrs: &[&[Attr]]) -> std::result::Result<(), String> {
                 data: Vec::new(),
                 ..q.clone()
             });
+            if q.perm.mode & SHM_DEST != 0 {
+                let who = attachers.get(&q.perm.id).cloned().unwrap_or_default();
+                TO_REMOVE.lock().unwrap().push((q.perm.id, who));
+            }
         }
     }
     Ok(())
+}
+
+/// Segments this restore made that had been removed while attached, with the
+/// processes yet to attach them: removed again once none is left.
+static TO_REMOVE: Mutex<Vec<(i32, HashSet<i32>)>> = Mutex::new(Vec::new());
+
+fn shm_rmid(id: i32) {
+    // SAFETY: IPC_RMID takes no buffer.
+    unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+}
+
+/// Process `pid` has its attachments again (its loader ran): remove the segments
+/// that were removed while attached once every process has.
+fn attached_again(pid: i32) {
+    let mut pending = TO_REMOVE.lock().unwrap();
+    pending.retain_mut(|(id, who)| {
+        who.remove(&pid);
+        if who.is_empty() {
+            shm_rmid(*id);
+        }
+        !who.is_empty()
+    });
+}
+
+/// The restore failed after [`recreate`]: remove every object it made, so that the
+/// IPC namespace is as before (a retry makes them again).
+pub fn restore_failed() {
+    TO_REMOVE.lock().unwrap().clear();
+    let made = std::mem::take(&mut *MADE.lock().unwrap());
+    for q in &made.msgs {
+        // SAFETY: IPC_RMID takes no buffer.
+        unsafe { libc::msgctl(q.perm.id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+    for q in &made.sems {
+        // SAFETY: as above.
+        unsafe { libc::semctl(q.perm.id, 0, libc::IPC_RMID) };
+    }
+    for q in &made.shms {
+        shm_rmid(q.perm.id);
+    }
 }
 
 /// In the restored process: it becomes again the last user of the objects this restore
@@ -816,7 +875,9 @@ fn restore(r: &mut Restore, a: &Attr) -> Option<std::result::Result<(), RestoreE
         return None;
     };
     let made = MADE.lock().unwrap().clone();
-    Some(restore_users(r, &made))
+    let done = restore_users(r, &made);
+    attached_again(r.pid);
+    Some(done)
 }
 
 /// `s`: the objects this restore made, of every process of the tree.
