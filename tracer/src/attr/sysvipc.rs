@@ -25,7 +25,11 @@
 //! CLONE_SYSVSEM makes one) that used a set: its adjustments cannot be read, and a kill
 //! applies them to the values. A set changed last by another process, or a queue or
 //! segment whose last user is another process, is not seen in this process (it is
-//! saved with that process, when it is of the tree).
+//! saved with that process, when it is of the tree). Not seen at all, since nothing
+//! names the process: a queue it made and never used, a set it made and never changed
+//! (its GETPID stays 0), a set or queue whose last users are all outside the tree, a
+//! set the dumper may not read. A restore after a reboot then lacks them, as it lacks
+//! any object made outside the job.
 //!
 //! Restore ([`recreate`], before any process exists). For each object: when an object
 //! with its id exists with the same key (and the same number of semaphores, the same
@@ -48,7 +52,8 @@
 //! (IPC_RMID) while attached (SHM_DEST, its key IPC_PRIVATE: gone once the killed
 //! processes detached) is made again with its id and removed again once every process
 //! of the tree that had it attached has it again, so that it goes with its last
-//! detach as before. A restore that fails after this step removes what it made.
+//! detach as before. A restore that fails while creating or finishing the processes
+//! removes what it made ([`restore_failed`]).
 
 use super::{injected, Dump, Group, Restore};
 use crate::error::{Result, TraceError};
