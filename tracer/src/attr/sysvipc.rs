@@ -811,7 +811,10 @@ pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
         }
     }
     for o in gone {
-        make(o)?;
+        if let Err(e) = make(o) {
+            restore_failed(); // the ones made before it
+            return Err(e);
+        }
         let mut made = MADE.lock().unwrap();
         if let Some(q) = o.msg {
             made.msgs.push(q.clone());
