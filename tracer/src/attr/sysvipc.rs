@@ -16,8 +16,9 @@
 //! (GETALL) and last changer (GETPID), and the segment's bytes (through the process's
 //! own attachment in /proc/PID/mem, or one attached read-only inside the frozen process
 //! for the time of the read, so that the segment's last user stays the process). An
-//! object is in the image of every process of the tree that used it; the restore
-//! handles it once, by id.
+//! object several processes of the tree used is stored once, with the first of them
+//! ([`dedupe_tree`]); the others name it. The bytes are in the image's metadata, pages
+//! of zeros left out.
 //!
 //! Refused, naming the object: an object the dumper cannot read; an attachment that
 //! is not the whole segment from its first byte; and a process with a
@@ -48,7 +49,10 @@
 //! (SETVAL) and the last sender or receiver of a queue sends and receives a message of a
 //! type none of its messages have, so that a later dump sees them as the users again.
 //! Attachments are made by the loader (plan VMA kind `VMA_SYSV_SHM`, shmat at the old
-//! address), which makes the process the segment's last attacher. A segment removed
+//! address), which makes the process the segment's last attacher: in the loader the
+//! address range is free by construction, and it is checked with every other region
+//! (an injected shmat with SHM_REMAP afterwards would replace whatever the loader had
+//! put there, and needs a placeholder the plan would have to carry anyway). A segment removed
 //! (IPC_RMID) while attached (SHM_DEST, its key IPC_PRIVATE: gone once the killed
 //! processes detached) is made again with its id and removed again once every process
 //! of the tree that had it attached has it again, so that it goes with its last
