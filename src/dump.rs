@@ -207,6 +207,7 @@ impl FrozenDump {
         ckpt_tracer::attr::shares::record(&mut states, &shares);
         link_descriptors(&mut states)?;
         dedupe_shared_pages(&mut states);
+        ckpt_tracer::attr::sysvipc::dedupe_tree(&mut states);
         let created_ns = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)

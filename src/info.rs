@@ -127,6 +127,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 VmaKind::Unlinked { .. } => "unlinked",
                 VmaKind::AioRing(_) => "aio ring",
                 VmaKind::DeletedFile { .. } => "deleted file",
+                VmaKind::SysvShm { .. } => "sysv-shm",
             };
             let stored: u64 = v.pages.iter().map(|r| r.npages * PAGE).sum();
             println!(

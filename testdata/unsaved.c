@@ -1,12 +1,13 @@
 /* A process with one attribute that ckpt does not save: the dump must refuse it,
  * naming the attribute, and leave the process running unharmed.
  *
- * usage: unsaved tsc|ldt|mempolicy|msgqueue|aio STOPFILE
+ * usage: unsaved tsc|ldt|mempolicy|shmpart|aio STOPFILE
  *
  *   tsc        prctl(PR_SET_TSC, PR_TSC_SIGSEGV): rdtsc faults
  *   ldt        an LDT entry (modify_ldt)
  *   mempolicy  set_mempolicy(MPOL_PREFERRED, node 0)
- *   msgqueue   a private SysV message queue holding one message it sent
+ *   shmpart    a SysV shared memory segment of two pages attached, its second page
+ *              unmapped
  *   aio        an aio context (io_setup) whose ring holds a completed read not yet
  *              reaped (io_getevents)
  *
@@ -18,7 +19,8 @@
 #include <sys/prctl.h>
 #include <linux/aio_abi.h>
 #include <sys/ipc.h>
-#include <sys/msg.h>
+#include <sys/mman.h>
+#include <sys/shm.h>
 #include <sys/syscall.h>
 
 #define MPOL_PREFERRED 1
@@ -33,11 +35,12 @@ static int get_tsc(void)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s tsc|ldt|mempolicy|msgqueue|aio STOPFILE\n", argv[0]);
+        fprintf(stderr, "usage: %s tsc|ldt|mempolicy|shmpart|aio STOPFILE\n", argv[0]);
         return 2;
     }
     const char *what = argv[1];
     int id = -1;
+    char *seg = NULL;
     aio_context_t ctx = 0;
     struct user_desc d = { .entry_number = 0, .base_addr = 0x1000, .limit = 0xff,
                            .seg_32bit = 1, .useable = 1 };
@@ -49,10 +52,14 @@ int main(int argc, char **argv)
         unsigned long mask = 1;
         CHECK(syscall(SYS_set_mempolicy, MPOL_PREFERRED, &mask, 64) == 0, "set_mempolicy: %s",
               strerror(errno));
-    } else if (strcmp(what, "msgqueue") == 0) {
-        id = msgget(IPC_PRIVATE, 0600);
-        struct { long type; char text[8]; } m = { 1, "queued" };
-        CHECK(id >= 0 && msgsnd(id, &m, sizeof m.text, 0) == 0, "msgsnd: %s", strerror(errno));
+    } else if (strcmp(what, "shmpart") == 0) {
+        id = shmget(IPC_PRIVATE, 8192, 0600);
+        CHECK(id >= 0, "shmget: %s", strerror(errno));
+        seg = shmat(id, NULL, 0);
+        CHECK(seg != (void *)-1, "shmat: %s", strerror(errno));
+        strcpy(seg, "attached");
+        CHECK(munmap(seg + 4096, 4096) == 0, "munmap: %s", strerror(errno));
+        CHECK(shmctl(id, IPC_RMID, NULL) == 0, "IPC_RMID: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {
         CHECK(syscall(SYS_io_setup, 4, &ctx) == 0, "io_setup: %s", strerror(errno));
         static char buf[16];
@@ -80,11 +87,9 @@ int main(int argc, char **argv)
         int mode = -1;
         CHECK(syscall(SYS_get_mempolicy, &mode, NULL, 0, NULL, 0) == 0 && mode == MPOL_PREFERRED,
               "memory policy %d", mode);
-    } else if (strcmp(what, "msgqueue") == 0) {
-        struct { long type; char text[8]; } m;
-        CHECK(msgrcv(id, &m, sizeof m.text, 0, IPC_NOWAIT) > 0 && !strcmp(m.text, "queued"),
-              "the queued message: %s", strerror(errno));
-        msgctl(id, IPC_RMID, NULL);
+    } else if (strcmp(what, "shmpart") == 0) {
+        CHECK(strcmp(seg, "attached") == 0, "the segment holds %.8s", seg);
+        CHECK(shmdt(seg) == 0, "shmdt: %s", strerror(errno));
     } else if (strcmp(what, "aio") == 0) {
         struct io_event ev;
         CHECK(syscall(SYS_io_getevents, ctx, 1, 1, &ev, NULL) == 1 && ev.res == 16,

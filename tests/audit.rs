@@ -64,8 +64,8 @@ fn memory_policy_is_refused() {
 }
 
 #[test]
-fn a_sysv_message_queue_is_refused() {
-    refused_and_running("msgqueue", "SysV message queue it used");
+fn a_partial_sysv_attachment_is_refused() {
+    refused_and_running("shmpart", "part of the SysV shared memory segment");
 }
 
 #[test]

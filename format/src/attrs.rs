@@ -42,6 +42,9 @@ pub enum Attr {
     /// What it shares with its parent, which created it with clone(CLONE_FILES) or
     /// clone(CLONE_FS): the restore creates it from its parent the same way.
     SharesWithParent(CloneShares),
+    /// The SysV message queues, semaphore sets and shared memory segments the process
+    /// used, with their keys, ids, permissions and contents.
+    SysvIpc(SysvIpc),
 }
 
 /// Kernel objects a process shares with its parent (kcmp equal at dump time).
@@ -274,4 +277,77 @@ pub struct UnixInFlight {
     /// The descriptors, in order, as open file descriptions of the checkpoint
     /// ([`crate::state::Fd::desc`]): each is open in some process of the tree too.
     pub descs: Vec<u32>,
+}
+
+/// SysV IPC objects of the IPC namespace that a process used (its group `sysvipc`). An
+/// object several processes of the tree used is stored once, with the first of them in
+/// tree order; the others name it in `elsewhere`.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
+pub struct SysvIpc {
+    pub msgs: Vec<SysvMsgQueue>,
+    pub sems: Vec<SysvSemSet>,
+    pub shms: Vec<SysvShm>,
+    /// Objects this process used that are stored with another process of the tree.
+    pub elsewhere: Vec<SysvRef>,
+}
+
+/// A SysV object by kind and id.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SysvRef {
+    Msg(i32),
+    Sem(i32),
+    Shm(i32),
+}
+
+/// The `ipc_perm` of an object, as IPC_STAT shows it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SysvPerm {
+    /// The key (0: IPC_PRIVATE).
+    pub key: i32,
+    pub id: i32,
+    /// Permission bits, with SHM_LOCKED (02000) for a locked segment.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The creator's (informational: a made-again object has the restorer's).
+    pub cuid: u32,
+    pub cgid: u32,
+}
+
+/// A message queue and every message it held, oldest first.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SysvMsgQueue {
+    pub perm: SysvPerm,
+    /// msg_qbytes: the most bytes it holds.
+    pub qbytes: u64,
+    /// The processes that last sent to and received from it (0: none).
+    pub lspid: i32,
+    pub lrpid: i32,
+    pub messages: Vec<SysvMsg>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SysvMsg {
+    pub mtype: i64,
+    pub data: Vec<u8>,
+}
+
+/// A semaphore set: every value, and the process that last changed each (GETPID).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SysvSemSet {
+    pub perm: SysvPerm,
+    pub values: Vec<u16>,
+    pub pids: Vec<i32>,
+}
+
+/// A shared memory segment and its content: the runs of pages that are not all
+/// zeros (offset in the segment, bytes), the rest reads as zeros.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SysvShm {
+    pub perm: SysvPerm,
+    pub size: u64,
+    /// The creator and the process that last attached or detached it.
+    pub cpid: i32,
+    pub lpid: i32,
+    pub data: Vec<(u64, Vec<u8>)>,
 }

@@ -124,6 +124,14 @@ pub enum VmaKind {
         file: UnlinkedFile,
         meta: FileMeta,
     },
+    /// An attachment (shmat) of the SysV shared memory segment `shmid`, whole, from its
+    /// first byte; its content is saved with the segment (`Attr::SysvIpc`). `may_write`:
+    /// attached without SHM_RDONLY. (Whether SHM_EXEC was given cannot be told, every
+    /// attachment may be made executable: `prot` says what it is.)
+    SysvShm {
+        shmid: i32,
+        may_write: bool,
+    },
 }
 
 /// What an aio ring's header said (`struct aio_ring`, linux/fs/aio.c).

@@ -87,6 +87,12 @@ pub const VMA_FILE_SHARED: u32 = 3;
 pub const VMA_VVAR: u32 = 4;
 pub const VMA_VVAR_VCLOCK: u32 = 5;
 pub const VMA_VDSO: u32 = 6;
+/// An attachment of the SysV shared memory segment whose id is `offset` (shmat at
+/// `start`, the whole segment; `fd` -1, no runs: the front end made the segment with
+/// its content). Flag [`VMA_F_SHM_RDONLY`] is shmat's; `prot` is set with mprotect
+/// afterwards when it differs (PROT_EXEC among others: SHM_EXEC would need the
+/// segment's x permission, which mprotect does not).
+pub const VMA_SYSV_SHM: u32 = 7;
 
 /// `PlanVma::flags` bits
 pub const VMA_F_GROWSDOWN: u32 = 1;
@@ -94,7 +100,9 @@ pub const VMA_F_GROWSDOWN: u32 = 1;
 /// fork (same bounds, kind, protection, flags and backing file); only pages that differ
 /// are written. Private kinds only.
 pub const VMA_F_INHERITED: u32 = 2;
-pub const VMA_F_ALL: u32 = VMA_F_GROWSDOWN | VMA_F_INHERITED;
+/// VMA_SYSV_SHM only: attach with SHM_RDONLY (the attachment can never be written).
+pub const VMA_F_SHM_RDONLY: u32 = 4;
+pub const VMA_F_ALL: u32 = VMA_F_GROWSDOWN | VMA_F_INHERITED | VMA_F_SHM_RDONLY;
 
 /// `PlanHeader::setup_flags` bits (forked children only).
 /// setsid(): the child leads a session (and a group) of its own.

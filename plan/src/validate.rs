@@ -53,6 +53,7 @@ pub enum PlanErrorKind {
     VmaVdso,
     VmaKind,
     VmaFlags,
+    VmaSysvShm,
     VmaProt,
     RunMalformed,
     RunOutside,
@@ -107,6 +108,7 @@ impl PlanErrorKind {
             VmaVdso => "duplicate vdso piece or vdso piece with runs",
             VmaKind => "unknown vma kind",
             VmaFlags => "unknown vma flags",
+            VmaSysvShm => "SysV shm vma with an fd, page runs or a bad shmid",
             VmaProt => "unknown vma protection bits",
             RunMalformed => "malformed run",
             RunOutside => "run out of its vma",
@@ -496,6 +498,11 @@ fn check_vmas(view: &PlanView<'_>) -> Result<(), PlanError> {
                     return err(VmaFile, s);
                 }
             }
+            VMA_SYSV_SHM => {
+                if vma.fd != -1 || vma.nr_runs != 0 || vma.offset > i32::MAX as u64 {
+                    return err(VmaSysvShm, s);
+                }
+            }
             _ => return err(VmaKind, s),
         }
         if vma.is_vdso_piece() {
@@ -507,7 +514,12 @@ fn check_vmas(view: &PlanView<'_>) -> Result<(), PlanError> {
             }
             *seen = true;
         }
-        if vma.flags & !VMA_F_ALL != 0 {
+        let shm_flags = if vma.kind == VMA_SYSV_SHM {
+            VMA_F_SHM_RDONLY
+        } else {
+            0
+        };
+        if vma.flags & !(VMA_F_GROWSDOWN | VMA_F_INHERITED | shm_flags) != 0 {
             return err(VmaFlags, s);
         }
         if vma.flags & VMA_F_INHERITED != 0

@@ -534,7 +534,27 @@ fn vma_errors() {
     );
     assert_eq!(refused(|p| p.vmas[2].offset = 12), VmaFile);
     assert_eq!(refused(|p| p.vmas[2].offset = !(PAGE - 1)), VmaFile);
-    assert_eq!(refused(|p| p.vmas[2].kind = 7), VmaKind);
+    assert_eq!(refused(|p| p.vmas[2].kind = 8), VmaKind);
+    // A SysV shm attachment: no fd, no runs, a shmid; SHM_RDONLY is its flag only.
+    assert_eq!(refused(|p| p.vmas[2].kind = VMA_SYSV_SHM), VmaSysvShm);
+    let shm = |p: &mut Plan| {
+        let v = &mut p.vmas[2];
+        v.kind = VMA_SYSV_SHM;
+        v.fd = -1;
+        v.offset = 7;
+        v.flags = VMA_F_SHM_RDONLY;
+    };
+    let mut p = sample();
+    assert_eq!(p.vmas[2].nr_runs, 0);
+    shm(&mut p);
+    validate(p.bytes().bytes()).unwrap();
+    assert_eq!(
+        refused(|p| {
+            shm(p);
+            p.vmas[2].offset = 1 << 31;
+        }),
+        VmaSysvShm
+    );
     assert_eq!(refused(|p| p.vmas[2].kind = u32::MAX), VmaKind);
     assert_eq!(refused(|p| p.vmas[2].flags = 4), VmaFlags);
     assert_eq!(refused(|p| p.vmas[1].flags = VMA_F_INHERITED), VmaInherited);

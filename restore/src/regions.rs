@@ -27,6 +27,9 @@ pub fn map_all(plan: &Plan) -> Result<()> {
 }
 
 pub fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
+    if vma.kind == VMA_SYSV_SHM {
+        return attach_sysv_shm(vma);
+    }
     let len = vma.end - vma.start;
     let runs = plan.runs_of(vma);
     // Regions with runs are writable while they are filled, then get their protection.
@@ -87,6 +90,43 @@ pub fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
         vma.start,
         "mprotect failed",
     )?;
+    Ok(())
+}
+
+/// A SysV shared memory attachment: shmat of the segment (made again or found by the
+/// front end, with its content) at its old address, then its protection if it differs
+/// from what shmat gives.
+fn attach_sysv_shm(vma: &PlanVma) -> Result<()> {
+    let mut flags = 0;
+    let mut prot = PROT_READ | PROT_WRITE;
+    if vma.flags & VMA_F_SHM_RDONLY != 0 {
+        flags |= syscall::SHM_RDONLY;
+        prot = PROT_READ;
+    }
+    // SAFETY: `[vma.start, vma.end)` lies outside the loader zone (checked with the plan)
+    // and does not overlap another region; without SHM_REMAP shmat replaces no mapping.
+    let got = unsafe { syscall::shmat(vma.offset as i32, vma.start, flags) }.ctx(
+        STAGE_MAP,
+        vma.start,
+        "shmat of a SysV shared memory segment failed",
+    )?;
+    if got != vma.start {
+        return Err(Fail::new(
+            STAGE_MAP,
+            EEXIST,
+            vma.start,
+            "SysV segment attached at a wrong address",
+        ));
+    }
+    if prot != vma.prot {
+        // SAFETY: exactly the attachment made above, outside the loader zone; only its
+        // protection changes.
+        unsafe { syscall::mprotect(vma.start, vma.end - vma.start, vma.prot) }.ctx(
+            STAGE_PROTECT,
+            vma.start,
+            "mprotect failed",
+        )?;
+    }
     Ok(())
 }
 

@@ -28,6 +28,7 @@ const SYS_RT_SIGACTION: usize = 13;
 const SYS_RT_SIGPROCMASK: usize = 14;
 const SYS_PREAD64: usize = 17;
 const SYS_MREMAP: usize = 25;
+const SYS_SHMAT: usize = 30;
 const SYS_PAUSE: usize = 34;
 const SYS_GETPID: usize = 39;
 const SYS_SIGALTSTACK: usize = 131;
@@ -58,6 +59,8 @@ pub const MAP_PRIVATE: u32 = 0x02;
 pub const MAP_ANONYMOUS: u32 = 0x20;
 pub const MAP_GROWSDOWN: u32 = 0x100;
 pub const MAP_FIXED_NOREPLACE: u32 = 0x10_0000;
+
+pub const SHM_RDONLY: u32 = 0o10000;
 
 pub const MREMAP_MAYMOVE: u32 = 1;
 pub const MREMAP_FIXED: u32 = 2;
@@ -180,6 +183,25 @@ pub unsafe fn pread_raw(fd: i32, addr: u64, len: u64, off: u64) -> Result<usize,
         0,
         0,
     )
+}
+
+/// shmat(2) of SysV segment `shmid` at exactly `addr` (page-aligned: no SHM_RND); returns
+/// the address.
+///
+/// # Safety
+/// Like mmap with MAP_FIXED: nothing the loader uses may lie in the range the segment
+/// covers from `addr` (shmat replaces nothing without SHM_REMAP, it fails with EINVAL).
+pub unsafe fn shmat(shmid: i32, addr: u64, flags: u32) -> Result<u64, Errno> {
+    sys(
+        SYS_SHMAT,
+        shmid as usize,
+        addr as usize,
+        flags as usize,
+        0,
+        0,
+        0,
+    )
+    .map(|a| a as u64)
 }
 
 /// `path` must be NUL-terminated.

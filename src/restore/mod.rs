@@ -388,6 +388,9 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     for image in &images {
         checks::recreate_volatile_files(&image.state)?;
     }
+    // SysV objects: found where they still are, or made again with their ids.
+    let states: Vec<&ckpt_format::state::ProcessState> = images.iter().map(|i| &i.state).collect();
+    ckpt_tracer::attr::sysvipc::recreate(&states).map_err(anyhow::Error::msg)?;
     if new_ns {
         if let Some(p) = images.iter().find(|i| i.state.pid == 1) {
             bail!(
@@ -689,6 +692,7 @@ fn run_tree(
     if let Err(e) = result {
         drop(guard);
         kill_all(&all_pids);
+        ckpt_tracer::attr::sysvipc::restore_failed();
         put_back(terminal);
         return Err(e);
     }

@@ -84,7 +84,10 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
             VmaKind::VvarVclock => (VMA_VVAR_VCLOCK, -1),
             // Made in the stopped process (ckpt_tracer::aio), not by the loader.
             VmaKind::AioRing(_) => continue,
+            // Attached by the loader: the segment exists again (attr::sysvipc::recreate).
+            VmaKind::SysvShm { .. } => (VMA_SYSV_SHM, -1),
         };
+        let (offset, shm_flags) = sysv_shm_fields(&v.kind).unwrap_or((v.offset, 0));
         let first_run = runs.len() as u64;
         for r in &v.pages {
             runs.push(PlanRun {
@@ -99,9 +102,10 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
             prot: v.prot,
             kind,
             flags: if v.growsdown { VMA_F_GROWSDOWN } else { 0 }
-                | if inherited { VMA_F_INHERITED } else { 0 },
+                | if inherited { VMA_F_INHERITED } else { 0 }
+                | shm_flags,
             fd,
-            offset: v.offset,
+            offset,
             first_run,
             nr_runs: runs.len() as u64 - first_run,
         });
@@ -231,6 +235,15 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
     h.size = body.len() as u64;
     body[..hdr_len].copy_from_slice(h.as_bytes());
     body
+}
+
+/// A SysV shm attachment's `offset` (its shmid) and flags in the plan.
+fn sysv_shm_fields(kind: &VmaKind) -> Option<(u64, u32)> {
+    let VmaKind::SysvShm { shmid, may_write } = *kind else {
+        return None;
+    };
+    let flags = if may_write { 0 } else { VMA_F_SHM_RDONLY };
+    Some((shmid as u64, flags))
 }
 
 /// Runs `ckpt_plan::validate` (the checks the loader makes first) on a plan built here.

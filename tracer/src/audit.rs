@@ -421,7 +421,7 @@ pub static TABLE: &[Row] = &[
     ),
     // ---- shared between processes of the tree (kcmp of every pair) ----
     // (KCMP_IO and KCMP_SYSVSEM are not compared: two processes that never made one
-    // compare equal. SysV semaphores are refused as descriptors and mappings are.)
+    // compare equal. A semaphore undo list is checked by the group sysvipc.)
     row(
         Shared(KCMP_VM),
         "one address space with another process (CLONE_VM, e.g. a vfork child before its exec)",
@@ -445,18 +445,38 @@ pub static TABLE: &[Row] = &[
     // ---- SysV IPC (tracer/src/attr/sysvipc.rs) ----
     row(
         SysvIpc("msg lspid/lrpid"),
-        "a SysV message queue the process last sent to or received from",
+        "a SysV message queue the process last sent to or received from: key, id, mode, owner, size limit and every message with its type (msgrcv MSG_COPY)",
+        Saved("sysvipc"),
+    ),
+    row(
+        SysvIpc("sem GETPID"),
+        "a SysV semaphore set one of whose semaphores the process changed last (semctl GETPID): key, id, mode, owner and every value",
+        Saved("sysvipc"),
+    ),
+    row(
+        SysvIpc("sem undo list"),
+        "SEM_UNDO adjustments of a process that used a set (kcmp KCMP_SYSVSEM: it has an undo list, also every multi-threaded process): they cannot be read",
         Default(Zero),
     ),
     row(
         SysvIpc("shm cpid/lpid"),
-        "a SysV shared memory segment the process created or last attached or detached (an attached one is refused as a mapping)",
-        Default(Zero),
+        "a SysV shared memory segment the process created, last attached or detached, or has attached: key, id, mode, owner, size, SHM_LOCKED and its bytes",
+        Saved("sysvipc"),
     ),
     row(
-        SysvIpc("sem"),
-        "a SysV semaphore set the process uses, with or without SEM_UNDO (/proc shows no trace of the process: not seen, and not saved)",
-        Info,
+        SysvIpc("shm attachment"),
+        "an attachment of a SysV segment (/SYSV mapping), whole, from its first byte: attached again at its address by the loader",
+        Saved("sysvipc"),
+    ),
+    row(
+        SysvIpc("shm SHM_DEST"),
+        "a segment removed (IPC_RMID) while still attached: made again, attached, and removed again",
+        Saved("sysvipc"),
+    ),
+    row(
+        SysvIpc("shm partial attachment"),
+        "part of an attachment unmapped or given another protection (maps entries that do not cover the whole segment from offset 0)",
+        Default(Zero),
     ),
     // ---- VmFlags of every region ----
     row(VmFlag("rd"), "readable", Saved("image: memory")),

@@ -40,6 +40,14 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
             m.start, m.name
         )));
     }
+    // The inode of a SysV attachment is the segment's id, which may be 0. The group
+    // `sysvipc` saves the segment and checks that the attachment is whole.
+    if m.name.starts_with("/SYSV") && m.shared() {
+        return Ok(Some(VmaKind::SysvShm {
+            shmid: m.inode as i32,
+            may_write: m.has_flag(VmFlags::MW),
+        }));
+    }
     if m.inode == 0 {
         if m.shared() {
             return Err(unsupported(format!(
@@ -66,9 +74,6 @@ pub fn classify(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<Optio
     }
     if m.name.starts_with("/memfd:") {
         return crate::fd::memfd::vma(pid, m, ids).map(Some);
-    }
-    if m.name.starts_with("/SYSV") {
-        return Err(unsupported(format!("SysV shared memory at {:#x}", m.start)));
     }
     if m.name.starts_with("/[aio]") {
         return crate::aio::vma(pid, m).map(Some);
@@ -129,6 +134,8 @@ pub fn stored_runs(pagemap: &File, vma: &Vma) -> io::Result<Vec<PageRun>> {
         VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::AioRing(_) => {
             return Ok(runs)
         }
+        // Saved with the segment (`Attr::SysvIpc`).
+        VmaKind::SysvShm { .. } => return Ok(runs),
         VmaKind::File { .. } | VmaKind::Unlinked { .. } | VmaKind::DeletedFile { .. }
             if vma.shared =>
         {

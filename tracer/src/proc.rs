@@ -860,6 +860,37 @@ fn numbered(dir: &str) -> io::Result<BTreeSet<i32>> {
 }
 
 /// The open descriptors of `pid` (/proc/PID/fd), in order.
+/// One row of a /proc/sysvipc table: its columns by their header names.
+pub type SysvipcRow = std::collections::HashMap<String, i64>;
+
+/// Parse the text of /proc/sysvipc/msg, sem or shm: every row, with each numeric
+/// column by its header name (`key`, `msqid`, `lspid`, ...). Columns that are not
+/// numbers are left out.
+pub fn parse_sysvipc(text: &str) -> Vec<SysvipcRow> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let names: Vec<&str> = header.split_whitespace().collect();
+    lines
+        .map(|l| {
+            names
+                .iter()
+                .zip(l.split_whitespace())
+                .filter_map(|(n, v)| Some((n.to_string(), v.parse::<i64>().ok()?)))
+                .collect()
+        })
+        .filter(|r: &SysvipcRow| !r.is_empty())
+        .collect()
+}
+
+/// The rows of /proc/sysvipc/`name` (none on a kernel without SysV IPC).
+pub fn sysvipc(name: &str) -> Vec<SysvipcRow> {
+    std::fs::read_to_string(format!("/proc/sysvipc/{name}"))
+        .map(|t| parse_sysvipc(&t))
+        .unwrap_or_default()
+}
+
 pub fn fd_numbers(pid: i32) -> io::Result<BTreeSet<i32>> {
     numbered(&path(pid, "fd"))
 }
@@ -1578,5 +1609,29 @@ ID: 0\nsignal: 12/00007ffd00000001\nnotify: thread/pid.27967\nClockID: 1\n";
             field_of(parse_timers(&TIMERS.replacen("ClockID: -6\n", "", 1))),
             "ClockID"
         );
+    }
+
+    #[test]
+    fn sysvipc_rows_by_column_name() {
+        let rows = parse_sysvipc(include_str!("proc_samples/sysvipc_msg.txt"));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["key"], 1543624900);
+        assert_eq!(rows[0]["msqid"], 45);
+        assert_eq!(rows[0]["lspid"], 30275);
+        assert_eq!(rows[1]["lrpid"], 17);
+        assert_eq!(rows[1]["cuid"], 999);
+        assert!(parse_sysvipc("").is_empty());
+        // The live tables have the columns the group reads.
+        for (name, cols) in [
+            ("msg", &["key", "msqid", "lspid", "lrpid"][..]),
+            ("sem", &["key", "semid", "nsems"][..]),
+            ("shm", &["key", "shmid", "size", "cpid", "lpid"][..]),
+        ] {
+            let text = std::fs::read_to_string(format!("/proc/sysvipc/{name}")).unwrap();
+            let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+            for c in cols {
+                assert!(header.contains(c), "/proc/sysvipc/{name} has no column {c}");
+            }
+        }
     }
 }
