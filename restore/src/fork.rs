@@ -96,13 +96,21 @@ fn setup(plan: &Plan) -> Result<()> {
     }
     if h.setup_flags & SETUP_SHARED_FILES == 0 {
         for d in plan.dup2s {
-            syscall::dup2(d.src, d.target).ctx(STAGE_SETUP, d.target as u64, "installing a descriptor")?;
+            syscall::dup2(d.src, d.target).ctx(
+                STAGE_SETUP,
+                d.target as u64,
+                "installing a descriptor",
+            )?;
         }
         // Close everything else: the parent's descriptors and its other children's.
         let mut next: u32 = 0;
         for &k in plan.keep_fds {
             if k as u32 > next {
-                syscall::close_range(next, k as u32 - 1).ctx(STAGE_SETUP, next as u64, "close_range failed")?;
+                syscall::close_range(next, k as u32 - 1).ctx(
+                    STAGE_SETUP,
+                    next as u64,
+                    "close_range failed",
+                )?;
             }
             next = k as u32 + 1;
         }
@@ -113,9 +121,17 @@ fn setup(plan: &Plan) -> Result<()> {
         syscall::umask(h.setup_umask as u32);
     }
     for r in plan.rlimits {
-        syscall::setrlimit(r.resource, r.cur, r.max).ctx(STAGE_SETUP, r.resource, "setting a resource limit")?;
+        syscall::setrlimit(r.resource, r.cur, r.max).ctx(
+            STAGE_SETUP,
+            r.resource,
+            "setting a resource limit",
+        )?;
     }
-    syscall::personality(h.setup_personality as u32).ctx(STAGE_SETUP, 0, "setting the personality")?;
+    syscall::personality(h.setup_personality as u32).ctx(
+        STAGE_SETUP,
+        0,
+        "setting the personality",
+    )?;
     Ok(())
 }
 
@@ -127,7 +143,10 @@ fn kept(v: &PlanVma) -> bool {
 
 /// Unmaps `[from, to)` except the loader zone.
 fn unmap_gap(from: u64, to: u64) -> Result<()> {
-    let mut pieces = [(from, to.min(LOADER_ZONE_START)), (from.max(LOADER_ZONE_END), to)];
+    let mut pieces = [
+        (from, to.min(LOADER_ZONE_START)),
+        (from.max(LOADER_ZONE_END), to),
+    ];
     for (s, e) in pieces.iter_mut() {
         if *s < *e {
             // SAFETY: outside the loader zone; what lies here is the parent's memory,
@@ -188,7 +207,11 @@ fn patch(plan: &Plan, v: &PlanVma) -> Result<()> {
     let reprotect = v.prot & rw != rw;
     if reprotect {
         // SAFETY: the region is the child's own (inherited), outside the loader zone.
-        unsafe { syscall::mprotect(v.start, len, v.prot | rw) }.ctx(STAGE_INHERIT, v.start, "mprotect failed")?;
+        unsafe { syscall::mprotect(v.start, len, v.prot | rw) }.ctx(
+            STAGE_INHERIT,
+            v.start,
+            "mprotect failed",
+        )?;
     }
     // SAFETY: only this thread uses the buffer (see CMP_BUF).
     let buf: &mut [u8; CMP_SIZE] = unsafe { &mut (*core::ptr::addr_of_mut!(CMP_BUF)).0 };
@@ -198,13 +221,23 @@ fn patch(plan: &Plan, v: &PlanVma) -> Result<()> {
         let mut done = 0;
         while done < run.len {
             let n = (run.len - done).min(CMP_SIZE as u64);
-            read_exact(plan.image_fd(), buf, n, run.file_off + done, run.addr + done)?;
+            read_exact(
+                plan.image_fd(),
+                buf,
+                n,
+                run.file_off + done,
+                run.addr + done,
+            )?;
             let addr = run.addr + done;
-            for (i, page) in buf[..n as usize].chunks_exact(PAGE_SIZE as usize).enumerate() {
+            for (i, page) in buf[..n as usize]
+                .chunks_exact(PAGE_SIZE as usize)
+                .enumerate()
+            {
                 let dst = addr + (i as u64) * PAGE_SIZE;
                 // SAFETY: `dst` is a page of the inherited region, mapped readable and
                 // writable (above), which no Rust object refers to.
-                let mem = unsafe { core::slice::from_raw_parts_mut(dst as *mut u8, PAGE_SIZE as usize) };
+                let mem =
+                    unsafe { core::slice::from_raw_parts_mut(dst as *mut u8, PAGE_SIZE as usize) };
                 if mem != page {
                     mem.copy_from_slice(page);
                 }
@@ -216,7 +249,11 @@ fn patch(plan: &Plan, v: &PlanVma) -> Result<()> {
     drop_pages(at, v.end)?;
     if reprotect {
         // SAFETY: as above; only the protection changes back to the saved one.
-        unsafe { syscall::mprotect(v.start, len, v.prot) }.ctx(STAGE_PROTECT, v.start, "mprotect failed")?;
+        unsafe { syscall::mprotect(v.start, len, v.prot) }.ctx(
+            STAGE_PROTECT,
+            v.start,
+            "mprotect failed",
+        )?;
     }
     Ok(())
 }
@@ -226,12 +263,27 @@ fn read_exact(fd: i32, buf: &mut [u8], n: u64, off: u64, addr: u64) -> Result<()
     let mut got = 0;
     while got < n {
         // SAFETY: `buf` is valid for writes of `n <= buf.len()` bytes.
-        let r = unsafe { syscall::pread_raw(fd, buf.as_mut_ptr() as u64 + got, n - got, off + got) };
+        let r =
+            unsafe { syscall::pread_raw(fd, buf.as_mut_ptr() as u64 + got, n - got, off + got) };
         match r {
-            Ok(0) => return Err(Fail::new(STAGE_INHERIT, EIO, addr, "image file ends inside a run")),
+            Ok(0) => {
+                return Err(Fail::new(
+                    STAGE_INHERIT,
+                    EIO,
+                    addr,
+                    "image file ends inside a run",
+                ))
+            }
             Ok(k) => got += k as u64,
             Err(4) => continue,
-            Err(e) => return Err(Fail::new(STAGE_INHERIT, e, addr, "reading page data failed")),
+            Err(e) => {
+                return Err(Fail::new(
+                    STAGE_INHERIT,
+                    e,
+                    addr,
+                    "reading page data failed",
+                ))
+            }
         }
     }
     Ok(())
