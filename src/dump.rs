@@ -190,7 +190,10 @@ impl FrozenDump {
             .collect::<ckpt_tracer::Result<_>>()?;
         let zombie_parents: Vec<i32> = tree.zombies.iter().map(|z| z.ppid).collect();
         let has_children = |p: i32| procs.iter().any(|x| x.1 == p) || zombie_parents.contains(&p);
-        let shares = ckpt_tracer::audit::check_tree(&procs, &has_children)?;
+        let pids: Vec<i32> = procs.iter().map(|p| p.0).collect();
+        let shared = ckpt_tracer::audit::check_tree(&pids)?;
+        let shares =
+            ckpt_tracer::attr::shares::children_sharing_all(&shared, &procs, &has_children)?;
         phase(t0, "tree audited");
         let zombies = tree.zombies.clone();
         let mut states = Vec::new();

@@ -132,7 +132,8 @@ pub const F_GETSIG: i32 = 11;
 pub const F_GETOWN_EX: i32 = 16;
 // kcmp types (linux/kcmp.h).
 const KCMP_VM: i32 = 1;
-use crate::attr::shares::{KCMP_FILES, KCMP_FS};
+pub const KCMP_FILES: i32 = 2;
+pub const KCMP_FS: i32 = 3;
 const KCMP_SIGHAND: i32 = 4;
 // arch_prctl codes (asm/prctl.h).
 const ARCH_GET_CPUID: u64 = 0x1011;
@@ -1156,21 +1157,25 @@ pub fn check_lock(pid: i32, fd: i32, l: &proc::LockLine) -> Result<()> {
     Ok(())
 }
 
+/// The processes of a tree that share one kernel object of a kcmp type whose row says
+/// it is saved (the group `shares` decides which shapes it can restore).
+pub struct SharedPairs {
+    pub kind: i32,
+    /// The row's attribute, for a refusal.
+    pub what: &'static str,
+    pub pairs: Vec<(i32, i32)>,
+}
+
 /// Refuse a tree in which two processes share what a restore would give each its own
-/// copy of. `procs`: every process of the tree (thread-group leaders, all frozen) as
-/// (pid, ppid); `has_children`: whether one has children or zombies in the tree.
-/// Returns what the group `shares` saves: (child, kcmp type) for every child that
-/// shares an object with its parent in a way a restore makes again.
-pub fn check_tree(
-    procs: &[(i32, i32)],
-    has_children: &dyn Fn(i32) -> bool,
-) -> Result<Vec<(i32, i32)>> {
+/// copy of. `pids`: every process of the tree (thread-group leaders), all frozen.
+/// Returns, for the kinds the group `shares` saves, the pairs that share one.
+pub fn check_tree(pids: &[i32]) -> Result<Vec<SharedPairs>> {
     let mut saved = Vec::new();
     for r in TABLE {
         let Shared(kind) = r.source else { continue };
         let mut pairs = Vec::new();
-        for (i, &(a, _)) in procs.iter().enumerate() {
-            for &(b, _) in &procs[i + 1..] {
+        for (i, &a) in pids.iter().enumerate() {
+            for &b in &pids[i + 1..] {
                 // SAFETY: kcmp(2) compares two kernel objects; it takes only integers.
                 if unsafe { libc::syscall(libc::SYS_kcmp, a, b, kind, 0, 0) } == 0 {
                     pairs.push((a, b));
@@ -1183,18 +1188,11 @@ pub fn check_tree(
         if !matches!(r.verdict, Saved(_)) {
             return Err(refuse(a, format!("{} ({b})", r.what)));
         }
-        match crate::attr::shares::children_sharing(kind, &pairs, procs, has_children) {
-            Ok(c) => saved.extend(c),
-            Err((a, b)) => {
-                return Err(refuse(
-                    a,
-                    format!(
-                        "{} ({b}), other than between a parent and children without children of their own",
-                        r.what
-                    ),
-                ))
-            }
-        }
+        saved.push(SharedPairs {
+            kind,
+            what: r.what,
+            pairs,
+        });
     }
     Ok(saved)
 }

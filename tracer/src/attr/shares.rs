@@ -2,7 +2,7 @@
 //! table (clone(CLONE_FILES)) or fs state: cwd, root and umask (clone(CLONE_FS)).
 //!
 //! The dump compares every pair of processes of the tree with kcmp(2) (the audit's
-//! `Shared` rows, `crate::audit::check_tree`); [`children_sharing`] accepts a sharing
+//! `Shared` rows, `crate::audit::check_tree`); [`children_sharing_all`] accepts a sharing
 //! when it is one the restore can make again: between a parent and children of it that
 //! have no children of their own (also several children sharing their parent's table),
 //! and records it in the child ([`record`]). The restore front end has the parent's loader
@@ -11,7 +11,8 @@
 //! shape (two siblings sharing what their parent does not, a grandchild) is refused.
 
 use super::{Dump, Group, Restore};
-use crate::error::Result;
+pub use crate::audit::{SharedPairs, KCMP_FILES, KCMP_FS};
+use crate::error::{Result, TraceError};
 use crate::fd::RestoreError;
 use crate::state::{Attr, CloneShares, ProcessState};
 
@@ -22,10 +23,7 @@ pub const GROUP: Group = Group {
     describe,
 };
 
-pub const KCMP_FILES: i32 = 2;
-pub const KCMP_FS: i32 = 3;
-
-/// Read for the whole tree at once ([`children_sharing`]), not per process.
+/// Read for the whole tree at once ([`children_sharing_all`]), not per process.
 fn dump(_d: &mut Dump) -> Result<Option<Attr>> {
     Ok(None)
 }
@@ -52,11 +50,38 @@ fn describe(a: &Attr) -> Option<Vec<String>> {
     )])
 }
 
+/// For every kind of object the audit found shared ([`crate::audit::check_tree`]), the
+/// children that share it with their parent, as (pid, kcmp type); any other sharing
+/// refuses the dump, naming both processes. `procs` and `has_children` as for
+/// [`pairs_of_kind`].
+pub fn children_sharing_all(
+    shared: &[SharedPairs],
+    procs: &[(i32, i32)],
+    has_children: &dyn Fn(i32) -> bool,
+) -> Result<Vec<(i32, i32)>> {
+    let mut out = Vec::new();
+    for s in shared {
+        match pairs_of_kind(s.kind, &s.pairs, procs, has_children) {
+            Ok(c) => out.extend(c),
+            Err((a, b)) => {
+                return Err(TraceError::Unsupported {
+                    pid: a,
+                    what: format!(
+                        "{} ({b}), other than between a parent and children without children of their own",
+                        s.what
+                    ),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Of the pairs of processes that share the object of kcmp type `kind`, the children
 /// that share it with their parent: `procs` is every process of the tree as (pid,
 /// ppid), `has_children` says whether one has children (or zombies). `Err((a, b))`: a
 /// pair that is not a parent and such a child, nor two such children of one parent.
-pub fn children_sharing(
+pub fn pairs_of_kind(
     kind: i32,
     pairs: &[(i32, i32)],
     procs: &[(i32, i32)],
@@ -126,24 +151,24 @@ mod tests {
         let procs = [(1, 0), (2, 1), (3, 1), (4, 1), (5, 4)];
         let leaf = |p: i32| p == 1 || p == 4;
         assert_eq!(
-            children_sharing(KCMP_FILES, &[(1, 2)], &procs, &leaf),
+            pairs_of_kind(KCMP_FILES, &[(1, 2)], &procs, &leaf),
             Ok(vec![(2, KCMP_FILES)])
         );
         assert_eq!(
-            children_sharing(KCMP_FILES, &[(1, 2), (1, 3), (2, 3)], &procs, &leaf),
+            pairs_of_kind(KCMP_FILES, &[(1, 2), (1, 3), (2, 3)], &procs, &leaf),
             Ok(vec![(2, KCMP_FILES), (3, KCMP_FILES)])
         );
         // Siblings without their parent, a parent with children of its own, a grandchild.
         assert_eq!(
-            children_sharing(KCMP_FS, &[(2, 3)], &procs, &leaf),
+            pairs_of_kind(KCMP_FS, &[(2, 3)], &procs, &leaf),
             Err((2, 3))
         );
         assert_eq!(
-            children_sharing(KCMP_FS, &[(1, 4)], &procs, &leaf),
+            pairs_of_kind(KCMP_FS, &[(1, 4)], &procs, &leaf),
             Err((1, 4))
         );
         assert_eq!(
-            children_sharing(KCMP_FS, &[(1, 5)], &procs, &leaf),
+            pairs_of_kind(KCMP_FS, &[(1, 5)], &procs, &leaf),
             Err((1, 5))
         );
     }
