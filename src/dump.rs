@@ -381,6 +381,7 @@ impl FrozenDump {
         };
         let generation = gen.publish(&manifest, keep)?;
         if let Some(t) = kill_after {
+            ckpt_tracer::fd::before_kill(&states);
             t.kill();
         }
         Ok(DumpReport {

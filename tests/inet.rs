@@ -1,0 +1,193 @@
+//! AF_INET and AF_INET6 sockets (issue 10, first step): TCP listeners with connections
+//! waiting to be accepted, established TCP connections with both ends in the job (in one
+//! process and across processes) with data in flight both ways and a half-closed one,
+//! UDP sockets with queued datagrams; as root and as an ordinary user, and dumped without
+//! --kill. A connection to a peer outside the job is refused, naming it, and the
+//! process runs on. testdata/inet.c sets each up and checks its own state (addresses,
+//! ports, options, every byte by its sequence number, datagram sources) once the stop
+//! file appears.
+mod common;
+
+use common::*;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    /// Dumped with --kill and restored, as root.
+    Root,
+    /// Dumped with --kill and restored by the test user, who runs it.
+    User,
+    /// Dumped without --kill, as root: it goes on running.
+    NoKill,
+}
+
+/// Start `inet MODE STOP`, checkpoint it as `run` says, let it check its state and
+/// expect `<mode> ok`.
+fn check(mode: &str, run: Run) {
+    let (d, prog, ids) = if run == Run::User {
+        let (d, exe, ids) = test_user_dir("inet");
+        (d, exe, Some(ids))
+    } else {
+        (tempdir(), testdata("inet"), None)
+    };
+    let stop = d.join("stop");
+    let ck = d.join("ckpt");
+    let args = [os(mode), stop.as_os_str()];
+    let mut t = match ids {
+        Some(ids) => {
+            let mut c = setpriv_test_user(&prog, ids);
+            c.args(args);
+            Target::spawn(c, &prog.to_string_lossy())
+        }
+        None => Target::start_path(&prog, &args),
+    };
+    // The TCP modes fork a child (the other end of one connection).
+    let child = mode.starts_with("tcp").then(|| {
+        let line = t.stdout.expect_prefix("child ");
+        line.trim_start_matches("child ").parse::<i32>().unwrap()
+    });
+    t.stdout.expect_line("ready");
+    let ok = format!("{mode} ok");
+    match run {
+        Run::NoKill => {
+            dump(t.pid, &ck, false);
+            assert_running_not_stopped(t.pid);
+            touch(&stop);
+            t.stdout.expect_line(&ok);
+            assert!(t.wait().success(), "inet {mode} failed after the dump");
+        }
+        Run::Root => {
+            t.dump_kill(&ck);
+            if let Some(c) = child {
+                wait_pid_free(c);
+            }
+            let mut r = Restored::of(&ck, &t);
+            r.assert_same_pid();
+            touch(&stop);
+            r.stdout.expect_line(&ok);
+            r.wait_success();
+        }
+        Run::User => {
+            let ids = ids.unwrap();
+            dump_kill_as(&mut t, &ck, ids);
+            if let Some(c) = child {
+                wait_pid_free(c);
+            }
+            let mut r = restore_as(&ck, ids);
+            touch(&stop);
+            r.stdout.expect_line(&ok);
+            let status = r.wait();
+            r.stderr.read_to_end();
+            assert!(
+                status.success(),
+                "ckpt restore as {TEST_USER}: {status:?}, stderr {:?}",
+                r.stderr.seen()
+            );
+        }
+    }
+}
+
+/// TCP over IPv4: a listener (options, backlog, O_NONBLOCK) with two connections
+/// waiting to be accepted, a connection inside the process (half-closed: its client shut
+/// down writing) and one with a forked child, data in flight both ways on each: every
+/// byte comes back once and in order (sequence numbers checked), with the same addresses
+/// and ports, and the waiting connections are accepted in order.
+#[test]
+fn tcp4_connections_inside_the_job_come_back() {
+    check("tcp4", Run::Root);
+}
+
+#[test]
+fn tcp4_connections_inside_the_job_come_back_for_an_ordinary_user() {
+    check("tcp4", Run::User);
+}
+
+#[test]
+fn tcp6_connections_inside_the_job_come_back() {
+    check("tcp6", Run::Root);
+}
+
+#[test]
+fn tcp6_connections_inside_the_job_come_back_for_an_ordinary_user() {
+    check("tcp6", Run::User);
+}
+
+/// Peeking at the TCP queues at dump time consumes nothing.
+#[test]
+fn dump_without_kill_leaves_tcp_connections() {
+    check("tcp4", Run::NoKill);
+}
+
+/// UDP over IPv4: bound, connected and autobound sockets, datagrams queued from three
+/// senders to a bound socket and one to a connected one: each comes back once, in
+/// order, from its sender's address and port.
+#[test]
+fn udp4_queued_datagrams_come_back() {
+    check("udp4", Run::Root);
+}
+
+#[test]
+fn udp4_queued_datagrams_come_back_for_an_ordinary_user() {
+    check("udp4", Run::User);
+}
+
+#[test]
+fn udp6_queued_datagrams_come_back() {
+    check("udp6", Run::Root);
+}
+
+#[test]
+fn udp6_queued_datagrams_come_back_for_an_ordinary_user() {
+    check("udp6", Run::User);
+}
+
+/// Peeking at the queues at dump time consumes nothing.
+#[test]
+fn dump_without_kill_leaves_udp_queues() {
+    check("udp4", Run::NoKill);
+}
+
+/// A TCP connection to a listener of the test (outside the job): the dump is refused
+/// naming the process, the descriptor, both ends and what would save it; the process
+/// runs on and its connection still works.
+#[test]
+fn connection_to_an_outside_peer_is_refused_and_left_alone() {
+    let d = tempdir();
+    let stop = d.join("stop");
+    let ck = d.join("ckpt");
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut t = Target::start(
+        "inet",
+        &[os("outside"), stop.as_os_str(), os(&port.to_string())],
+    );
+    let (mut conn, from) = l.accept().unwrap();
+    t.stdout.expect_line("ready");
+    let out = ckpt([
+        "dump".as_ref(),
+        t.pid.to_string().as_ref(),
+        "--dir".as_ref(),
+        ck.as_os_str(),
+        "--kill".as_ref(),
+    ]);
+    let line = assert_error(&out, "dump of a TCP connection to an outside peer");
+    for want in [
+        format!("process {}", t.pid),
+        "fd 3".to_string(),
+        format!("{from} → 127.0.0.1:{port}"),
+        "outside the checkpoint".to_string(),
+        "--tcp-established".to_string(),
+        "not supported yet".to_string(),
+    ] {
+        assert!(
+            line.contains(&want),
+            "the refusal should say {want:?}: {line}"
+        );
+    }
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_line("outside ok");
+    let mut b = [0u8; 1];
+    std::io::Read::read_exact(&mut conn, &mut b).unwrap();
+    assert_eq!(&b, b"b");
+    assert!(t.wait().success());
+}
