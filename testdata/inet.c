@@ -1,6 +1,8 @@
 /* inet tcp4|tcp6 STOPFILE
  * inet udp4|udp6 STOPFILE
  * inet outside STOPFILE PORT
+ * inet waiting_outside STOPFILE
+ * inet full STOPFILE
  *
  * AF_INET / AF_INET6 socket state, checked by the program itself once STOPFILE
  * exists (after a restore, or after a dump without --kill).  Each mode prints
@@ -8,12 +10,13 @@
  * (exit 1).
  *
  * tcp4, tcp6: on the loopback address (127.0.0.1 or ::1):
- *   L   a listening socket (SO_REUSEADDR, IPV6_V6ONLY for tcp6, SO_RCVBUF 65536,
+ *   L   a listening socket (SO_REUSEADDR for tcp4, IPV6_V6ONLY for tcp6, SO_RCVBUF 65536,
  *       backlog 7, O_NONBLOCK) on an ephemeral port;
  *   c1/s1  a connection to L inside the process (s1 accepted): c1 sent 10000
  *       bytes (sequence numbers 0..2499, 4 bytes each) to s1 and shut down
  *       writing, s1 sent 7000 bytes (from 100000 on) to c1, nothing read;
  *       TCP_NODELAY on s1, SO_KEEPALIVE and TCP_KEEPIDLE 77 on c1;
+ *   c3/s3  an idle connection to L inside the process, nothing queued;
  *   c2/s2  a connection to L from a forked child (prints "child PID"): the
  *       child sent 5000 bytes (from 200000 on), the parent 6000 (from 300000 on),
  *       nothing read;
@@ -34,12 +37,22 @@
  *
  * outside: a TCP connection to 127.0.0.1:PORT (a peer outside the checkpoint).
  *   Checks: it still sends.
+ *
+ * waiting_outside: a listening socket on 127.0.0.1 (prints "port N") that waits
+ *   until a connection (the test's, from outside) is in its accept queue.  Checks:
+ *   the connection can be accepted.
+ *
+ * full: a connection inside the process whose receiver (SO_RCVBUF 4096) does not
+ *   read while its sender (non-blocking) wrote sequence numbers until EAGAIN: bytes
+ *   wait in the sender's send queue.  Checks: the receiver reads every byte sent, in
+ *   sequence.
  */
 #include "common.h"
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -243,7 +256,11 @@ static int tcp(const char *mode)
     addr_t a;
     socklen_t al = lo(&a, 0);
     int L = sock(SOCK_STREAM);
-    setint(L, SOL_SOCKET, SO_REUSEADDR, 1);
+    /* tcp6 without SO_REUSEADDR: its accepted sockets have none either, so a
+     * TIME_WAIT left by the kill would keep their port from the restore. */
+    int reuse = fam == AF_INET;
+    if (reuse)
+        setint(L, SOL_SOCKET, SO_REUSEADDR, 1);
     if (fam == AF_INET6)
         setint(L, IPPROTO_IPV6, IPV6_V6ONLY, 1);
     setint(L, SOL_SOCKET, SO_RCVBUF, 65536);
@@ -263,6 +280,12 @@ static int tcp(const char *mode)
     send_seq(s1, 100000, 7000);
     CHECK(shutdown(c1, SHUT_WR) == 0, "shutdown: %s", strerror(errno));
     addr_t c1n = name(c1), s1n = name(s1);
+    /* c3/s3: an idle connection, nothing queued (closed by a kill, one end would stay
+     * in TIME_WAIT). */
+    int c3 = sock(SOCK_STREAM);
+    connect_to(c3, &ln);
+    int s3 = accept_wait(L);
+    addr_t c3n = name(c3), s3n = name(s3);
 
     int sync[2], done[2];
     CHECK(pipe(sync) == 0 && pipe(done) == 0, "pipe");
@@ -308,7 +331,12 @@ static int tcp(const char *mode)
     addr_t l2 = name(L);
     CHECK(same(&l2, &ln), "listener: getsockname %s, was %s", show(&l2), show(&ln));
     CHECK(getint(L, SOL_SOCKET, SO_ACCEPTCONN) == 1, "listener: not listening");
-    CHECK(getint(L, SOL_SOCKET, SO_REUSEADDR) == 1, "listener: SO_REUSEADDR lost");
+    CHECK(getint(L, SOL_SOCKET, SO_REUSEADDR) == reuse, "listener: SO_REUSEADDR %d",
+          getint(L, SOL_SOCKET, SO_REUSEADDR));
+    CHECK(getint(s1, SOL_SOCKET, SO_REUSEADDR) == reuse, "s1: SO_REUSEADDR %d",
+          getint(s1, SOL_SOCKET, SO_REUSEADDR));
+    CHECK(getint(c1, SOL_SOCKET, SO_REUSEADDR) == 0, "c1: SO_REUSEADDR %d",
+          getint(c1, SOL_SOCKET, SO_REUSEADDR));
     CHECK(getint(L, SOL_SOCKET, SO_RCVBUF) == lrcvbuf, "listener: SO_RCVBUF %d, was %d",
           getint(L, SOL_SOCKET, SO_RCVBUF), lrcvbuf);
     if (fam == AF_INET6)
@@ -327,6 +355,16 @@ static int tcp(const char *mode)
     CHECK(send(c1, "z", 1, MSG_NOSIGNAL) < 0 && errno == EPIPE, "c1: writing after SHUT_WR");
     put(s1, 'm');
     CHECK(get(c1) == 'm', "c1: no byte from s1");
+
+    /* c3/s3 */
+    check_ends(c3, &c3n, &s3n, "c3");
+    check_ends(s3, &s3n, &c3n, "s3");
+    expect_seq(s3, 0, 0, 0, "s3");
+    expect_seq(c3, 0, 0, 0, "c3");
+    put(c3, 'x');
+    CHECK(get(s3) == 'x', "s3: no byte from c3");
+    put(s3, 'y');
+    CHECK(get(c3) == 'y', "c3: no byte from s3");
 
     /* c2/s2 with the child */
     check_ends(s2, &s2n, &s2p, "s2");
@@ -443,6 +481,67 @@ static int outside(const char *port)
     return 0;
 }
 
+static int waiting_outside(void)
+{
+    addr_t a;
+    socklen_t al = lo(&a, 0);
+    int L = sock(SOCK_STREAM);
+    CHECK(bind(L, (struct sockaddr *)&a, al) == 0 && listen(L, 4) == 0, "listen: %s",
+          strerror(errno));
+    addr_t n = name(L);
+    say("port %d", port_of(&n));
+    struct pollfd p = {.fd = L, .events = POLLIN};
+    while (poll(&p, 1, -1) != 1)
+        ;
+    say("ready");
+    wait_for_file(stop, 10);
+    int c = accept(L, NULL, NULL);
+    CHECK(c >= 0, "accept: %s", strerror(errno));
+    say("waiting_outside ok");
+    return 0;
+}
+
+static int full(void)
+{
+    addr_t a;
+    socklen_t al = lo(&a, 0);
+    int L = sock(SOCK_STREAM);
+    setint(L, SOL_SOCKET, SO_RCVBUF, 4096);
+    CHECK(bind(L, (struct sockaddr *)&a, al) == 0 && listen(L, 4) == 0, "listen: %s",
+          strerror(errno));
+    addr_t ln = name(L);
+    int c = sock(SOCK_STREAM);
+    setint(c, SOL_SOCKET, SO_SNDBUF, 65536);
+    connect_to(c, &ln);
+    int s = accept_wait(L);
+    fcntl(c, F_SETFL, O_NONBLOCK);
+    unsigned char b[4];
+    int sent = 0;
+    for (;;) {
+        for (int i = 0; i < 4; i++)
+            b[i] = (unsigned char)((unsigned)(sent / 4) >> (8 * (3 - i)));
+        ssize_t k = send(c, b, 4, MSG_NOSIGNAL);
+        if (k < 0 && errno == EAGAIN)
+            break;
+        CHECK(k == 4, "send: %zd %s", k, strerror(errno));
+        sent += 4;
+    }
+    say("sent %d", sent);
+    say("ready");
+    wait_for_file(stop, 10);
+    unsigned char *all = malloc(sent);
+    for (int got = 0; got < sent;) {
+        ssize_t k = recv(s, all + got, sent - got, 0);
+        CHECK(k > 0, "recv: %s", k < 0 ? strerror(errno) : "end of file");
+        got += k;
+    }
+    for (int i = 0; i < sent; i++)
+        CHECK(all[i] == (unsigned char)((unsigned)(i / 4) >> (8 * (3 - i % 4))),
+              "byte %d is wrong", i);
+    say("full ok");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -456,5 +555,9 @@ int main(int argc, char **argv)
         return udp(mode);
     if (!strcmp(mode, "outside") && argc > 3)
         return outside(argv[3]);
+    if (!strcmp(mode, "waiting_outside"))
+        return waiting_outside();
+    if (!strcmp(mode, "full"))
+        return full();
     fail("unknown mode %s", mode);
 }

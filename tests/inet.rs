@@ -191,3 +191,63 @@ fn connection_to_an_outside_peer_is_refused_and_left_alone() {
     assert_eq!(&b, b"b");
     assert!(t.wait().success());
 }
+
+/// `inet MODE STOP`, dumped with --kill: refused with a message holding each of `words`
+/// and naming the process; the process runs on and its own checks pass (the refused
+/// dump took nothing from it). `connect`: a connection from the test to the port the
+/// program prints first (`port N`).
+fn refused_and_left_alone(mode: &str, connect: bool, words: &[&str]) {
+    let d = tempdir();
+    let stop = d.join("stop");
+    let ck = d.join("ckpt");
+    let mut t = Target::start("inet", &[os(mode), stop.as_os_str()]);
+    let mut words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+    let _conn = connect.then(|| {
+        let port: u16 = t
+            .stdout
+            .expect_prefix("port ")
+            .trim_start_matches("port ")
+            .parse()
+            .unwrap();
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        words.push(format!("{} → 127.0.0.1:{port}", c.local_addr().unwrap()));
+        c
+    });
+    t.stdout.expect_line("ready");
+    let out = ckpt([
+        "dump".as_ref(),
+        t.pid.to_string().as_ref(),
+        "--dir".as_ref(),
+        ck.as_os_str(),
+        "--kill".as_ref(),
+    ]);
+    let line = assert_error(&out, &format!("dump of inet {mode}"));
+    for want in words.into_iter().chain([format!("process {}", t.pid)]) {
+        assert!(
+            line.contains(&want),
+            "the refusal should say {want:?}: {line}"
+        );
+    }
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_line(&format!("{mode} ok"));
+    assert!(t.wait().success());
+}
+
+/// A listener with a connection waiting to be accepted from a client outside the job:
+/// refused naming the listener and the connection; it can still be accepted after.
+#[test]
+fn waiting_connection_from_outside_is_refused_and_left_alone() {
+    refused_and_left_alone(
+        "waiting_outside",
+        true,
+        &["fd 3", "waiting to be accepted", "outside the checkpoint"],
+    );
+}
+
+/// Bytes still in a sender's send queue (its peer's receive buffer is full) cannot be
+/// read without TCP_REPAIR: refused naming the connection; every byte arrives after.
+#[test]
+fn bytes_in_a_send_queue_are_refused_and_left_alone() {
+    refused_and_left_alone("full", false, &["still in its send queue", "TCP_REPAIR"]);
+}

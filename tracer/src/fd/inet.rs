@@ -1166,30 +1166,53 @@ fn pair_addr(p: &(Vec<u8>, u16)) -> InetAddr {
     }
 }
 
-/// Before `ckpt dump --kill` kills the tree: its connected TCP sockets get SO_LINGER
-/// {on, 0}, so that the kill closes them with a reset, leaving no TIME_WAIT behind to
-/// hold the ports the restore binds again.
-pub fn abort_on_kill(procs: &[ProcessState]) {
+/// Before the processes `pids` are killed (`ckpt dump --kill`, the coordinator's kill):
+/// their connected TCP sockets get SO_LINGER {on, 0}, so that the kill closes them with
+/// a reset, leaving no TIME_WAIT behind to hold the ports a restore binds again (a
+/// TIME_WAIT socket without SO_REUSEADDR keeps even a bind with SO_REUSEADDR off its
+/// port for 60 s). Best effort: a socket that cannot be reached is left as it is.
+pub fn abort_on_kill(pids: &[i32]) {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };
-    // SAFETY: `linger` is plain data; its bytes are read only.
+    // SAFETY: `linger` is plain data, alive for the whole function; its bytes are only
+    // read.
     let bytes = unsafe {
         std::slice::from_raw_parts(
             (&linger as *const libc::linger).cast::<u8>(),
             std::mem::size_of::<libc::linger>(),
         )
     };
-    for p in procs {
-        for f in &p.fds {
-            if let FdKind::InetSocket(s) = &f.kind {
-                if s.sock_type == libc::SOCK_STREAM && connected_state(s.state) {
-                    if let Ok(c) = crate::procinfo::pidfd_getfd(p.pid, f.fd) {
-                        let _ =
-                            setsockopt_raw(c.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, bytes);
-                    }
-                }
+    for &pid in pids {
+        let Ok(fds) = crate::proc::fd_numbers(pid) else {
+            continue;
+        };
+        for fd in fds {
+            if !matches!(
+                crate::proc::fd_target(pid, fd),
+                Ok(Some(crate::proc::FdTarget::Socket(_)))
+            ) {
+                continue;
+            }
+            let Ok(c) = crate::procinfo::pidfd_getfd(pid, fd) else {
+                continue;
+            };
+            let s = c.as_raw_fd();
+            let inet = matches!(
+                get_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN),
+                Ok(libc::AF_INET | libc::AF_INET6)
+            );
+            let tcp =
+                get_int(s, libc::SOL_SOCKET, libc::SO_PROTOCOL).ok() == Some(libc::IPPROTO_TCP);
+            if !inet || !tcp {
+                continue;
+            }
+            let state = getsockopt_raw(s, libc::IPPROTO_TCP, libc::TCP_INFO, 8)
+                .ok()
+                .and_then(|i| i.first().copied());
+            if state.is_some_and(connected_state) {
+                let _ = setsockopt_raw(s, libc::SOL_SOCKET, libc::SO_LINGER, bytes);
             }
         }
     }

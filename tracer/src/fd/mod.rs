@@ -175,8 +175,8 @@ pub fn dump_tree(procs: &mut [ProcessState]) -> Result<()> {
 /// Just before `ckpt dump --kill` kills the tree: what must be done so that the kill
 /// leaves nothing behind that a restore would trip on (TCP connections closed with a
 /// reset, not left in TIME_WAIT on the ports the restore binds again).
-pub fn before_kill(procs: &[ProcessState]) {
-    inet::abort_on_kill(procs);
+pub fn before_kill(pids: &[i32]) {
+    inet::abort_on_kill(pids);
 }
 
 /// Recreate descriptor `fd` of process `pid`; `None`: no kind restores it.
