@@ -280,6 +280,7 @@ static int tcp(const char *mode)
     send_seq(s1, 100000, 7000);
     CHECK(shutdown(c1, SHUT_WR) == 0, "shutdown: %s", strerror(errno));
     addr_t c1n = name(c1), s1n = name(s1);
+    int s1rcvbuf = getint(s1, SOL_SOCKET, SO_RCVBUF);
     /* c3/s3: an idle connection, nothing queued (closed by a kill, one end would stay
      * in TIME_WAIT). */
     int c3 = sock(SOCK_STREAM);
@@ -347,6 +348,8 @@ static int tcp(const char *mode)
     check_ends(c1, &c1n, &s1n, "c1");
     check_ends(s1, &s1n, &c1n, "s1");
     CHECK(getint(s1, IPPROTO_TCP, TCP_NODELAY) == 1, "s1: TCP_NODELAY lost");
+    CHECK(getint(s1, SOL_SOCKET, SO_RCVBUF) == s1rcvbuf, "s1: SO_RCVBUF %d, was %d (its listener's)",
+          getint(s1, SOL_SOCKET, SO_RCVBUF), s1rcvbuf);
     CHECK(getint(c1, SOL_SOCKET, SO_KEEPALIVE) == 1, "c1: SO_KEEPALIVE lost");
     CHECK(getint(c1, IPPROTO_TCP, TCP_KEEPIDLE) == 77, "c1: TCP_KEEPIDLE %d",
           getint(c1, IPPROTO_TCP, TCP_KEEPIDLE));

@@ -1431,6 +1431,16 @@ impl Builder<'_> {
         {
             let s = bound_socket(r, &r.s.local)?;
             listen(&s, r.s.backlog).with_context(|| format!("{}: listen", r.what()))?;
+            // Its options now, so that the connections rebuilt through it inherit them
+            // (buffer sizes, TCP_NODELAY...) as the accepted sockets did; not
+            // TCP_DEFER_ACCEPT, which would hold those accepts until data comes.
+            let early: Vec<SockOpt> =
+                r.s.opts
+                    .iter()
+                    .filter(|o| !(o.level == libc::IPPROTO_TCP && o.name == libc::TCP_DEFER_ACCEPT))
+                    .cloned()
+                    .collect();
+            set_opts(&s, &early, false).with_context(|| r.what())?;
             self.made.insert(ino, s);
         }
         for (&ino, r) in recs
@@ -1555,17 +1565,13 @@ impl Builder<'_> {
         }
         // UDP queues: from each datagram's source.
         let mut temps: HashMap<(Vec<u8>, u16), OwnedFd> = HashMap::new();
-        for (&ino, r) in recs
-            .iter()
-            .filter(|(_, r)| !r.tcp() && !r.s.queue.is_empty())
-        {
+        for r in recs.values().filter(|r| !r.tcp() && !r.s.queue.is_empty()) {
             let to = reachable(&r.s.local, r.s.family);
             for (m, src) in r.s.queue.iter().zip(&r.s.sources) {
                 let own = recs
                     .iter()
-                    .find(|(&i, o)| {
+                    .find(|(_, o)| {
                         !o.tcp()
-                            && i != ino
                             && o.s.local.port == src.port
                             && (unspecified(&o.s.local.ip) || norm(&o.s.local).0 == norm(src).0)
                     })
