@@ -45,7 +45,7 @@
  * full: a connection inside the process whose receiver (SO_RCVBUF 4096) does not
  *   read while its sender (non-blocking) wrote sequence numbers until EAGAIN: bytes
  *   wait in the sender's send queue.  Checks: the receiver reads every byte sent, in
- *   sequence.
+ *   sequence, and nothing more.
  */
 #include "common.h"
 #include <arpa/inet.h>
@@ -541,6 +541,8 @@ static int full(void)
     for (int i = 0; i < sent; i++)
         CHECK(all[i] == (unsigned char)((unsigned)(i / 4) >> (8 * (3 - i % 4))),
               "byte %d is wrong", i);
+    char more;
+    CHECK(recv(s, &more, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "more than %d bytes", sent);
     say("full ok");
     return 0;
 }

@@ -245,53 +245,51 @@ fn waiting_connection_from_outside_is_refused_and_left_alone() {
     );
 }
 
-/// Bytes still in a sender's send queue (its peer's receive buffer is full) cannot be
-/// read without TCP_REPAIR: refused naming the connection; every byte arrives after.
+/// Bytes still in a sender's send queue (its peer's receive buffer is full): as root,
+/// read with TCP_REPAIR (the send queue peeked, sequence numbers telling which of its
+/// bytes the peer has not received) and put after the receiver's own; every byte comes
+/// back once and in order.
 #[test]
-fn bytes_in_a_send_queue_are_refused_and_left_alone() {
-    refused_and_left_alone("full", false, &["still in its send queue", "TCP_REPAIR"]);
+fn bytes_in_a_send_queue_come_back_as_root() {
+    assert_root("TCP_REPAIR (CAP_NET_ADMIN)");
+    check("full", Run::Root);
 }
 
-/// One HTTP/1.0 GET of / on 127.0.0.1:`port`: the whole answer.
-fn http_get(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    c.set_read_timeout(Some(TIMEOUT)).unwrap();
-    c.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut s = String::new();
-    c.read_to_string(&mut s).unwrap();
-    s
+#[test]
+fn dump_without_kill_leaves_bytes_in_a_send_queue() {
+    check("full", Run::NoKill);
 }
 
-/// A node http server listening on 127.0.0.1 (a real program on an event loop):
-/// after restore it answers on the same port, its request counter where it was.
+/// Without privileges those bytes cannot be read: the dump is refused naming the
+/// connection and TCP_REPAIR; every byte arrives after.
 #[test]
-fn node_http_server_answers_after_restore() {
-    let d = tempdir();
-    let js = d.join("server.js");
-    std::fs::write(
-        &js,
-        "let n = 0;\n\
-         const s = require('http').createServer((q, r) => r.end('hello ' + (n++) + '\\n'));\n\
-         s.listen(0, '127.0.0.1', () => console.log('port ' + s.address().port));\n",
-    )
-    .unwrap();
-    let mut c = command("node");
-    c.arg(&js);
-    let mut t = Target::spawn(c, &js.to_string_lossy());
-    let port: u16 = t
-        .stdout
-        .expect_prefix("port ")
-        .trim_start_matches("port ")
-        .parse()
-        .unwrap();
-    assert!(http_get(port).ends_with("hello 0\n"));
+fn bytes_in_a_send_queue_are_refused_for_an_ordinary_user() {
+    let (d, prog, ids) = test_user_dir("inet");
+    let stop = d.join("stop");
     let ck = d.join("ckpt");
-    t.dump_kill(&ck);
-    let mut r = Restored::of(&ck, &t);
-    r.assert_same_pid();
-    let a = http_get(port);
-    assert!(a.ends_with("hello 1\n"), "after restore: {a:?}");
-    assert!(http_get(port).ends_with("hello 2\n"));
+    let mut c = setpriv_test_user(&prog, ids);
+    c.args([os("full"), stop.as_os_str()]);
+    let mut t = Target::spawn(c, &prog.to_string_lossy());
+    t.stdout.expect_line("ready");
+    let mut c = setpriv(ids, &[], &[], ckpt_bin());
+    c.args(["dump", &t.pid.to_string(), "--dir"])
+        .arg(&ck)
+        .arg("--kill")
+        .stdin(std::process::Stdio::null());
+    let out = run(&mut c);
+    let line = assert_error(&out, "dump of inet full as an ordinary user");
+    for want in [
+        format!("process {}", t.pid),
+        "still in its send queue".into(),
+        "TCP_REPAIR".into(),
+    ] {
+        assert!(
+            line.contains(&want),
+            "the refusal should say {want:?}: {line}"
+        );
+    }
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_line("full ok");
+    assert!(t.wait().success());
 }

@@ -865,8 +865,8 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         InetSock("bytes_acked + SIOCOUTQ against the peer's bytes_received"),
-        "bytes in a send queue not yet in the peer's receive queue (TCP_REPAIR, root, not done yet)",
-        Default(Zero),
+        "bytes in a send queue not yet in the peer's receive queue: as root read with TCP_REPAIR (send queue peeked, write_seq against the peer's rcv_nxt) and restored after the peer's own; without CAP_NET_ADMIN refused",
+        Saved("image: fd inet"),
     ),
     row(
         InetSock("peer address in the tree"),

@@ -13,9 +13,12 @@
 //! The pass over the tree ([`link`]) pairs the two ends of each established TCP
 //! connection by their addresses (one's local address and port are the other's peer);
 //! every byte one end sent must be in the other's receive queue (TCP_INFO
-//! `tcpi_bytes_acked` + SIOCOUTQ of the sender = `tcpi_bytes_received` of the receiver),
-//! else the bytes still in the sender's send queue could only be read with TCP_REPAIR
-//! (root): refused. A client whose connection waits in the accept queue of a listening
+//! `tcpi_bytes_acked` + SIOCOUTQ of the sender = `tcpi_bytes_received` of the receiver,
+//! the connecting end counting its SYN), else bytes wait in the sender's send queue
+//! (the receiver's buffer is full): as root they are read with TCP_REPAIR (the send
+//! queue peeked; the sender's `write_seq` against the receiver's `rcv_nxt` says how
+//! many of its last bytes the receiver lacks) and saved after the receiver's own queue;
+//! without CAP_NET_ADMIN the dump is refused naming the connection. A client whose connection waits in the accept queue of a listening
 //! socket of the tree is found in /proc/PID/net/tcp{,6} (the waiting socket has no
 //! inode); a waiting connection whose client is outside the tree, or that holds data
 //! its client sent (only accepting it could read it), is refused, naming it. So is a
@@ -1023,6 +1026,9 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
     let mut links: HashMap<u64, (u64, bool)> = HashMap::new();
     // listener ino -> number of its waiting connections whose clients are in the tree
     let mut clients: HashMap<u64, u32> = HashMap::new();
+    // ino -> the bytes its peer's send queue holds beyond its receive queue (TCP_REPAIR)
+    let mut extra: HashMap<u64, Vec<u8>> = HashMap::new();
+    let mut repaired = std::collections::HashSet::new();
     for s in seen.iter().filter(|s| s.tcp && connected_state(s.state)) {
         let Some(peer) = &s.peer else { continue };
         let conn = format!("{} → {}", show(&s.local), show(peer));
@@ -1044,16 +1050,26 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 // nothing is missing.
                 let da = a.sent as i128 - b.received as i128;
                 let db = b.sent as i128 - a.received as i128;
-                if da + db > 1 {
-                    let (from, to) = if da >= db {
-                        (show(&s.local), show(peer))
-                    } else {
-                        (show(peer), show(&s.local))
-                    };
-                    return Err(refuse(format!(
-                        "TCP connection {conn} with {} bytes that {from} sent still in its send queue, not in the receive queue of {to} (reading them needs TCP_REPAIR, as root, which ckpt does not do yet)",
-                        da + db - 1
-                    )));
+                if da + db > 1 && !repaired.contains(&s.ino) {
+                    match from_send_queues(s, o) {
+                        Ok((to_o, to_s)) => {
+                            extra.insert(o.ino, to_o);
+                            extra.insert(s.ino, to_s);
+                            repaired.insert(s.ino);
+                            repaired.insert(o.ino);
+                        }
+                        Err(e) => {
+                            let (from, to) = if da >= db {
+                                (show(&s.local), show(peer))
+                            } else {
+                                (show(peer), show(&s.local))
+                            };
+                            return Err(refuse(format!(
+                                "TCP connection {conn} with {} bytes that {from} sent still in its send queue, not in the receive queue of {to} (reading them needs TCP_REPAIR, as root: {e})",
+                                da + db - 1
+                            )));
+                        }
+                    }
                 }
             }
             links.insert(s.ino, (o.ino, false));
@@ -1140,12 +1156,102 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 if !kept.insert(s.ino) {
                     s.queue.clear();
                     s.sources.clear();
+                } else if let Some(more) = extra.remove(&s.ino).filter(|m| !m.is_empty()) {
+                    // The bytes its peer's send queue still held come after its own.
+                    let mut q = s.queue.concat();
+                    q.extend_from_slice(&more);
+                    s.queue = vec![q];
                 }
             }
         }
     }
     flows().clear();
     Ok(())
+}
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+
+/// What TCP_REPAIR shows of one end: the sequence number after the last byte it was
+/// given to send, after the last it received, and its whole send queue (from the
+/// oldest byte not acked).
+struct Repaired {
+    write_seq: u32,
+    rcv_nxt: u32,
+    sendq: Vec<u8>,
+}
+
+/// Read an end in repair mode (CAP_NET_ADMIN in its network namespace: root), through a
+/// copy of its descriptor, and leave repair mode without a window probe; its
+/// SO_REUSEADDR, which leaving repair mode clears, is set back.
+fn repair_read(pid: i32, fd: i32) -> io::Result<Repaired> {
+    let c = crate::procinfo::pidfd_getfd(pid, fd)?;
+    let s = c.as_raw_fd();
+    let reuse = get_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
+    set_int(s, libc::IPPROTO_TCP, TCP_REPAIR, 1)?;
+    let r = (|| {
+        set_int(s, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)?;
+        let write_seq = get_int(s, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+        let outq = ioctl_int(s, libc::TIOCOUTQ)?.max(0) as usize;
+        let mut sendq = vec![0u8; outq + 1];
+        // SAFETY: recv writes at most `sendq.len()` bytes into `sendq`, a live buffer
+        // larger than the send queue (SIOCOUTQ counts a queued FIN too, which has no
+        // byte).
+        let n = unsafe {
+            libc::recv(
+                s,
+                sendq.as_mut_ptr().cast(),
+                sendq.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        sendq.truncate(n as usize);
+        set_int(s, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
+        let rcv_nxt = get_int(s, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
+        Ok(Repaired {
+            write_seq,
+            rcv_nxt,
+            sendq,
+        })
+    })();
+    let off = set_int(s, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+    let back = set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
+    let r = r?;
+    off?;
+    back?;
+    Ok(r)
+}
+
+/// The bytes still in the send queues of the two ends of a connection that are not in
+/// the other end's receive queue (each end's sequence numbers, read in repair mode):
+/// (what `s` sent and `o` did not receive, what `o` sent and `s` did not receive).
+fn from_send_queues(s: &Seen, o: &Seen) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let a = repair_read(s.pid, s.fd)?;
+    let b = repair_read(o.pid, o.fd)?;
+    let missing = |x: &Repaired, y: &Repaired, x_end: &Seen, y_end: &Seen| {
+        let mut n = x.write_seq.wrapping_sub(y.rcv_nxt) as usize;
+        // A FIN queued and not received takes a sequence number and no byte.
+        let fin_sent = matches!(x_end.state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2);
+        let fin_seen = matches!(y_end.state, TCP_CLOSE_WAIT);
+        if fin_sent && !fin_seen && n > 0 {
+            n -= 1;
+        }
+        if n > x.sendq.len() {
+            return Err(io::Error::other(format!(
+                "{n} bytes missing from the receive queue but {} in the send queue",
+                x.sendq.len()
+            )));
+        }
+        Ok(x.sendq[x.sendq.len() - n..].to_vec())
+    };
+    Ok((missing(&a, &b, s, o)?, missing(&b, &a, o, s)?))
 }
 
 /// A /proc/net/tcp address as [`norm`] gives it (IPv4 mapped into IPv6 as 4 bytes).
