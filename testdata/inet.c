@@ -2,6 +2,7 @@
  * inet udp4|udp6 STOPFILE
  * inet outside STOPFILE PORT
  * inet waiting_outside STOPFILE
+ * inet dual STOPFILE
  * inet full STOPFILE
  *
  * AF_INET / AF_INET6 socket state, checked by the program itself once STOPFILE
@@ -37,6 +38,12 @@
  *
  * outside: a TCP connection to 127.0.0.1:PORT (a peer outside the checkpoint).
  *   Checks: it still sends.
+ *
+ * dual: a dual-stack listening socket [::]:P (IPV6_V6ONLY off) and an IPv4 client
+ *   connected to 127.0.0.1:P (its accepted end is ::ffff:127.0.0.1:P), 3000 bytes
+ *   queued each way, and an IPv4 client waiting to be accepted.  Checks: the
+ *   addresses as before (the accepted end still an IPv6 socket with a mapped
+ *   address), every byte in sequence, the waiting one accepted.
  *
  * waiting_outside: a listening socket on 127.0.0.1 (prints "port N") that waits
  *   until a connection (the test's, from outside) is in its accept queue.  Checks:
@@ -484,6 +491,54 @@ static int outside(const char *port)
     return 0;
 }
 
+static int dual(void)
+{
+    fam = AF_INET6;
+    addr_t a;
+    memset(&a, 0, sizeof a);
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&a;
+    a6->sin6_family = AF_INET6;
+    a6->sin6_addr = in6addr_any;
+    int L = sock(SOCK_STREAM);
+    setint(L, IPPROTO_IPV6, IPV6_V6ONLY, 0);
+    CHECK(bind(L, (struct sockaddr *)&a, sizeof *a6) == 0 && listen(L, 4) == 0, "listen: %s",
+          strerror(errno));
+    addr_t ln = name(L);
+    fam = AF_INET;
+    addr_t to;
+    lo(&to, port_of(&ln));
+    int c = sock(SOCK_STREAM);
+    connect_to(c, &to);
+    int s = accept_wait(L);
+    send_seq(c, 0, 3000);
+    send_seq(s, 50000, 3000);
+    int p = sock(SOCK_STREAM);
+    connect_to(p, &to);
+    addr_t cn = name(c), sn = name(s), pn = name(p);
+    wait_inq(s, 3000);
+    wait_inq(c, 3000);
+    say("ready");
+    wait_for_file(stop, 10);
+    addr_t x = name(L);
+    CHECK(same(&x, &ln), "listener: getsockname %s, was %s", show(&x), show(&ln));
+    CHECK(getint(L, IPPROTO_IPV6, IPV6_V6ONLY) == 0, "listener: IPV6_V6ONLY set");
+    check_ends(c, &cn, &to, "c");
+    addr_t sp = peer(s), sx = name(s);
+    CHECK(same(&sx, &sn) && sp.ss_family == AF_INET6 && port_of(&sp) == port_of(&cn),
+          "s: %s → %s, was %s", show(&sx), show(&sp), show(&sn));
+    expect_seq(s, 0, 3000, 0, "s");
+    expect_seq(c, 50000, 3000, 0, "c");
+    int acc = accept(L, NULL, NULL);
+    CHECK(acc >= 0, "accept: %s", strerror(errno));
+    addr_t ap = peer(acc);
+    CHECK(port_of(&ap) == port_of(&pn), "accepted %s, expected the client %s", show(&ap),
+          show(&pn));
+    put(acc, 'k');
+    CHECK(get(p) == 'k', "waiting client: no byte");
+    say("dual ok");
+    return 0;
+}
+
 static int waiting_outside(void)
 {
     addr_t a;
@@ -560,6 +615,8 @@ int main(int argc, char **argv)
         return udp(mode);
     if (!strcmp(mode, "outside") && argc > 3)
         return outside(argv[3]);
+    if (!strcmp(mode, "dual"))
+        return dual();
     if (!strcmp(mode, "waiting_outside"))
         return waiting_outside();
     if (!strcmp(mode, "full"))

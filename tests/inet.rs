@@ -111,6 +111,18 @@ fn tcp6_connections_inside_the_job_come_back_for_an_ordinary_user() {
     check("tcp6", Run::User);
 }
 
+/// A dual-stack listener ([::], IPV6_V6ONLY off) with an IPv4 client: the accepted end
+/// is an IPv6 socket with a mapped address, paired with its IPv4 client.
+#[test]
+fn dual_stack_connection_comes_back() {
+    check("dual", Run::Root);
+}
+
+#[test]
+fn dual_stack_connection_comes_back_for_an_ordinary_user() {
+    check("dual", Run::User);
+}
+
 /// Peeking at the TCP queues at dump time consumes nothing.
 #[test]
 fn dump_without_kill_leaves_tcp_connections() {

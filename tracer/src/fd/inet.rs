@@ -994,8 +994,22 @@ struct Seen {
 }
 
 /// Whether a listening socket bound to `l` takes connections to `to`.
+/// Both as a socket of the listener's family shows them: an AF_INET listener's
+/// connections have IPv4 addresses, an AF_INET6 one's IPv6 ones (an IPv4 client of a
+/// dual-stack listener as ::ffff:a.b.c.d), so a listener on 0.0.0.0:P does not take
+/// the connections of one on [::]:P.
 fn listens_on(l: &InetAddr, to: &InetAddr) -> bool {
-    l.port == to.port && (unspecified(&l.ip) || norm(l).0 == norm(to).0)
+    l.port == to.port && l.ip.len() == to.ip.len() && (unspecified(&l.ip) || l.ip == to.ip)
+}
+
+/// A /proc/net/tcp address as it is (4 or 16 bytes).
+fn raw_addr(p: &(Vec<u8>, u16)) -> InetAddr {
+    InetAddr {
+        ip: p.0.clone(),
+        port: p.1,
+        flowinfo: 0,
+        scope_id: 0,
+    }
 }
 
 /// Across the tree: pair the ends of each established TCP connection, find the clients
@@ -1079,12 +1093,14 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
         let child = rows.iter().find(|r| {
             r.inode == 0
                 && matches!(r.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_SYN_RECV)
-                && (r.local.0.clone(), r.local.1) == norm_pair(peer)
-                && (r.remote.0.clone(), r.remote.1) == norm_pair(&s.local)
+                && norm(&pair_addr(&r.local)) == norm_pair(peer)
+                && norm(&pair_addr(&r.remote)) == norm_pair(&s.local)
         });
-        let listener = seen
-            .iter()
-            .find(|l| l.tcp && l.state == TCP_LISTEN && listens_on(&l.local, peer));
+        let listener = child.and_then(|c| {
+            seen.iter().find(|l| {
+                l.tcp && l.state == TCP_LISTEN && listens_on(&l.local, &raw_addr(&c.local))
+            })
+        });
         match (child, listener) {
             (Some(c), Some(l)) => {
                 if c.rx_queue > 0 || s.state != TCP_ESTABLISHED {
@@ -1110,7 +1126,7 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
             .filter(|r| {
                 r.inode == 0
                     && matches!(r.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_SYN_RECV)
-                    && listens_on(&l.local, &pair_addr(&r.local))
+                    && listens_on(&l.local, &raw_addr(&r.local))
             })
             .collect();
         let found = clients.get(&l.ino).copied().unwrap_or(0) as usize;
@@ -1120,10 +1136,10 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 .filter(|r| {
                     !seen.iter().any(|c| {
                         c.tcp
-                            && norm(&c.local) == (r.remote.0.clone(), r.remote.1)
+                            && norm(&c.local) == norm(&pair_addr(&r.remote))
                             && c.peer
                                 .as_ref()
-                                .is_some_and(|p| norm(p) == (r.local.0.clone(), r.local.1))
+                                .is_some_and(|p| norm(p) == norm(&pair_addr(&r.local)))
                     })
                 })
                 .map(|r| {
