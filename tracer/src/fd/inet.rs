@@ -1821,3 +1821,68 @@ fn describe(kind: &FdKind) -> Option<String> {
         s.queue.iter().map(Vec::len).sum::<usize>()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(ip: &[u8], port: u16) -> InetAddr {
+        InetAddr {
+            ip: ip.to_vec(),
+            port,
+            flowinfo: 0,
+            scope_id: 0,
+        }
+    }
+
+    const MAPPED: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1];
+
+    #[test]
+    fn addresses_compare_across_families() {
+        assert_eq!(norm(&a(&MAPPED, 80)), norm(&a(&[127, 0, 0, 1], 80)));
+        assert_ne!(
+            norm(&a(&Ipv6Addr::LOCALHOST.octets(), 80)),
+            norm(&a(&[127, 0, 0, 1], 80))
+        );
+        assert_eq!(show(&a(&[127, 0, 0, 1], 80)), "127.0.0.1:80");
+        assert_eq!(show(&a(&Ipv6Addr::LOCALHOST.octets(), 80)), "[::1]:80");
+        // A listener takes what its own family shows.
+        assert!(listens_on(&a(&[0; 4], 80), &a(&[127, 0, 0, 1], 80)));
+        assert!(listens_on(&a(&[0; 16], 80), &a(&MAPPED, 80)));
+        assert!(!listens_on(
+            &a(&[0; 4], 80),
+            &a(&Ipv6Addr::LOCALHOST.octets(), 80)
+        ));
+        assert!(!listens_on(
+            &a(&[127, 0, 0, 1], 80),
+            &a(&[127, 0, 0, 2], 80)
+        ));
+        assert!(!listens_on(&a(&[0; 4], 81), &a(&[127, 0, 0, 1], 80)));
+    }
+
+    #[test]
+    fn sockaddrs_round_trip() {
+        for (x, fam) in [
+            (a(&[127, 0, 0, 1], 8080), libc::AF_INET),
+            (a(&Ipv6Addr::LOCALHOST.octets(), 443), libc::AF_INET6),
+            (a(&MAPPED, 22), libc::AF_INET6),
+        ] {
+            let (ss, _) = sockaddr(&x, fam);
+            assert_eq!(addr_of(&ss).unwrap(), x);
+        }
+        // An IPv4 address for an AF_INET6 socket is mapped.
+        let (ss, _) = sockaddr(&a(&[127, 0, 0, 1], 1), libc::AF_INET6);
+        assert_eq!(addr_of(&ss).unwrap().ip, MAPPED.to_vec());
+    }
+
+    #[test]
+    fn every_option_has_one_row() {
+        for (i, r) in OPTS.iter().enumerate() {
+            assert!(
+                !OPTS[..i].iter().any(|o| o.0 == r.0 && o.1 == r.1),
+                "{} twice",
+                r.2
+            );
+        }
+    }
+}
