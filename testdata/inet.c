@@ -3,6 +3,7 @@
  * inet outside STOPFILE PORT
  * inet waiting_outside STOPFILE
  * inet dual STOPFILE
+ * inet filter STOPFILE
  * inet full STOPFILE
  *
  * AF_INET / AF_INET6 socket state, checked by the program itself once STOPFILE
@@ -45,6 +46,9 @@
  *   addresses as before (the accepted end still an IPv6 socket with a mapped
  *   address), every byte in sequence, the waiting one accepted.
  *
+ * filter: a UDP socket on 127.0.0.1 with a classic BPF filter attached (accept all,
+ *   SO_ATTACH_FILTER).  Checks: a datagram it sends itself comes back.
+ *
  * waiting_outside: a listening socket on 127.0.0.1 (prints "port N") that waits
  *   until a connection (the test's, from outside) is in its accept queue.  Checks:
  *   the connection can be accepted.
@@ -59,6 +63,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <linux/filter.h>
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -539,6 +544,25 @@ static int dual(void)
     return 0;
 }
 
+static int filter(void)
+{
+    addr_t a;
+    socklen_t al = lo(&a, 0);
+    int u = sock(SOCK_DGRAM);
+    CHECK(bind(u, (struct sockaddr *)&a, al) == 0, "bind: %s", strerror(errno));
+    struct sock_filter all = BPF_STMT(BPF_RET | BPF_K, 0xffffffff);
+    struct sock_fprog prog = {.len = 1, .filter = &all};
+    CHECK(setsockopt(u, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog) == 0,
+          "SO_ATTACH_FILTER: %s", strerror(errno));
+    addr_t n = name(u);
+    say("ready");
+    wait_for_file(stop, 10);
+    sendto_(u, "self", &n);
+    expect_dgram(u, "self", &n, "u");
+    say("filter ok");
+    return 0;
+}
+
 static int waiting_outside(void)
 {
     addr_t a;
@@ -615,6 +639,8 @@ int main(int argc, char **argv)
         return udp(mode);
     if (!strcmp(mode, "outside") && argc > 3)
         return outside(argv[3]);
+    if (!strcmp(mode, "filter"))
+        return filter();
     if (!strcmp(mode, "dual"))
         return dual();
     if (!strcmp(mode, "waiting_outside"))

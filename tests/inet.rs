@@ -257,6 +257,17 @@ fn waiting_connection_from_outside_is_refused_and_left_alone() {
     );
 }
 
+/// An option ckpt cannot set back (here a socket filter, SO_ATTACH_FILTER): refused,
+/// naming it; the socket keeps working.
+#[test]
+fn socket_filter_is_refused_and_left_alone() {
+    refused_and_left_alone(
+        "filter",
+        false,
+        &["fd 3", "a socket filter (SO_ATTACH_FILTER)"],
+    );
+}
+
 /// Bytes still in a sender's send queue (its peer's receive buffer is full): as root,
 /// read with TCP_REPAIR (the send queue peeked, sequence numbers telling which of its
 /// bytes the peer has not received) and put after the receiver's own; every byte comes
@@ -304,4 +315,48 @@ fn bytes_in_a_send_queue_are_refused_for_an_ordinary_user() {
     touch(&stop);
     t.stdout.expect_line("full ok");
     assert!(t.wait().success());
+}
+
+/// One HTTP/1.0 GET of / on 127.0.0.1:`port`: the whole answer.
+fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    c.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    s
+}
+
+/// A node http server listening on 127.0.0.1 (a real program on an event loop):
+/// after restore it answers on the same port, its request counter where it was.
+#[test]
+fn node_http_server_answers_after_restore() {
+    let d = tempdir();
+    let js = d.join("server.js");
+    std::fs::write(
+        &js,
+        "let n = 0;\n\
+         const s = require('http').createServer((q, r) => r.end('hello ' + (n++) + '\\n'));\n\
+         s.listen(0, '127.0.0.1', () => console.log('port ' + s.address().port));\n",
+    )
+    .unwrap();
+    let mut c = command("node");
+    c.arg(&js);
+    let mut t = Target::spawn(c, &js.to_string_lossy());
+    let port: u16 = t
+        .stdout
+        .expect_prefix("port ")
+        .trim_start_matches("port ")
+        .parse()
+        .unwrap();
+    assert!(http_get(port).ends_with("hello 0\n"));
+    let ck = d.join("ckpt");
+    t.dump_kill(&ck);
+    let mut r = Restored::of(&ck, &t);
+    r.assert_same_pid();
+    let a = http_get(port);
+    assert!(a.ends_with("hello 1\n"), "after restore: {a:?}");
+    assert!(http_get(port).ends_with("hello 2\n"));
 }

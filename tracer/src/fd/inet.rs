@@ -498,6 +498,27 @@ fn trimmed(len: usize, v: Vec<u8>) -> Vec<u8> {
     v
 }
 
+/// The number of instructions of the classic BPF filter attached to `s` (0: none).
+fn filter_len(s: RawFd) -> io::Result<u32> {
+    let mut l: libc::socklen_t = 0;
+    let mut none = [0u8; 0];
+    // SAFETY: with a length of 0, SO_GET_FILTER writes no instruction, only the count
+    // into `l`, a local.
+    let r = unsafe {
+        libc::getsockopt(
+            s,
+            libc::SOL_SOCKET,
+            SO_GET_FILTER,
+            none.as_mut_ptr().cast(),
+            &mut l,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(l)
+}
+
 /// The options of `s` at another value than on `fresh`, a new socket of the same kind;
 /// an error names one that cannot be restored.
 fn read_opts(
@@ -512,15 +533,22 @@ fn read_opts(
         if !applies(on, family, tcp) || (how == Opt::Unconnected && connected) {
             continue;
         }
+        if level == libc::SOL_SOCKET && name == SO_GET_FILTER {
+            // Its length is counted in instructions (a buffer shorter than the filter
+            // would be overrun): asked with none, for the number of instructions.
+            match filter_len(s) {
+                Ok(0) => continue,
+                Err(e) if e.raw_os_error() != Some(libc::EACCES) => continue,
+                // Instructions, or an eBPF filter (EACCES: it cannot be read back).
+                _ => return Err(what.to_string()),
+            }
+        }
         let Ok(v) = getsockopt_raw(s, level, name, len) else {
             continue;
         };
         let v = trimmed(len, v);
         let d = getsockopt_raw(fresh, level, name, len).map(|d| trimmed(len, d));
         if d.as_ref().is_ok_and(|d| *d == v) {
-            continue;
-        }
-        if name == SO_GET_FILTER && level == libc::SOL_SOCKET && v.iter().all(|&b| b == 0) {
             continue;
         }
         if how == Opt::Refuse {
