@@ -67,7 +67,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 pub const KIND: Kind = Kind {
     dump: dump_fd,
-    dump_process: None,
+    dump_process: Some(forget_diag),
     dump_tree: Some(link),
     restore: restore_fd,
     finish: Some(finish),
@@ -608,8 +608,31 @@ struct Diag {
 }
 
 /// inet_diag of the TCP socket with inode `ino` of family `family`, in our network
-/// namespace.
+/// namespace: from one dump of all of them per process read (the process is frozen;
+/// [`forget_diag`] drops it once its descriptors are read), not one per socket.
 fn tcp_diag(family: i32, ino: u64) -> io::Result<Option<Diag>> {
+    let mut c = diag_cache();
+    if let std::collections::btree_map::Entry::Vacant(e) = c.entry(family) {
+        e.insert(tcp_diag_all(family)?);
+    }
+    Ok(c.get(&family).and_then(|m| m.get(&ino)).cloned())
+}
+
+type DiagCache = BTreeMap<i32, BTreeMap<u64, Diag>>;
+
+fn diag_cache() -> std::sync::MutexGuard<'static, DiagCache> {
+    static CACHE: std::sync::Mutex<DiagCache> = std::sync::Mutex::new(BTreeMap::new());
+    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Once the descriptors of a process are read: its sock_diag dump is not reused.
+fn forget_diag(_pid: i32, _fds: &mut [Fd]) -> Result<()> {
+    diag_cache().clear();
+    Ok(())
+}
+
+/// inet_diag of every TCP socket of family `family` in our network namespace, by inode.
+fn tcp_diag_all(family: i32) -> io::Result<BTreeMap<u64, Diag>> {
     const NETLINK_SOCK_DIAG: i32 = 4;
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const INET_DIAG_SHUTDOWN: u16 = 8;
@@ -643,7 +666,7 @@ fn tcp_diag(family: i32, ino: u64) -> io::Result<Option<Diag>> {
         return Err(io::Error::last_os_error());
     }
     let mut buf = vec![0u8; 64 << 10];
-    let mut found = None;
+    let mut found = BTreeMap::new();
     loop {
         // SAFETY: recv writes at most `buf.len()` bytes into `buf`, a live buffer.
         let n = unsafe { libc::recv(nl.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -680,7 +703,7 @@ fn tcp_diag(family: i32, ino: u64) -> io::Result<Option<Diag>> {
                 SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
                     let m = &b[at + 16..at + len];
                     let u = |i: usize| u32::from_ne_bytes(m[i..i + 4].try_into().unwrap());
-                    if u(68) as u64 == ino {
+                    {
                         let mut d = Diag {
                             wqueue: u(60),
                             shutdown: 0,
@@ -697,7 +720,7 @@ fn tcp_diag(family: i32, ino: u64) -> io::Result<Option<Diag>> {
                             }
                             a += alen.div_ceil(4) * 4;
                         }
-                        found = Some(d);
+                        found.insert(u(68) as u64, d);
                     }
                 }
                 _ => {}
