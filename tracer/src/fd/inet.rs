@@ -1089,8 +1089,6 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
     let flow = flows().clone();
     // ino -> (peer_ino, waiting)
     let mut links: HashMap<u64, (u64, bool)> = HashMap::new();
-    // listener ino -> number of its waiting connections whose clients are in the tree
-    let mut clients: HashMap<u64, u32> = HashMap::new();
     // ino -> the bytes its peer's send queue holds beyond its receive queue (TCP_REPAIR)
     let mut extra: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut repaired = std::collections::HashSet::new();
@@ -1161,7 +1159,6 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                     )));
                 }
                 links.insert(s.ino, (l.ino, true));
-                *clients.entry(l.ino).or_default() += 1;
             }
             _ => {
                 return Err(refuse(format!(
@@ -1170,44 +1167,40 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
             }
         }
     }
-    // Every waiting connection of a listening socket of the tree has its client here.
+    // Every waiting connection of a listening socket of the tree has its client here
+    // (each one by itself: listeners sharing a port with SO_REUSEPORT do not tell which
+    // of them holds which).
     for l in seen.iter().filter(|l| l.tcp && l.state == TCP_LISTEN) {
-        let waiting: Vec<_> = rows
+        let outside: Vec<String> = rows
             .iter()
             .filter(|r| {
                 r.inode == 0
                     && matches!(r.state, TCP_ESTABLISHED | TCP_CLOSE_WAIT | TCP_SYN_RECV)
                     && listens_on(&l.local, &raw_addr(&r.local))
-            })
-            .collect();
-        let found = clients.get(&l.ino).copied().unwrap_or(0) as usize;
-        if waiting.len() > found {
-            let outside: Vec<String> = waiting
-                .iter()
-                .filter(|r| {
-                    !seen.iter().any(|c| {
+                    && !seen.iter().any(|c| {
                         c.tcp
                             && norm(&c.local) == norm(&pair_addr(&r.remote))
                             && c.peer
                                 .as_ref()
                                 .is_some_and(|p| norm(p) == norm(&pair_addr(&r.local)))
                     })
-                })
-                .map(|r| {
-                    format!(
-                        "{} → {}",
-                        show(&pair_addr(&r.remote)),
-                        show(&pair_addr(&r.local))
-                    )
-                })
-                .collect();
+            })
+            .map(|r| {
+                format!(
+                    "{} → {}",
+                    show(&pair_addr(&r.remote)),
+                    show(&pair_addr(&r.local))
+                )
+            })
+            .collect();
+        if !outside.is_empty() {
             return Err(TraceError::UnsupportedFd {
                 pid: l.pid,
                 fd: l.fd,
                 kind: format!(
                     "listening TCP socket {} with connections waiting to be accepted from clients outside the checkpoint ({})",
                     show(&l.local),
-                    if outside.is_empty() { "in SYN_RECV".into() } else { outside.join(", ") }
+                    outside.join(", ")
                 ),
             });
         }
