@@ -337,6 +337,7 @@ pub fn supervise(
             }
             Msg::Kill => {
                 drop(frozen.take());
+                ckpt_tracer::fd::before_kill(&ckpt_tracer::tree::descendants(job));
                 ckpt_tracer::tree::kill_descendants(job);
                 None
             }

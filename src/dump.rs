@@ -392,6 +392,8 @@ impl FrozenDump {
         };
         let generation = gen.publish(&manifest, keep)?;
         if let Some(t) = kill_after {
+            let pids: Vec<i32> = states.iter().map(|s| s.pid).collect();
+            ckpt_tracer::fd::before_kill(&pids);
             t.kill();
         }
         Ok(DumpReport {

@@ -1,6 +1,6 @@
 /* sockets tree DIR STOPFILE [PINGS]
  * sockets outside FD STOPFILE TEXT
- * sockets hold tcp|netlink STOPFILE
+ * sockets hold raw|netlink STOPFILE
  *
  * tree: a parent and a forked child connected by unix sockets of every kind,
  * with data in flight in each at checkpoint time:
@@ -34,7 +34,7 @@
  * hold: holds a socket ckpt refuses and prints "fd <n> kind <KIND>" (n: that
  * socket) and "ready", then "tick <n>" every 20 ms until STOPFILE exists; then
  * checks the socket is as it was, prints "done", exit 0.  KIND:
- *   tcp        a TCP listening socket on 127.0.0.1
+ *   raw        an AF_INET raw socket (IPPROTO_ICMP; needs CAP_NET_RAW)
  *   netlink    a NETLINK_ROUTE socket
  *   scm_rights a unix stream socketpair with a descriptor in flight
  *              (SCM_RIGHTS) that it closed itself; at the end it is received and checked
@@ -475,16 +475,13 @@ static int outside(int argc, char **argv)
 
 static int hold(int argc, char **argv)
 {
-    CHECK(argc >= 4, "usage: sockets hold tcp|netlink|scm_rights|backlog STOPFILE");
+    CHECK(argc >= 4, "usage: sockets hold raw|netlink|scm_rights|backlog STOPFILE");
     const char *kind = argv[2];
     stop = argv[3];
     int fd, other = -1;
-    if (!strcmp(kind, "tcp")) {
-        fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = 0 };
-        in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&in, sizeof in) == 0 && listen(fd, 1) == 0,
-              "tcp socket: %s", strerror(errno));
+    if (!strcmp(kind, "raw")) {
+        fd = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+        CHECK(fd >= 0, "raw socket: %s", strerror(errno));
     } else if (!strcmp(kind, "netlink")) {
         fd = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
         CHECK(fd >= 0, "netlink socket: %s", strerror(errno));
@@ -565,7 +562,7 @@ int main(int argc, char **argv)
     if (argc >= 4 && !strcmp(argv[1], "hold"))
         return hold(argc, argv);
     fprintf(stderr, "usage: %s tree DIR STOPFILE [PINGS] | outside FD STOPFILE TEXT | "
-                    "hold tcp|netlink|scm_rights|backlog STOPFILE\n",
+                    "hold raw|netlink|scm_rights|backlog STOPFILE\n",
             argv[0]);
     return 2;
 }

@@ -1655,3 +1655,48 @@ fn a_failed_run_leaves_nothing_running() {
         );
     }
 }
+
+/// TCP connections inside a job, through the coordinator: `ckpt command c`, `k`, the
+/// restart script. The program (testdata/inet.c tcp6: a listener without SO_REUSEADDR,
+/// connections in one process and with a child, an idle one, data in flight both ways,
+/// connections not yet accepted) checks every byte and address after the restart: the
+/// coordinator's kill closes the connections with a reset, so no TIME_WAIT holds their
+/// ports.
+#[test]
+fn tcp_connections_of_a_job_survive_the_coordinator_workflow() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let (stop, ck_dir) = (d.join("stop"), d.join("ckpts"));
+    let port = test_port(14);
+    let _coord = start_coordinator(port, &ck_dir, &[]);
+    let port_arg = port.to_string();
+    let prog = testdata("inet");
+    let mut agent = start_agent(
+        &[os("--coord-port"), os(&port_arg)],
+        &[prog.as_os_str(), os("tcp6"), stop.as_os_str()],
+        &stop.to_string_lossy(),
+    );
+    let job = job_of(&agent);
+    let child: i32 = agent
+        .stdout
+        .expect_prefix("child ")
+        .trim_start_matches("child ")
+        .parse()
+        .unwrap();
+    agent.stdout.expect_line("ready");
+    wait_listed(port, &[job]);
+    checkpoint_ok(port);
+    let out = command_at(port, &["k"]);
+    assert!(out.status.success(), "ckpt command k: {out:?}");
+    agent.wait();
+    wait_gone(job);
+    wait_gone(child);
+
+    let script = ck_dir.join("ckpt_restart_script.sh");
+    let mut restart = Command::new(&script);
+    clean_coord_env(&mut restart);
+    let mut r = Target::spawn(restart, &ck_dir.to_string_lossy());
+    touch(&stop);
+    r.stdout.expect_line("tcp6 ok");
+    assert!(r.wait().success(), "the restart script");
+}

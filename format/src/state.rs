@@ -401,6 +401,61 @@ pub enum FdKind {
         event_flags: u32,
         marks: Vec<FanotifyMark>,
     },
+    /// An AF_INET or AF_INET6 socket, TCP or UDP (tracer/src/fd/inet.rs).
+    InetSocket(InetSocket),
+}
+
+/// An IPv4 or IPv6 socket address: `ip` is 4 bytes (AF_INET) or 16 (AF_INET6, an IPv4
+/// peer of a dual-stack socket as ::ffff:a.b.c.d), in network order.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct InetAddr {
+    pub ip: Vec<u8>,
+    pub port: u16,
+    pub flowinfo: u32,
+    pub scope_id: u32,
+}
+
+/// One socket option as getsockopt(level, name) returned it, set back with the same
+/// bytes (SO_RCVBUF and SO_SNDBUF: halved, as the kernel doubles what it is given).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SockOpt {
+    pub level: i32,
+    pub name: i32,
+    pub value: Vec<u8>,
+}
+
+/// A TCP or UDP socket over IPv4 or IPv6.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct InetSocket {
+    pub ino: u64,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: i32,
+    /// SOCK_STREAM (TCP) or SOCK_DGRAM (UDP).
+    pub sock_type: i32,
+    pub protocol: i32,
+    /// TCP: the state (linux/tcp_states.h: 1 ESTABLISHED, 4 FIN_WAIT1, 5 FIN_WAIT2,
+    /// 7 CLOSE, 8 CLOSE_WAIT, 10 LISTEN). UDP: 1 connected, 7 not.
+    pub state: u8,
+    /// getsockname (port 0: not bound).
+    pub local: InetAddr,
+    /// getpeername, if connected.
+    pub peer: Option<InetAddr>,
+    /// The kernel's sk_shutdown as far as it is known: RCV_SHUTDOWN (1) | SEND_SHUTDOWN (2).
+    pub shutdown: u8,
+    /// listen() backlog of a listening socket.
+    pub backlog: u32,
+    /// The receive queue: TCP one element with its bytes, UDP one per datagram.
+    pub queue: Vec<Vec<u8>>,
+    /// UDP: the source address of each datagram of `queue`.
+    pub sources: Vec<InetAddr>,
+    /// The options at another value than a new socket's.
+    pub opts: Vec<SockOpt>,
+    /// Established TCP: the inode of the other end, a socket of the checkpoint. The
+    /// client of a connection waiting to be accepted: the inode of the listening socket
+    /// of the checkpoint whose accept queue holds it. 0: none.
+    pub peer_ino: u64,
+    /// Whether `peer_ino` is a listening socket (a connection not accepted yet).
+    pub waiting: bool,
 }
 
 /// A terminal's settings, as TCGETS2 shows them (`struct termios2`).

@@ -102,6 +102,11 @@ pub enum Source {
     /// of the descriptor, its receive queue peeked), checked by the unix socket kind as
     /// it reads each one (tracer/src/fd/unix/dump.rs).
     UnixSock(&'static str),
+    /// A property of every AF_INET/AF_INET6 socket (getsockopt, TCP_INFO, inet_diag,
+    /// /proc/PID/net/tcp{,6}, its receive queue peeked, on a copy of the descriptor),
+    /// checked by the inet kind as it reads each one and in its tree pass
+    /// (tracer/src/fd/inet.rs).
+    InetSock(&'static str),
 }
 
 /// One attribute the audit checks.
@@ -847,6 +852,72 @@ pub static TABLE: &[Row] = &[
         "SO_PASSCRED, SO_PASSSEC, SO_PASSPIDFD, buffer sizes, SO_RCVLOWAT, timeouts, SO_PEEK_OFF",
         Saved("image: fd unix"),
     ),
+    // ---- every AF_INET / AF_INET6 socket (tracer/src/fd/inet.rs) ----
+    row(
+        InetSock("family, type, protocol"),
+        "TCP or UDP over IPv4 or IPv6 (any other protocol or type, e.g. raw, SCTP, MPTCP, UDP-Lite, is refused)",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("getsockname, getpeername"),
+        "bound address and port, peer address and port",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("TCP_INFO state"),
+        "TCP state: LISTEN, CLOSE, ESTABLISHED, FIN_WAIT1/2, CLOSE_WAIT (others, a closed connection, refused)",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("SO_ERROR"),
+        "a pending socket error",
+        Default(Zero),
+    ),
+    row(
+        InetSock("inet_diag backlog, shutdown"),
+        "listen() backlog; shutdown state (SHUT_WR, SHUT_RD)",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("peeked receive queue"),
+        "unread bytes (TCP), queued datagrams with their source addresses (UDP)",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("bytes_acked + SIOCOUTQ against the peer's bytes_received"),
+        "bytes in a send queue not yet in the peer's receive queue: as root read with TCP_REPAIR (send queue peeked, write_seq against the peer's rcv_nxt) and restored after the peer's own; without CAP_NET_ADMIN refused",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("peer address in the tree"),
+        "established connection whose peer is in the tree (rebuilt with the same addresses and ports)",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("peer address outside the tree"),
+        "connection to a peer outside the tree (--tcp-established, not supported yet)",
+        Default(Zero),
+    ),
+    row(
+        InetSock("net/tcp rows without inode"),
+        "connections waiting to be accepted whose client is in the tree (connected again)",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("net/tcp rx_queue of a waiting connection"),
+        "data a client sent on a connection not yet accepted, or a waiting connection whose client is outside the tree",
+        Default(Zero),
+    ),
+    row(
+        InetSock("getsockopt against a new socket's"),
+        "SO_REUSEADDR, SO_REUSEPORT, SO_BINDTODEVICE, SO_KEEPALIVE, SO_BROADCAST, SO_DONTROUTE, SO_OOBINLINE, SO_PRIORITY, SO_RCVLOWAT, buffer sizes (not of a connected TCP socket), SO_LINGER, timeouts, SO_TIMESTAMP(NS), SO_MARK, SO_RXQ_OVFL, SO_BUSY_POLL, SO_INCOMING_CPU, SO_ZEROCOPY, SO_PEEK_OFF, IP_TOS, IP_TTL, IP_RECVERR, IP_PKTINFO, IP_RECVTTL, IP_RECVTOS, IP_MTU_DISCOVER, IP_FREEBIND, IP_TRANSPARENT, IP_BIND_ADDRESS_NO_PORT, IP_LOCAL_PORT_RANGE, IP_MULTICAST_TTL/LOOP/ALL, IPV6_V6ONLY, IPV6_FREEBIND, IPV6_TRANSPARENT, IPV6_UNICAST_HOPS, IPV6_MULTICAST_HOPS/LOOP, IPV6_RECVPKTINFO, IPV6_TCLASS, IPV6_RECVTCLASS, IPV6_RECVERR, IPV6_MTU_DISCOVER, IPV6_RECVHOPLIMIT, TCP_NODELAY, TCP_MAXSEG and TCP_WINDOW_CLAMP (not connected), TCP_CORK, TCP_KEEPIDLE/INTVL/CNT, TCP_SYNCNT, TCP_LINGER2, TCP_DEFER_ACCEPT, TCP_CONGESTION, TCP_USER_TIMEOUT, TCP_THIN_LINEAR_TIMEOUTS, TCP_NOTSENT_LOWAT, TCP_FASTOPEN, TCP_TX_DELAY, UDP_CORK, UDP_SEGMENT, UDP_GRO",
+        Saved("image: fd inet"),
+    ),
+    row(
+        InetSock("getsockopt against a new socket's (not restorable)"),
+        "SO_TIMESTAMPING, IP_OPTIONS, a socket filter (SO_ATTACH_FILTER), an upper layer protocol (TCP_ULP, e.g. kTLS)",
+        Default(Zero),
+    ),
 ];
 
 /// __O_SYNC (O_SYNC without O_DSYNC) and __O_TMPFILE (O_TMPFILE without O_DIRECTORY),
@@ -1292,6 +1363,7 @@ fn source_name(s: Source) -> String {
         Root => "/proc/PID/root".into(),
         Membarrier => "membarrier `MEMBARRIER_CMD_GET_REGISTRATIONS`".into(),
         UnixSock(w) => format!("AF_UNIX socket: {w}"),
+        InetSock(w) => format!("TCP/UDP socket: {w}"),
         FdLock(w) => format!("fdinfo `lock:` word `{w}`"),
         Terminal(w) => format!("terminal: {w}"),
         FdFlag(bit) => format!("fdinfo `flags:` bit `{bit:#o}`"),

@@ -45,6 +45,7 @@ pub mod fanotify;
 pub mod fifo;
 pub mod file;
 pub mod ghost;
+pub mod inet;
 pub mod inotify;
 pub mod memfd;
 pub mod pidfd;
@@ -113,6 +114,7 @@ pub static KINDS: &[Kind] = &[
     pty::KIND,
     tty::KIND,
     pipe::KIND,
+    inet::KIND,
     unix::KIND,
 ];
 
@@ -168,6 +170,13 @@ pub fn dump_tree(procs: &mut [ProcessState]) -> Result<()> {
         pass(procs)?;
     }
     Ok(())
+}
+
+/// Just before `ckpt dump --kill` kills the tree: what must be done so that the kill
+/// leaves nothing behind that a restore would trip on (TCP connections closed with a
+/// reset, not left in TIME_WAIT on the ports the restore binds again).
+pub fn before_kill(pids: &[i32]) {
+    inet::abort_on_kill(pids);
 }
 
 /// Recreate descriptor `fd` of process `pid`; `None`: no kind restores it.

@@ -549,8 +549,12 @@ impl Sockets {
     }
 }
 
-/// dup3 each real socket onto every descriptor of ours that names its stand-in.
-fn replace_standins(standins: &HashMap<u64, u64>, made: &HashMap<u64, OwnedFd>) -> Result<()> {
+/// dup3 each real socket onto every descriptor of ours that names its stand-in (unix and
+/// inet sockets alike).
+pub(crate) fn replace_standins(
+    standins: &HashMap<u64, u64>,
+    made: &HashMap<u64, OwnedFd>,
+) -> Result<()> {
     let nums: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
         .context("listing our descriptors")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -568,14 +572,14 @@ fn replace_standins(standins: &HashMap<u64, u64>, made: &HashMap<u64, OwnedFd>) 
         };
         let real = made
             .get(ino)
-            .with_context(|| format!("unix socket {ino} was not rebuilt"))?;
+            .with_context(|| format!("socket {ino} was not rebuilt"))?;
         cvt(
             // SAFETY: dup3(2) takes only descriptor numbers. `n` names a stand-in socket
             // (its inode is a stand-in's), so it differs from `real` (dup3 would fail with
             // EINVAL, not misbehave, if not); whoever owns number `n` keeps owning it, and
             // it now names the rebuilt socket, which is the point. No memory is touched.
             unsafe { libc::dup3(real.as_raw_fd(), n, libc::O_CLOEXEC) },
-            "putting a unix socket in place",
+            "putting a socket in place",
         )?;
     }
     Ok(())
