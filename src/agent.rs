@@ -26,22 +26,51 @@ pub struct AgentOptions {
     pub job_id: String,
 }
 
+/// What `ckpt restore` (and the restart script, which passes its arguments on) may
+/// change about the coordinator a restored job registers with, as dmtcp_restart's
+/// `-h HOST -p PORT`, `-i` and `--ckptdir` do.
+#[derive(Clone, Debug, Default)]
+pub struct RestartOverrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub interval: Option<u64>,
+    pub ckpt_dir: Option<PathBuf>,
+}
+
+impl RestartOverrides {
+    pub fn is_empty(&self) -> bool {
+        self.host.is_none()
+            && self.port.is_none()
+            && self.interval.is_none()
+            && self.ckpt_dir.is_none()
+    }
+}
+
 impl AgentOptions {
     /// The agent of a job restored from generation `gen` of a coordinated checkpoint
     /// (`coord` is the coordinator its manifest names): it registers again, with the
-    /// same job id, and can be checkpointed again.
-    pub fn for_restart(coord: crate::generation::CoordRef, gen: &Path) -> Result<AgentOptions> {
+    /// same job id, and can be checkpointed again. `over` wins over the environment,
+    /// which wins over the manifest.
+    pub fn for_restart(
+        coord: crate::generation::CoordRef,
+        gen: &Path,
+        over: &RestartOverrides,
+    ) -> Result<AgentOptions> {
         let (host, port) = protocol::coordinator_for_restart(coord.host, coord.port)?;
-        Ok(AgentOptions {
-            host,
-            port,
+        let ckpt_dir = match &over.ckpt_dir {
+            Some(d) => std::path::absolute(d)?,
             // <ckpt-dir>/<job dir>/<generation>
-            ckpt_dir: gen
+            None => gen
                 .parent()
                 .and_then(Path::parent)
                 .map(Path::to_path_buf)
                 .unwrap_or_default(),
-            interval: coord.interval,
+        };
+        Ok(AgentOptions {
+            host: over.host.clone().unwrap_or(host),
+            port: over.port.unwrap_or(port),
+            ckpt_dir,
+            interval: over.interval.unwrap_or(coord.interval),
             keep: coord.keep,
             job_id: coord.job_id,
             token: protocol::read_token(None)?,

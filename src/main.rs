@@ -57,10 +57,27 @@ enum Cmd {
         max_file_size: u64,
     },
     /// Restore the newest complete checkpoint in DIR.
+    #[command(disable_help_flag = true)]
     Restore {
         /// A checkpoint directory, or one generation in it.
         #[arg(env = "CKPT_DIR", default_value = ".")]
         dir: PathBuf,
+        /// The coordinator a job checkpointed under one registers with after the
+        /// restore (DMTCP's -h; default: CKPT_COORD_HOST, else the one it ran under).
+        #[arg(short = 'h', long)]
+        coord_host: Option<String>,
+        /// Its port (DMTCP's -p; default: CKPT_COORD_PORT, else the one it ran under).
+        #[arg(short = 'p', long)]
+        coord_port: Option<u16>,
+        /// The checkpoint interval of a coordinator started for the restored job.
+        #[arg(short = 'i', long)]
+        interval: Option<u64>,
+        /// Where a coordinator started for the restored job writes its checkpoints.
+        #[arg(long, visible_alias = "ckptdir")]
+        ckpt_dir: Option<PathBuf>,
+        /// Print help (-h is the coordinator host, as for dmtcp_restart).
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
         /// Return once the process runs instead of waiting for it.
         #[arg(long)]
         detach: bool,
@@ -195,12 +212,34 @@ struct CoordArgs {
 /// `ckpt restore`: check and prepare the restore, then let the tree run. A job that
 /// ran under a coordinator registers again and can be checkpointed again: unless
 /// detached, the restorer (or, in a new PID namespace, its init) becomes its agent.
-fn restore_job(opts: &restore::RestoreOptions) -> anyhow::Result<i32> {
+fn restore_job(
+    overrides: &agent::RestartOverrides,
+    opts: &restore::RestoreOptions,
+) -> anyhow::Result<i32> {
     let prepared = restore::prepare(opts)?;
     let coordinator = prepared.manifest().coordinator.clone();
+    // Options that cannot take effect are errors, before anything runs.
+    if !overrides.is_empty() {
+        if coordinator.is_none() {
+            anyhow::bail!(
+                "{} was not checkpointed under a coordinator: --coord-host, --coord-port, -i and --ckpt-dir do not apply",
+                prepared.generation().display()
+            );
+        }
+        if opts.detach {
+            anyhow::bail!(
+                "--detach restores the job without an agent, so it registers with no coordinator: --coord-host, --coord-port, -i and --ckpt-dir do not apply"
+            );
+        }
+    }
+    if coordinator.is_some() && opts.detach {
+        eprintln!(
+            "ckpt: warning: --detach: the restored job registers with no coordinator and cannot be checkpointed by one again (`ckpt dump PID` still works)"
+        );
+    }
     let then = match coordinator.filter(|_| !opts.detach) {
         Some(c) => {
-            let a = agent::AgentOptions::for_restart(c, prepared.generation())?;
+            let a = agent::AgentOptions::for_restart(c, prepared.generation(), overrides)?;
             // Make sure a coordinator runs outside any namespace the job gets.
             drop(agent::connect(&a));
             restore::Then::HandOver(Box::new(move |root| {
@@ -258,15 +297,28 @@ fn main() {
         }
         Cmd::Restore {
             dir,
+            coord_host,
+            coord_port,
+            interval,
+            ckpt_dir,
+            help: _,
             detach,
             pidns,
             new_audit_session,
-        } => restore_job(&restore::RestoreOptions {
-            dir: &dir,
-            detach,
-            pidns,
-            new_audit_session,
-        }),
+        } => restore_job(
+            &agent::RestartOverrides {
+                host: coord_host,
+                port: coord_port,
+                interval,
+                ckpt_dir,
+            },
+            &restore::RestoreOptions {
+                dir: &dir,
+                detach,
+                pidns,
+                new_audit_session,
+            },
+        ),
         Cmd::Run {
             coord,
             join,

@@ -1700,3 +1700,61 @@ fn tcp_connections_of_a_job_survive_the_coordinator_workflow() {
     r.stdout.expect_line("tcp6 ok");
     assert!(r.wait().success(), "the restart script");
 }
+
+/// DMTCP's Slurm restart line, `./ckpt_restart_script.sh -h HOST -p PORT`, restores the
+/// job and registers it with the coordinator at HOST:PORT (it used to print the help of
+/// `ckpt restore`, exit 0 and restore nothing); `-p` for a checkpoint taken without a
+/// coordinator is an error that restores nothing (issue 12).
+#[test]
+fn restart_script_takes_dmtcp_host_and_port() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let (ck_dir, out_file, stop) = (d.join("ckpts"), d.join("out"), d.join("stop"));
+    let (old_port, new_port) = (test_port(12), test_port(13));
+    let mut old = start_coordinator(old_port, &ck_dir, &[]);
+    let counter = testdata("counter");
+    let old_s = old_port.to_string();
+    let mut agent = start_agent(
+        &[os("--coord-port"), os(&old_s)],
+        &[counter.as_os_str(), out_file.as_os_str(), stop.as_os_str()],
+        &d.path().to_string_lossy(),
+    );
+    agent.stdout.expect_line("ready");
+    let job = job_of(&agent);
+    wait_listed(old_port, &[job]);
+    checkpoint_ok(old_port);
+    assert!(command_at(old_port, &["k"]).status.success());
+    agent.wait();
+    wait_gone(job);
+    old.kill();
+
+    let _new = start_coordinator(new_port, &ck_dir, &[]);
+    let script = ck_dir.join("ckpt_restart_script.sh");
+    let mut restart = Command::new(&script);
+    clean_coord_env(&mut restart);
+    restart.args(["-h", "localhost", "-p", &new_port.to_string()]);
+    let mut r = Target::spawn(restart, &ck_dir.to_string_lossy());
+    wait_listed(new_port, &[job]);
+    touch(&stop);
+    assert!(r.wait().success(), "the restart script");
+
+    // A plain dump has no coordinator to change.
+    fs::remove_file(&stop).unwrap();
+    let mut t = Target::start("counter", &[out_file.as_os_str(), stop.as_os_str()]);
+    t.stdout.expect_line("ready");
+    let plain = d.join("plain");
+    t.dump_kill(&plain);
+    let out = run(ck()
+        .arg("restore")
+        .arg(&plain)
+        .args(["-p", &new_port.to_string()]));
+    let err = assert_error(
+        &out,
+        "restore -p of a checkpoint taken without a coordinator",
+    );
+    assert!(
+        err.contains("not checkpointed under a coordinator"),
+        "{err}"
+    );
+    assert!(!pid_exists(t.pid), "nothing was restored");
+}
