@@ -66,13 +66,34 @@ fn assert_same_memory(before: (u64, u64, usize), after: (u64, u64, usize)) {
     );
 }
 
+/// Whether every process named `comm` below `root` runs on its own: the restorer has
+/// let it go (no tracer any more), so the restore is over.
+fn all_let_go(root: i32, comm: &str) -> bool {
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        todo.extend(children(pid));
+        let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim() != comm {
+            continue;
+        }
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if !status
+            .lines()
+            .any(|l| l.split_whitespace().eq(["TracerPid:", "0"]))
+        {
+            return false;
+        }
+    }
+    true
+}
+
 /// The memory of the restored tree below `root`, once all five processes run with
-/// their memory back (the loaders are gone).
+/// their memory back (the loaders are gone) and the restorer has let them go.
 fn restored_memory(root: i32, before: (u64, u64, usize)) -> (u64, u64, usize) {
     let mut after = (0, 0, 0);
     wait_until("the restored tree runs with its memory", || {
         after = tree_memory(root, "cowtree");
-        after.2 == 5 && after.1 >= before.1 * 9 / 10
+        after.2 == 5 && after.1 >= before.1 * 9 / 10 && all_let_go(root, "cowtree")
     });
     after
 }

@@ -457,10 +457,11 @@ pub fn exit_group(code: i32) -> ! {
     }
 }
 
-/// The kernel's `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1).
+/// The kernel's `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2), for threads
+/// (`threads.rs`) and forks ([`fork_with_pid`]).
 #[repr(C)]
 #[derive(Default)]
-pub struct ForkArgs {
+pub struct CloneArgs {
     pub flags: u64,
     pub pidfd: u64,
     pub child_tid: u64,
@@ -471,13 +472,16 @@ pub struct ForkArgs {
     pub tls: u64,
     pub set_tid: u64,
     pub set_tid_size: u64,
+    pub cgroup: u64,
 }
+
+const _: () = assert!(core::mem::size_of::<CloneArgs>() == 88);
 
 /// `clone3(args)` without CLONE_VM (`flags`: CLONE_FILES, CLONE_FS at most): a fork. Returns 0 in the child, its PID in the parent.
 /// The child goes on from here on a copy of the caller's stack and memory.
 pub fn fork_with_pid(pid: i32, flags: u64) -> Result<usize, Errno> {
     let tid = pid;
-    let args = ForkArgs {
+    let args = CloneArgs {
         flags,
         exit_signal: SIGCHLD,
         set_tid: &tid as *const i32 as u64,
@@ -490,8 +494,8 @@ pub fn fork_with_pid(pid: i32, flags: u64) -> Result<usize, Errno> {
     unsafe {
         sys(
             SYS_CLONE3,
-            &args as *const ForkArgs as usize,
-            core::mem::size_of::<ForkArgs>(),
+            &args as *const CloneArgs as usize,
+            core::mem::size_of::<CloneArgs>(),
             0,
             0,
             0,

@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use crate::planfile::Plan;
 use crate::status::{self, Context, Fail, Result};
 use crate::syscall::{
-    self, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
+    self, CloneArgs, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_READ, PROT_WRITE,
 };
 use ckpt_plan::*;
 
@@ -26,24 +26,6 @@ const CLONE_FILES: u64 = 0x400;
 const CLONE_SIGHAND: u64 = 0x800;
 const CLONE_THREAD: u64 = 0x10000;
 const CLONE_SYSVSEM: u64 = 0x40000;
-
-/// The kernel's `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
-#[repr(C)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<CloneArgs>() == 88);
 
 /// Checks that the process is `threads[0]` and creates every other thread.
 #[inline(never)]
