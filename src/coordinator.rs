@@ -39,6 +39,8 @@ pub struct CoordinatorOptions {
     pub token: Option<String>,
     /// Where a daemon writes its log (default: nowhere).
     pub log_file: Option<PathBuf>,
+    /// Where to write the port it listens on (the real one, also with `--port 0`).
+    pub port_file: Option<PathBuf>,
 }
 
 enum Event {
@@ -89,7 +91,7 @@ const HELP: &str = "keys (each followed by Return):
   q    kill every job and quit
   i N  checkpoint every N seconds (0: off)";
 
-pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
+pub fn coordinator(mut opts: CoordinatorOptions) -> Result<i32> {
     let handshake = crate::protocol::handshake_timeout()?;
     let loopback = matches!(opts.bind.as_str(), "127.0.0.1" | "::1" | "localhost");
     if !loopback && opts.token.is_none() {
@@ -104,6 +106,17 @@ pub fn coordinator(opts: CoordinatorOptions) -> Result<i32> {
             opts.bind, opts.port
         )
     })?;
+    // With --port 0 the kernel chose: that is the port to say and to write down.
+    opts.port = listener
+        .local_addr()
+        .context("the listening address")?
+        .port();
+    if let Some(f) = &opts.port_file {
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", opts.port))
+            .and_then(|()| std::fs::rename(&tmp, f))
+            .with_context(|| format!("writing the port to {}", f.display()))?;
+    }
     if opts.daemon {
         daemonize(opts.log_file.as_deref())?;
     }

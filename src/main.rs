@@ -150,6 +150,10 @@ enum Cmd {
         /// Shared secret (a 0600 file) that agents and `ckpt command` must present.
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Write the port it listens on to FILE (with --port 0: the one the kernel
+        /// chose), as dmtcp_coordinator --port-file does.
+        #[arg(long)]
+        port_file: Option<PathBuf>,
     },
     /// Send one command to a coordinator: checkpoint (c), status (s), list (l),
     /// kill (k), quit (q), interval N (i N).
@@ -372,8 +376,10 @@ fn main() {
             bind,
             keep,
             token_file,
+            port_file,
         } => (|| {
             coordinator::coordinator(coordinator::CoordinatorOptions {
+                port_file,
                 log_file,
                 port: protocol::coord_port(port)?,
                 bind,

@@ -1758,3 +1758,35 @@ fn restart_script_takes_dmtcp_host_and_port() {
     );
     assert!(!pid_exists(t.pid), "nothing was restored");
 }
+
+/// `ckpt coordinator --port 0 --port-file F` listens where the kernel chose, says that
+/// port (it used to log `:0`) and writes it to F, as dmtcp_coordinator does (issue 12).
+#[test]
+fn coordinator_on_port_0_says_and_writes_its_port() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let (ck_dir, port_file) = (d.join("ckpt"), d.join("port"));
+    let mut c = ck();
+    c.args(["coordinator", "--port", "0", "--port-file"])
+        .arg(&port_file)
+        .arg("--ckpt-dir")
+        .arg(&ck_dir);
+    let mut t = Target::spawn(c, &ck_dir.to_string_lossy());
+    let line = t.stdout.expect_prefix("[ckpt coordinator] listening on");
+    let port: u16 = fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(port, 0, "the port file holds the chosen port");
+    assert!(
+        line.contains(&format!(":{port},")),
+        "the coordinator says the port it listens on ({port}): {line}"
+    );
+    let out = command_at(port, &["s"]);
+    assert!(
+        out.status.success(),
+        "ckpt command on the written port: {}",
+        stderr(&out)
+    );
+}
