@@ -84,7 +84,8 @@ fn log(msg: &str) {
 
 const HELP: &str = "keys (each followed by Return):
   h    this help
-  c    checkpoint every job now
+  c    checkpoint every job now (also bc: it always waits until done)
+  kc   checkpoint every job, then kill them all (none if the checkpoint fails)
   l    list the jobs
   s    status
   k    kill every job
@@ -537,7 +538,21 @@ impl Coordinator {
     fn command(&mut self, verb: &str, arg: Option<&str>) -> (bool, bool, String) {
         match verb {
             "h" | "help" | "?" => (false, true, HELP.into()),
-            "c" | "checkpoint" => match self.checkpoint() {
+            "kc" => match self.checkpoint() {
+                Ok(paths) => {
+                    let n = self.kill_all();
+                    let mut text: Vec<String> =
+                        paths.iter().map(|p| p.display().to_string()).collect();
+                    text.push(format!("killing {n} job(s)"));
+                    (false, true, text.join("\n"))
+                }
+                Err(e) => (
+                    false,
+                    false,
+                    format!("checkpoint failed: {e:#}; no job killed"),
+                ),
+            },
+            "c" | "bc" | "checkpoint" => match self.checkpoint() {
                 Ok(paths) => (
                     false,
                     true,

@@ -155,8 +155,8 @@ enum Cmd {
         #[arg(long)]
         port_file: Option<PathBuf>,
     },
-    /// Send one command to a coordinator: checkpoint (c), status (s), list (l),
-    /// kill (k), quit (q), interval N (i N).
+    /// Send one command to a coordinator: checkpoint (c, also bc), checkpoint then
+    /// kill (kc), status (s), list (l), kill (k), quit (q), interval N (i N).
     Command {
         #[command(flatten)]
         coord: CoordArgs,

@@ -1790,3 +1790,44 @@ fn coordinator_on_port_0_says_and_writes_its_port() {
         stderr(&out)
     );
 }
+
+/// The coordinator's `kc` (checkpoint, then kill every job) and DMTCP's `bc` alias of
+/// `c` (issue 12): after `kc` the job is gone and its checkpoint restores.
+#[test]
+fn kc_checkpoints_then_kills() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(15);
+    let port_s = port.to_string();
+    let (ck_dir, out_file, stop) = (d.join("ckpts"), d.join("out"), d.join("stop"));
+    let _coord = start_coordinator(port, &ck_dir, &[]);
+    let counter = testdata("counter");
+    let mut agent = start_agent(
+        &[os("--coord-port"), os(&port_s)],
+        &[counter.as_os_str(), out_file.as_os_str(), stop.as_os_str()],
+        &d.path().to_string_lossy(),
+    );
+    agent.stdout.expect_line("ready");
+    let job = job_of(&agent);
+    wait_listed(port, &[job]);
+    let out = command_at(port, &["bc"]);
+    assert!(out.status.success(), "ckpt command bc: {}", stderr(&out));
+    assert!(pid_exists(job), "bc kills nothing");
+    let out = command_at(port, &["kc"]);
+    assert!(out.status.success(), "ckpt command kc: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.lines().any(|l| l.contains("ckpt_counter_"))
+            && text.lines().any(|l| l.starts_with("killing 1 job")),
+        "kc says where the checkpoint went and that it kills the job: {text}"
+    );
+    agent.wait();
+    wait_gone(job);
+    let script = ck_dir.join("ckpt_restart_script.sh");
+    let mut restart = Command::new(&script);
+    clean_coord_env(&mut restart);
+    let mut r = Target::spawn(restart, &ck_dir.to_string_lossy());
+    wait_listed(port, &[job]);
+    touch(&stop);
+    assert!(r.wait().success(), "the restart script after kc");
+}
