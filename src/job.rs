@@ -151,6 +151,16 @@ const OK: &str = "ok\n";
 /// code (after waiting for it, unless detached). Returns the code for ckpt: the job's
 /// status, or 0 once everything runs when `detach`.
 pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i32>) -> Result<i32> {
+    run_in_new_pidns_then(detach, inner, |_| {})
+}
+
+/// [`run_in_new_pidns`], calling `running` with the init's PID (as seen here) once
+/// `inner` reported that everything runs.
+pub fn run_in_new_pidns_then(
+    detach: bool,
+    inner: impl FnOnce(&dyn Fn()) -> Result<i32>,
+    running: impl FnOnce(i32),
+) -> Result<i32> {
     // SAFETY: plain getters.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let userns = needs_user_ns();
@@ -259,6 +269,7 @@ pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i3
         let code = wait_exit(init)?;
         bail!("the restore in a new PID namespace failed (its init exited with status {code})");
     }
+    running(init);
     if detach {
         return Ok(0);
     }

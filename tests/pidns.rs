@@ -456,6 +456,15 @@ fn root_pid_taken_never_fails_auto_uses_new_namespace() {
         host, img.pid,
         "the host PID of the restored process is the sleeper's"
     );
+    // It says so, why, and which PIDs the processes have out here (issue 12).
+    let said = r
+        .stderr
+        .expect_prefix("ckpt: restored in a new PID namespace");
+    assert!(
+        said.contains(&format!("{host} (PID {} inside)", img.pid))
+            && said.contains(&format!("PID {} is in use", img.pid)),
+        "the message names the taken PID and the outer PID {host}: {said}"
+    );
     assert_in_new_pidns(&r, host, img.pid, &img.tids);
     threads_continue(&mut r, &img);
     assert!(

@@ -317,6 +317,8 @@ pub struct Prepared {
     /// Those the front end creates (the others are forked by their parent's loader).
     spawned_children: Vec<Vec<usize>>,
     new_ns: bool,
+    /// Why the restore goes to a new PID namespace when it was not asked for.
+    ns_reason: Option<String>,
     detach: bool,
     new_audit_session: bool,
 }
@@ -372,10 +374,15 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         }
         Ok(())
     })();
+    let mut ns_reason = None;
     let new_ns = match (opts.pidns, pids_here) {
         (PidNs::Never, Err(e)) => return Err(e.context("--pidns never")),
         (PidNs::Never, Ok(())) | (PidNs::Auto, Ok(())) => false,
-        (PidNs::Auto, Err(_)) | (PidNs::Always, _) => true,
+        (PidNs::Auto, Err(e)) => {
+            ns_reason = Some(format!("{e:#}"));
+            true
+        }
+        (PidNs::Always, _) => true,
     };
     // In a new PID namespace, an ordinary user's restore runs in a new user namespace
     // too, where only that user's ids are mapped.
@@ -508,6 +515,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         children,
         spawned_children,
         new_ns,
+        ns_reason,
         detach: opts.detach,
         new_audit_session: opts.new_audit_session,
     })
@@ -535,6 +543,7 @@ impl Prepared {
             children,
             spawned_children,
             new_ns,
+            ns_reason,
             detach,
             new_audit_session,
         } = self;
@@ -568,7 +577,13 @@ impl Prepared {
         if !new_ns {
             return go(&|| {});
         }
-        job::run_in_new_pidns(detach, go)
+        let why = ns_reason.unwrap_or_else(|| "--pidns always".into());
+        job::run_in_new_pidns_then(detach, go, move |init| {
+            eprintln!(
+                "ckpt: restored in a new PID namespace ({why}); outside it the processes are {}",
+                outer_pids(init)
+            );
+        })
     }
 }
 
@@ -709,6 +724,41 @@ fn run_tree(
     let code = wait_root(root_pid);
     put_back(terminal);
     code
+}
+
+/// "OUTER (PID INNER), ..." for every process below `init` (seen from here, outside the
+/// namespace it is the init of): what a user outside must use to signal them.
+fn outer_pids(init: i32) -> String {
+    let mut out = Vec::new();
+    let mut todo = vec![init];
+    while let Some(p) = todo.pop() {
+        for t in std::fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            todo.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
+        }
+        if p == init {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        let inner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+            .unwrap_or_else(|| "?".into());
+        out.push((p, format!("{p} (PID {inner} inside)")));
+    }
+    out.sort();
+    out.into_iter()
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Wait for the root; as init of a namespace, reap every orphan meanwhile.
