@@ -50,6 +50,14 @@ fn align8(buf: &mut Vec<u8>) {
     }
 }
 
+/// Appends one array of the plan at the next 8-byte boundary; returns its offset.
+fn section(body: &mut Vec<u8>, bytes: &[u8]) -> u64 {
+    align8(body);
+    let off = body.len() as u64;
+    body.extend_from_slice(bytes);
+    off
+}
+
 /// The plan of `state`, to be read from descriptor `plan_fd` in the loader.
 pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -> Vec<u8> {
     let mut vmas = Vec::new();
@@ -182,29 +190,15 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
     };
     let hdr_len = std::mem::size_of::<PlanHeader>();
     let mut body = vec![0u8; hdr_len];
-    align8(&mut body);
-    h.vmas_off = body.len() as u64;
-    h.nr_vmas = vmas.len() as u64;
-    body.extend_from_slice(vmas.as_bytes());
-    h.runs_off = body.len() as u64;
-    h.nr_runs = runs.len() as u64;
-    body.extend_from_slice(runs.as_bytes());
-    h.threads_off = body.len() as u64;
-    h.nr_threads = threads.len() as u64;
-    body.extend_from_slice(threads.as_bytes());
-    h.sigactions_off = body.len() as u64;
-    h.nr_sigactions = sigactions.len() as u64;
-    body.extend_from_slice(sigactions.as_bytes());
-    h.auxv_off = body.len() as u64;
-    h.auxv_words = state.auxv.len() as u64;
-    body.extend_from_slice(state.auxv.as_bytes());
-    h.close_fds_off = body.len() as u64;
-    h.nr_close_fds = close_fds.len() as u64;
-    body.extend_from_slice(close_fds.as_bytes());
-    align8(&mut body);
-    h.forks_off = body.len() as u64;
-    h.nr_forks = extra.forks.len() as u64;
-    body.extend_from_slice(extra.forks.as_bytes());
+    let b = &mut body;
+    (h.vmas_off, h.nr_vmas) = (section(b, vmas.as_bytes()), vmas.len() as u64);
+    (h.runs_off, h.nr_runs) = (section(b, runs.as_bytes()), runs.len() as u64);
+    (h.threads_off, h.nr_threads) = (section(b, threads.as_bytes()), threads.len() as u64);
+    (h.sigactions_off, h.nr_sigactions) =
+        (section(b, sigactions.as_bytes()), sigactions.len() as u64);
+    (h.auxv_off, h.auxv_words) = (section(b, state.auxv.as_bytes()), state.auxv.len() as u64);
+    (h.close_fds_off, h.nr_close_fds) = (section(b, close_fds.as_bytes()), close_fds.len() as u64);
+    (h.forks_off, h.nr_forks) = (section(b, extra.forks.as_bytes()), extra.forks.len() as u64);
     if let Some(f) = &extra.forked {
         let mut keep = f.keep_fds.clone();
         if f.flags & SETUP_SHARED_FILES == 0 {
@@ -217,21 +211,12 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
         h.setup_pgid = f.pgid as u64;
         h.setup_umask = f.umask as u64;
         h.setup_personality = f.personality as u64;
-        h.dup2s_off = body.len() as u64;
-        h.nr_dup2s = f.dup2s.len() as u64;
-        body.extend_from_slice(f.dup2s.as_bytes());
-        h.keep_fds_off = body.len() as u64;
-        h.nr_keep_fds = keep.len() as u64;
-        body.extend_from_slice(keep.as_bytes());
-        align8(&mut body);
-        h.rlimits_off = body.len() as u64;
-        h.nr_rlimits = f.rlimits.len() as u64;
-        body.extend_from_slice(f.rlimits.as_bytes());
-        h.cwd_off = body.len() as u64;
-        h.cwd_len = f.cwd.len() as u64;
-        body.extend_from_slice(&f.cwd);
-        align8(&mut body);
+        (h.dup2s_off, h.nr_dup2s) = (section(b, f.dup2s.as_bytes()), f.dup2s.len() as u64);
+        (h.keep_fds_off, h.nr_keep_fds) = (section(b, keep.as_bytes()), keep.len() as u64);
+        (h.rlimits_off, h.nr_rlimits) = (section(b, f.rlimits.as_bytes()), f.rlimits.len() as u64);
+        (h.cwd_off, h.cwd_len) = (section(b, &f.cwd), f.cwd.len() as u64);
     }
+    align8(b);
     h.size = body.len() as u64;
     body[..hdr_len].copy_from_slice(h.as_bytes());
     body
