@@ -246,6 +246,16 @@ fn untraced(pid: i32) -> bool {
         .is_ok_and(|s| s.lines().any(|l| l == "TracerPid:\t0"))
 }
 
+/// Whether the loader is gone from `pid` (its zone, 0x3ff000000000.., is unmapped by
+/// the restorer once it has seized the process): before that, a loader whose memory is
+/// in place shows the restored command line, untraced, for a moment.
+fn loader_gone(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| {
+        !m.lines()
+            .any(|l| l.starts_with("3ff0") || l.starts_with("3ff1"))
+    })
+}
+
 /// `ckpt restore CK` in a new tmux window `restored`, between two `stty -g` of its
 /// terminal (into DIR/before and DIR/after); returns once the restored process, whose
 /// command line has `marker`, runs on its own. tmux does not always reap a pane's
@@ -263,13 +273,14 @@ fn restore_in_window(tmux: &Tmux, d: &Path, ck: &Path, marker: &str) {
             ck = ck.display()
         ),
     );
-    // Its command line (restored memory) while no longer traced (let go): a process
-    // with the PID that has not become the restored program yet (the loader) does not
-    // count, nor does the unreaped original.
+    // Its command line (restored memory) while no longer traced (let go) and without
+    // the loader: a process with the PID that has not become the restored program yet
+    // (the loader, which shows the restored command line untraced between mapping its
+    // memory and being seized) does not count, nor does the unreaped original.
     wait_until("the restored process to run on its own", || {
         pids_running(marker)
             .into_iter()
-            .any(|p| !matches!(proc_state(p), Some('Z') | None) && untraced(p))
+            .any(|p| !matches!(proc_state(p), Some('Z') | None) && loader_gone(p) && untraced(p))
     });
 }
 
