@@ -730,22 +730,7 @@ fn run_tree(
 /// namespace it is the init of): what a user outside must use to signal them.
 fn outer_pids(init: i32) -> String {
     let mut out = Vec::new();
-    let mut todo = vec![init];
-    while let Some(p) = todo.pop() {
-        for t in std::fs::read_dir(format!("/proc/{p}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            todo.extend(
-                kids.split_whitespace()
-                    .filter_map(|k| k.parse::<i32>().ok()),
-            );
-        }
-        if p == init {
-            continue;
-        }
+    for p in ckpt_tracer::tree::descendants(init).into_iter().skip(1) {
         let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
         let inner = status
             .lines()
