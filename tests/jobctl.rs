@@ -206,11 +206,7 @@ fn a_process_stopped_from_outside() {
 #[test]
 fn a_ckpt_run_job_with_a_stopped_member() {
     let (d, exe, _, _sweep) = setup(false);
-    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let port_s = port.to_string();
     let (stop, ckdir) = (d.join("stop"), d.join("ckpt"));
     let mut c = ck();

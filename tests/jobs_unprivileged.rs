@@ -24,7 +24,6 @@ use common::*;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -154,12 +153,6 @@ fn coordinator_pids(port: u16) -> Vec<i32> {
                 && a.windows(2).any(|w| w[0] == "--port" && w[1] == p)
         })
         .collect()
-}
-
-/// A free TCP port on loopback for this test's coordinator.
-fn free_port() -> u16 {
-    let l = TcpListener::bind(("127.0.0.1", 0)).expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
 }
 
 // ---------------------------------------------------------------- cleanup

@@ -70,14 +70,6 @@ fn reap_orphans() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn numbers(path: &Path) -> Vec<(u64, i32)> {
     file_lines(path)
         .iter()

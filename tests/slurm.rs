@@ -61,16 +61,6 @@ fn slurm_available() -> bool {
     false
 }
 
-/// A free TCP port on this machine (the kernel's choice; it is free again
-/// once the probe socket is closed).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The PIDs of the live (non-zombie) processes whose environment holds `var`
 /// (exactly, as "NAME=value").
 fn procs_with_env(var: &str) -> Vec<i32> {

@@ -1000,6 +1000,16 @@ pub fn command_at(port: u16, words: &[&str]) -> Output {
     run(&mut c)
 }
 
+/// A free TCP port on loopback (the kernel's choice; free again once the probe socket is
+/// closed), for a test's own coordinator or server.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The job directories (`job_<job id>`) in a checkpoint directory, sorted.
 pub fn job_dirs(ckpt_dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(ckpt_dir)
