@@ -372,11 +372,22 @@ fn cvt(r: libc::c_int, what: &str) -> RestoreResult<libc::c_int> {
 /// Reopen `path` with the saved `flags` (without O_CREAT, O_TRUNC, O_EXCL and
 /// O_TMPFILE — a file opened O_TMPFILE is reopened, not made again —, and
 /// close-on-exec), for `what` (e.g. `fd 3`).
+///
+/// Through a /proc/self/fd link (a file that has no name any more: deleted, a memfd,
+/// a pipe) O_NOFOLLOW is left out: the link is one, and following it is the point.
+/// The flag only ever acts on the open itself; afterwards it is seen in F_GETFL and
+/// fdinfo alone, where the reopened description lacks it (shm_open(3) sets it on
+/// every /dev/shm segment, which Open MPI unlinks while it holds them open).
 pub fn open(path: &str, flags: i32, what: &str) -> RestoreResult<OwnedFd> {
     let c = CString::new(path)?;
     let tmpfile = libc::O_TMPFILE & !libc::O_DIRECTORY;
     let flags = if flags & tmpfile != 0 {
         flags & !libc::O_TMPFILE
+    } else {
+        flags
+    };
+    let flags = if path.starts_with("/proc/self/fd/") {
+        flags & !libc::O_NOFOLLOW
     } else {
         flags
     };
