@@ -380,11 +380,24 @@ fn read_word(path: &Path, i: usize) -> u64 {
     u64::from_ne_bytes(b)
 }
 
-/// shmtree segment with its /dev/shm segment removed after the dump
-/// (`remove`, as a reboot does) or left in place (then the test writes a note
-/// into it, which the restored program must see: the restore uses the file as
-/// it is).
-fn shm_segment_case(remove: bool) {
+/// What becomes of the /dev/shm segment of `shmtree segment` between the dump and the
+/// restore.
+#[derive(Clone, Copy, PartialEq)]
+enum Seg {
+    /// Removed, as a reboot does: made again with the saved content.
+    Removed,
+    /// Left in place and used by a process outside the job (the test, holding it open
+    /// from before the dump), which writes a note into it: the restored program sees
+    /// the note (the restore uses the file as it is).
+    SharedOutside,
+    /// Left in place, used by no one, and changed after the dump (a note written as the
+    /// job itself would have, running on after a checkpoint): it is the job's memory,
+    /// and the restore gives it its content at the checkpoint back (no note).
+    JobsOwn,
+}
+
+fn shm_segment_case(seg: Seg) {
+    let remove = seg == Seg::Removed;
     use std::os::unix::fs::MetadataExt;
     let _serial = serial();
     let d = tempdir();
@@ -401,6 +414,7 @@ fn shm_segment_case(remove: bool) {
         "mode before the dump"
     );
     let ino_before = md.ino();
+    let outside_user = (seg == Seg::SharedOutside).then(|| fs::File::open(&path).unwrap());
 
     t.dump_kill(&ck);
     let saved = fs::read(&path).unwrap();
@@ -417,7 +431,11 @@ fn shm_segment_case(remove: bool) {
     } else {
         let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&0xfeedu64.to_ne_bytes(), 8).unwrap();
-        0xfeed
+        if seg == Seg::SharedOutside {
+            0xfeed
+        } else {
+            0
+        }
     };
 
     let mut r = Restored::of(&ck, &t);
@@ -472,18 +490,26 @@ fn shm_segment_case(remove: bool) {
     );
     assert_eq!(fields["note"], note, "verdict {verdict:?}: the note");
     assert!(path.exists(), "{} is gone at the end", path.display());
+    drop(outside_user);
 }
 
 /// /dev/shm segment removed between checkpoint and restore: recreated at its
 /// path with the saved content and mode; the program continues on it.
 #[test]
 fn shm_segment_removed_is_recreated() {
-    shm_segment_case(true);
+    shm_segment_case(Seg::Removed);
 }
 
-/// /dev/shm segment still there at restore: used as it is (same inode, a
-/// change made after the dump is seen by the restored program).
+/// /dev/shm segment still there at restore and open in a process outside the job: used
+/// as it is (same inode, a change made after the dump is seen by the restored program).
 #[test]
-fn shm_segment_present_is_used_as_is() {
-    shm_segment_case(false);
+fn shm_segment_shared_outside_is_used_as_is() {
+    shm_segment_case(Seg::SharedOutside);
+}
+
+/// /dev/shm segment still there at restore, used by no one, changed after the dump: the
+/// same inode, with its content at the checkpoint again.
+#[test]
+fn shm_segment_of_the_job_alone_gets_its_checkpoint_content_back() {
+    shm_segment_case(Seg::JobsOwn);
 }

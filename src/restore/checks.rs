@@ -260,15 +260,56 @@ pub fn groups_as_saved(manifest: &ckpt_format::manifest::Manifest, root: i32) ->
 }
 
 /// Recreate the files of a memory file system that are gone since the checkpoint
-/// (e.g. /dev/shm after a reboot), with their saved content and mode.
+/// (e.g. /dev/shm after a reboot), with their saved content and mode; and give the ones
+/// the process maps their saved content back, unless a process outside the restore
+/// uses the file now.
+///
+/// A mapped file that no one else uses is memory of the job's own (an MPI library's
+/// /dev/shm segments, a POSIX shm object): after a checkpoint the job ran on and wrote
+/// it, and the restored processes, whose own memory is as at the checkpoint, must find
+/// it as it was then too, not as the killed job left it (Open MPI's ranks crashed on
+/// their queues otherwise). A file that a running process outside maps or holds open is
+/// shared with it, and is used as that process left it. A file only open through a
+/// descriptor is used as it is, like the files the job writes on disk.
 pub fn recreate_volatile_files(state: &ProcessState) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
     for v in &state.volatile_files {
-        if Path::new(&v.name).exists() {
+        let Some(data) = &v.data else { continue };
+        if let Ok(md) = std::fs::metadata(&v.name) {
+            let mapped = state.vmas.iter().any(|m| match &m.kind {
+                VmaKind::File { id } => id.ino == v.ino && id.dev == v.dev,
+                _ => false,
+            });
+            if !mapped || md.ino() != v.ino {
+                continue;
+            }
+            if let Some(user) = used_by_a_process(md.dev(), md.ino()) {
+                log::info!(
+                    "{} is in use by process {user}, outside the restore: used as it is",
+                    v.name
+                );
+                continue;
+            }
+            let what = |e: std::io::Error| {
+                anyhow::anyhow!(
+                    "giving {} (mapped by process {}) its content at the checkpoint back: {e}",
+                    v.name,
+                    state.pid
+                )
+            };
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&v.name)
+                .map_err(what)?;
+            let now = ckpt_tracer::identity::read_all_at(&f).map_err(what)?;
+            if now != *data {
+                f.set_len(data.len() as u64).map_err(what)?;
+                f.write_all_at(data, 0).map_err(what)?;
+            }
             continue;
         }
-        let Some(data) = &v.data else { continue };
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -279,4 +320,40 @@ pub fn recreate_volatile_files(state: &ProcessState) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("recreating {}: {e}", v.name))?;
     }
     Ok(())
+}
+
+/// A process that maps or holds open the file `(dev, ino)` (of those this user may
+/// look at), if any. Run before the restore creates any process.
+fn used_by_a_process(dev: u64, ino: u64) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let maps_dev = format!(
+        "{:02x}:{:02x}",
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t)
+    );
+    let ino_s = ino.to_string();
+    let pids = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok());
+    for pid in pids {
+        if let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            let hit = maps.lines().any(|l| {
+                let mut f = l.split_whitespace().skip(3);
+                f.next() == Some(maps_dev.as_str()) && f.next() == Some(ino_s.as_str())
+            });
+            if hit {
+                return Some(pid);
+            }
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::metadata(fd.path()).is_ok_and(|m| m.dev() == dev && m.ino() == ino) {
+                return Some(pid);
+            }
+        }
+    }
+    None
 }
