@@ -26,6 +26,9 @@ pub struct IdentityCache {
     by_path: HashMap<String, FileIdentity>,
     /// (dev, ino) of the memfds and deleted files whose content is already stored.
     pub(crate) unlinked_stored: HashSet<(u64, u64)>,
+    /// The extents stored of those read through a process's memory (an ordinary user's
+    /// mapping without a descriptor: `fd::memfd`), for the other processes that map them.
+    pub(crate) unlinked_through_memory: HashMap<(u64, u64), Vec<(u64, u64)>>,
     /// The process being dumped (0: none, a cache for tests).
     pid: i32,
     /// (dev, ino) of every file with a lease on it when the dump began.

@@ -386,6 +386,20 @@ pub fn writable_region(pid: i32, len: u64) -> Result<Option<(u64, u64)>> {
         .find(|&(s, e)| e - s >= len))
 }
 
+/// The regions of process `pid` (from /proc/PID/maps) that map the file `(dev, ino)`:
+/// (start, end, file offset), in address order.
+pub fn regions_of_file(pid: i32, dev: (u32, u32), ino: u64) -> Result<Vec<(u64, u64, u64)>> {
+    use procfs_core::process::MemoryMaps;
+    let text = read(pid, "maps").map_err(|e| TraceError::io(pid, "reading maps", e))?;
+    let maps = MemoryMaps::from_read(text.as_bytes())
+        .map_err(|e| crate_error("maps", e).at(pid, &path(pid, "maps")))?;
+    Ok(maps
+        .into_iter()
+        .filter(|m| m.inode == ino && (m.dev.0 as u32, m.dev.1 as u32) == dev)
+        .map(|m| (m.address.0, m.address.1, m.offset))
+        .collect())
+}
+
 /// Regions of the process from /proc/PID/smaps, in address order.
 pub fn smaps(pid: i32) -> Result<Vec<MapEntry>> {
     let text = read(pid, "smaps").map_err(|e| TraceError::io(pid, "reading smaps", e))?;

@@ -261,8 +261,8 @@ pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
         .into_iter()
         .map(|fd| proc::path(pid, &format!("fd/{fd}")))
         .find(|p| std::fs::metadata(p).is_ok_and(|md| md.ino() == m.inode && md.dev() == dev));
-    let open_path = match by_fd {
-        Some(p) => p,
+    let open_path = match &by_fd {
+        Some(p) => p.clone(),
         None => proc::path(pid, &format!("map_files/{:x}-{:x}", m.start, m.end)),
     };
     let refused = |why| TraceError::Unsupported {
@@ -270,6 +270,9 @@ pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
         what: format!("mapping of {what} {name} at {:#x}: {why}", m.start),
     };
     let at = format!("mapping at {:#x}", m.start);
+    if by_fd.is_none() && !may_open_map_files(&open_path) {
+        return through_memory(pid, m, memfd, name, ids, refused);
+    }
     if !memfd {
         // Its owner, times and holes, as for a descriptor of a deleted file.
         let meta = meta(&open_path).map_err(|e| refused(format!("reading its layout: {e}")))?;
@@ -282,6 +285,131 @@ pub fn vma(pid: i32, m: &MapEntry, ids: &mut IdentityCache) -> Result<VmaKind> {
     check_limit(pid, at, format!("{what} {name}"), size)?;
     let file = unlinked(&open_path, memfd, name, ids, None).map_err(refused)?;
     Ok(VmaKind::Unlinked { file })
+}
+
+/// Whether /proc/PID/map_files opens here: it takes CAP_SYS_ADMIN (or
+/// CAP_CHECKPOINT_RESTORE), which an ordinary user lacks.
+fn may_open_map_files(open_path: &str) -> bool {
+    !matches!(
+        std::fs::metadata(open_path).map_err(|e| e.raw_os_error()),
+        Err(Some(libc::EPERM | libc::EACCES))
+    )
+}
+
+/// A mapping of a memfd or deleted file that no descriptor of the process leads to,
+/// read by an ordinary user, to whom /proc/PID/map_files is closed: the file's content
+/// is what the process's mappings of it show, read through /proc/PID/mem at their file
+/// offsets (every region of the process that maps the file; what no region shows is a
+/// hole), while the process is frozen. What no one can see without map_files is not
+/// kept: the owner and mode (the process's own ids and 0600), the times (the dump's),
+/// a memfd's seals and the size beyond the last mapped byte; the restored process,
+/// which has no descriptor either, cannot see them. UCX (MPICH's transport) maps its
+/// peers' /dev/shm segments this way after unlinking them. For a private mapping the
+/// pages it wrote show its own copies: its memory comes back the same, since they are
+/// restored over the file's anyway. Another process of the tree that maps a part of the
+/// file this one does not is refused (its part would be missing).
+fn through_memory(
+    pid: i32,
+    m: &MapEntry,
+    memfd: bool,
+    name: &str,
+    ids: &mut IdentityCache,
+    refused: impl Fn(String) -> TraceError,
+) -> Result<VmaKind> {
+    let regions = proc::regions_of_file(pid, m.dev, m.inode)?;
+    let mut extents: Vec<(u64, u64)> = regions.iter().map(|r| (r.2, r.1 - r.0)).collect();
+    extents.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (off, len) in extents {
+        match merged.last_mut() {
+            Some(last) if off <= last.0 + last.1 => {
+                last.1 = last.1.max(off + len - last.0);
+            }
+            _ => merged.push((off, len)),
+        }
+    }
+    let size = merged.last().map_or(0, |e| e.0 + e.1);
+    let dev = libc::makedev(m.dev.0, m.dev.1);
+    let covered = |stored: &[(u64, u64)]| {
+        merged
+            .iter()
+            .all(|&(o, l)| stored.iter().any(|&(so, sl)| so <= o && o + l <= so + sl))
+    };
+    let file = |data| UnlinkedFile {
+        memfd,
+        name: name.to_string(),
+        dev,
+        ino: m.inode,
+        size,
+        mode: libc::S_IFREG | 0o600,
+        seals: 0,
+        data,
+    };
+    // /proc/PID belongs to the process's effective ids.
+    let owner = std::fs::metadata(proc::path(pid, "")).map_or((0, 0), |m| (m.uid(), m.gid()));
+    let meta = |extents| FileMeta {
+        uid: owner.0,
+        gid: owner.1,
+        atime_sec: now_sec(),
+        atime_nsec: 0,
+        mtime_sec: now_sec(),
+        mtime_nsec: 0,
+        extents,
+    };
+    if !first_time(ids, dev, m.inode) {
+        let stored = ids.unlinked_through_memory.get(&(dev, m.inode));
+        return match stored {
+            Some(stored) if covered(stored) => Ok(VmaKind::DeletedFile {
+                file: file(None),
+                meta: meta(stored.clone()),
+            }),
+            Some(_) => Err(refused(
+                "another process of the tree maps other parts of it, and reading all of it needs /proc/PID/map_files (root, or CAP_CHECKPOINT_RESTORE)".into(),
+            )),
+            // Stored from a descriptor (or map_files) of another process: all of it.
+            None => Ok(VmaKind::DeletedFile {
+                file: file(None),
+                meta: meta(merged),
+            }),
+        };
+    }
+    let stored: u64 = merged.iter().map(|e| e.1).sum();
+    check_limit(
+        pid,
+        format!("mapping at {:#x}", m.start),
+        format!("{} {name}", if memfd { "memfd" } else { "deleted file" }),
+        stored,
+    )?;
+    let mem = crate::read::MemReader::open(pid)
+        .map_err(|e| TraceError::io(pid, "opening its memory", e))?;
+    let mut data = Vec::with_capacity(stored as usize);
+    for &(off, len) in &merged {
+        let at = data.len();
+        data.resize(at + len as usize, 0);
+        // Every region that shows a part of this extent (one extent may be several
+        // adjacent regions, with other protections).
+        for &(rs, re, ro) in &regions {
+            let (from, to) = (ro.max(off), (ro + (re - rs)).min(off + len));
+            if from >= to {
+                continue;
+            }
+            let buf = &mut data[at + (from - off) as usize..at + (to - off) as usize];
+            mem.read(rs + (from - ro), buf)
+                .map_err(|e| refused(format!("reading it through /proc/{pid}/mem: {e}")))?;
+        }
+    }
+    ids.unlinked_through_memory
+        .insert((dev, m.inode), merged.clone());
+    Ok(VmaKind::DeletedFile {
+        file: file(Some(data)),
+        meta: meta(merged),
+    })
+}
+
+fn now_sec() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn restore(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<OwnedFd>> {
