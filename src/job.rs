@@ -151,13 +151,14 @@ const OK: &str = "ok\n";
 /// code (after waiting for it, unless detached). Returns the code for ckpt: the job's
 /// status, or 0 once everything runs when `detach`.
 pub fn run_in_new_pidns(detach: bool, inner: impl FnOnce(&dyn Fn()) -> Result<i32>) -> Result<i32> {
-    run_in_new_pidns_then(detach, inner, |_| {})
+    run_in_new_pidns_then(detach, false, inner, |_| {})
 }
 
 /// [`run_in_new_pidns`], calling `running` with the init's PID (as seen here) once
-/// `inner` reported that everything runs.
+/// `inner` reported that everything runs; with `new_ipc`, in a new IPC namespace too.
 pub fn run_in_new_pidns_then(
     detach: bool,
+    new_ipc: bool,
     inner: impl FnOnce(&dyn Fn()) -> Result<i32>,
     running: impl FnOnce(i32),
 ) -> Result<i32> {
@@ -169,6 +170,9 @@ pub fn run_in_new_pidns_then(
     let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS) as u64;
     if userns {
         flags |= libc::CLONE_NEWUSER as u64;
+    }
+    if new_ipc {
+        flags |= libc::CLONE_NEWIPC as u64;
     }
     let args = CloneArgs {
         flags,

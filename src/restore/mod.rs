@@ -317,6 +317,8 @@ pub struct Prepared {
     /// Those the front end creates (the others are forked by their parent's loader).
     spawned_children: Vec<Vec<usize>>,
     new_ns: bool,
+    /// The SysV objects are made again in a new IPC namespace (`sysvipc::needs_own_namespace`).
+    new_ipc: bool,
     /// Why the restore goes to a new PID namespace when it was not asked for.
     ns_reason: Option<String>,
     detach: bool,
@@ -395,9 +397,14 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     for image in &images {
         checks::recreate_volatile_files(&image.state)?;
     }
-    // SysV objects: found where they still are, or made again with their ids.
+    // SysV objects: found where they still are, or made again with their ids (by an
+    // ordinary user whose objects are all gone: in an IPC namespace of the restore's
+    // own, once it exists).
     let states: Vec<&ckpt_format::state::ProcessState> = images.iter().map(|i| &i.state).collect();
-    ckpt_tracer::attr::sysvipc::recreate(&states).map_err(anyhow::Error::msg)?;
+    let new_ipc = unprivileged_userns && ckpt_tracer::attr::sysvipc::needs_own_namespace(&states);
+    if !new_ipc {
+        ckpt_tracer::attr::sysvipc::recreate(&states).map_err(anyhow::Error::msg)?;
+    }
     if new_ns {
         if let Some(p) = images.iter().find(|i| i.state.pid == 1) {
             bail!(
@@ -515,6 +522,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         children,
         spawned_children,
         new_ns,
+        new_ipc,
         ns_reason,
         detach: opts.detach,
         new_audit_session: opts.new_audit_session,
@@ -543,6 +551,7 @@ impl Prepared {
             children,
             spawned_children,
             new_ns,
+            new_ipc,
             ns_reason,
             detach,
             new_audit_session,
@@ -568,6 +577,11 @@ impl Prepared {
             }
         }
         let go = move |report_ok: &dyn Fn()| -> Result<i32> {
+            if new_ipc {
+                let states: Vec<&ckpt_format::state::ProcessState> =
+                    tree.images.iter().map(|i| &i.state).collect();
+                ckpt_tracer::attr::sysvipc::recreate(&states).map_err(anyhow::Error::msg)?;
+            }
             let code = run_tree(tree, prepared, loader_fd, report_ok)?;
             match hand_over {
                 Some(f) => f(root_pid),
@@ -578,9 +592,14 @@ impl Prepared {
             return go(&|| {});
         }
         let why = ns_reason.unwrap_or_else(|| "--pidns always".into());
-        job::run_in_new_pidns_then(detach, go, move |init| {
+        let ipc = if new_ipc {
+            " and a new IPC namespace (its SysV objects were gone, and only there can an ordinary user make them again with their ids)"
+        } else {
+            ""
+        };
+        job::run_in_new_pidns_then(detach, new_ipc, go, move |init| {
             eprintln!(
-                "ckpt: restored in a new PID namespace ({why}); outside it the processes are {}",
+                "ckpt: restored in a new PID namespace{ipc} ({why}); outside it the processes are {}",
                 outer_pids(init)
             );
         })

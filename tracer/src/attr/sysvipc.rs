@@ -732,11 +732,11 @@ fn fill(o: &Saved) -> io::Result<()> {
     Ok(())
 }
 
-/// Before any process exists: every SysV object the images hold (`attrs`, every
-/// process's groups), once each by id, found where it still is or made again. Fails,
-/// with a message naming the object, when an id or key is another object's or a gone
-/// object cannot be made again with its id; nothing is made then.
-pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
+/// The SysV objects of the tree that a restore needs, each once, and who attaches each
+/// segment again.
+type Needed<'a> = (Vec<Saved<'a>>, BTreeMap<i32, HashSet<i32>>);
+
+fn needed<'a>(states: &[&'a ProcessState]) -> Needed<'a> {
     let mut all: Vec<Saved> = Vec::new();
     let mut seen: HashSet<(u8, i32)> = HashSet::new();
     // Who attaches each segment again: a segment removed while attached is removed
@@ -794,6 +794,34 @@ pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
             }
         }
     }
+    (all, attachers)
+}
+
+/// Whether an ordinary user's restore of `states` needs an IPC namespace of its own:
+/// some SysV objects of the tree are gone (after `ckpt dump --kill`, the segments that
+/// were removed while attached, say — as UCX, MPICH's transport, does with its own),
+/// none is still in place, and ids cannot be chosen here (`*_next_id` needs
+/// CAP_SYS_ADMIN over the IPC namespace). In a namespace of its own, made with its new
+/// user namespace, the restore may choose them, and nothing else lives there: every
+/// object comes back with its id. With some objects still in place, the job shares
+/// them with the host namespace, and the restore stays there.
+pub fn needs_own_namespace(states: &[&ProcessState]) -> bool {
+    let (all, _) = needed(states);
+    if all.is_empty() || all.iter().any(|o| still_there(o) == Ok(true)) {
+        return false;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(all[0].kind.next_id())
+        .is_err()
+}
+
+/// Before any process exists: every SysV object the images hold (`attrs`, every
+/// process's groups), once each by id, found where it still is or made again. Fails,
+/// with a message naming the object, when an id or key is another object's or a gone
+/// object cannot be made again with its id; nothing is made then.
+pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
+    let (all, attachers) = needed(states);
     let mut gone = Vec::new();
     for o in &all {
         if !still_there(o)? {
