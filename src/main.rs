@@ -2,6 +2,7 @@
 
 mod agent;
 mod bench;
+mod check;
 mod command;
 mod coordinator;
 mod dump;
@@ -162,6 +163,13 @@ enum Cmd {
         coord: CoordArgs,
         #[arg(required = true, num_args = 1..=2)]
         words: Vec<String>,
+    },
+    /// Which kernel features and privileges ckpt relies on are here, and what follows
+    /// from each missing one (like `criu check`); with DIR, whether that checkpoint
+    /// can be restored here and now, restoring nothing.
+    Check {
+        /// A checkpoint directory, or one generation in it.
+        dir: Option<PathBuf>,
     },
     /// Describe a checkpoint.
     Info {
@@ -399,6 +407,10 @@ fn main() {
                 &words,
             )
         })(),
+        Cmd::Check { dir } => match dir {
+            Some(dir) => check::check_dir(&dir),
+            None => check::check_host(),
+        },
         Cmd::Info { dir, json } => {
             // `ckpt info | head`: end quietly when the reader goes away, like other tools.
             // SAFETY: restoring the default disposition of SIGPIPE.

@@ -125,6 +125,39 @@ pub fn pids_free(state: &ProcessState) -> Result<()> {
     Ok(())
 }
 
+/// The process of the checkpoint that still runs at its PID, if one does: the same
+/// command line and executable, started before the checkpoint was written (so not a
+/// later process that was given the same PID). Zombies do not count.
+pub fn original_still_running(state: &ProcessState, cmdline: &[String], created_unix_ns: u64) -> Option<String> {
+    let pid = state.pid;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    // starttime is field 22 of stat, the 20th after the command name.
+    let start_ticks: u64 = fields.get(19)?.parse().ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse().ok())?;
+    // SAFETY: sysconf takes an integer.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let started = btime + start_ticks / hz;
+    if started > created_unix_ns / 1_000_000_000 {
+        return None;
+    }
+    let now: Vec<String> = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()?
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    (now == cmdline && exe == Path::new(&state.exe.path)).then(|| now.join(" "))
+}
+
 fn own_vdso() -> Option<(u64, u64)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let line = maps.lines().find(|l| l.ends_with("[vdso]"))?;

@@ -331,9 +331,31 @@ pub fn restore(opts: &RestoreOptions, then: Then) -> Result<i32> {
     prepare(opts)?.run(then)
 }
 
-/// Check the newest complete generation in `opts.dir` and prepare its restore, up to
-/// the creation of the first process.
-pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
+/// A generation checked for a restore here and now, with nothing created or changed
+/// yet (`ckpt check DIR` stops here).
+pub struct Examined {
+    pub gen: PathBuf,
+    pub manifest: generation::Manifest,
+    images: Vec<Image>,
+    /// The restore goes to a new PID namespace.
+    pub new_ns: bool,
+    /// Why, when it was not asked for.
+    pub ns_reason: Option<String>,
+    /// The SysV objects are made again in a new IPC namespace.
+    pub new_ipc: bool,
+}
+
+impl Examined {
+    /// Image bytes the restore reads.
+    pub fn stored_bytes(&self) -> u64 {
+        self.images.iter().map(Image::stored_bytes).sum()
+    }
+}
+
+/// Check the newest complete generation in `opts.dir` for a restore here and now:
+/// seals and checksums, every file and library it depends on, the kernel (vdso) and
+/// CPU features, PIDs, credentials, SysV objects. Creates and changes nothing.
+pub fn examine(opts: &RestoreOptions) -> Result<Examined> {
     let gen = generation::resolve(opts.dir)?;
     let manifest = generation::read_manifest(&gen)?;
     let Some(root) = manifest.processes.first() else {
@@ -363,6 +385,18 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     for image in &images {
         checks::files_unchanged(&image.state)?;
         checks::machine_compatible(&image.state)?;
+    }
+    if opts.pidns == PidNs::Auto {
+        for (image, m) in images.iter().zip(&manifest.processes) {
+            if let Some(cmd) =
+                checks::original_still_running(&image.state, &m.cmdline, manifest.created_unix_ns)
+            {
+                bail!(
+                    "process {} ({cmd}) of this checkpoint still runs; stop it before restoring, or restore a second copy beside it with --pidns always",
+                    m.pid
+                );
+            }
+        }
     }
     let pids_here = (|| -> Result<()> {
         for image in &images {
@@ -394,16 +428,13 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         ckpt_tracer::attr::creds::check_restorable(s.pid, &s.attrs, unprivileged_userns)
             .map_err(anyhow::Error::msg)?;
     }
-    for image in &images {
-        checks::recreate_volatile_files(&image.state)?;
-    }
     // SysV objects: found where they still are, or made again with their ids (by an
     // ordinary user whose objects are all gone: in an IPC namespace of the restore's
     // own, once it exists).
     let states: Vec<&ckpt_format::state::ProcessState> = images.iter().map(|i| &i.state).collect();
     let new_ipc = unprivileged_userns && ckpt_tracer::attr::sysvipc::needs_own_namespace(&states);
     if !new_ipc {
-        ckpt_tracer::attr::sysvipc::recreate(&states).map_err(anyhow::Error::msg)?;
+        ckpt_tracer::attr::sysvipc::check_restorable(&states).map_err(anyhow::Error::msg)?;
     }
     if new_ns {
         if let Some(p) = images.iter().find(|i| i.state.pid == 1) {
@@ -412,6 +443,36 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
                 p.state.pid
             );
         }
+    }
+    Ok(Examined {
+        gen,
+        manifest,
+        images,
+        new_ns,
+        ns_reason,
+        new_ipc,
+    })
+}
+
+/// Check the newest complete generation in `opts.dir` and prepare its restore, up to
+/// the creation of the first process.
+pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
+    let Examined {
+        gen,
+        manifest,
+        images,
+        new_ns,
+        ns_reason,
+        new_ipc,
+    } = examine(opts)?;
+    let root = &manifest.processes[0];
+    for image in &images {
+        checks::recreate_volatile_files(&image.state)?;
+    }
+    if !new_ipc {
+        let states: Vec<&ckpt_format::state::ProcessState> =
+            images.iter().map(|i| &i.state).collect();
+        ckpt_tracer::attr::sysvipc::recreate(&states).map_err(anyhow::Error::msg)?;
     }
 
     guard::step("checked");

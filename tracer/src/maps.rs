@@ -281,6 +281,16 @@ fn scan_runs(
     Ok(Some(runs))
 }
 
+/// Whether this kernel has PAGEMAP_SCAN (Linux 6.7+), tried on our own stack
+/// (`ckpt check`).
+pub fn pagemap_scan_available() -> bool {
+    let Ok(pagemap) = File::open("/proc/self/pagemap") else {
+        return false;
+    };
+    let here = &pagemap as *const File as u64 & !(PAGE - 1);
+    matches!(scan_runs(&pagemap, here, here + PAGE, false), Ok(Some(_)))
+}
+
 /// The pages of a shared anonymous mapping that exist in its memory object, found with
 /// SEEK_DATA/SEEK_HOLE on the object itself (through /proc/PID/map_files, which needs
 /// privileges). None when the object cannot be opened: the caller stores every page.

@@ -816,14 +816,11 @@ pub fn needs_own_namespace(states: &[&ProcessState]) -> bool {
         .is_err()
 }
 
-/// Before any process exists: every SysV object the images hold (`attrs`, every
-/// process's groups), once each by id, found where it still is or made again. Fails,
-/// with a message naming the object, when an id or key is another object's or a gone
-/// object cannot be made again with its id; nothing is made then.
-pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
-    let (all, attachers) = needed(states);
+/// The objects of `all` that are gone, each checked to be one this restore may make
+/// again with its id; fails naming the first that is not, or an id taken by another.
+fn checked_gone<'a, 'b>(all: &'a [Saved<'b>]) -> std::result::Result<Vec<&'a Saved<'b>>, String> {
     let mut gone = Vec::new();
-    for o in &all {
+    for o in all {
         if !still_there(o)? {
             gone.push(o);
         }
@@ -842,6 +839,22 @@ pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
             ));
         }
     }
+    Ok(gone)
+}
+
+/// What [`recreate`] would fail on, without making anything (`ckpt check DIR`).
+pub fn check_restorable(states: &[&ProcessState]) -> std::result::Result<(), String> {
+    let (all, _) = needed(states);
+    checked_gone(&all).map(|_| ())
+}
+
+/// Before any process exists: every SysV object the images hold (`attrs`, every
+/// process's groups), once each by id, found where it still is or made again. Fails,
+/// with a message naming the object, when an id or key is another object's or a gone
+/// object cannot be made again with its id; nothing is made then.
+pub fn recreate(states: &[&ProcessState]) -> std::result::Result<(), String> {
+    let (all, attachers) = needed(states);
+    let gone = checked_gone(&all)?;
     for o in gone {
         if let Err(e) = make(o) {
             restore_failed(); // the ones made before it
