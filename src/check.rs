@@ -167,14 +167,7 @@ fn pidfd_feature() -> Feature {
     // SAFETY: a fresh descriptor from pidfd_open.
     let pfd = unsafe { OwnedFd::from_raw_fd(pfd as i32) };
     // SAFETY: pidfd_getfd of our own descriptor pfd; the result is closed at once.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_getfd,
-            pfd.as_raw_fd(),
-            pfd.as_raw_fd(),
-            0,
-        )
-    };
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pfd.as_raw_fd(), pfd.as_raw_fd(), 0) };
     if r < 0 {
         return Feature {
             name: "pidfd_getfd",
@@ -432,12 +425,7 @@ pub fn check_host() -> Result<i32> {
     let all = features();
     let width = all.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for f in &all {
-        println!(
-            "  {:<7}  {:<width$}  {}",
-            f.status.word(),
-            f.name,
-            f.text
-        );
+        println!("  {:<7}  {:<width$}  {}", f.status.word(), f.name, f.text);
     }
     let essential: Vec<&str> = all
         .iter()
@@ -462,9 +450,8 @@ pub fn check_dir(dir: &Path) -> Result<i32> {
         pidns: restore::PidNs::Auto,
         new_audit_session: false,
     };
-    let e = restore::examine(&opts).map_err(|e| {
-        anyhow::anyhow!("{} cannot be restored here: {e:#}", dir.display())
-    })?;
+    let e = restore::examine(&opts)
+        .map_err(|e| anyhow::anyhow!("{} cannot be restored here: {e:#}", dir.display()))?;
     let m = &e.manifest;
     let root = &m.processes[0];
     println!(
@@ -478,7 +465,9 @@ pub fn check_dir(dir: &Path) -> Result<i32> {
         m.tool_version,
         m.kernel
     );
-    println!("  checksums, files and libraries, kernel (vdso) and CPU features: as at the checkpoint");
+    println!(
+        "  checksums, files and libraries, kernel (vdso) and CPU features: as at the checkpoint"
+    );
     if e.new_ns {
         println!(
             "  PIDs: a restore runs in a new PID namespace{} ({}), where the processes get their original PIDs",
