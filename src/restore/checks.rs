@@ -128,7 +128,11 @@ pub fn pids_free(state: &ProcessState) -> Result<()> {
 /// The process of the checkpoint that still runs at its PID, if one does: the same
 /// command line and executable, started before the checkpoint was written (so not a
 /// later process that was given the same PID). Zombies do not count.
-pub fn original_still_running(state: &ProcessState, cmdline: &[String], created_unix_ns: u64) -> Option<String> {
+pub fn original_still_running(
+    state: &ProcessState,
+    cmdline: &[String],
+    created_unix_ns: u64,
+) -> Option<String> {
     let pid = state.pid;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after_comm = &stat[stat.rfind(')')? + 2..];
