@@ -329,9 +329,10 @@ pub fn supervise(
             } => {
                 drop(frozen.take());
                 let tcp = tcp.or(opts.tcp);
-                ckpt_tracer::fd::tcp_repair::set_mode(
-                    tcp.map_or(ckpt_tracer::fd::tcp_repair::Mode::Refuse, protocol::TcpMode::mode),
-                );
+                ckpt_tracer::fd::tcp_repair::set_mode(tcp.map_or(
+                    ckpt_tracer::fd::tcp_repair::Mode::Refuse,
+                    protocol::TcpMode::mode,
+                ));
                 let r = crate::coordinator::ensure_dir(&dir).and_then(|_| {
                     FrozenDump::freeze(&DumpOptions {
                         pid: job,

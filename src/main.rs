@@ -54,7 +54,8 @@ enum Cmd {
         /// M or G suffix); a larger one is refused, naming its process, descriptor and
         /// size.
         #[arg(long, value_parser = parse_size, default_value = "256M")]
-        max_file_size: u64,        /// Save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
+        max_file_size: u64,
+        /// Save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
         /// that they go on after the restore (root or CAP_NET_ADMIN, and nft for the
         /// network lock that holds them while the process is down).
         #[arg(long, conflicts_with = "tcp_close")]
@@ -98,7 +99,8 @@ enum Cmd {
         /// from another login session): the login uid is set back where the kernel
         /// allows, the session id is a new one; each with a warning.
         #[arg(long)]
-        new_audit_session: bool,        /// Rebuild the TCP connections to peers outside the checkpoint that were saved
+        new_audit_session: bool,
+        /// Rebuild the TCP connections to peers outside the checkpoint that were saved
         /// with `ckpt dump --tcp-established` (root or CAP_NET_ADMIN).
         #[arg(long)]
         tcp_established: bool,
@@ -173,7 +175,8 @@ enum Cmd {
         /// Write the port it listens on to FILE (with --port 0: the one the kernel
         /// chose), as dmtcp_coordinator --port-file does.
         #[arg(long)]
-        port_file: Option<PathBuf>,        /// Checkpoints save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
+        port_file: Option<PathBuf>,
+        /// Checkpoints save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
         /// that they go on after the restore (root or CAP_NET_ADMIN, and nft for the
         /// network lock that holds them while the process is down).
         #[arg(long, conflicts_with = "tcp_close")]

@@ -132,7 +132,10 @@ fn established(host: &str) {
         err.contains("--tcp-established") && err.contains("fd 3"),
         "the refusal should name the descriptor and --tcp-established: {err}"
     );
-    assert!(nft_tables().contains(&lock), "a refused restore removed the lock");
+    assert!(
+        nft_tables().contains(&lock),
+        "a refused restore removed the lock"
+    );
     peer.assert_no_error("while the process is down");
     let mut r = Restored::start_with(&ck, t.pid, &t.marker, &["--tcp-established"]);
     r.assert_same_pid();
@@ -211,7 +214,10 @@ fn outside_peer_is_refused_naming_the_connection_and_the_options() {
         "CAP_NET_ADMIN".into(),
         "--tcp-close".into(),
     ] {
-        assert!(err.contains(&want), "the refusal should say {want:?}: {err}");
+        assert!(
+            err.contains(&want),
+            "the refusal should say {want:?}: {err}"
+        );
     }
     assert_running_not_stopped(t.pid);
 }
@@ -264,12 +270,20 @@ fn tcp_established_without_nft_is_refused() {
     t.stdout.expect_prefix("ready sent ");
     let before = nft_tables();
     let mut c = ckpt_cmd();
-    c.args(["dump", &t.pid.to_string(), "--kill", "--tcp-established", "--dir"])
-        .arg(&ck)
-        .env("PATH", &empty);
+    c.args([
+        "dump",
+        &t.pid.to_string(),
+        "--kill",
+        "--tcp-established",
+        "--dir",
+    ])
+    .arg(&ck)
+    .env("PATH", &empty);
     let err = assert_error(&run(&mut c), "--tcp-established without nft");
     assert!(
-        err.contains("nft") && err.contains("nftables") && err.contains(&format!("process {}", t.pid)),
+        err.contains("nft")
+            && err.contains("nftables")
+            && err.contains(&format!("process {}", t.pid)),
         "the refusal should name nft and its package: {err}"
     );
     assert_running_not_stopped(t.pid);

@@ -38,8 +38,10 @@ pub fn nft() -> Option<std::path::PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join("nft"))
         .find(|p| {
-            std::fs::metadata(p)
-                .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+            std::fs::metadata(p).is_ok_and(|m| {
+                m.is_file()
+                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+            })
         })
 }
 
@@ -125,7 +127,10 @@ pub fn lock(conns: &[Conn]) -> io::Result<String> {
         .unwrap_or(0);
     let name = format!("ckpt_lock_{}_{t:x}{n}", std::process::id());
     run_nft(&["-f", "-"], Some(&script(&name, conns)))?;
-    TAKEN.lock().unwrap_or_else(|e| e.into_inner()).push(name.clone());
+    TAKEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(name.clone());
     Ok(name)
 }
 
@@ -133,9 +138,7 @@ pub fn lock(conns: &[Conn]) -> io::Result<String> {
 /// error.
 pub fn unlock(name: &str) -> io::Result<()> {
     if !name.starts_with("ckpt_lock_")
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
     {
         return Err(io::Error::other(format!(
             "{name:?} is not the name of a ckpt network lock"
@@ -223,8 +226,12 @@ mod tests {
             "ckpt_lock_1_0",
             &[(a(&mapped, 40000), a(&[127, 0, 0, 2], 80))],
         );
-        assert!(s.contains("ip saddr 127.0.0.1 ip daddr 127.0.0.2 tcp sport 40000 tcp dport 80 drop"));
-        assert!(s.contains("ip saddr 127.0.0.2 ip daddr 127.0.0.1 tcp sport 80 tcp dport 40000 drop"));
+        assert!(
+            s.contains("ip saddr 127.0.0.1 ip daddr 127.0.0.2 tcp sport 40000 tcp dport 80 drop")
+        );
+        assert!(
+            s.contains("ip saddr 127.0.0.2 ip daddr 127.0.0.1 tcp sport 80 tcp dport 40000 drop")
+        );
         let mut one = [0u8; 16];
         one[15] = 1;
         let s = script("ckpt_lock_1_1", &[(a(&one, 1), a(&one, 2))]);

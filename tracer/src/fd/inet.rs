@@ -21,9 +21,9 @@
 //! without CAP_NET_ADMIN the dump is refused naming the connection. A client whose connection waits in the accept queue of a listening
 //! socket of the tree is found in /proc/PID/net/tcp{,6} (the waiting socket has no
 //! inode); a waiting connection whose client is outside the tree, or that holds data
-//! its client sent (only accepting it could read it), is refused, naming it. So is a
-//! connection to a peer outside the tree: saving it needs `--tcp-established` (the
-//! TCP_REPAIR way, not supported yet), or closing it.
+//! its client sent (only accepting it could read it), is refused, naming it. A
+//! connection to a peer outside the tree is handed to [`super::tcp_repair`], which
+//! saves it as `--tcp-established` or `--tcp-close` say, or refuses it.
 //!
 //! **Restore.** Every socket gets a stand-in while the descriptors of each process are
 //! prepared; [`finish`] builds the real ones and puts each in place of its stand-in (as
@@ -1544,7 +1544,11 @@ pub(super) fn listen(s: &OwnedFd, backlog: u32) -> io::Result<()> {
 }
 
 /// Send all of `data` without blocking.
-pub(super) fn send_all(s: &OwnedFd, data: &[u8], to: Option<(&InetAddr, i32)>) -> RestoreResult<()> {
+pub(super) fn send_all(
+    s: &OwnedFd,
+    data: &[u8],
+    to: Option<(&InetAddr, i32)>,
+) -> RestoreResult<()> {
     let mut done = 0;
     let dest = to.map(|(a, f)| sockaddr(a, f));
     while done < data.len() || (data.is_empty() && done == 0 && to.is_some()) {

@@ -52,8 +52,8 @@ pub mod pidfd;
 pub mod pipe;
 pub mod pty;
 pub mod signalfd;
-pub mod timerfd;
 pub mod tcp_repair;
+pub mod timerfd;
 pub mod tty;
 pub mod unix;
 

@@ -41,7 +41,9 @@
 use super::inet::{self, get_int, getsockopt_raw, ioctl_int, set_int, setsockopt_raw, show};
 use super::{set_status_flags, Dump, Kind, RestoreResult, Shared};
 use crate::error::{Result, TraceError};
-use crate::state::{Fd, FdKind, InetAddr, InetSocket, ProcessState, TcpOutside, TcpRepair, TcpSaved};
+use crate::state::{
+    Fd, FdKind, InetAddr, InetSocket, ProcessState, TcpOutside, TcpRepair, TcpSaved,
+};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -135,7 +137,10 @@ impl Outside {
         TraceError::FdRefused {
             pid: self.pid,
             fd: self.fd,
-            what: format!("TCP connection {} to a peer outside the checkpoint: {what}", self.conn()),
+            what: format!(
+                "TCP connection {} to a peer outside the checkpoint: {what}",
+                self.conn()
+            ),
         }
     }
 }
@@ -155,13 +160,16 @@ const TCPOPT_WINDOW: u32 = 3;
 const TCPOPT_SACK_PERM: u32 = 4;
 const TCPOPT_TIMESTAMP: u32 = 8;
 
+/// How one socket (by inode) is saved, and its receive queue as read in repair mode.
+type Saved = (u64, TcpSaved, Option<Vec<u8>>);
+
 /// Save the connections `outside` of the tree `procs` as [`mode`] says, or refuse the
 /// first one.
 pub(super) fn save(procs: &mut [ProcessState], outside: &[Outside]) -> Result<()> {
     let Some(first) = outside.first() else {
         return Ok(());
     };
-    let saved: Vec<(u64, TcpSaved, Option<Vec<u8>>)> = match mode() {
+    let saved: Vec<Saved> = match mode() {
         Mode::Refuse => {
             return Err(first.refuse(
                 "save it with --tcp-established (as root or with CAP_NET_ADMIN: the connection goes on after the restore) or --tcp-close (restored as a connection reset by its peer)".into(),
@@ -180,7 +188,11 @@ pub(super) fn save(procs: &mut [ProcessState], outside: &[Outside]) -> Result<()
             };
             let mut sock = s.clone();
             if let Some(q) = queue {
-                sock.queue = if q.is_empty() { Vec::new() } else { vec![q.clone()] };
+                sock.queue = if q.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![q.clone()]
+                };
             }
             f.kind = FdKind::TcpOutside(TcpOutside {
                 sock,
@@ -192,7 +204,7 @@ pub(super) fn save(procs: &mut [ProcessState], outside: &[Outside]) -> Result<()
 }
 
 /// `--tcp-established`: check every connection can be saved, lock them all, read them.
-fn established(outside: &[Outside]) -> Result<Vec<(u64, TcpSaved, Option<Vec<u8>>)>> {
+fn established(outside: &[Outside]) -> Result<Vec<Saved>> {
     let ours = std::fs::read_link("/proc/self/ns/net").ok();
     for o in outside {
         if o.state != inet::TCP_ESTABLISHED {
@@ -242,7 +254,9 @@ fn established(outside: &[Outside]) -> Result<Vec<(u64, TcpSaved, Option<Vec<u8>
     let mut out = Vec::new();
     for o in outside {
         let (r, queue) = read(o.pid, o.fd, &lock).map_err(|e| {
-            o.refuse(format!("reading it in TCP_REPAIR mode (--tcp-established): {e}"))
+            o.refuse(format!(
+                "reading it in TCP_REPAIR mode (--tcp-established): {e}"
+            ))
         })?;
         repaired_list().push(o.ino);
         out.push((o.ino, TcpSaved::Repaired(r), Some(queue)));
@@ -322,10 +336,20 @@ fn read(pid: i32, fd: i32, lock: &str) -> io::Result<(TcpRepair, Vec<u8>)> {
         let inq = ioctl_int(s, libc::FIONREAD)?.max(0) as usize;
         let outq = ioctl_int(s, libc::TIOCOUTQ)?.max(0) as usize;
         let unsent = ioctl_int(s, SIOCOUTQNSD)?.max(0) as u32;
-        set_int(s, libc::IPPROTO_TCP, inet::TCP_REPAIR_QUEUE, inet::TCP_RECV_QUEUE)?;
+        set_int(
+            s,
+            libc::IPPROTO_TCP,
+            inet::TCP_REPAIR_QUEUE,
+            inet::TCP_RECV_QUEUE,
+        )?;
         let recv_seq = get_int(s, libc::IPPROTO_TCP, inet::TCP_QUEUE_SEQ)? as u32;
         let queue = peek_exact(s, inq)?;
-        set_int(s, libc::IPPROTO_TCP, inet::TCP_REPAIR_QUEUE, inet::TCP_SEND_QUEUE)?;
+        set_int(
+            s,
+            libc::IPPROTO_TCP,
+            inet::TCP_REPAIR_QUEUE,
+            inet::TCP_SEND_QUEUE,
+        )?;
         let send_seq = get_int(s, libc::IPPROTO_TCP, inet::TCP_QUEUE_SEQ)? as u32;
         let send_queue = peek_exact(s, outq)?;
         set_int(s, libc::IPPROTO_TCP, inet::TCP_REPAIR_QUEUE, TCP_NO_QUEUE)?;
@@ -346,7 +370,12 @@ fn read(pid: i32, fd: i32, lock: &str) -> io::Result<(TcpRepair, Vec<u8>)> {
             queue,
         ))
     })();
-    let off = set_int(s, libc::IPPROTO_TCP, inet::TCP_REPAIR, inet::TCP_REPAIR_OFF_NO_WP);
+    let off = set_int(
+        s,
+        libc::IPPROTO_TCP,
+        inet::TCP_REPAIR,
+        inet::TCP_REPAIR_OFF_NO_WP,
+    );
     let back = set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
     if peek_off >= 0 {
         set_int(s, libc::SOL_SOCKET, libc::SO_PEEK_OFF, peek_off)?;
@@ -378,7 +407,12 @@ pub fn before_kill(pids: &[i32]) {
                 continue;
             }
             if let Ok(c) = crate::procinfo::pidfd_getfd(pid, fd) {
-                let _ = set_int(c.as_raw_fd(), libc::IPPROTO_TCP, inet::TCP_REPAIR, TCP_REPAIR_ON);
+                let _ = set_int(
+                    c.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    inet::TCP_REPAIR,
+                    TCP_REPAIR_ON,
+                );
             }
         }
     }
@@ -422,8 +456,13 @@ fn restore_fd(pid: i32, fd: &Fd, shared: &mut Shared) -> Option<RestoreResult<Ow
 
 fn finish(shared: &mut Shared) -> RestoreResult<()> {
     for (s, reuse) in std::mem::take(&mut shared.part::<Rebuilt>().socks) {
-        set_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse as i32)
-            .map_err(|e| super::RestoreError::msg(format!("setting SO_REUSEADDR: {e}")))?;
+        set_int(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            reuse as i32,
+        )
+        .map_err(|e| super::RestoreError::msg(format!("setting SO_REUSEADDR: {e}")))?;
     }
     Ok(())
 }
@@ -491,16 +530,27 @@ fn rebuild(
     let step = || -> io::Result<()> {
         inet::set_opts(&sock, &sk.opts, true)?;
         let _ = set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-        inet::bind(&sock, &sk.local, sk.family)
-            .map_err(|e| io::Error::new(e.kind(), format!("binding to {}: {e}", show(&sk.local))))?;
-        tcp_opt(s, inet::TCP_REPAIR_QUEUE, inet::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
+        inet::bind(&sock, &sk.local, sk.family).map_err(|e| {
+            io::Error::new(e.kind(), format!("binding to {}: {e}", show(&sk.local)))
+        })?;
+        tcp_opt(
+            s,
+            inet::TCP_REPAIR_QUEUE,
+            inet::TCP_RECV_QUEUE,
+            "TCP_REPAIR_QUEUE",
+        )?;
         tcp_opt(
             s,
             inet::TCP_QUEUE_SEQ,
             r.recv_seq.wrapping_sub(rq.len() as u32) as i32,
             "TCP_QUEUE_SEQ (receive queue)",
         )?;
-        tcp_opt(s, inet::TCP_REPAIR_QUEUE, inet::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+        tcp_opt(
+            s,
+            inet::TCP_REPAIR_QUEUE,
+            inet::TCP_SEND_QUEUE,
+            "TCP_REPAIR_QUEUE",
+        )?;
         tcp_opt(
             s,
             inet::TCP_QUEUE_SEQ,
@@ -508,7 +558,10 @@ fn rebuild(
             "TCP_QUEUE_SEQ (send queue)",
         )?;
         inet::connect(&sock, peer, sk.family).map_err(|e| {
-            io::Error::new(e.kind(), format!("connecting to {} in repair mode: {e}", show(peer)))
+            io::Error::new(
+                e.kind(),
+                format!("connecting to {} in repair mode: {e}", show(peer)),
+            )
         })?;
         let mut opts: Vec<[u32; 2]> = Vec::new();
         if r.options & TCPI_OPT_SACK != 0 {
@@ -536,14 +589,30 @@ fn rebuild(
         // Room for the queues as they were (the kernel tunes a live connection's).
         let room = |n: usize| (n * 2 + (256 << 10)).min(i32::MAX as usize / 2) as i32;
         let _ = set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, room(rq.len()));
-        let _ = set_int(s, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, room(r.send_queue.len()));
+        let _ = set_int(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            room(r.send_queue.len()),
+        );
         if !rq.is_empty() {
-            tcp_opt(s, inet::TCP_REPAIR_QUEUE, inet::TCP_RECV_QUEUE, "TCP_REPAIR_QUEUE")?;
-            send_chunks(s, &rq)
-                .map_err(|e| io::Error::new(e.kind(), format!("refilling the receive queue: {e}")))?;
+            tcp_opt(
+                s,
+                inet::TCP_REPAIR_QUEUE,
+                inet::TCP_RECV_QUEUE,
+                "TCP_REPAIR_QUEUE",
+            )?;
+            send_chunks(s, &rq).map_err(|e| {
+                io::Error::new(e.kind(), format!("refilling the receive queue: {e}"))
+            })?;
         }
         if sent > 0 {
-            tcp_opt(s, inet::TCP_REPAIR_QUEUE, inet::TCP_SEND_QUEUE, "TCP_REPAIR_QUEUE")?;
+            tcp_opt(
+                s,
+                inet::TCP_REPAIR_QUEUE,
+                inet::TCP_SEND_QUEUE,
+                "TCP_REPAIR_QUEUE",
+            )?;
             send_chunks(s, &r.send_queue[..sent])
                 .map_err(|e| io::Error::new(e.kind(), format!("refilling the send queue: {e}")))?;
         }
@@ -638,8 +707,9 @@ fn reset(pid: i32, fd: &Fd, sk: &InetSocket) -> RestoreResult<OwnedFd> {
         }
         Ok(c)
     };
-    let c = step()
-        .map_err(|e| super::RestoreError::msg(format!("{w}: making the reset socket (--tcp-close): {e}")))?;
+    let c = step().map_err(|e| {
+        super::RestoreError::msg(format!("{w}: making the reset socket (--tcp-close): {e}"))
+    })?;
     set_status_flags(&c, fd.flags)?;
     Ok(c)
 }
@@ -650,7 +720,11 @@ fn describe(kind: &FdKind) -> Option<String> {
     };
     let s = &t.sock;
     let peer = s.peer.as_ref().map(show).unwrap_or_default();
-    let fam = if s.family == libc::AF_INET { "TCP" } else { "TCP6" };
+    let fam = if s.family == libc::AF_INET {
+        "TCP"
+    } else {
+        "TCP6"
+    };
     Some(match &t.saved {
         TcpSaved::Repaired(r) => format!(
             "{fam} socket:[{}] {} → {peer} (peer outside, saved with TCP_REPAIR: send seq {}, receive seq {}, {} bytes to send, {} received unread{})",
