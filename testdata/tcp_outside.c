@@ -7,6 +7,11 @@
  *     100000 bytes more while reading the peer's stream (byte j is (j * 7 + 1) % 253)
  *     to its end, shuts down writing, and says "stream ok sent=S received=R".
  *
+ *   tcp_outside serve HOST 0 STOP
+ *     The same stream on the server side: listens on HOST, says "listening PORT",
+ *     accepts a client (the peer, outside), runs the stream on it, then accepts one
+ *     more client on the same listener and says "accepted again".
+ *
  *   tcp_outside reset HOST PORT STOP
  *     Connects, says "ready", waits for STOP, then expects the connection to read as
  *     reset by its peer: the bytes that had arrived (the peer's stream), then
@@ -72,11 +77,50 @@ static int peer_port(int s)
     return port_of(&ss);
 }
 
+static void stream_on(int s, int port, const char *stop);
+
 static void stream(const char *host, int port, const char *stop)
 {
     struct sockaddr_storage ss;
     socklen_t len;
-    int s = dial(host, port, &ss, &len);
+    stream_on(dial(host, port, &ss, &len), port, stop);
+}
+
+/* The server side: listen on HOST (any port), accept one client from outside and run
+ * the stream on it; the listener stays open, and once the stream is done it accepts
+ * one more client and says "accepted again". */
+static void serve(const char *host, const char *stop)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    socklen_t len;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        len = sizeof *a4;
+    } else {
+        CHECK(inet_pton(AF_INET6, host, &a6->sin6_addr) == 1, "bad address %s", host);
+        a6->sin6_family = AF_INET6;
+        len = sizeof *a6;
+    }
+    int l = socket(ss.ss_family, SOCK_STREAM, 0);
+    CHECK(l >= 0, "socket: %s", strerror(errno));
+    CHECK(bind(l, (struct sockaddr *)&ss, len) == 0, "bind: %s", strerror(errno));
+    CHECK(listen(l, 4) == 0, "listen: %s", strerror(errno));
+    int lport = local_port(l);
+    say("listening %d", lport);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0, "accept: %s", strerror(errno));
+    stream_on(s, peer_port(s), stop);
+    CHECK(local_port(s) == lport, "the accepted end's port %d, the listener's %d", local_port(s), lport);
+    int again = accept(l, NULL, NULL);
+    CHECK(again >= 0, "accept again: %s", strerror(errno));
+    say("accepted again");
+}
+
+static void stream_on(int s, int port, const char *stop)
+{
     int lport = local_port(s);
     say("local %d", lport);
     CHECK(fcntl(s, F_SETFL, O_NONBLOCK) == 0, "fcntl");
@@ -195,10 +239,12 @@ static void reset(const char *host, int port, const char *stop)
 int main(int argc, char **argv)
 {
     if (argc != 5)
-        fail("usage: tcp_outside stream|reset HOST PORT STOP");
+        fail("usage: tcp_outside stream|reset|serve HOST PORT STOP");
     signal(SIGPIPE, SIG_IGN);
     int port = (int)arg_long(argc, argv, 3, 0);
-    if (strcmp(argv[1], "stream") == 0)
+    if (strcmp(argv[1], "serve") == 0)
+        serve(argv[2], argv[4]);
+    else if (strcmp(argv[1], "stream") == 0)
         stream(argv[2], port, argv[4]);
     else if (strcmp(argv[1], "reset") == 0)
         reset(argv[2], port, argv[4]);

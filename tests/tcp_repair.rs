@@ -100,12 +100,28 @@ fn dump_with(pid: i32, ck: &std::path::Path, extra: &[&str]) -> std::process::Ou
 /// The connection goes on across `ckpt dump --kill --tcp-established` and `ckpt
 /// restore --tcp-established`, with data queued both ways and the peer sending while
 /// the process is down.
-fn established(host: &str) {
+/// `serve`: the job is the server (its listener accepted the peer, which is the
+/// client), and the listener is rebuilt on the port the connection holds.
+fn established(host: &str, serve: bool) {
     assert_root("--tcp-established");
     let d = tempdir();
     let ck = d.join("ckpt");
-    let (l, mut t) = start("stream", host, &d);
-    let (sock, _) = l.accept().unwrap();
+    let (mut t, sock, listening) = if serve {
+        let stop = d.join("stop");
+        let mut t = Target::start(
+            "tcp_outside",
+            &[os("serve"), os(host), os("0"), stop.as_os_str()],
+        );
+        let line = t.stdout.expect_prefix("listening ");
+        let port: u16 = line["listening ".len()..].parse().unwrap();
+        (t, TcpStream::connect((host, port)).unwrap(), Some(port))
+    } else {
+        let (l, t) = start("stream", host, &d);
+        let (sock, _) = l.accept().unwrap();
+        // The listener is the test's: it may go.
+        drop(l);
+        (t, sock, None)
+    };
     let mut peer = Peer { sock, sent: 0 };
     let local = t.stdout.expect_prefix("local ");
     // Bytes in the target's receive queue, which it does not read yet.
@@ -129,7 +145,12 @@ fn established(host: &str) {
     let refused = run(ckpt_cmd().arg("restore").arg(&ck).stdin(Stdio::null()));
     let err = assert_error(&refused, "ckpt restore without --tcp-established");
     assert!(
-        err.contains("--tcp-established") && err.contains("fd 3"),
+        err.contains("--tcp-established")
+            && err.contains(&format!(
+                "process {} fd {}",
+                t.pid,
+                if serve { 4 } else { 3 }
+            )),
         "the refusal should name the descriptor and --tcp-established: {err}"
     );
     assert!(
@@ -180,6 +201,11 @@ fn established(host: &str) {
         "what the target sent and received against what the peer saw"
     );
     assert_eq!(received, sent_before + 100_000);
+    if let Some(port) = listening {
+        // The rebuilt listener takes a new client on the connection's port.
+        let _again = TcpStream::connect((host, port)).unwrap();
+        r.stdout.expect_line("accepted again");
+    }
     r.wait_success();
     peer.assert_no_error("at the end");
     assert!(!local.is_empty());
@@ -187,12 +213,19 @@ fn established(host: &str) {
 
 #[test]
 fn established_connection_goes_on_over_ipv4() {
-    established("127.0.0.1");
+    established("127.0.0.1", false);
 }
 
 #[test]
 fn established_connection_goes_on_over_ipv6() {
-    established("::1");
+    established("::1", false);
+}
+
+/// The job is a server with a client outside: the accepted connection goes on and the
+/// listener on the same port is rebuilt next to it.
+#[test]
+fn established_connection_of_a_server_goes_on_and_its_listener_accepts() {
+    established("127.0.0.1", true);
 }
 
 /// Without an option the dump is refused, naming the process, the descriptor, both
