@@ -46,6 +46,48 @@ impl Peer {
         done as u64
     }
 
+    /// Once the restored target runs on: read the target's whole stream while sending
+    /// the rest of the peer's, then check what the target says it sent and received
+    /// (`sent_before`: what it had sent before the checkpoint).
+    fn finish(&mut self, out: &mut Lines, sent_before: u64) {
+        // The peer reads the target's whole stream while it sends the rest of its own.
+        let mut reader = self.sock.try_clone().unwrap();
+        reader.set_nonblocking(false).unwrap();
+        let got = std::thread::spawn(move || {
+            let mut n = 0u64;
+            let mut buf = vec![0u8; 65536];
+            loop {
+                let k = reader.read(&mut buf).expect("the peer's read");
+                if k == 0 {
+                    return n;
+                }
+                for (i, &b) in buf[..k].iter().enumerate() {
+                    assert_eq!(
+                        b,
+                        target_byte(n + i as u64),
+                        "byte {} of the target's stream",
+                        n + i as u64
+                    );
+                }
+                n += k as u64;
+            }
+        });
+        self.sock.set_nonblocking(false).unwrap();
+        let total = 300_000u64;
+        let rest: Vec<u8> = (self.sent..total).map(peer_byte).collect();
+        self.sock.write_all(&rest).unwrap();
+        self.sent = total;
+        self.sock.shutdown(Shutdown::Write).unwrap();
+        let received = got.join().expect("the peer's reader");
+        let line = out.expect_prefix("stream ok");
+        assert_eq!(
+            line,
+            format!("stream ok sent={received} received={total}"),
+            "what the target sent and received against what the peer saw"
+        );
+        assert_eq!(received, sent_before + 100_000);
+    }
+
     fn assert_no_error(&self, when: &str) {
         assert!(
             matches!(self.sock.take_error(), Ok(None)),
@@ -165,42 +207,7 @@ fn established(host: &str, serve: bool) {
     });
     peer.assert_no_error("after the restore");
     touch(&d.join("stop"));
-    // The peer reads the target's whole stream while it sends the rest of its own.
-    let mut reader = peer.sock.try_clone().unwrap();
-    reader.set_nonblocking(false).unwrap();
-    let got = std::thread::spawn(move || {
-        let mut n = 0u64;
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let k = reader.read(&mut buf).expect("the peer's read");
-            if k == 0 {
-                return n;
-            }
-            for (i, &b) in buf[..k].iter().enumerate() {
-                assert_eq!(
-                    b,
-                    target_byte(n + i as u64),
-                    "byte {} of the target's stream",
-                    n + i as u64
-                );
-            }
-            n += k as u64;
-        }
-    });
-    peer.sock.set_nonblocking(false).unwrap();
-    let total = 300_000u64;
-    let rest: Vec<u8> = (peer.sent..total).map(peer_byte).collect();
-    peer.sock.write_all(&rest).unwrap();
-    peer.sent = total;
-    peer.sock.shutdown(Shutdown::Write).unwrap();
-    let received = got.join().expect("the peer's reader");
-    let line = r.stdout.expect_prefix("stream ok");
-    assert_eq!(
-        line,
-        format!("stream ok sent={received} received={total}"),
-        "what the target sent and received against what the peer saw"
-    );
-    assert_eq!(received, sent_before + 100_000);
+    peer.finish(&mut r.stdout, sent_before);
     if let Some(port) = listening {
         // The rebuilt listener takes a new client on the connection's port.
         let _again = TcpStream::connect((host, port)).unwrap();
@@ -366,4 +373,86 @@ fn tcp_close_restores_a_reset_connection_and_the_program_reconnects() {
     again.write_all(b"welcome\n").unwrap();
     r.stdout.expect_line("reconnected");
     r.wait_success();
+}
+
+/// Under a coordinator started with `--tcp-established`: `kc` saves the job's
+/// connection to an outside peer the TCP_REPAIR way and kills the job as its image is
+/// written (so the connection does not run on past the image); the restart script,
+/// given `--tcp-established`, rebuilds it, and the peer, which went on sending, sees
+/// every byte and no reset.
+#[test]
+fn coordinator_kc_with_tcp_established_keeps_the_connection() {
+    assert_root("--tcp-established");
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let (ck_dir, port_file, stop) = (d.join("ckpts"), d.join("port"), d.join("stop"));
+    let mut c = ck();
+    c.args([
+        "coordinator",
+        "--port",
+        "0",
+        "--tcp-established",
+        "--port-file",
+    ])
+    .arg(&port_file)
+    .arg("--ckpt-dir")
+    .arg(&ck_dir);
+    let mut coord = Target::spawn(c, &ck_dir.to_string_lossy());
+    coord
+        .stdout
+        .expect_prefix("[ckpt coordinator] listening on");
+    let port = std::fs::read_to_string(&port_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer_port = l.local_addr().unwrap().port().to_string();
+    let prog = testdata("tcp_outside");
+    let mut agent = ck();
+    agent
+        .args(["run", "--coord-port", &port, "--"])
+        .arg(&prog)
+        .args([
+            os("stream"),
+            os("127.0.0.1"),
+            os(&peer_port),
+            stop.as_os_str(),
+        ]);
+    let mut agent = Target::spawn(agent, &stop.to_string_lossy());
+    let (sock, _) = l.accept().unwrap();
+    let mut peer = Peer { sock, sent: 0 };
+    agent.stdout.expect_prefix("local ");
+    assert!(peer.send_some(200_000) > 0);
+    let ready = agent.stdout.expect_prefix("ready sent ");
+    let sent_before: u64 = ready["ready sent ".len()..].parse().unwrap();
+    let job = children(agent.pid);
+    assert_eq!(job.len(), 1, "the agent's job: {job:?}");
+    wait_until("the job registers", || {
+        String::from_utf8_lossy(&command_at(port.parse().unwrap(), &["l"]).stdout)
+            .contains(&format!("pid {}", job[0]))
+    });
+    let out = command_at(port.parse().unwrap(), &["kc"]);
+    assert_success(&out, "ckpt command kc");
+    agent.wait();
+    wait_pid_free(job[0]);
+    let jobs = job_dirs(&ck_dir);
+    assert_eq!(jobs.len(), 1, "one job directory: {jobs:?}");
+    let lock = lock_of(&jobs[0]);
+    assert!(
+        nft_tables().contains(&lock),
+        "no lock {lock} while the job is down"
+    );
+    peer.send_some(50_000);
+    peer.assert_no_error("while the job is down");
+    let mut restart = Command::new(ck_dir.join("ckpt_restart_script.sh"));
+    clean_coord_env(&mut restart);
+    restart.arg("--tcp-established");
+    let mut r = Target::spawn(restart, &ck_dir.to_string_lossy());
+    wait_until("the restart removes the network lock", || {
+        !nft_tables().contains(&lock)
+    });
+    touch(&stop);
+    peer.finish(&mut r.stdout, sent_before);
+    assert!(r.wait().success(), "the restart script");
+    peer.assert_no_error("at the end");
 }
