@@ -169,11 +169,6 @@ pub fn keep_dump() {
     TAKEN.lock().unwrap_or_else(|e| e.into_inner()).clear();
 }
 
-/// Whether the dump in progress holds a lock.
-pub fn holding() -> bool {
-    !TAKEN.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
-}
-
 /// The locks of the connections a restore rebuilt, removed once its processes run.
 static RESTORED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
