@@ -347,11 +347,26 @@ fn tcp_established_without_nft_is_refused() {
 /// `--tcp-close`: the peer sees the connection reset when the process is killed; the
 /// restored program reads the bytes it had not read, then ECONNRESET, then end of file,
 /// writes fail with EPIPE, and it connects again.
-#[test]
-fn tcp_close_restores_a_reset_connection_and_the_program_reconnects() {
-    let d = tempdir();
+fn tcp_close(user: bool) {
+    let (d, prog, ids) = if user {
+        let (d, exe, ids) = test_user_dir("tcp_outside");
+        (d, exe, Some(ids))
+    } else {
+        (tempdir(), testdata("tcp_outside"), None)
+    };
     let ck = d.join("ckpt");
-    let (l, mut t) = start("reset", "127.0.0.1", &d);
+    let stop = d.join("stop");
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    let args = [os("reset"), os("127.0.0.1"), os(&port), stop.as_os_str()];
+    let mut t = match ids {
+        Some(ids) => {
+            let mut c = setpriv_test_user(&prog, ids);
+            c.args(args);
+            Target::spawn(c, &prog.to_string_lossy())
+        }
+        None => Target::start_path(&prog, &args),
+    };
     let (sock, _) = l.accept().unwrap();
     let mut peer = Peer { sock, sent: 0 };
     assert_eq!(peer.send_some(1000), 1000);
@@ -366,8 +381,14 @@ fn tcp_close_restores_a_reset_connection_and_the_program_reconnects() {
                 f.len() > 4 && f[4].ends_with(":000003E8")
             })
     });
-    let out = dump_with(t.pid, &ck, &["--kill", "--tcp-close"]);
-    assert_success(&out, "ckpt dump --kill --tcp-close");
+    let mut c = match ids {
+        Some(ids) => setpriv(ids, &[], &[], ckpt_bin()),
+        None => ckpt_cmd(),
+    };
+    c.args(["dump", &t.pid.to_string(), "--kill", "--tcp-close", "--dir"])
+        .arg(&ck)
+        .stdin(Stdio::null());
+    assert_success(&run(&mut c), "ckpt dump --kill --tcp-close");
     t.reap_killed();
     peer.sock.set_nonblocking(false).unwrap();
     let mut b = [0u8; 16];
@@ -376,17 +397,43 @@ fn tcp_close_restores_a_reset_connection_and_the_program_reconnects() {
         .read(&mut b)
         .expect_err("the peer should see the connection reset");
     assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}");
-    let mut r = Restored::of(&ck, &t);
-    r.assert_same_pid();
-    touch(&d.join("stop"));
-    r.stdout.expect_line("reset ok unread=1000");
+    let (mut restored, mut as_root) = match ids {
+        Some(ids) => (Some(restore_as(&ck, ids)), None),
+        None => {
+            let mut r = Restored::of(&ck, &t);
+            r.assert_same_pid();
+            (None, Some(r))
+        }
+    };
+    let out: &mut Lines = match (&mut restored, &mut as_root) {
+        (Some(r), _) => &mut r.stdout,
+        (_, Some(r)) => &mut r.stdout,
+        _ => unreachable!(),
+    };
+    touch(&stop);
+    out.expect_line("reset ok unread=1000");
     let (mut again, _) = l.accept().unwrap();
     let mut line = [0u8; 6];
     again.read_exact(&mut line).unwrap();
     assert_eq!(&line, b"again\n");
     again.write_all(b"welcome\n").unwrap();
-    r.stdout.expect_line("reconnected");
-    r.wait_success();
+    out.expect_line("reconnected");
+    if let Some(mut r) = restored {
+        assert!(r.wait().success(), "ckpt restore as {TEST_USER}");
+    }
+    if let Some(mut r) = as_root {
+        r.wait_success();
+    }
+}
+
+#[test]
+fn tcp_close_restores_a_reset_connection_and_the_program_reconnects() {
+    tcp_close(false);
+}
+
+#[test]
+fn tcp_close_works_for_an_ordinary_user() {
+    tcp_close(true);
 }
 
 /// Under a coordinator started with `--tcp-established`: `kc` saves the job's
