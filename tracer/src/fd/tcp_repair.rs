@@ -166,6 +166,9 @@ type Saved = (u64, TcpSaved, Option<Vec<u8>>);
 /// Save the connections `outside` of the tree `procs` as [`mode`] says, or refuse the
 /// first one.
 pub(super) fn save(procs: &mut [ProcessState], outside: &[Outside]) -> Result<()> {
+    // One socket may be open in several descriptors (dup, fork): each is read once.
+    let mut seen = std::collections::HashSet::new();
+    let outside: Vec<&Outside> = outside.iter().filter(|o| seen.insert(o.ino)).collect();
     let Some(first) = outside.first() else {
         return Ok(());
     };
@@ -176,7 +179,7 @@ pub(super) fn save(procs: &mut [ProcessState], outside: &[Outside]) -> Result<()
             ))
         }
         Mode::Close => outside.iter().map(|o| (o.ino, TcpSaved::Closed, None)).collect(),
-        Mode::Established => established(outside)?,
+        Mode::Established => established(&outside)?,
     };
     for p in procs.iter_mut() {
         for f in p.fds.iter_mut() {
@@ -204,7 +207,7 @@ pub(super) fn save(procs: &mut [ProcessState], outside: &[Outside]) -> Result<()
 }
 
 /// `--tcp-established`: check every connection can be saved, lock them all, read them.
-fn established(outside: &[Outside]) -> Result<Vec<Saved>> {
+fn established(outside: &[&Outside]) -> Result<Vec<Saved>> {
     let ours = std::fs::read_link("/proc/self/ns/net").ok();
     for o in outside {
         if o.state != inet::TCP_ESTABLISHED {
@@ -264,7 +267,7 @@ fn established(outside: &[Outside]) -> Result<Vec<Saved>> {
     Ok(out)
 }
 
-fn first_refuse(outside: &[Outside], what: &str) -> TraceError {
+fn first_refuse(outside: &[&Outside], what: &str) -> TraceError {
     outside[0].refuse(what.to_string())
 }
 
@@ -586,15 +589,17 @@ fn rebuild(
         if r.options & TCPI_OPT_TIMESTAMPS != 0 {
             tcp_opt(s, TCP_TIMESTAMP, r.timestamp as i32, "TCP_TIMESTAMP")?;
         }
-        // Room for the queues as they were (the kernel tunes a live connection's).
+        // Room for queues larger than a new socket's buffers hold (the kernel had grown
+        // the live connection's; a size set here stays, as one a program sets).
         let room = |n: usize| (n * 2 + (256 << 10)).min(i32::MAX as usize / 2) as i32;
-        let _ = set_int(s, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, room(rq.len()));
-        let _ = set_int(
-            s,
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUFFORCE,
-            room(r.send_queue.len()),
-        );
+        for (name, force, n) in [
+            (libc::SO_RCVBUF, libc::SO_RCVBUFFORCE, rq.len()),
+            (libc::SO_SNDBUF, libc::SO_SNDBUFFORCE, r.send_queue.len()),
+        ] {
+            if n > 0 && get_int(s, libc::SOL_SOCKET, name).unwrap_or(0) < room(n) {
+                let _ = set_int(s, libc::SOL_SOCKET, force, room(n) / 2);
+            }
+        }
         if !rq.is_empty() {
             tcp_opt(
                 s,
