@@ -630,6 +630,14 @@ fn rebuild(
         tcp_opt(s, inet::TCP_REPAIR, TCP_REPAIR_OFF, "leaving repair mode")?;
         // Leaving repair mode cleared SO_REUSEADDR: set until every socket is bound.
         let _ = set_int(s, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+        // SHUT_RD of an ESTABLISHED connection sends nothing: set again as saved.
+        if sk.shutdown & 1 != 0 {
+            // SAFETY: shutdown on our own socket; integers only.
+            if unsafe { libc::shutdown(s, libc::SHUT_RD) } < 0 {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(e.kind(), format!("shutdown(SHUT_RD): {e}")));
+            }
+        }
         if sent < r.send_queue.len() {
             send_chunks(s, &r.send_queue[sent..])
                 .map_err(|e| io::Error::new(e.kind(), format!("writing the unsent bytes: {e}")))?;
