@@ -443,21 +443,28 @@ fn tcp_close_works_for_an_ordinary_user() {
 /// every byte and no reset.
 #[test]
 fn coordinator_kc_with_tcp_established_keeps_the_connection() {
+    coordinator_kc(false);
+}
+
+/// The same with `ckpt run --tcp-established` under a plain coordinator: the agent's
+/// own choice.
+#[test]
+fn run_with_tcp_established_keeps_the_connection_across_kc() {
+    coordinator_kc(true);
+}
+
+fn coordinator_kc(by_run: bool) {
     assert_root("--tcp-established");
     let d = tempdir();
     let _sweep = Sweep::new(&d);
     let (ck_dir, port_file, stop) = (d.join("ckpts"), d.join("port"), d.join("stop"));
     let mut c = ck();
-    c.args([
-        "coordinator",
-        "--port",
-        "0",
-        "--tcp-established",
-        "--port-file",
-    ])
-    .arg(&port_file)
-    .arg("--ckpt-dir")
-    .arg(&ck_dir);
+    c.args(["coordinator", "--port", "0"])
+        .args((!by_run).then_some("--tcp-established"))
+        .arg("--port-file")
+        .arg(&port_file)
+        .arg("--ckpt-dir")
+        .arg(&ck_dir);
     let mut coord = Target::spawn(c, &ck_dir.to_string_lossy());
     coord
         .stdout
@@ -471,7 +478,9 @@ fn coordinator_kc_with_tcp_established_keeps_the_connection() {
     let prog = testdata("tcp_outside");
     let mut agent = ck();
     agent
-        .args(["run", "--coord-port", &port, "--"])
+        .args(["run", "--coord-port", &port])
+        .args(by_run.then_some("--tcp-established"))
+        .arg("--")
         .arg(&prog)
         .args([
             os("stream"),
@@ -548,4 +557,32 @@ fn dump_without_kill_leaves_the_connection_working() {
     peer.finish(&mut t.stdout, sent_before);
     assert!(t.wait().success());
     peer.assert_no_error("at the end");
+}
+
+/// A half-closed connection (the peer shut down writing: CLOSE_WAIT) is refused by
+/// --tcp-established, naming its state and --tcp-close; the process runs on.
+#[test]
+fn half_closed_connection_is_refused_by_tcp_established() {
+    assert_root("--tcp-established");
+    let d = tempdir();
+    let ck = d.join("ckpt");
+    let (l, mut t) = start("stream", "127.0.0.1", &d);
+    let (sock, _) = l.accept().unwrap();
+    t.stdout.expect_prefix("ready sent ");
+    sock.shutdown(Shutdown::Write).unwrap();
+    wait_until("the target's end is in CLOSE_WAIT", || {
+        std::fs::read_to_string(format!("/proc/{}/net/tcp", t.pid))
+            .unwrap_or_default()
+            .lines()
+            .any(|row| row.split_whitespace().nth(3) == Some("08"))
+    });
+    let out = dump_with(t.pid, &ck, &["--kill", "--tcp-established"]);
+    let err = assert_error(&out, "--tcp-established of a half-closed connection");
+    assert!(
+        err.contains(&format!("process {} fd 3", t.pid))
+            && err.contains("CLOSE_WAIT")
+            && err.contains("--tcp-close"),
+        "the refusal should name the connection, its state and --tcp-close: {err}"
+    );
+    assert_running_not_stopped(t.pid);
 }
