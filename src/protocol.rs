@@ -363,3 +363,37 @@ pub fn hostname() -> String {
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The freeze message's new fields are optional both ways: an older coordinator's
+    /// message reads with neither, and a message without them is the same line as before.
+    #[test]
+    fn freeze_fields_are_compatible() {
+        let old = r#"{"type":"freeze","gen":3,"dir":"/d","keep":2}"#;
+        let m: Msg = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            m,
+            Msg::Freeze {
+                gen: 3,
+                dir: "/d".into(),
+                keep: 2,
+                tcp: None,
+                kill: false
+            }
+        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), old);
+        let new = Msg::Freeze {
+            gen: 3,
+            dir: "/d".into(),
+            keep: 2,
+            tcp: Some(TcpMode::Established),
+            kill: true,
+        };
+        let line = serde_json::to_string(&new).unwrap();
+        assert!(line.contains(r#""tcp":"established""#) && line.contains(r#""kill":true"#));
+        assert_eq!(serde_json::from_str::<Msg>(&line).unwrap(), new);
+    }
+}
