@@ -197,7 +197,10 @@ fn established(host: &str, serve: bool) {
         "no nft table {lock} while the process is down:\n{}",
         nft_tables()
     );
-    peer.send_some(50_000);
+    assert!(
+        peer.send_some(50_000) > 0,
+        "the peer could send nothing more"
+    );
     // A restore without --tcp-established is refused, naming the connection; the lock
     // stays for the next one.
     let refused = run(ckpt_cmd().arg("restore").arg(&ck).stdin(Stdio::null()));
@@ -513,7 +516,10 @@ fn coordinator_kc(by_run: bool) {
         nft_tables().contains(&lock),
         "no lock {lock} while the job is down"
     );
-    peer.send_some(50_000);
+    assert!(
+        peer.send_some(50_000) > 0,
+        "the peer could send nothing more"
+    );
     peer.assert_no_error("while the job is down");
     let mut restart = Command::new(ck_dir.join("ckpt_restart_script.sh"));
     clean_coord_env(&mut restart);
@@ -551,7 +557,10 @@ fn dump_without_kill_leaves_the_connection_working() {
         !nft_tables().contains(&lock),
         "a dump without --kill left its lock {lock}"
     );
-    peer.send_some(50_000);
+    assert!(
+        peer.send_some(50_000) > 0,
+        "the peer could send nothing more"
+    );
     peer.assert_no_error("after the dump");
     touch(&d.join("stop"));
     peer.finish(&mut t.stdout, sent_before);
