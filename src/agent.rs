@@ -24,6 +24,9 @@ pub struct AgentOptions {
     pub start_coordinator: bool,
     /// The job's id (see `protocol::new_job_id`), kept across restarts.
     pub job_id: String,
+    /// `ckpt run --tcp-established` / `--tcp-close`: how its checkpoints save TCP
+    /// connections to peers outside the job, unless the coordinator says.
+    pub tcp: Option<protocol::TcpMode>,
 }
 
 /// What `ckpt restore` (and the restart script, which passes its arguments on) may
@@ -75,6 +78,7 @@ impl AgentOptions {
             job_id: coord.job_id,
             token: protocol::read_token(None)?,
             start_coordinator: true,
+            tcp: None,
         })
     }
 }
@@ -316,13 +320,26 @@ pub fn supervise(
             }
         };
         let reply = match msg {
-            Msg::Freeze { gen, dir, keep } => {
+            Msg::Freeze {
+                gen,
+                dir,
+                keep,
+                tcp,
+                kill,
+            } => {
                 drop(frozen.take());
+                let tcp = tcp.or(opts.tcp);
+                ckpt_tracer::fd::tcp_repair::set_mode(tcp.map_or(
+                    ckpt_tracer::fd::tcp_repair::Mode::Refuse,
+                    protocol::TcpMode::mode,
+                ));
                 let r = crate::coordinator::ensure_dir(&dir).and_then(|_| {
                     FrozenDump::freeze(&DumpOptions {
                         pid: job,
                         dir: &dir,
-                        kill: false,
+                        // With --tcp-established the job must not run on between its
+                        // image and the kill that follows (`kc`).
+                        kill: kill && tcp == Some(protocol::TcpMode::Established),
                         keep,
                         coordinator: Some(crate::generation::CoordRef {
                             host: opts.host.clone(),

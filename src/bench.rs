@@ -232,6 +232,7 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
                 detach: true,
                 pidns: crate::restore::PidNs::Never,
                 new_audit_session: false,
+                tcp_established: false,
             },
             Then::Wait,
         )?;

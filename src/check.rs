@@ -449,6 +449,7 @@ pub fn check_dir(dir: &Path) -> Result<i32> {
         detach: false,
         pidns: restore::PidNs::Auto,
         new_audit_session: false,
+        tcp_established: false,
     };
     let e = restore::examine(&opts)
         .map_err(|e| anyhow::anyhow!("{} cannot be restored here: {e:#}", dir.display()))?;

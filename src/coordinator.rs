@@ -41,6 +41,8 @@ pub struct CoordinatorOptions {
     pub log_file: Option<PathBuf>,
     /// Where to write the port it listens on (the real one, also with `--port 0`).
     pub port_file: Option<PathBuf>,
+    /// `--tcp-established` / `--tcp-close`, passed to every job's dump.
+    pub tcp: Option<crate::protocol::TcpMode>,
 }
 
 enum Event {
@@ -402,7 +404,7 @@ impl Coordinator {
                     self.reset_timer();
                     if !self.agents.is_empty() {
                         // Its outcome is logged and counted in the status.
-                        let _ = self.checkpoint();
+                        let _ = self.checkpoint(false);
                     }
                     continue;
                 }
@@ -538,7 +540,7 @@ impl Coordinator {
     fn command(&mut self, verb: &str, arg: Option<&str>) -> (bool, bool, String) {
         match verb {
             "h" | "help" | "?" => (false, true, HELP.into()),
-            "kc" => match self.checkpoint() {
+            "kc" => match self.checkpoint(true) {
                 Ok(paths) => {
                     let n = self.kill_all();
                     let mut text: Vec<String> =
@@ -552,7 +554,7 @@ impl Coordinator {
                     format!("checkpoint failed: {e:#}; no job killed"),
                 ),
             },
-            "c" | "bc" | "checkpoint" => match self.checkpoint() {
+            "c" | "bc" | "checkpoint" => match self.checkpoint(false) {
                 Ok(paths) => (
                     false,
                     true,
@@ -744,14 +746,15 @@ impl Coordinator {
 
     /// One global checkpoint: every job frozen, then every job written. Its outcome is
     /// logged and counted; a failure names each job that failed and why.
-    fn checkpoint(&mut self) -> Result<Vec<PathBuf>> {
+    /// `kill`: every job is killed next (`kc`).
+    fn checkpoint(&mut self, kill: bool) -> Result<Vec<PathBuf>> {
         if self.agents.is_empty() {
             bail!("no job is registered");
         }
         self.gen += 1;
         let gen = self.gen;
         self.running = Some((gen, self.agents.len()));
-        let r = self.round(gen);
+        let r = self.round(gen, kill);
         self.running = None;
         match &r {
             Ok(_) => self.completed += 1,
@@ -763,7 +766,7 @@ impl Coordinator {
         r
     }
 
-    fn round(&mut self, gen: u64) -> Result<Vec<PathBuf>> {
+    fn round(&mut self, gen: u64, kill: bool) -> Result<Vec<PathBuf>> {
         let t0 = Instant::now();
         log(&format!(
             "checkpoint {gen}: freezing {} job(s)",
@@ -771,10 +774,13 @@ impl Coordinator {
         ));
         let ids: Vec<u64> = self.agents.keys().copied().collect();
         let keep = self.opts.keep;
+        let tcp = self.opts.tcp;
         let (reached, mut frozen) = self.send_all(gen, &ids, |c, a| Msg::Freeze {
             gen,
             dir: c.job_dir(a),
             keep,
+            tcp,
+            kill,
         });
         frozen.extend(self.collect(gen, reached, Duration::from_secs(300)));
         let failed: Vec<(u64, String)> = frozen

@@ -151,6 +151,24 @@ fn write_runs(
     Ok(())
 }
 
+/// The network locks a dump took for connections saved with `--tcp-established`
+/// (ckpt_tracer::netlock): dropped, they go (the dump failed, or its tree runs on);
+/// [`TcpLocks::keep`] leaves them for the restore once the tree is killed.
+struct TcpLocks;
+
+impl TcpLocks {
+    fn keep(self) {
+        std::mem::forget(self);
+        ckpt_tracer::fd::tcp_repair::dump_done(true);
+    }
+}
+
+impl Drop for TcpLocks {
+    fn drop(&mut self) {
+        ckpt_tracer::fd::tcp_repair::dump_done(false);
+    }
+}
+
 /// A checkpoint whose tree is frozen and whose state is read (the first phase of a
 /// dump, and of a coordinated checkpoint: every job is frozen before any resumes).
 /// Dropping it lets the tree run on and removes the unfinished generation.
@@ -170,6 +188,7 @@ pub struct FrozenDump {
     created_ns: u64,
     buf: PageBuffer,
     bar: indicatif::ProgressBar,
+    locks: TcpLocks,
 }
 
 impl FrozenDump {
@@ -178,6 +197,7 @@ impl FrozenDump {
     pub fn freeze(opts: &DumpOptions) -> Result<FrozenDump> {
         let root = opts.pid;
         ckpt_tracer::proc::warm_up_locks();
+        let locks = TcpLocks;
         // The pause counts from here: nothing is stopped before the freeze.
         let t0 = Instant::now();
         let mut tree = FrozenTree::freeze(root)?;
@@ -271,6 +291,7 @@ impl FrozenDump {
             created_ns,
             buf: PageBuffer::new(CHUNK),
             bar,
+            locks,
         };
         d.write_from_originals()?;
         phase(t0, "originals-only regions written");
@@ -315,14 +336,17 @@ impl FrozenDump {
             created_ns,
             mut buf,
             bar,
+            locks,
         } = self;
         let pause = t0.elapsed();
-        let kill_after = if kill {
-            Some(tree)
+        let (kill_after, locks) = if kill {
+            (Some(tree), Some(locks))
         } else {
             // Let go before anything else can fail: snapshot cleanup needs it running.
             tree.release();
-            None
+            // Its connections run on: no network lock past the freeze.
+            drop(locks);
+            (None, None)
         };
         let mut rest = FrozenDumpRest {
             states: &mut states,
@@ -395,6 +419,10 @@ impl FrozenDump {
             let pids: Vec<i32> = states.iter().map(|s| s.pid).collect();
             ckpt_tracer::fd::before_kill(&pids);
             t.kill();
+            // Connections saved with --tcp-established stay locked until the restore.
+            if let Some(l) = locks {
+                l.keep();
+            }
         }
         Ok(DumpReport {
             generation,

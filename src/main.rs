@@ -56,6 +56,15 @@ enum Cmd {
         /// size.
         #[arg(long, value_parser = parse_size, default_value = "256M")]
         max_file_size: u64,
+        /// Save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
+        /// that they go on after the restore (root or CAP_NET_ADMIN, and nft for the
+        /// network lock that holds them while the process is down).
+        #[arg(long, conflicts_with = "tcp_close")]
+        tcp_established: bool,
+        /// Save TCP connections to peers outside the checkpoint as closed: after the
+        /// restore they read as reset by the peer (ECONNRESET, then end of file).
+        #[arg(long)]
+        tcp_close: bool,
     },
     /// Restore the newest complete checkpoint in DIR.
     #[command(disable_help_flag = true)]
@@ -92,6 +101,10 @@ enum Cmd {
         /// allows, the session id is a new one; each with a warning.
         #[arg(long)]
         new_audit_session: bool,
+        /// Rebuild the TCP connections to peers outside the checkpoint that were saved
+        /// with `ckpt dump --tcp-established` (root or CAP_NET_ADMIN).
+        #[arg(long)]
+        tcp_established: bool,
     },
     /// Launch a program under ckpt control (registered with a coordinator, which is
     /// started in the background if none answers); exits with the program's status.
@@ -120,6 +133,15 @@ enum Cmd {
         /// root), so that its restores never collide with host PIDs.
         #[arg(long)]
         pidns: bool,
+        /// Save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
+        /// that they go on after the restore (root or CAP_NET_ADMIN, and nft for the
+        /// network lock that holds them while the process is down).
+        #[arg(long, conflicts_with = "tcp_close")]
+        tcp_established: bool,
+        /// Save TCP connections to peers outside the checkpoint as closed: after the
+        /// restore they read as reset by the peer (ECONNRESET, then end of file).
+        #[arg(long)]
+        tcp_close: bool,
         /// The program and its arguments (an option of ckpt's before it is a usage
         /// error, never run as the program; `--` ends ckpt's options).
         #[arg(required = true, trailing_var_arg = true)]
@@ -155,6 +177,15 @@ enum Cmd {
         /// chose), as dmtcp_coordinator --port-file does.
         #[arg(long)]
         port_file: Option<PathBuf>,
+        /// Checkpoints save TCP connections to peers outside the checkpoint the TCP_REPAIR way, so
+        /// that they go on after the restore (root or CAP_NET_ADMIN, and nft for the
+        /// network lock that holds them while the process is down).
+        #[arg(long, conflicts_with = "tcp_close")]
+        tcp_established: bool,
+        /// Checkpoints save TCP connections to peers outside the checkpoint as closed: after the
+        /// restore they read as reset by the peer (ECONNRESET, then end of file).
+        #[arg(long)]
+        tcp_close: bool,
     },
     /// Send one command to a coordinator: checkpoint (c, also bc), checkpoint then
     /// kill (kc), status (s), list (l), kill (k), quit (q), interval N (i N).
@@ -287,9 +318,12 @@ fn main() {
             kill,
             keep,
             max_file_size,
+            tcp_established,
+            tcp_close,
         } => {
             dump::stop_on_signals();
             ckpt_tracer::fd::memfd::set_max_stored_file(max_file_size);
+            ckpt_tracer::fd::tcp_repair::set_mode(tcp_mode(tcp_established, tcp_close));
             dump::dump(&dump::DumpOptions {
                 pid,
                 dir: &dir,
@@ -317,6 +351,7 @@ fn main() {
             detach,
             pidns,
             new_audit_session,
+            tcp_established,
         } => restore_job(
             &agent::RestartOverrides {
                 host: coord_host,
@@ -329,6 +364,7 @@ fn main() {
                 detach,
                 pidns,
                 new_audit_session,
+                tcp_established,
             },
         ),
         Cmd::Run {
@@ -339,9 +375,12 @@ fn main() {
             interval,
             keep,
             pidns,
+            tcp_established,
+            tcp_close,
             command,
         } => (|| {
             let opts = agent::AgentOptions {
+                tcp: protocol::TcpMode::of(tcp_established, tcp_close),
                 host: protocol::coord_host(coord.coord_host),
                 port: protocol::coord_port(coord.coord_port)?,
                 ckpt_dir: std::path::absolute(protocol::ckpt_dir(ckpt_dir))?,
@@ -385,8 +424,11 @@ fn main() {
             keep,
             token_file,
             port_file,
+            tcp_established,
+            tcp_close,
         } => (|| {
             coordinator::coordinator(coordinator::CoordinatorOptions {
+                tcp: protocol::TcpMode::of(tcp_established, tcp_close),
                 port_file,
                 log_file,
                 port: protocol::coord_port(port)?,
@@ -437,6 +479,14 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// What `--tcp-established` / `--tcp-close` ask of a dump.
+fn tcp_mode(established: bool, close: bool) -> ckpt_tracer::fd::tcp_repair::Mode {
+    protocol::TcpMode::of(established, close).map_or(
+        ckpt_tracer::fd::tcp_repair::Mode::Refuse,
+        protocol::TcpMode::mode,
+    )
 }
 
 /// A size in bytes, with an optional K, M or G suffix (powers of 1024; `MiB` too).

@@ -52,7 +52,20 @@ pub enum Msg {
         token: Option<String>,
     },
     /// Coordinator → agent: freeze the job and read it into generation `gen` in `dir`.
-    Freeze { gen: u64, dir: PathBuf, keep: usize },
+    Freeze {
+        gen: u64,
+        dir: PathBuf,
+        keep: usize,
+        /// The coordinator's `--tcp-established` / `--tcp-close` (absent from older
+        /// coordinators: the agent's own, if any).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tcp: Option<TcpMode>,
+        /// The checkpoint is followed by a kill (`kc`): with `--tcp-established` the
+        /// agent kills the job as the dump ends, so that its connections do not run on
+        /// past the image.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        kill: bool,
+    },
     /// Agent → coordinator.
     Frozen { gen: u64 },
     /// Coordinator → agent: every job is frozen, resume and finish writing.
@@ -77,6 +90,35 @@ pub enum Msg {
     },
     /// Coordinator → `ckpt command`.
     Reply { ok: bool, text: String },
+}
+
+/// How checkpoints save TCP connections to peers outside the job.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpMode {
+    /// `--tcp-established`: the TCP_REPAIR way.
+    Established,
+    /// `--tcp-close`: as closed (reset on restore).
+    Close,
+}
+
+impl TcpMode {
+    pub fn of(established: bool, close: bool) -> Option<TcpMode> {
+        if established {
+            Some(TcpMode::Established)
+        } else if close {
+            Some(TcpMode::Close)
+        } else {
+            None
+        }
+    }
+
+    pub fn mode(self) -> ckpt_tracer::fd::tcp_repair::Mode {
+        match self {
+            TcpMode::Established => ckpt_tracer::fd::tcp_repair::Mode::Established,
+            TcpMode::Close => ckpt_tracer::fd::tcp_repair::Mode::Close,
+        }
+    }
 }
 
 /// A connection that exchanges [`Msg`] lines.
@@ -320,4 +362,38 @@ pub fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The freeze message's new fields are optional both ways: an older coordinator's
+    /// message reads with neither, and a message without them is the same line as before.
+    #[test]
+    fn freeze_fields_are_compatible() {
+        let old = r#"{"type":"freeze","gen":3,"dir":"/d","keep":2}"#;
+        let m: Msg = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            m,
+            Msg::Freeze {
+                gen: 3,
+                dir: "/d".into(),
+                keep: 2,
+                tcp: None,
+                kill: false
+            }
+        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), old);
+        let new = Msg::Freeze {
+            gen: 3,
+            dir: "/d".into(),
+            keep: 2,
+            tcp: Some(TcpMode::Established),
+            kill: true,
+        };
+        let line = serde_json::to_string(&new).unwrap();
+        assert!(line.contains(r#""tcp":"established""#) && line.contains(r#""kill":true"#));
+        assert_eq!(serde_json::from_str::<Msg>(&line).unwrap(), new);
+    }
 }

@@ -188,7 +188,7 @@ fn connection_to_an_outside_peer_is_refused_and_left_alone() {
         format!("{from} → 127.0.0.1:{port}"),
         "outside the checkpoint".to_string(),
         "--tcp-established".to_string(),
-        "not supported yet".to_string(),
+        "--tcp-close".to_string(),
     ] {
         assert!(
             line.contains(&want),

@@ -403,6 +403,57 @@ pub enum FdKind {
     },
     /// An AF_INET or AF_INET6 socket, TCP or UDP (tracer/src/fd/inet.rs).
     InetSocket(InetSocket),
+    /// A TCP connection to a peer outside the checkpoint, saved with
+    /// `--tcp-established` or `--tcp-close` (tracer/src/fd/tcp_repair.rs).
+    TcpOutside(TcpOutside),
+}
+
+/// A TCP connection whose peer is outside the checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TcpOutside {
+    /// The socket as the inet kind reads any: addresses, state, shutdown, options, and
+    /// (`queue`) the bytes received and not read yet.
+    pub sock: InetSocket,
+    pub saved: TcpSaved,
+}
+
+/// How a connection to a peer outside the checkpoint was saved.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum TcpSaved {
+    /// `--tcp-established`: read in TCP_REPAIR mode, rebuilt with the same sequence
+    /// numbers, so the peer sees the same connection go on.
+    Repaired(TcpRepair),
+    /// `--tcp-close`: restored as a connection reset by its peer (its unread bytes
+    /// first, then ECONNRESET, then end of file).
+    Closed,
+}
+
+/// What TCP_REPAIR shows of one end of a connection (as CRIU's `tcp-stream` image).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TcpRepair {
+    /// TCP_QUEUE_SEQ of the send queue: the sequence number after the last byte the
+    /// program wrote (write_seq).
+    pub send_seq: u32,
+    /// TCP_QUEUE_SEQ of the receive queue: the next sequence number expected (rcv_nxt).
+    pub recv_seq: u32,
+    /// The send queue: every byte written and not acknowledged, oldest first.
+    pub send_queue: Vec<u8>,
+    /// How many bytes at the end of `send_queue` were never sent (SIOCOUTQNSD).
+    pub unsent: u32,
+    /// TCP_INFO tcpi_options: TCPI_OPT_TIMESTAMPS 1, TCPI_OPT_SACK 2, TCPI_OPT_WSCALE 4.
+    pub options: u8,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    /// TCP_MAXSEG: the MSS clamp given back with TCP_REPAIR_OPTIONS.
+    pub mss: u32,
+    /// TCP_TIMESTAMP (with TCPI_OPT_TIMESTAMPS).
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup.
+    pub window: [u32; 5],
+    /// The nftables table (`inet NAME`) the dump left dropping the connection's
+    /// packets while the process is down (`--kill`); the restore deletes it. `None`:
+    /// the dump took no lock past itself.
+    pub lock: Option<String>,
 }
 
 /// An IPv4 or IPv6 socket address: `ip` is 4 bytes (AF_INET) or 16 (AF_INET6, an IPv4

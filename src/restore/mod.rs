@@ -44,6 +44,8 @@ pub struct RestoreOptions<'a> {
     pub pidns: PidNs,
     /// Accept an audit login uid and session id other than the saved ones.
     pub new_audit_session: bool,
+    /// Rebuild the connections saved with `ckpt dump --tcp-established`.
+    pub tcp_established: bool,
 }
 
 fn memfd(name: &str, data: &[u8]) -> Result<OwnedFd> {
@@ -356,6 +358,7 @@ impl Examined {
 /// seals and checksums, every file and library it depends on, the kernel (vdso) and
 /// CPU features, PIDs, credentials, SysV objects. Creates and changes nothing.
 pub fn examine(opts: &RestoreOptions) -> Result<Examined> {
+    ckpt_tracer::fd::tcp_repair::set_restore_established(opts.tcp_established);
     let gen = generation::resolve(opts.dir)?;
     let manifest = generation::read_manifest(&gen)?;
     let Some(root) = manifest.processes.first() else {
@@ -788,12 +791,16 @@ fn run_tree(
         drop(guard);
         kill_all(&all_pids);
         ckpt_tracer::attr::sysvipc::restore_failed();
+        ckpt_tracer::netlock::restore_failed();
         put_back(terminal);
         return Err(e);
     }
     if let Some(g) = guard {
         g.commit();
     }
+    // The connections saved with --tcp-established are rebuilt and their processes
+    // run: their packets may pass again.
+    ckpt_tracer::netlock::release_restored();
     guard::step("committed");
     report_ok();
     // Detached: done; but an init of a namespace stays as its reaper, unless the caller

@@ -895,8 +895,8 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         InetSock("peer address outside the tree"),
-        "connection to a peer outside the tree (--tcp-established, not supported yet)",
-        Default(Zero),
+        "connection to a peer outside the tree: with --tcp-established (root) read in TCP_REPAIR mode (sequence numbers, both queues, MSS, window scales, SACK, timestamps, window) under an nftables lock and rebuilt with them; with --tcp-close restored as reset by its peer; refused without either",
+        Saved("image: fd tcp_repair"),
     ),
     row(
         InetSock("net/tcp rows without inode"),

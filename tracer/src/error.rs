@@ -27,6 +27,10 @@ pub enum TraceError {
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("process {pid}: {what} is not supported yet")]
     Unsupported { pid: i32, what: String },
+    /// A descriptor the dump could save only if told how (`--tcp-established`, ...),
+    /// or whose saving failed: `what` says which and why.
+    #[error("process {pid} fd {fd}: {what}")]
+    FdRefused { pid: i32, fd: i32, what: String },
     /// A memfd or deleted file whose content is more than the dump may store.
     #[error("process {pid} {at}: {what} holds {size} bytes to store, more than the {limit} ckpt dump stores per file (raise it with `ckpt dump --max-file-size`)")]
     TooLarge {

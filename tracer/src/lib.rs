@@ -21,6 +21,7 @@ pub mod freeze;
 pub mod identity;
 pub mod inject;
 pub mod maps;
+pub mod netlock;
 pub mod prctl_nr;
 pub mod proc;
 pub mod procinfo;

@@ -21,9 +21,9 @@
 //! without CAP_NET_ADMIN the dump is refused naming the connection. A client whose connection waits in the accept queue of a listening
 //! socket of the tree is found in /proc/PID/net/tcp{,6} (the waiting socket has no
 //! inode); a waiting connection whose client is outside the tree, or that holds data
-//! its client sent (only accepting it could read it), is refused, naming it. So is a
-//! connection to a peer outside the tree: saving it needs `--tcp-established` (the
-//! TCP_REPAIR way, not supported yet), or closing it.
+//! its client sent (only accepting it could read it), is refused, naming it. A
+//! connection to a peer outside the tree is handed to [`super::tcp_repair`], which
+//! saves it as `--tcp-established` or `--tcp-close` say, or refuses it.
 //!
 //! **Restore.** Every socket gets a stand-in while the descriptors of each process are
 //! prepared; [`finish`] builds the real ones and puts each in place of its stand-in (as
@@ -75,13 +75,13 @@ pub const KIND: Kind = Kind {
     describe,
 };
 
-const TCP_ESTABLISHED: u8 = 1;
+pub(super) const TCP_ESTABLISHED: u8 = 1;
 const TCP_SYN_SENT: u8 = 2;
 const TCP_SYN_RECV: u8 = 3;
 const TCP_FIN_WAIT1: u8 = 4;
 const TCP_FIN_WAIT2: u8 = 5;
 const TCP_TIME_WAIT: u8 = 6;
-const TCP_CLOSE: u8 = 7;
+pub(super) const TCP_CLOSE: u8 = 7;
 const TCP_CLOSE_WAIT: u8 = 8;
 const TCP_LAST_ACK: u8 = 9;
 const TCP_LISTEN: u8 = 10;
@@ -93,7 +93,7 @@ const SEND_SHUTDOWN: u8 = 2;
 /// The most datagrams ckpt reads from one receive queue.
 const MAX_DATAGRAMS: usize = 1 << 16;
 
-fn state_name(s: u8) -> &'static str {
+pub(super) fn state_name(s: u8) -> &'static str {
     match s {
         TCP_ESTABLISHED => "ESTABLISHED",
         TCP_SYN_SENT => "SYN_SENT",
@@ -110,7 +110,7 @@ fn state_name(s: u8) -> &'static str {
     }
 }
 
-fn connected_state(s: u8) -> bool {
+pub(super) fn connected_state(s: u8) -> bool {
     matches!(
         s,
         TCP_ESTABLISHED | TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT
@@ -120,7 +120,7 @@ fn connected_state(s: u8) -> bool {
 // ---------------------------------------------------------------------------------------
 // system call helpers
 
-fn getsockopt_raw(s: RawFd, level: i32, name: i32, len: usize) -> io::Result<Vec<u8>> {
+pub(super) fn getsockopt_raw(s: RawFd, level: i32, name: i32, len: usize) -> io::Result<Vec<u8>> {
     let mut v = vec![0u8; len];
     let mut l = len as libc::socklen_t;
     // SAFETY: getsockopt writes at most `l` bytes into `v`, a live buffer of that length,
@@ -133,7 +133,7 @@ fn getsockopt_raw(s: RawFd, level: i32, name: i32, len: usize) -> io::Result<Vec
     Ok(v)
 }
 
-fn setsockopt_raw(s: RawFd, level: i32, name: i32, v: &[u8]) -> io::Result<()> {
+pub(super) fn setsockopt_raw(s: RawFd, level: i32, name: i32, v: &[u8]) -> io::Result<()> {
     // SAFETY: setsockopt reads `v.len()` bytes from `v`, a live slice.
     let r = unsafe { libc::setsockopt(s, level, name, v.as_ptr().cast(), v.len() as u32) };
     if r < 0 {
@@ -142,18 +142,18 @@ fn setsockopt_raw(s: RawFd, level: i32, name: i32, v: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-fn get_int(s: RawFd, level: i32, name: i32) -> io::Result<i32> {
+pub(super) fn get_int(s: RawFd, level: i32, name: i32) -> io::Result<i32> {
     let v = getsockopt_raw(s, level, name, 4)?;
     Ok(i32::from_ne_bytes(
         v.get(..4).and_then(|b| b.try_into().ok()).unwrap_or([0; 4]),
     ))
 }
 
-fn set_int(s: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
+pub(super) fn set_int(s: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
     setsockopt_raw(s, level, name, &v.to_ne_bytes())
 }
 
-fn ioctl_int(s: RawFd, req: libc::c_ulong) -> io::Result<i32> {
+pub(super) fn ioctl_int(s: RawFd, req: libc::c_ulong) -> io::Result<i32> {
     let mut n: libc::c_int = 0;
     // SAFETY: SIOCINQ / SIOCOUTQ write one int into `n`, a local.
     if unsafe { libc::ioctl(s, req, &mut n) } < 0 {
@@ -162,7 +162,7 @@ fn ioctl_int(s: RawFd, req: libc::c_ulong) -> io::Result<i32> {
     Ok(n)
 }
 
-fn new_socket(family: i32, ty: i32, protocol: i32) -> RestoreResult<OwnedFd> {
+pub(super) fn new_socket(family: i32, ty: i32, protocol: i32) -> RestoreResult<OwnedFd> {
     super::owned(
         // SAFETY: socket(2) takes integers and returns a new descriptor.
         unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) },
@@ -172,7 +172,7 @@ fn new_socket(family: i32, ty: i32, protocol: i32) -> RestoreResult<OwnedFd> {
 
 /// A sockaddr for `a` in family `family` (an AF_INET6 socket takes an IPv4 address as
 /// ::ffff:a.b.c.d).
-fn sockaddr(a: &InetAddr, family: i32) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(super) fn sockaddr(a: &InetAddr, family: i32) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data: all-zero bytes are a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     if family == libc::AF_INET {
@@ -229,7 +229,7 @@ fn addr_of(ss: &libc::sockaddr_storage) -> Option<InetAddr> {
     }
 }
 
-fn sock_name(s: RawFd, peer: bool) -> io::Result<Option<InetAddr>> {
+pub(super) fn sock_name(s: RawFd, peer: bool) -> io::Result<Option<InetAddr>> {
     // SAFETY: sockaddr_storage is plain data: all-zero bytes are a valid value.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
@@ -252,7 +252,7 @@ fn sock_name(s: RawFd, peer: bool) -> io::Result<Option<InetAddr>> {
     Ok(addr_of(&ss))
 }
 
-fn bind(s: &OwnedFd, a: &InetAddr, family: i32) -> io::Result<()> {
+pub(super) fn bind(s: &OwnedFd, a: &InetAddr, family: i32) -> io::Result<()> {
     let (ss, len) = sockaddr(a, family);
     // SAFETY: bind reads `len` bytes of `ss`, a local sockaddr of that size.
     let r = unsafe {
@@ -268,7 +268,7 @@ fn bind(s: &OwnedFd, a: &InetAddr, family: i32) -> io::Result<()> {
     Ok(())
 }
 
-fn connect(s: &OwnedFd, a: &InetAddr, family: i32) -> io::Result<()> {
+pub(super) fn connect(s: &OwnedFd, a: &InetAddr, family: i32) -> io::Result<()> {
     let (ss, len) = sockaddr(a, family);
     loop {
         // SAFETY: connect reads `len` bytes of `ss`, a local sockaddr of that size.
@@ -564,7 +564,7 @@ fn read_opts(
 }
 
 /// Set the saved options of the kind `which` (before bind, or after).
-fn set_opts(s: &OwnedFd, opts: &[SockOpt], before_bind: bool) -> io::Result<()> {
+pub(super) fn set_opts(s: &OwnedFd, opts: &[SockOpt], before_bind: bool) -> io::Result<()> {
     for o in opts {
         let Some(&(_, _, what, _, _, how)) = opt_row(o.level, o.name) else {
             continue;
@@ -1092,6 +1092,7 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
     // ino -> the bytes its peer's send queue holds beyond its receive queue (TCP_REPAIR)
     let mut extra: HashMap<u64, Vec<u8>> = HashMap::new();
     let mut repaired = std::collections::HashSet::new();
+    let mut outside = Vec::new();
     for s in seen.iter().filter(|s| s.tcp && connected_state(s.state)) {
         let Some(peer) = &s.peer else { continue };
         let conn = format!("{} → {}", show(&s.local), show(peer));
@@ -1160,11 +1161,16 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 }
                 links.insert(s.ino, (l.ino, true));
             }
-            _ => {
-                return Err(refuse(format!(
-                    "TCP connection {conn} to a peer outside the checkpoint (saving it would need --tcp-established, which is not supported yet, or closing the connection)"
-                )))
-            }
+            // A peer outside the checkpoint: --tcp-established or --tcp-close say how
+            // it is saved (tcp_repair.rs), else it is refused there.
+            _ => outside.push(super::tcp_repair::Outside {
+                pid: s.pid,
+                fd: s.fd,
+                ino: s.ino,
+                state: s.state,
+                local: s.local.clone(),
+                peer: peer.clone(),
+            }),
         }
     }
     // Every waiting connection of a listening socket of the tree has its client here
@@ -1226,15 +1232,15 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
         }
     }
     flows().clear();
-    Ok(())
+    super::tcp_repair::save(procs, &outside)
 }
 
-const TCP_REPAIR: i32 = 19;
-const TCP_REPAIR_QUEUE: i32 = 20;
-const TCP_QUEUE_SEQ: i32 = 21;
-const TCP_RECV_QUEUE: i32 = 1;
-const TCP_SEND_QUEUE: i32 = 2;
-const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+pub(super) const TCP_REPAIR: i32 = 19;
+pub(super) const TCP_REPAIR_QUEUE: i32 = 20;
+pub(super) const TCP_QUEUE_SEQ: i32 = 21;
+pub(super) const TCP_RECV_QUEUE: i32 = 1;
+pub(super) const TCP_SEND_QUEUE: i32 = 2;
+pub(super) const TCP_REPAIR_OFF_NO_WP: i32 = -1;
 
 /// What TCP_REPAIR shows of one end: the sequence number after the last byte it was
 /// given to send, after the last it received, and its whole send queue (from the
@@ -1355,10 +1361,12 @@ pub fn abort_on_kill(pids: &[i32]) {
             continue;
         };
         for fd in fds {
-            if !matches!(
-                crate::proc::fd_target(pid, fd),
-                Ok(Some(crate::proc::FdTarget::Socket(_)))
-            ) {
+            let Ok(Some(crate::proc::FdTarget::Socket(ino))) = crate::proc::fd_target(pid, fd)
+            else {
+                continue;
+            };
+            // Saved the TCP_REPAIR way: it closes in repair mode, sending nothing.
+            if super::tcp_repair::repaired(ino) {
                 continue;
             }
             let Ok(c) = crate::procinfo::pidfd_getfd(pid, fd) else {
@@ -1505,7 +1513,7 @@ fn bound_socket(r: &Rec, addr: &InetAddr) -> RestoreResult<OwnedFd> {
     Ok(s)
 }
 
-fn accept(l: &OwnedFd) -> io::Result<OwnedFd> {
+pub(super) fn accept(l: &OwnedFd) -> io::Result<OwnedFd> {
     loop {
         // SAFETY: accept4 on our own listening socket, no address wanted.
         let a = unsafe {
@@ -1527,7 +1535,7 @@ fn accept(l: &OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
-fn listen(s: &OwnedFd, backlog: u32) -> io::Result<()> {
+pub(super) fn listen(s: &OwnedFd, backlog: u32) -> io::Result<()> {
     // SAFETY: listen on our own socket; integers only.
     if unsafe { libc::listen(s.as_raw_fd(), backlog.min(i32::MAX as u32) as i32) } < 0 {
         return Err(io::Error::last_os_error());
@@ -1536,7 +1544,11 @@ fn listen(s: &OwnedFd, backlog: u32) -> io::Result<()> {
 }
 
 /// Send all of `data` without blocking.
-fn send_all(s: &OwnedFd, data: &[u8], to: Option<(&InetAddr, i32)>) -> RestoreResult<()> {
+pub(super) fn send_all(
+    s: &OwnedFd,
+    data: &[u8],
+    to: Option<(&InetAddr, i32)>,
+) -> RestoreResult<()> {
     let mut done = 0;
     let dest = to.map(|(a, f)| sockaddr(a, f));
     while done < data.len() || (data.is_empty() && done == 0 && to.is_some()) {

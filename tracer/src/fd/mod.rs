@@ -52,6 +52,7 @@ pub mod pidfd;
 pub mod pipe;
 pub mod pty;
 pub mod signalfd;
+pub mod tcp_repair;
 pub mod timerfd;
 pub mod tty;
 pub mod unix;
@@ -115,6 +116,7 @@ pub static KINDS: &[Kind] = &[
     tty::KIND,
     pipe::KIND,
     inet::KIND,
+    tcp_repair::KIND,
     unix::KIND,
 ];
 
@@ -176,7 +178,9 @@ pub fn dump_tree(procs: &mut [ProcessState]) -> Result<()> {
 /// leaves nothing behind that a restore would trip on (TCP connections closed with a
 /// reset, not left in TIME_WAIT on the ports the restore binds again).
 pub fn before_kill(pids: &[i32]) {
+    tcp_repair::before_kill(pids);
     inet::abort_on_kill(pids);
+    tcp_repair::after_kill();
 }
 
 /// Recreate descriptor `fd` of process `pid`; `None`: no kind restores it.
