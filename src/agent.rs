@@ -123,17 +123,37 @@ fn start_coordinator(opts: &AgentOptions) -> Result<()> {
 }
 
 /// Connect to the coordinator, starting a local one if allowed and none answers.
-pub fn connect(opts: &AgentOptions) -> Option<Conn> {
-    match Conn::connect(&opts.host, opts.port) {
-        Ok(c) => return Some(c),
-        Err(e) if !(opts.start_coordinator && protocol::is_local(&opts.host)) => {
+/// Fails, before the job starts, when what answers at the address is not a
+/// coordinator, or a coordinator that refuses us (token, version): the job would run
+/// unprotected while the user believes it checkpointed.
+pub fn connect(opts: &AgentOptions) -> Result<Option<Conn>> {
+    let probe = protocol::probe(
+        &opts.host,
+        opts.port,
+        opts.token.clone(),
+        protocol::handshake_timeout()?,
+    );
+    match probe {
+        protocol::Probe::Coordinator => {
+            if let Ok(c) = Conn::connect(&opts.host, opts.port) {
+                return Ok(Some(c));
+            }
+        }
+        protocol::Probe::Nothing(e)
+            if !(opts.start_coordinator && protocol::is_local(&opts.host)) =>
+        {
             eprintln!(
                 "ckpt: warning: no coordinator at {}:{} ({e}); will keep trying",
                 opts.host, opts.port
             );
-            return None;
+            return Ok(None);
         }
-        Err(_) => {}
+        protocol::Probe::Nothing(_) => {}
+        other => {
+            return Err(other
+                .error(&opts.host, opts.port)
+                .expect("not a coordinator"))
+        }
     }
     if let Err(e) = start_coordinator(opts) {
         eprintln!("ckpt: warning: {e:#}");
@@ -141,7 +161,7 @@ pub fn connect(opts: &AgentOptions) -> Option<Conn> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(c) = Conn::connect(&opts.host, opts.port) {
-            return Some(c);
+            return Ok(Some(c));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -149,7 +169,7 @@ pub fn connect(opts: &AgentOptions) -> Option<Conn> {
         "ckpt: warning: no coordinator at {}:{}; will keep trying",
         opts.host, opts.port
     );
-    None
+    Ok(None)
 }
 
 fn pidfd_open(pid: i32) -> Result<OwnedFd> {
@@ -163,7 +183,7 @@ pub fn run_in_pidns(opts: &AgentOptions, command: &[String]) -> Result<i32> {
     crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
     check_program(&command[0])?;
     // A coordinator started for the job must live outside the job's namespace.
-    drop(connect(opts));
+    drop(connect(opts)?);
     let inner = AgentOptions {
         start_coordinator: false,
         ..opts.clone()
@@ -200,7 +220,7 @@ fn check_program(program: &str) -> Result<()> {
 pub fn run(opts: &AgentOptions, command: &[String]) -> Result<i32> {
     crate::coordinator::ensure_dir(&opts.ckpt_dir)?;
     check_program(&command[0])?;
-    let conn = connect(opts);
+    let conn = connect(opts)?;
     let child = std::process::Command::new(&command[0])
         .args(&command[1..])
         .spawn()

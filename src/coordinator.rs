@@ -430,7 +430,7 @@ impl Coordinator {
     /// at once, everything else waits until the checkpoint is over.
     fn during_checkpoint(&mut self, ev: Event) {
         const AT_ONCE: &[&str] = &[
-            "h", "help", "?", "s", "status", "l", "list", "i", "interval",
+            "h", "help", "?", "s", "status", "l", "list", "i", "interval", "ping",
         ];
         match ev {
             Event::Command(mut conn, verb, arg) if AT_ONCE.contains(&verb.as_str()) => {
@@ -540,6 +540,8 @@ impl Coordinator {
     fn command(&mut self, verb: &str, arg: Option<&str>) -> (bool, bool, String) {
         match verb {
             "h" | "help" | "?" => (false, true, HELP.into()),
+            // `protocol::probe`: a client making sure a coordinator answers here.
+            "ping" => (false, true, "ckpt coordinator".into()),
             "kc" => match self.checkpoint(true) {
                 Ok(paths) => {
                     let n = self.kill_all();

@@ -284,9 +284,14 @@ fn restore_job(
         Some(c) => {
             let a = agent::AgentOptions::for_restart(c, prepared.generation(), overrides)?;
             // Make sure a coordinator runs outside any namespace the job gets.
-            drop(agent::connect(&a));
+            drop(agent::connect(&a)?);
             restore::Then::HandOver(Box::new(move |root| {
-                agent::supervise(&a, root, agent::connect(&a), &[])
+                // The job runs now: a coordinator gone meanwhile is only a warning.
+                let conn = agent::connect(&a).unwrap_or_else(|e| {
+                    eprintln!("ckpt: warning: {e:#}; will keep trying");
+                    None
+                });
+                agent::supervise(&a, root, conn, &[])
             }))
         }
         None => restore::Then::Wait,

@@ -280,6 +280,65 @@ pub fn interval(opt: Option<u64>) -> Result<u64> {
     }
 }
 
+/// What answers at a coordinator's address ([`probe`]).
+#[derive(Debug)]
+pub enum Probe {
+    /// A ckpt coordinator (that accepted our token).
+    Coordinator,
+    /// Nothing listens there (the connection was refused).
+    Nothing(std::io::Error),
+    /// A coordinator that refused us (token, protocol version): its answer.
+    Refused(String),
+    /// Something that is not a ckpt coordinator: what it did.
+    Other(String),
+}
+
+/// Ask what answers at `host:port`: a `ping` command, answered within `timeout`.
+pub fn probe(host: &str, port: u16, token: Option<String>, timeout: Duration) -> Probe {
+    let mut conn = match Conn::connect(host, port) {
+        Ok(c) => c,
+        Err(e) => return Probe::Nothing(e),
+    };
+    let sent = conn.send(&Msg::Command {
+        protocol: PROTOCOL_VERSION,
+        verb: "ping".into(),
+        arg: None,
+        token,
+    });
+    if let Err(e) = sent {
+        return Probe::Other(format!("it closed the connection ({e:#})"));
+    }
+    match conn.recv_within(timeout) {
+        // An older coordinator answers `unknown command`: still one.
+        Ok(Some(Msg::Reply { ok: true, .. })) => Probe::Coordinator,
+        Ok(Some(Msg::Reply { ok: false, text })) if text.starts_with("unknown command") => {
+            Probe::Coordinator
+        }
+        Ok(Some(Msg::Reply { ok: false, text })) => Probe::Refused(text),
+        Ok(Some(_)) => Probe::Other("it sent a message a coordinator does not send".into()),
+        Ok(None) => Probe::Other("it closed the connection without an answer".into()),
+        Err(e) => Probe::Other(format!("no answer to a ping: {e:#}")),
+    }
+}
+
+impl Probe {
+    /// The error for a client that needs a coordinator at `host:port`, if this is not one.
+    pub fn error(&self, host: &str, port: u16) -> Option<anyhow::Error> {
+        match self {
+            Probe::Coordinator => None,
+            Probe::Nothing(e) => Some(anyhow::anyhow!(
+                "cannot reach the coordinator at {host}:{port} ({e}; is one running? see --coord-host/--coord-port)"
+            )),
+            Probe::Refused(text) => Some(anyhow::anyhow!(
+                "the coordinator at {host}:{port} refused us: {text}"
+            )),
+            Probe::Other(what) => Some(anyhow::anyhow!(
+                "{host}:{port} answers, but not as a ckpt coordinator ({what}); give the port of a coordinator with --coord-port"
+            )),
+        }
+    }
+}
+
 /// How long the coordinator waits for the first line of a new connection:
 /// CKPT_HANDSHAKE_TIMEOUT seconds (1 to 86400), 10 by default.
 pub fn handshake_timeout() -> Result<Duration> {

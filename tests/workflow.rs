@@ -1831,3 +1831,55 @@ fn kc_checkpoints_then_kills() {
     touch(&stop);
     assert!(r.wait().success(), "the restart script after kc");
 }
+
+/// Something that is not a coordinator listens at the port (a silent server, and one
+/// that sends a banner, as sshd does): `ckpt run` used to run the job unprotected without
+/// a word, and `ckpt command c` waited for ever. Now both fail with one line naming the
+/// address, and the job's program never starts (issue 12).
+#[test]
+fn a_port_that_is_not_a_coordinator_is_an_error() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    for banner in [None, Some("SSH-2.0-OpenSSH_9.2\r\n")] {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port().to_string();
+        let server = thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in listener.incoming().take(2) {
+                let mut c = c.unwrap();
+                if let Some(b) = banner {
+                    let _ = c.write_all(b.as_bytes());
+                }
+                held.push(c);
+            }
+            thread::sleep(Duration::from_secs(3));
+        });
+        let ran = d.join("ran");
+        let mut c = ck();
+        c.env("CKPT_HANDSHAKE_TIMEOUT", "2")
+            .args(["run", "--coord-port", &port, "--ckpt-dir"])
+            .arg(d.join("ck"))
+            .args(["--", "touch"])
+            .arg(&ran);
+        let out = run(&mut c);
+        let err = assert_error(&out, "ckpt run against a port that is not a coordinator");
+        assert!(
+            err.contains(&format!(":{port}")) && err.contains("not as a ckpt coordinator"),
+            "{err}"
+        );
+        assert!(
+            !ran.exists(),
+            "the job ran although no coordinator answered"
+        );
+        let mut c = ck();
+        c.env("CKPT_HANDSHAKE_TIMEOUT", "2")
+            .args(["command", "--coord-port", &port, "c"]);
+        let out = run(&mut c);
+        let err = assert_error(
+            &out,
+            "ckpt command c against a port that is not a coordinator",
+        );
+        assert!(err.contains("not as a ckpt coordinator"), "{err}");
+        server.join().unwrap();
+    }
+}
