@@ -134,7 +134,7 @@ pub fn connect(opts: &AgentOptions) -> Result<Option<Conn>> {
         protocol::handshake_timeout()?,
     );
     match probe {
-        protocol::Probe::Coordinator => {
+        protocol::Probe::Coordinator(_) => {
             if let Ok(c) = Conn::connect(&opts.host, opts.port) {
                 return Ok(Some(c));
             }

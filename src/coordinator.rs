@@ -541,7 +541,17 @@ impl Coordinator {
         match verb {
             "h" | "help" | "?" => (false, true, HELP.into()),
             // `protocol::probe`: a client making sure a coordinator answers here.
-            "ping" => (false, true, "ckpt coordinator".into()),
+            "ping" => (
+                false,
+                true,
+                format!(
+                    "ckpt coordinator\nckpt-dir={}\ninterval={}",
+                    std::path::absolute(&self.opts.ckpt_dir)
+                        .unwrap_or_else(|_| self.opts.ckpt_dir.clone())
+                        .display(),
+                    self.interval
+                ),
+            ),
             "kc" => match self.checkpoint(true) {
                 Ok(paths) => {
                     let n = self.kill_all();

@@ -384,6 +384,7 @@ fn main() {
             tcp_close,
             command,
         } => (|| {
+            let ckpt_dir_given = ckpt_dir.is_some();
             let opts = agent::AgentOptions {
                 tcp: protocol::TcpMode::of(tcp_established, tcp_close),
                 host: protocol::coord_host(coord.coord_host),
@@ -395,6 +396,39 @@ fn main() {
                 start_coordinator: !join,
                 job_id: protocol::new_job_id(),
             };
+            // -i and --ckpt-dir set up a coordinator ckpt run starts; one that already
+            // runs has its own, and the options would not take effect.
+            if ckpt_dir_given || interval.is_some() {
+                let probe = protocol::probe(
+                    &opts.host,
+                    opts.port,
+                    opts.token.clone(),
+                    protocol::handshake_timeout()?,
+                );
+                if let protocol::Probe::Coordinator(Some(c)) = probe {
+                    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or(p.into());
+                    if ckpt_dir_given && canon(&c.ckpt_dir) != canon(&opts.ckpt_dir) {
+                        anyhow::bail!(
+                            "the coordinator at {}:{} writes checkpoints to {}, so --ckpt-dir {} cannot take effect: leave it out, start that coordinator with it, or start another with --new-coordinator --coord-port PORT",
+                            opts.host,
+                            opts.port,
+                            c.ckpt_dir.display(),
+                            opts.ckpt_dir.display()
+                        );
+                    }
+                    if interval.is_some() && c.interval != opts.interval {
+                        anyhow::bail!(
+                            "the coordinator at {}:{} checkpoints every {} s (0: never), so -i {} cannot take effect: leave it out, or change its interval with `ckpt command --coord-port {} i {}`",
+                            opts.host,
+                            opts.port,
+                            c.interval,
+                            opts.interval,
+                            opts.port,
+                            opts.interval
+                        );
+                    }
+                }
+            }
             if join || new_coordinator {
                 let answers = protocol::Conn::connect(&opts.host, opts.port).is_ok();
                 if join && !answers {

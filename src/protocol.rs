@@ -283,14 +283,32 @@ pub fn interval(opt: Option<u64>) -> Result<u64> {
 /// What answers at a coordinator's address ([`probe`]).
 #[derive(Debug)]
 pub enum Probe {
-    /// A ckpt coordinator (that accepted our token).
-    Coordinator,
+    /// A ckpt coordinator (that accepted our token), with its settings (None from a
+    /// coordinator older than the `ping` verb).
+    Coordinator(Option<CoordSettings>),
     /// Nothing listens there (the connection was refused).
     Nothing(std::io::Error),
     /// A coordinator that refused us (token, protocol version): its answer.
     Refused(String),
     /// Something that is not a ckpt coordinator: what it did.
     Other(String),
+}
+
+/// A running coordinator's checkpoint directory and interval, as its `ping` tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordSettings {
+    pub ckpt_dir: PathBuf,
+    pub interval: u64,
+}
+
+impl CoordSettings {
+    fn parse(text: &str) -> Option<CoordSettings> {
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k));
+        Some(CoordSettings {
+            ckpt_dir: PathBuf::from(field("ckpt-dir=")?),
+            interval: field("interval=")?.parse().ok()?,
+        })
+    }
 }
 
 /// Ask what answers at `host:port`: a `ping` command, answered within `timeout`.
@@ -310,9 +328,9 @@ pub fn probe(host: &str, port: u16, token: Option<String>, timeout: Duration) ->
     }
     match conn.recv_within(timeout) {
         // An older coordinator answers `unknown command`: still one.
-        Ok(Some(Msg::Reply { ok: true, .. })) => Probe::Coordinator,
+        Ok(Some(Msg::Reply { ok: true, text })) => Probe::Coordinator(CoordSettings::parse(&text)),
         Ok(Some(Msg::Reply { ok: false, text })) if text.starts_with("unknown command") => {
-            Probe::Coordinator
+            Probe::Coordinator(None)
         }
         Ok(Some(Msg::Reply { ok: false, text })) => Probe::Refused(text),
         Ok(Some(_)) => Probe::Other("it sent a message a coordinator does not send".into()),
@@ -325,7 +343,7 @@ impl Probe {
     /// The error for a client that needs a coordinator at `host:port`, if this is not one.
     pub fn error(&self, host: &str, port: u16) -> Option<anyhow::Error> {
         match self {
-            Probe::Coordinator => None,
+            Probe::Coordinator(_) => None,
             Probe::Nothing(e) => Some(anyhow::anyhow!(
                 "cannot reach the coordinator at {host}:{port} ({e}; is one running? see --coord-host/--coord-port)"
             )),

@@ -1883,3 +1883,46 @@ fn a_port_that_is_not_a_coordinator_is_an_error() {
         server.join().unwrap();
     }
 }
+
+/// `ckpt run -i N` and `--ckpt-dir D` set up the coordinator it starts; joining one that
+/// runs with another interval or directory, they used to be ignored without a word (the
+/// checkpoints went elsewhere). Now that is an error naming the coordinator's own, and
+/// the job does not start; the same values, or none, join as before (issue 12).
+#[test]
+fn run_options_a_running_coordinator_cannot_take_are_errors() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(16);
+    let port_s = port.to_string();
+    let ck_dir = d.join("ckpt");
+    let _coord = start_coordinator(port, &ck_dir, &[]);
+    let ran = d.join("ran");
+    let attempt = |extra: &[&OsStr]| {
+        let mut c = ck();
+        c.args(["run", "--coord-port", &port_s])
+            .args(extra)
+            .args(["--", "touch"])
+            .arg(&ran);
+        run(&mut c)
+    };
+    let other = d.join("elsewhere");
+    let out = attempt(&[os("--ckpt-dir"), other.as_os_str()]);
+    let err = assert_error(&out, "ckpt run --ckpt-dir other than the coordinator's");
+    assert!(
+        err.contains(&*ck_dir.to_string_lossy()) && err.contains("--ckpt-dir"),
+        "{err}"
+    );
+    let out = attempt(&[os("-i"), os("7")]);
+    let err = assert_error(&out, "ckpt run -i other than the coordinator's");
+    assert!(err.contains("-i 7") && err.contains("every 0 s"), "{err}");
+    assert!(
+        !ran.exists(),
+        "the job ran with options that could not take effect"
+    );
+    let out = attempt(&[os("--ckpt-dir"), ck_dir.as_os_str(), os("-i"), os("0")]);
+    assert_success(
+        &out,
+        "ckpt run with the coordinator's own directory and interval",
+    );
+    assert!(ran.exists(), "the job did not run");
+}
