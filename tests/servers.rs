@@ -8,6 +8,9 @@
 //!   on its old connection, which goes on with GET and SET;
 //! - the same two processes (children of a shell) checkpointed as root with
 //!   `ckpt dump --kill` and brought back with `ckpt restore`;
+//! - a redis master and its replica under one `ckpt run` as `ckpttest`: the
+//!   replication connection goes on after the restore without a new sync, and the
+//!   restored job checkpoints again;
 //! - a node HTTP server (testdata/http_counter.js: epoll, eventfd, libuv's thread
 //!   pool) counting requests in memory, with a keep-alive client of its own whose
 //!   request is in flight at the checkpoint, under `ckpt run` as `ckpttest`: requests
@@ -409,6 +412,136 @@ fn redis_tree_dump_kill_restore() {
     r.assert_same_pid();
     check_restored_redis(port, &out_file, &id, &mut r.stdout);
     r.wait_success();
+}
+
+/// `INFO` field `key` of the redis-server on `port`.
+fn redis_info(port: u16, key: &str) -> String {
+    let info = redis_cli(port, &["INFO"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in INFO of port {port}:\n{info}"))
+        .trim()
+        .to_string()
+}
+
+/// The process of the job's tree under `root` that is the redis-server on `port`.
+fn redis_pid(root: i32, port: u16) -> i32 {
+    let title = format!("redis-server 127.0.0.1:{port}");
+    let found: Vec<i32> = descendants(root)
+        .into_iter()
+        .filter(|&p| cmdline(p).is_some_and(|c| c == title))
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "redis-server on port {port} below {root}: {found:?}"
+    );
+    found[0]
+}
+
+/// A redis master and its replica under one `ckpt run` as `ckpttest`: c, k, the restart
+/// script; the replication connection (both ends inside the job) goes on without a new
+/// synchronisation (the master counts no new full or partial sync), a key set on the
+/// master after the restore reaches the replica, and the restored job checkpoints again.
+#[test]
+fn redis_replication_under_ckpt_run_as_user() {
+    need("redis-server");
+    need("redis-cli");
+    let (d, launcher, ids) = test_user_dir("redis_replica.sh");
+    let (ck, data) = (d.join("ck"), d.join("redis"));
+    fs::create_dir_all(&data).unwrap();
+    chown_tree(d.path(), ids);
+    let (coord_port, master, replica) = (test_port(27), test_port(28), test_port(29));
+    let _sweep = Sweep::new(&d);
+    let _master_sweep = Sweep(format!("redis-server 127.0.0.1:{master}"));
+    let _replica_sweep = Sweep(format!("redis-server 127.0.0.1:{replica}"));
+    let mut job = UserJob::start(
+        ids,
+        coord_port,
+        &ck,
+        &[
+            launcher.as_os_str(),
+            os(&master.to_string()),
+            os(&replica.to_string()),
+            data.as_os_str(),
+        ],
+        &launcher.to_string_lossy(),
+    );
+    job.agent.stdout.expect_line("started");
+    wait_redis(master);
+    wait_redis(replica);
+    let mut mset = vec!["MSET".to_string()];
+    for i in 1..=KEYS {
+        mset.push(format!("k{i}"));
+        mset.push(format!("value-{i}"));
+    }
+    let mset: Vec<&str> = mset.iter().map(String::as_str).collect();
+    assert_eq!(redis_cli(master, &mset), "OK");
+    wait_until("the replica to have every key", || {
+        redis_info(replica, "master_link_status") == "up"
+            && redis_cli(replica, &["DBSIZE"]) == KEYS.to_string()
+    });
+    let full = redis_info(master, "sync_full");
+    let partial = redis_info(master, "sync_partial_ok");
+    // the connections of redis-cli are closed, the master's fork for the sync is gone:
+    // each server holds its listener and the replication connection
+    let (m, r) = (redis_pid(job.job, master), redis_pid(job.job, replica));
+    wait_until(
+        "the servers to hold only their listener and the replication connection",
+        || socket_fds(m) == 2 && socket_fds(r) == 2 && children(m).is_empty(),
+    );
+    let script = job.checkpoint_and_kill(false);
+
+    let mut rs = job.restart(&script);
+    wait_redis(master);
+    wait_redis(replica);
+    assert_eq!(redis_cli(replica, &["DBSIZE"]), KEYS.to_string());
+    assert_eq!(redis_cli(replica, &["GET", "k7"]), "value-7");
+    let set_and_see = |key: &str| {
+        assert_eq!(redis_cli(master, &["SET", key, "on the master"]), "OK");
+        wait_until(&format!("{key} to reach the replica"), || {
+            redis_cli(replica, &["GET", key]) == "on the master"
+        });
+    };
+    set_and_see("after-the-restore");
+    assert_eq!(redis_info(replica, "master_link_status"), "up");
+    assert_eq!(
+        (
+            redis_info(master, "sync_full"),
+            redis_info(master, "sync_partial_ok")
+        ),
+        (full.clone(), partial.clone()),
+        "the replica synchronised again after the restore (full, partial syncs)"
+    );
+    // the restored job checkpoints again and goes on
+    job.wait_listed();
+    let out = job.command(&["c"]);
+    assert!(
+        out.status.success(),
+        "`ckpt command c` of the restored job: {}",
+        describe(&out)
+    );
+    set_and_see("after-the-second-checkpoint");
+    assert_eq!(
+        (
+            redis_info(master, "sync_full"),
+            redis_info(master, "sync_partial_ok")
+        ),
+        (full, partial),
+        "the replica synchronised again after the second checkpoint"
+    );
+    for port in [replica, master] {
+        let _ = run(command("redis-cli").args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "SHUTDOWN",
+            "NOSAVE",
+        ]));
+    }
+    let st = rs.wait();
+    assert!(st.success(), "the restored job after SHUTDOWN: {st:?}");
 }
 
 // ---------------------------------------------------------------- node
