@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 # A redis client that keeps ONE connection across a checkpoint (tests/servers.rs).
-# Usage: resp_client.py PORT OUT N
+# Usage: resp_client.py PORT OUT N GO
 # Connects to 127.0.0.1:PORT (retrying until the server listens), asks CLIENT ID,
-# SETs k1..kN and INCRs "counter" N times, writes "before id=ID" to OUT, sends
-# BLPOP go 0 and prints "ready": the checkpoint finds it waiting for the server's
-# answer, which comes once someone (the test, after the restore) pushes onto the list
-# "go". Then, on the same socket, it asks CLIENT ID again, GETs k1..kN and "counter",
-# SETs m1..mN, GETs them back and asks DBSIZE; writes "after id=ID dbsize=D" to OUT
-# and prints "resp ok" (or "FAIL ..." and exits 1).
+# SETs k1..kN, INCRs "counter" N times and SETs "big" (1 MiB), writes "before id=ID"
+# to OUT, then sends 20 GET big and BLPOP go 0 in one go and prints "ready", reading
+# nothing until the file GO exists: the checkpoint finds the server's answers in
+# flight, filling the client's receive queue and the server's send queue, and the
+# BLPOP waiting until someone (the test, after the restore) pushes onto the list
+# "go". Then it reads the 20 answers and the BLPOP's and, on the same socket, asks
+# CLIENT ID again, GETs k1..kN and "counter", SETs m1..mN, GETs them back and asks
+# DBSIZE; writes "after id=ID dbsize=D" to OUT and prints "resp ok" (or "FAIL ..." and
+# exits 1).
+import os
 import socket
 import sys
 import time
 
-port, out_path, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+port, out_path, n, go_file = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+BIG = "0123456789abcdef" * 65536
+GETS = 20
 
 
 def log(line):
@@ -88,9 +94,16 @@ id_before = command("CLIENT", "ID")
 for i in range(1, n + 1):
     expect(command("SET", "k%d" % i, "value-%d" % i), "OK", "SET k%d" % i)
     expect(command("INCR", "counter"), i, "INCR")
+expect(command("SET", "big", BIG), "OK", "SET big")
 log("before id=%d" % id_before)
+sock.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * GETS)
 sock.sendall(b"*3\r\n$5\r\nBLPOP\r\n$2\r\ngo\r\n$1\r\n0\r\n")
 print("ready", flush=True)
+while not os.path.exists(go_file):
+    time.sleep(0.05)
+for i in range(GETS):
+    if reply() != BIG:
+        fail("answer %d to GET big is not the 1 MiB value" % (i + 1))
 go = reply()
 expect(go, ["go", "after the restore"], "BLPOP go 0")
 
@@ -105,6 +118,6 @@ for i in range(1, n + 1):
     expect(command("GET", "m%d" % i), "more-%d" % i, "GET m%d" % i)
 expect(command("INCR", "counter"), n + 1, "INCR after")
 dbsize = command("DBSIZE")
-expect(dbsize, 2 * n + 1, "DBSIZE")  # "go" is empty again: gone
+expect(dbsize, 2 * n + 2, "DBSIZE")  # k*, m*, counter, big; "go" is empty again
 log("after id=%d dbsize=%d" % (id_after, dbsize))
 print("resp ok", flush=True)

@@ -2,10 +2,12 @@
 //! job (issue 10), checkpointed, killed and restored end to end:
 //!
 //! - redis-server and a python3 client (testdata/resp_client.py, one RESP connection
-//!   held across the checkpoint, blocked in BLPOP) under one `ckpt run` as the
-//!   unprivileged user `ckpttest`: `ckpt command c`, `k`, the restart script; the
-//!   server answers a new redis-cli with every key, and the client's BLPOP is answered
-//!   on its old connection, which goes on with GET and SET;
+//!   held across the checkpoint, with 20 MiB of answers in flight that it does not
+//!   read yet, filling its receive queue and the server's send queue, and a BLPOP)
+//!   under one `ckpt run` as the unprivileged user `ckpttest`: `ckpt command c`, `k`,
+//!   the restart script; the server answers a new redis-cli with every key, and the
+//!   client reads every answer and its BLPOP's on its old connection, which goes on
+//!   with GET and SET;
 //! - the same two processes (children of a shell) checkpointed as root with
 //!   `ckpt dump --kill` and brought back with `ckpt restore`;
 //! - a redis master and its replica under one `ckpt run` as `ckpttest`: the
@@ -281,6 +283,32 @@ fn wait_redis(port: u16) {
 
 const KEYS: usize = 200;
 
+/// The largest send queue (bytes not yet acked by the peer, /proc/net/tcp) of an
+/// established IPv4 connection whose local port is `port`.
+fn send_queue_from_port(port: u16) -> u64 {
+    let text = fs::read_to_string("/proc/net/tcp").unwrap();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let (tx, _) = f.get(4)?.split_once(':')?;
+            (local_port == port && f.get(3) == Some(&"01"))
+                .then(|| u64::from_str_radix(tx, 16).ok())?
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Waits until the server's answers to the client's GETs fill the client's receive
+/// queue and wait in the server's send queue (what an ordinary user's checkpoint gets
+/// through the receiver, without TCP_REPAIR).
+fn wait_answers_in_flight(port: u16) {
+    wait_until("redis-server's answers to wait in its send queue", || {
+        send_queue_from_port(port) > 0
+    });
+}
+
 /// The client's "before id=ID" line: the id of its connection.
 fn client_id(out_file: &Path) -> String {
     let lines = wait_file_lines(out_file, 1);
@@ -291,11 +319,12 @@ fn client_id(out_file: &Path) -> String {
 }
 
 /// After the restore: a new redis-cli sees every key and the client's old connection;
-/// the push answers the client's BLPOP, which goes on on that connection ("resp ok" on
-/// `job_out`); then the server is shut down.
-fn check_restored_redis(port: u16, out_file: &Path, id: &str, job_out: &mut Lines) {
+/// the GO file lets the client read the answers in flight and the push answers its
+/// BLPOP, and it goes on on that connection ("resp ok" on `job_out`); then the server
+/// is shut down.
+fn check_restored_redis(port: u16, out_file: &Path, go: &Path, id: &str, job_out: &mut Lines) {
     wait_redis(port);
-    assert_eq!(redis_cli(port, &["DBSIZE"]), (KEYS + 1).to_string());
+    assert_eq!(redis_cli(port, &["DBSIZE"]), (KEYS + 2).to_string());
     assert_eq!(redis_cli(port, &["GET", "k1"]), "value-1");
     assert_eq!(
         redis_cli(port, &["GET", &format!("k{KEYS}")]),
@@ -308,17 +337,18 @@ fn check_restored_redis(port: u16, out_file: &Path, id: &str, job_out: &mut Line
         "the restored server lost the client's connection (id {id}): {clients}"
     );
     redis_cli(port, &["LPUSH", "go", "after the restore"]);
+    touch(go);
     job_out.expect_line("resp ok");
     let lines = file_lines(out_file);
     assert_eq!(
         lines,
         vec![
             format!("before id={id}"),
-            format!("after id={id} dbsize={}", 2 * KEYS + 1)
+            format!("after id={id} dbsize={}", 2 * KEYS + 2)
         ],
         "the client's log"
     );
-    assert_eq!(redis_cli(port, &["DBSIZE"]), (2 * KEYS + 1).to_string());
+    assert_eq!(redis_cli(port, &["DBSIZE"]), (2 * KEYS + 2).to_string());
     // the server's answer to SHUTDOWN is the end of the connection
     let _ = run(command("redis-cli").args([
         "-h",
@@ -341,7 +371,7 @@ fn redis_and_client_under_ckpt_run_as_user() {
     let (d, launcher, ids) = test_user_dir("redis_job.sh");
     let client = launcher.with_file_name("resp_client.py");
     copy_program(&testdata("resp_client.py"), &client);
-    let (ck, out_file, data) = (d.join("ck"), d.join("out"), d.join("redis"));
+    let (ck, out_file, data, go) = (d.join("ck"), d.join("out"), d.join("redis"), d.join("go"));
     fs::create_dir_all(&data).unwrap();
     chown_tree(d.path(), ids);
     let (coord_port, port) = (test_port(20), test_port(21));
@@ -358,15 +388,17 @@ fn redis_and_client_under_ckpt_run_as_user() {
             data.as_os_str(),
             out_file.as_os_str(),
             os(&keys),
+            go.as_os_str(),
         ],
         &launcher.to_string_lossy(),
     );
     job.agent.stdout.expect_line("ready");
     let id = client_id(&out_file);
+    wait_answers_in_flight(port);
     let script = job.checkpoint_and_kill(false);
 
     let mut r = job.restart(&script);
-    check_restored_redis(port, &out_file, &id, &mut r.stdout);
+    check_restored_redis(port, &out_file, &go, &id, &mut r.stdout);
     let st = r.wait();
     assert!(
         st.success(),
@@ -388,17 +420,19 @@ fn redis_tree_dump_kill_restore() {
     let _sweep = Sweep::new(&d);
     let port = test_port(22);
     let _redis_sweep = Sweep(format!("redis-server 127.0.0.1:{port}"));
-    let (ck, out_file, data) = (d.join("ck"), d.join("out"), d.join("redis"));
+    let (ck, out_file, data, go) = (d.join("ck"), d.join("out"), d.join("redis"), d.join("go"));
     fs::create_dir_all(&data).unwrap();
     let launcher = testdata("redis_job.sh");
     let mut c = command(&launcher);
     c.arg(port.to_string())
         .arg(&data)
         .arg(&out_file)
-        .arg(KEYS.to_string());
+        .arg(KEYS.to_string())
+        .arg(&go);
     let mut t = Target::spawn(c, &launcher.to_string_lossy());
     t.stdout.expect_line("ready");
     let id = client_id(&out_file);
+    wait_answers_in_flight(port);
     let tree = descendants(t.pid);
     assert_eq!(
         tree.len(),
@@ -410,7 +444,7 @@ fn redis_tree_dump_kill_restore() {
 
     let mut r = Restored::of(&ck, &t);
     r.assert_same_pid();
-    check_restored_redis(port, &out_file, &id, &mut r.stdout);
+    check_restored_redis(port, &out_file, &go, &id, &mut r.stdout);
     r.wait_success();
 }
 
