@@ -368,6 +368,18 @@ fn redis_and_client_under_ckpt_run_as_user() {
     need("redis-server");
     need("redis-cli");
     need("python3");
+    // An ordinary user's restore sends the server's answers in flight (about 3 MB) again
+    // from a new socket whose SO_SNDBUF stops at net.core.wmem_max (docs/FDKINDS.md).
+    let wmem_max: u64 = fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        wmem_max >= 4 << 20,
+        "net.core.wmem_max is {wmem_max}: an ordinary user's restore cannot send 3 MB in \
+         flight again from one socket (set it to 4194304 or more)"
+    );
     let (d, launcher, ids) = test_user_dir("redis_job.sh");
     let client = launcher.with_file_name("resp_client.py");
     copy_program(&testdata("resp_client.py"), &client);
