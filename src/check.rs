@@ -380,7 +380,7 @@ fn tcp_repair_feature() -> Feature {
         return Feature {
             name: "TCP_REPAIR",
             status: Status::Ok,
-            text: "TCP connections can be read and rebuilt in repair mode (bytes stuck in a send queue inside the job; connections to outside peers)".into(),
+            text: "TCP connections to peers outside the job can be saved with --tcp-established (repair mode)".into(),
             essential: false,
         };
     }
@@ -388,7 +388,7 @@ fn tcp_repair_feature() -> Feature {
         name: "TCP_REPAIR",
         status: Status::Limited,
         text: format!(
-            "needs CAP_NET_ADMIN ({}): TCP connections with both ends in the job are saved without it, but a dump with bytes stuck in a send queue is refused, and so are connections to peers outside the job; run as root for them",
+            "needs CAP_NET_ADMIN ({}): TCP connections with both ends in the job are saved without it, but connections to peers outside the job are refused (or restored as reset with --tcp-close); run as root for --tcp-established",
             std::io::Error::last_os_error()
         ),
         essential: false,

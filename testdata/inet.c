@@ -57,6 +57,9 @@
  *   read while its sender (non-blocking) wrote sequence numbers until EAGAIN: bytes
  *   wait in the sender's send queue.  Checks: the receiver reads every byte sent, in
  *   sequence, and nothing more.
+ *
+ * fullshut: the same, the sender then shutting down writing (its FIN queued after
+ *   the bytes).  Checks: every byte, then end of file.
  */
 #include "common.h"
 #include <arpa/inet.h>
@@ -583,7 +586,7 @@ static int waiting_outside(void)
     return 0;
 }
 
-static int full(void)
+static int full(int shut)
 {
     addr_t a;
     socklen_t al = lo(&a, 0);
@@ -608,6 +611,8 @@ static int full(void)
         CHECK(k == 4, "send: %zd %s", k, strerror(errno));
         sent += 4;
     }
+    if (shut)
+        CHECK(shutdown(c, SHUT_WR) == 0, "shutdown: %s", strerror(errno));
     say("sent %d", sent);
     say("ready");
     wait_for_file(stop, 10);
@@ -621,6 +626,11 @@ static int full(void)
         CHECK(all[i] == (unsigned char)((unsigned)(i / 4) >> (8 * (3 - i % 4))),
               "byte %d is wrong", i);
     char more;
+    if (shut) {
+        CHECK(recv(s, &more, 1, 0) == 0, "no end of file after %d bytes", sent);
+        say("fullshut ok");
+        return 0;
+    }
     CHECK(recv(s, &more, 1, MSG_DONTWAIT) < 0 && errno == EAGAIN, "more than %d bytes", sent);
     say("full ok");
     return 0;
@@ -646,6 +656,8 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "waiting_outside"))
         return waiting_outside();
     if (!strcmp(mode, "full"))
-        return full();
+        return full(0);
+    if (!strcmp(mode, "fullshut"))
+        return full(1);
     fail("unknown mode %s", mode);
 }

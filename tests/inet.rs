@@ -283,15 +283,50 @@ fn dump_without_kill_leaves_bytes_in_a_send_queue() {
     check("full", Run::NoKill);
 }
 
-/// Without privileges those bytes cannot be read: the dump is refused naming the
-/// connection and TCP_REPAIR; every byte arrives after.
+/// Without privileges (no TCP_REPAIR) those bytes are got through the receiver: its
+/// queue is read until the sender's is empty, and every byte read is sent again from
+/// the sender's end before the process runs on; every byte comes back once and in
+/// order.
 #[test]
-fn bytes_in_a_send_queue_are_refused_for_an_ordinary_user() {
+fn bytes_in_a_send_queue_come_back_for_an_ordinary_user() {
+    check("full", Run::User);
+}
+
+/// The same dump without --kill: the process, which ran on, reads every byte, in order.
+#[test]
+fn dump_without_kill_leaves_bytes_in_a_send_queue_for_an_ordinary_user() {
+    let (d, prog, ids) = test_user_dir("inet");
+    let (stop, ck) = (d.join("stop"), d.join("ckpt"));
+    let mut c = setpriv_test_user(&prog, ids);
+    c.args([os("full"), stop.as_os_str()]);
+    let mut t = Target::spawn(c, &prog.to_string_lossy());
+    t.stdout.expect_line("ready");
+    let mut c = setpriv(ids, &[], &[], ckpt_bin());
+    c.args(["dump", &t.pid.to_string(), "--dir"])
+        .arg(&ck)
+        .stdin(std::process::Stdio::null());
+    let out = run(&mut c);
+    assert_success(
+        &out,
+        "dump of inet full as an ordinary user, without --kill",
+    );
+    assert_running_not_stopped(t.pid);
+    touch(&stop);
+    t.stdout.expect_line("full ok");
+    assert!(t.wait().success());
+}
+
+/// A sender that shut down writing after bytes its receiver has no room for: without
+/// TCP_REPAIR nothing could be sent again after its FIN, so the dump is refused, naming
+/// the connection, TCP_REPAIR and the shutdown, before anything is read; every byte and
+/// the end of file arrive after.
+#[test]
+fn bytes_in_a_send_queue_after_shutdown_are_refused_for_an_ordinary_user() {
     let (d, prog, ids) = test_user_dir("inet");
     let stop = d.join("stop");
     let ck = d.join("ckpt");
     let mut c = setpriv_test_user(&prog, ids);
-    c.args([os("full"), stop.as_os_str()]);
+    c.args([os("fullshut"), stop.as_os_str()]);
     let mut t = Target::spawn(c, &prog.to_string_lossy());
     t.stdout.expect_line("ready");
     let mut c = setpriv(ids, &[], &[], ckpt_bin());
@@ -300,11 +335,12 @@ fn bytes_in_a_send_queue_are_refused_for_an_ordinary_user() {
         .arg("--kill")
         .stdin(std::process::Stdio::null());
     let out = run(&mut c);
-    let line = assert_error(&out, "dump of inet full as an ordinary user");
+    let line = assert_error(&out, "dump of inet fullshut as an ordinary user");
     for want in [
         format!("process {}", t.pid),
         "still in its send queue".into(),
         "TCP_REPAIR".into(),
+        "shut down writing".into(),
     ] {
         assert!(
             line.contains(&want),
@@ -313,7 +349,7 @@ fn bytes_in_a_send_queue_are_refused_for_an_ordinary_user() {
     }
     assert_running_not_stopped(t.pid);
     touch(&stop);
-    t.stdout.expect_line("full ok");
+    t.stdout.expect_line("fullshut ok");
     assert!(t.wait().success());
 }
 

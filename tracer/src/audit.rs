@@ -885,7 +885,7 @@ pub static TABLE: &[Row] = &[
     ),
     row(
         InetSock("bytes_acked + SIOCOUTQ against the peer's bytes_received"),
-        "bytes in a send queue not yet in the peer's receive queue: as root read with TCP_REPAIR (send queue peeked, write_seq against the peer's rcv_nxt) and restored after the peer's own; without CAP_NET_ADMIN refused",
+        "bytes in a send queue not yet in the peer's receive queue: as root read with TCP_REPAIR (send queue peeked, write_seq against the peer's rcv_nxt) and restored after the peer's own; without CAP_NET_ADMIN got through the receiver (its queue read until the sender's is empty, every byte sent again from the sender's end before the tree runs on); refused when the sender shut down writing after them",
         Saved("image: fd inet"),
     ),
     row(

@@ -18,8 +18,11 @@
 //! (the receiver's buffer is full): as root they are read with TCP_REPAIR (the send
 //! queue peeked; the sender's `write_seq` against the receiver's `rcv_nxt` says how
 //! many of its last bytes the receiver lacks) and saved after the receiver's own queue;
-//! without CAP_NET_ADMIN the dump is refused naming the connection. A client whose connection waits in the accept queue of a listening
-//! socket of the tree is found in /proc/PID/net/tcp{,6} (the waiting socket has no
+//! without CAP_NET_ADMIN they are got through the receiver ([`drain_and_refill`]:
+//! its queue read until the sender's is empty, every byte sent again from the sender's
+//! end before the tree runs on), refused when the sender shut down writing after them.
+//! A client whose connection waits in the accept queue of a listening socket of the
+//! tree is found in /proc/PID/net/tcp{,6} (the waiting socket has no
 //! inode); a waiting connection whose client is outside the tree, or that holds data
 //! its client sent (only accepting it could read it), is refused, naming it. A
 //! connection to a peer outside the tree is handed to [`super::tcp_repair`], which
@@ -1042,6 +1045,8 @@ struct Seen {
     state: u8,
     local: InetAddr,
     peer: Option<InetAddr>,
+    /// bytes of its receive queue the image holds
+    queued: usize,
 }
 
 /// Whether a listening socket bound to `l` takes connections to `to`.
@@ -1078,6 +1083,7 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                     state: s.state,
                     local: s.local.clone(),
                     peer: s.peer.clone(),
+                    queued: s.queue.iter().map(Vec::len).sum(),
                 });
             }
         }
@@ -1115,7 +1121,15 @@ pub fn link(procs: &mut [ProcessState]) -> Result<()> {
                 let da = a.sent as i128 - b.received as i128;
                 let db = b.sent as i128 - a.received as i128;
                 if da + db > 1 && !repaired.contains(&s.ino) {
-                    match from_send_queues(s, o) {
+                    let read = from_send_queues(s, o).or_else(|e| {
+                        if e.raw_os_error() != Some(libc::EPERM) {
+                            return Err(e);
+                        }
+                        drain_and_refill(s, o, da, db).map_err(|d| {
+                            io::Error::other(format!("{e}; without it, through the receiver: {d}"))
+                        })
+                    });
+                    match read {
                         Ok((to_o, to_s)) => {
                             extra.insert(o.ino, to_o);
                             extra.insert(s.ino, to_s);
@@ -1318,6 +1332,182 @@ fn from_send_queues(s: &Seen, o: &Seen) -> io::Result<(Vec<u8>, Vec<u8>)> {
         Ok(x.sendq[x.sendq.len() - n..].to_vec())
     };
     Ok((missing(&a, &b, s, o)?, missing(&b, &a, o, s)?))
+}
+
+/// How long draining or refilling a connection waits for bytes that do not move.
+const DRAIN_STILL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Without TCP_REPAIR (an ordinary user): the bytes still in the send queues of a
+/// connection whose two ends are in the frozen tree, got through the receiver. For each
+/// direction whose sender holds bytes the receiver lacks, the receiver's queue is read
+/// (through our copy of its descriptor: the same socket) until the sender's queue is
+/// empty, the kernel moving the rest in as room is made, and every byte read is sent
+/// again, in order, from the sender's end, before any process runs again: the receiver
+/// reads the same bytes next, and only the byte counts of the connection moved. What
+/// was read beyond the receiver's queue as the image holds it is what
+/// [`from_send_queues`] gives as root: (what `s` sent and `o` lacks, what `o` sent and
+/// `s` lacks). A sender that shut down writing is refused (nothing could be sent
+/// again after its FIN), before anything is read.
+fn drain_and_refill(s: &Seen, o: &Seen, ds: i128, d_o: i128) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let dirs = [(s, o, ds), (o, s, d_o)];
+    let mut ends = Vec::new();
+    for (x, y, d) in dirs {
+        let xc = crate::procinfo::pidfd_getfd(x.pid, x.fd)?;
+        let pending = d >= 1 && ioctl_int(xc.as_raw_fd(), libc::TIOCOUTQ)? > 0;
+        if pending && matches!(x.state, TCP_FIN_WAIT1 | TCP_FIN_WAIT2) {
+            return Err(io::Error::other(format!(
+                "{} shut down writing after them",
+                show(&x.local)
+            )));
+        }
+        ends.push((x, y, xc, pending));
+    }
+    let mut out = Vec::new();
+    for (_, y, xc, pending) in ends {
+        if !pending {
+            out.push(Vec::new());
+            continue;
+        }
+        let yc = crate::procinfo::pidfd_getfd(y.pid, y.fd)?;
+        let peek_off = get_int(yc.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
+        let data = drain(&xc, &yc)?;
+        refill(&xc, &data).map_err(|e| {
+            io::Error::other(format!(
+                "{e}: {} bytes read from {} could not all be sent again, that connection of the running process lost them",
+                data.len(),
+                show(&y.local)
+            ))
+        })?;
+        if peek_off >= 0 {
+            set_int(
+                yc.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEEK_OFF,
+                peek_off,
+            )?;
+        }
+        if data.len() < y.queued {
+            return Err(io::Error::other(format!(
+                "{} bytes read from {}, whose receive queue held {}",
+                data.len(),
+                show(&y.local),
+                y.queued
+            )));
+        }
+        out.push(data[y.queued..].to_vec());
+    }
+    let to_s = out.pop().unwrap_or_default();
+    let to_o = out.pop().unwrap_or_default();
+    Ok((to_o, to_s))
+}
+
+/// Reads the receiver `y` until the sender `x` has nothing left in its send queue and
+/// `y` nothing in its receive queue: every byte in flight, in order.
+fn drain(x: &OwnedFd, y: &OwnedFd) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut moved = std::time::Instant::now();
+    loop {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`, a live buffer.
+        let n = unsafe {
+            libc::recv(
+                y.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            data.extend_from_slice(&buf[..n as usize]);
+            moved = std::time::Instant::now();
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::other("end of file while reading the receiver"));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {}
+            _ => return Err(e),
+        }
+        if ioctl_int(x.as_raw_fd(), libc::TIOCOUTQ)? <= 0
+            && ioctl_int(y.as_raw_fd(), libc::FIONREAD)? <= 0
+        {
+            return Ok(data);
+        }
+        if moved.elapsed() > DRAIN_STILL {
+            return Err(io::Error::other(format!(
+                "the sender's queue did not move for {DRAIN_STILL:?}"
+            )));
+        }
+        poll_for(y.as_raw_fd(), libc::POLLIN, 10)?;
+    }
+}
+
+/// Sends `data` from `x`, waiting while the receiver takes it in; if the send queue
+/// stays full, its buffer is made larger once (by what is left to send).
+fn refill(x: &OwnedFd, data: &[u8]) -> io::Result<()> {
+    let mut done = 0;
+    let mut moved = std::time::Instant::now();
+    let mut grown = false;
+    while done < data.len() {
+        // SAFETY: send reads `data.len() - done` bytes of `data`, alive across the call.
+        let n = unsafe {
+            libc::send(
+                x.as_raw_fd(),
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            done += n as usize;
+            moved = std::time::Instant::now();
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => continue,
+            io::ErrorKind::WouldBlock => {}
+            _ => return Err(e),
+        }
+        if !grown && moved.elapsed() > std::time::Duration::from_millis(200) {
+            let have = get_int(x.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+            let want = (have as usize / 2 + (data.len() - done)).min(i32::MAX as usize / 2);
+            set_int(
+                x.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUF,
+                want as i32,
+            )?;
+            grown = true;
+            moved = std::time::Instant::now();
+        } else if moved.elapsed() > DRAIN_STILL {
+            return Err(io::Error::other(format!(
+                "the send queue stayed full for {DRAIN_STILL:?}"
+            )));
+        }
+        poll_for(x.as_raw_fd(), libc::POLLOUT, 10)?;
+    }
+    Ok(())
+}
+
+/// poll(2) one descriptor for `events`, `timeout_ms` at most.
+fn poll_for(fd: RawFd, events: i16, timeout_ms: i32) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one `pollfd`, a local.
+    if unsafe { libc::poll(&mut p, 1, timeout_ms) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 /// A /proc/net/tcp address as [`norm`] gives it (IPv4 mapped into IPv6 as 4 bytes).
@@ -1584,6 +1774,42 @@ pub(super) fn send_all(
     Ok(())
 }
 
+/// How long [`settle`] waits at most for the send queues of a restore to empty.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long it waits for a send queue that does not move any more.
+const SETTLE_STILL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Waits until the send queues (SIOCOUTQ) of `socks` are empty: on loopback the
+/// kernel moves the refilled bytes into the receivers' queues at once, unless a
+/// receiver's buffer is full, where the rest waits in the sender's queue (as bytes the
+/// receiver had no room for did before the checkpoint) until the receiver reads. So one
+/// deadline for all of them, and no wait once no queue has moved for [`SETTLE_STILL`]
+/// (it was 2 s for each such connection: 10 s for a redis-server whose 5 clients had
+/// filled its buffers).
+fn settle(socks: &[RawFd]) {
+    let outq = || -> Vec<i32> {
+        socks
+            .iter()
+            .map(|&s| ioctl_int(s, libc::TIOCOUTQ).unwrap_or(0).max(0))
+            .collect()
+    };
+    let start = std::time::Instant::now();
+    let mut last = outq();
+    let mut moved = start;
+    while last.iter().any(|&n| n > 0) {
+        let now = std::time::Instant::now();
+        if now - start >= SETTLE_MAX || now - moved >= SETTLE_STILL {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let q = outq();
+        if q != last {
+            last = q;
+            moved = std::time::Instant::now();
+        }
+    }
+}
+
 /// The address to send to for a socket bound to `a`: itself, or loopback for a
 /// wildcard address.
 fn reachable(a: &InetAddr, family: i32) -> InetAddr {
@@ -1795,18 +2021,12 @@ impl Builder<'_> {
             }
         }
         // Wait (a little) until every byte sent is in its receiver's queue.
-        for (&ino, _) in recs
+        let senders: Vec<RawFd> = recs
             .iter()
             .filter(|(_, r)| r.tcp() && connected_state(r.s.state))
-        {
-            let s = &self.made[&ino];
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while ioctl_int(s.as_raw_fd(), libc::TIOCOUTQ).unwrap_or(0) > 0
-                && std::time::Instant::now() < deadline
-            {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
+            .map(|(ino, _)| self.made[ino].as_raw_fd())
+            .collect();
+        settle(&senders);
         for (&ino, r) in recs
             .iter()
             .filter(|(_, r)| r.tcp() && connected_state(r.s.state))

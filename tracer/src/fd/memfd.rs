@@ -380,7 +380,8 @@ fn through_memory(
         format!("{} {name}", if memfd { "memfd" } else { "deleted file" }),
         stored,
     )?;
-    let mem = crate::read::MemReader::open(pid)
+    // Opened here: the tracer's memory reader lives in a module that uses this one.
+    let mem = std::fs::File::open(proc::path(pid, "mem"))
         .map_err(|e| TraceError::io(pid, "opening its memory", e))?;
     let mut data = Vec::with_capacity(stored as usize);
     for &(off, len) in &merged {
@@ -394,7 +395,7 @@ fn through_memory(
                 continue;
             }
             let buf = &mut data[at + (from - off) as usize..at + (to - off) as usize];
-            mem.read(rs + (from - ro), buf)
+            mem.read_exact_at(buf, rs + (from - ro))
                 .map_err(|e| refused(format!("reading it through /proc/{pid}/mem: {e}")))?;
         }
     }
