@@ -316,13 +316,18 @@ pub fn supervise(
             }
         };
         let reply = match msg {
-            Msg::Freeze { gen, dir, keep } => {
+            Msg::Freeze {
+                gen,
+                dir,
+                keep,
+                kill,
+            } => {
                 drop(frozen.take());
                 let r = crate::coordinator::ensure_dir(&dir).and_then(|_| {
                     FrozenDump::freeze(&DumpOptions {
                         pid: job,
                         dir: &dir,
-                        kill: false,
+                        kill,
                         keep,
                         coordinator: Some(crate::generation::CoordRef {
                             host: opts.host.clone(),

@@ -402,7 +402,7 @@ impl Coordinator {
                     self.reset_timer();
                     if !self.agents.is_empty() {
                         // Its outcome is logged and counted in the status.
-                        let _ = self.checkpoint();
+                        let _ = self.checkpoint(false);
                     }
                     continue;
                 }
@@ -538,8 +538,10 @@ impl Coordinator {
     fn command(&mut self, verb: &str, arg: Option<&str>) -> (bool, bool, String) {
         match verb {
             "h" | "help" | "?" => (false, true, HELP.into()),
-            "kc" => match self.checkpoint() {
+            "kc" => match self.checkpoint(true) {
                 Ok(paths) => {
+                    // Each job was killed by its agent once its generation was
+                    // published, still frozen; Kill reaches anything left over.
                     let n = self.kill_all();
                     let mut text: Vec<String> =
                         paths.iter().map(|p| p.display().to_string()).collect();
@@ -552,7 +554,7 @@ impl Coordinator {
                     format!("checkpoint failed: {e:#}; no job killed"),
                 ),
             },
-            "c" | "bc" | "checkpoint" => match self.checkpoint() {
+            "c" | "bc" | "checkpoint" => match self.checkpoint(false) {
                 Ok(paths) => (
                     false,
                     true,
@@ -744,14 +746,16 @@ impl Coordinator {
 
     /// One global checkpoint: every job frozen, then every job written. Its outcome is
     /// logged and counted; a failure names each job that failed and why.
-    fn checkpoint(&mut self) -> Result<Vec<PathBuf>> {
+    /// With `kill`, every job stays frozen until its generation is published and is
+    /// killed then (`kc`); a job whose checkpoint fails resumes.
+    fn checkpoint(&mut self, kill: bool) -> Result<Vec<PathBuf>> {
         if self.agents.is_empty() {
             bail!("no job is registered");
         }
         self.gen += 1;
         let gen = self.gen;
         self.running = Some((gen, self.agents.len()));
-        let r = self.round(gen);
+        let r = self.round(gen, kill);
         self.running = None;
         match &r {
             Ok(_) => self.completed += 1,
@@ -763,7 +767,7 @@ impl Coordinator {
         r
     }
 
-    fn round(&mut self, gen: u64) -> Result<Vec<PathBuf>> {
+    fn round(&mut self, gen: u64, kill: bool) -> Result<Vec<PathBuf>> {
         let t0 = Instant::now();
         log(&format!(
             "checkpoint {gen}: freezing {} job(s)",
@@ -775,6 +779,7 @@ impl Coordinator {
             gen,
             dir: c.job_dir(a),
             keep,
+            kill,
         });
         frozen.extend(self.collect(gen, reached, Duration::from_secs(300)));
         let failed: Vec<(u64, String)> = frozen

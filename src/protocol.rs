@@ -52,7 +52,16 @@ pub enum Msg {
         token: Option<String>,
     },
     /// Coordinator → agent: freeze the job and read it into generation `gen` in `dir`.
-    Freeze { gen: u64, dir: PathBuf, keep: usize },
+    /// With `kill` (the `kc` verb) the job stays frozen until its generation is
+    /// published and is killed then: it does nothing after its checkpoint that a
+    /// restart would do again.
+    Freeze {
+        gen: u64,
+        dir: PathBuf,
+        keep: usize,
+        #[serde(default)]
+        kill: bool,
+    },
     /// Agent → coordinator.
     Frozen { gen: u64 },
     /// Coordinator → agent: every job is frozen, resume and finish writing.
