@@ -1942,10 +1942,15 @@ fn run_restart_if_checkpoint() {
         .unwrap();
     assert!(st.success());
     let out = ck_run(
-        run_args
-            .iter()
-            .copied()
-            .chain([os("--"), counter.as_os_str(), other.as_os_str(), stop.as_os_str()]),
+        [os("run")]
+            .into_iter()
+            .chain(run_args.iter().copied())
+            .chain([
+                os("--"),
+                counter.as_os_str(),
+                other.as_os_str(),
+                stop.as_os_str(),
+            ]),
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
