@@ -357,9 +357,7 @@ pub fn supervise(
                     FrozenDump::freeze(&DumpOptions {
                         pid: job,
                         dir: &dir,
-                        // With --tcp-established the job must not run on between its
-                        // image and the kill that follows (`kc`).
-                        kill: kill && tcp == Some(protocol::TcpMode::Established),
+                        kill,
                         keep,
                         coordinator: Some(crate::generation::CoordRef {
                             host: opts.host.clone(),

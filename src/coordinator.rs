@@ -554,6 +554,8 @@ impl Coordinator {
             ),
             "kc" => match self.checkpoint(true) {
                 Ok(paths) => {
+                    // Each job was killed by its agent once its generation was
+                    // published, still frozen; Kill reaches anything left over.
                     let n = self.kill_all();
                     let mut text: Vec<String> =
                         paths.iter().map(|p| p.display().to_string()).collect();
@@ -758,7 +760,8 @@ impl Coordinator {
 
     /// One global checkpoint: every job frozen, then every job written. Its outcome is
     /// logged and counted; a failure names each job that failed and why.
-    /// `kill`: every job is killed next (`kc`).
+    /// With `kill`, every job stays frozen until its generation is published and is
+    /// killed then (`kc`); a job whose checkpoint fails resumes.
     fn checkpoint(&mut self, kill: bool) -> Result<Vec<PathBuf>> {
         if self.agents.is_empty() {
             bail!("no job is registered");

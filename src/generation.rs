@@ -75,6 +75,31 @@ pub fn generations(ckpt_dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v.into_iter().map(|(_, p)| p).collect())
 }
 
+/// The newest complete generation of each job directory (`job_<id>`, as the
+/// coordinator names them) in `ckpt_dir`, for `ckpt run --restart-if-checkpoint`. A
+/// generation being written has no place here: `latest` and the generation list only
+/// ever name published ones.
+pub fn job_checkpoints(ckpt_dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = match fs::read_dir(ckpt_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", ckpt_dir.display())),
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let is_job = e.file_name().to_string_lossy().starts_with("job_");
+        if !is_job || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = e.path();
+        if let Some(g) = through_latest(&dir)?.or(generations(&dir)?.pop()) {
+            out.push(g);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn sanitize(s: &str) -> String {
     let s: String = s
         .chars()

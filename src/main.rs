@@ -142,6 +142,13 @@ enum Cmd {
         /// restore they read as reset by the peer (ECONNRESET, then end of file).
         #[arg(long)]
         tcp_close: bool,
+        /// When the checkpoint directory holds a checkpoint of a job, restore it (as
+        /// `ckpt restore` would, registering with this coordinator) instead of running
+        /// the program; run the program when there is none. One batch script can so
+        /// start fresh the first time and go on from the last checkpoint after every
+        /// requeue. Two or more jobs with checkpoints there are an error.
+        #[arg(long)]
+        restart_if_checkpoint: bool,
         /// The program and its arguments (an option of ckpt's before it is a usage
         /// error, never run as the program; `--` ends ckpt's options).
         #[arg(required = true, trailing_var_arg = true)]
@@ -299,6 +306,25 @@ fn restore_job(
     prepared.run(then)
 }
 
+/// The checkpoint `ckpt run --restart-if-checkpoint` restores from `ckpt_dir`: the
+/// newest complete generation of the one job that has any there, None when no job has.
+fn checkpoint_to_restart(ckpt_dir: &std::path::Path) -> anyhow::Result<Option<PathBuf>> {
+    let found = generation::job_checkpoints(ckpt_dir)?;
+    if found.len() > 1 {
+        anyhow::bail!(
+            "--restart-if-checkpoint: {} jobs have checkpoints in {} ({}); restore one with `ckpt restore DIR`, or give each job a checkpoint directory of its own",
+            found.len(),
+            ckpt_dir.display(),
+            found
+                .iter()
+                .map(|g| g.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(found.into_iter().next())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() >= 2 && args[1] == "__bench-workload" {
@@ -382,9 +408,11 @@ fn main() {
             pidns,
             tcp_established,
             tcp_close,
+            restart_if_checkpoint,
             command,
         } => (|| {
             let ckpt_dir_given = ckpt_dir.is_some();
+            let token_file = coord.token_file.clone();
             let opts = agent::AgentOptions {
                 tcp: protocol::TcpMode::of(tcp_established, tcp_close),
                 host: protocol::coord_host(coord.coord_host),
@@ -444,6 +472,34 @@ fn main() {
                         "a coordinator already answers at {}:{} (--new-coordinator): choose another port with --coord-port, or join it",
                         opts.host,
                         opts.port
+                    );
+                }
+            }
+            if restart_if_checkpoint {
+                if let Some(gen) = checkpoint_to_restart(&opts.ckpt_dir)? {
+                    eprintln!(
+                        "ckpt: restoring {} (--restart-if-checkpoint) instead of starting {}",
+                        gen.display(),
+                        command.join(" ")
+                    );
+                    if let Some(t) = &token_file {
+                        // The restored job's agent reads the token from there.
+                        std::env::set_var("CKPT_TOKEN_FILE", t);
+                    }
+                    return restore_job(
+                        &agent::RestartOverrides {
+                            host: Some(opts.host.clone()),
+                            port: Some(opts.port),
+                            interval,
+                            ckpt_dir: Some(opts.ckpt_dir.clone()),
+                        },
+                        &restore::RestoreOptions {
+                            dir: &gen,
+                            detach: false,
+                            pidns: restore::PidNs::Auto,
+                            new_audit_session: false,
+                            tcp_established,
+                        },
                     );
                 }
             }

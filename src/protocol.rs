@@ -52,6 +52,9 @@ pub enum Msg {
         token: Option<String>,
     },
     /// Coordinator → agent: freeze the job and read it into generation `gen` in `dir`.
+    /// With `kill` (the `kc` verb) the job stays frozen until its generation is
+    /// published and is killed then: it does nothing after its checkpoint that a
+    /// restart would do again.
     Freeze {
         gen: u64,
         dir: PathBuf,
@@ -60,9 +63,7 @@ pub enum Msg {
         /// coordinators: the agent's own, if any).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tcp: Option<TcpMode>,
-        /// The checkpoint is followed by a kill (`kc`): with `--tcp-established` the
-        /// agent kills the job as the dump ends, so that its connections do not run on
-        /// past the image.
+        /// See above (`kc`); absent from older coordinators.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         kill: bool,
     },

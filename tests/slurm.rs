@@ -96,8 +96,8 @@ struct Cluster {
 impl Cluster {
     /// Writes the key, slurm.conf and starts munged, slurmctld and slurmd
     /// (all in the foreground, as children of the test), then waits until the
-    /// node is idle.
-    fn start(dir: &Path) -> Cluster {
+    /// node is idle. `auth_info` is added to AuthInfo, `extra` (lines) to slurm.conf.
+    fn start(dir: &Path, auth_info: &str, extra: &str) -> Cluster {
         fs::create_dir_all(dir).unwrap();
         // munged wants its socket directory and every directory above it
         // searchable by everyone, the key directory private.
@@ -161,7 +161,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={socket}
+AuthInfo=socket={socket}{auth_info}
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
 SlurmctldPidFile={dir}/slurmctld.pid
@@ -183,6 +183,7 @@ SlurmctldDebug=info
 SlurmdDebug=info
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+{extra}
 ",
             ctld_port = free_port(),
             slurmd_port = free_port(),
@@ -243,8 +244,18 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     /// Polls `cond` (every 200 ms) with the safety-net timeout, failing at once
     /// if a daemon dies.
-    fn wait_for(&mut self, what: &str, mut cond: impl FnMut(&mut Self) -> bool) {
-        let deadline = Instant::now() + TIMEOUT;
+    fn wait_for(&mut self, what: &str, cond: impl FnMut(&mut Self) -> bool) {
+        self.wait_for_within(what, TIMEOUT, cond)
+    }
+
+    /// `wait_for` with another safety-net timeout.
+    fn wait_for_within(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&mut Self) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
         loop {
             self.check_daemons();
             if cond(self) {
@@ -264,8 +275,22 @@ PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 
     /// `sbatch SCRIPT` from `submit_dir` with extra environment; the job id.
     fn sbatch(&self, script: &Path, submit_dir: &Path, env: &[(&str, &str)]) -> String {
+        self.sbatch_with(&[], script, submit_dir, env)
+    }
+
+    /// `sbatch ARGS SCRIPT` from `submit_dir` with extra environment; the job id.
+    fn sbatch_with(
+        &self,
+        args: &[&str],
+        script: &Path,
+        submit_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> String {
         let mut cmd = self.cmd("sbatch");
-        cmd.arg("--parsable").arg(script).current_dir(submit_dir);
+        cmd.arg("--parsable")
+            .args(args)
+            .arg(script)
+            .current_dir(submit_dir);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -488,7 +513,7 @@ fn slurm_launch_checkpoint_cancel_restart() {
     let submit = d.join("submit");
     fs::create_dir_all(&submit).unwrap();
     fs::copy(testdata("date.py"), submit.join("date.py")).unwrap();
-    let mut cluster = Cluster::start(&d.join("slurm"));
+    let mut cluster = Cluster::start(&d.join("slurm"), "", "");
 
     let ckpt = ckpt_bin();
     let ckpt = ckpt.to_str().unwrap();
@@ -602,4 +627,103 @@ fn slurm_launch_checkpoint_cancel_restart() {
     assert_consecutive_from(&all[k..], all[k], "numbers after the restart", &all);
 
     cluster.cancel_and_wait(&restart);
+}
+
+/// `scontrol show job ID` as its KEY=VALUE fields.
+fn job_fields(cluster: &Cluster, id: &str) -> Vec<(String, String)> {
+    let out = cluster.output(cluster.cmd("scontrol").args(["-o", "show", "job", id]));
+    out.split_whitespace()
+        .filter_map(|f| f.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> &'a str {
+    fields
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_else(|| panic!("scontrol show job has no {key}: {fields:?}"))
+}
+
+/// Issue 12, item 1: a job with a 1-minute time limit runs a computation of about 3
+/// minutes (date.py, 900 steps of 0.2 s, each numbered in test.time) to its end.
+/// Before each time limit Slurm sends the batch script SIGUSR1
+/// (`--signal=B:USR1@N`), examples/slurm/slurm_requeue.job checkpoints and kills
+/// the program (`ckpt command kc`) and requeues the job; each new run of the same
+/// script restores the checkpoint (`ckpt run --restart-if-checkpoint`). The end
+/// result is that of an uninterrupted run: one fresh start, the numbers 1 to 900
+/// once each, in order, and date.py's final print of the file.
+#[test]
+fn slurm_time_limit_checkpoint_requeue() {
+    if !slurm_available() {
+        return;
+    }
+    // SAFETY: as in slurm_launch_checkpoint_cancel_restart.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let d = tempdir();
+    let submit = d.join("submit");
+    fs::create_dir_all(&submit).unwrap();
+    fs::copy(testdata("date.py"), submit.join("date.py")).unwrap();
+    // cred_expire: a requeued job waits that long before it starts again (default
+    // 120 s); sched_interval: how often pending jobs are looked at (default 60 s).
+    let mut cluster = Cluster::start(
+        &d.join("slurm"),
+        ",cred_expire=10",
+        "SchedulerParameters=sched_interval=2\nMinJobAge=3600",
+    );
+
+    let ckpt = ckpt_bin();
+    let env = [
+        ("CKPT", ckpt.to_str().unwrap()),
+        ("CKPT_PROGRAM", "python3 date.py 900 0.2"),
+    ];
+    let t0 = Instant::now();
+    let id = cluster.sbatch_with(
+        &["--time=1", "--signal=B:USR1@15"],
+        &repo_file("examples/slurm/slurm_requeue.job"),
+        &submit,
+        &env,
+    );
+    let out_file = submit.join(format!("slurm-{id}.out"));
+    cluster.wait_for_within(
+        "the time-limited job to finish its 900 steps across requeues",
+        Duration::from_secs(1200),
+        |c| c.job_state(&id).is_none(),
+    );
+    let output = fs::read_to_string(&out_file).unwrap_or_default();
+    eprintln!(
+        "job {id} ended after {:.0} s; slurm-{id}.out:\n{output}",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let fields = job_fields(&cluster, &id);
+    assert_eq!(
+        field(&fields, "JobState"),
+        "COMPLETED",
+        "job {id} did not complete: {fields:?}; slurm-{id}.out:\n{output}"
+    );
+    assert_eq!(field(&fields, "ExitCode"), "0:0", "{fields:?}");
+    // 180 s of steps do not fit in one minute: the job was requeued at least twice
+    let restarts: u32 = field(&fields, "Restarts").parse().unwrap();
+    assert!(
+        restarts >= 2,
+        "job {id} was requeued {restarts} time(s), expected at least 2; slurm-{id}.out:\n{output}"
+    );
+    let restores = output.matches("(--restart-if-checkpoint)").count();
+    assert_eq!(
+        restores as u32, restarts,
+        "every run after the first should restore the checkpoint; slurm-{id}.out:\n{output}"
+    );
+
+    // the result of an uninterrupted run
+    let test_time = submit.join("test.time");
+    let text = fs::read_to_string(&test_time).unwrap();
+    let nums = test_time_numbers(&test_time);
+    assert_eq!(nums.len(), 900, "test.time:\n{text}");
+    assert_consecutive_from(&nums, 1, "test.time", &nums);
+    assert!(
+        output.contains(&text),
+        "date.py's final print of test.time is not in slurm-{id}.out"
+    );
 }

@@ -1792,7 +1792,10 @@ fn coordinator_on_port_0_says_and_writes_its_port() {
 }
 
 /// The coordinator's `kc` (checkpoint, then kill every job) and DMTCP's `bc` alias of
-/// `c` (issue 12): after `kc` the job is gone and its checkpoint restores.
+/// `c` (issue 12): after `kc` the job is gone and its checkpoint restores. The job
+/// does nothing between its checkpoint and its end (it stays frozen while the image
+/// is written): the restored counter, which writes a number every millisecond,
+/// writes none twice.
 #[test]
 fn kc_checkpoints_then_kills() {
     let d = tempdir();
@@ -1804,7 +1807,12 @@ fn kc_checkpoints_then_kills() {
     let counter = testdata("counter");
     let mut agent = start_agent(
         &[os("--coord-port"), os(&port_s)],
-        &[counter.as_os_str(), out_file.as_os_str(), stop.as_os_str()],
+        &[
+            counter.as_os_str(),
+            out_file.as_os_str(),
+            stop.as_os_str(),
+            os("1"),
+        ],
         &d.path().to_string_lossy(),
     );
     agent.stdout.expect_line("ready");
@@ -1828,8 +1836,129 @@ fn kc_checkpoints_then_kills() {
     clean_coord_env(&mut restart);
     let mut r = Target::spawn(restart, &ck_dir.to_string_lossy());
     wait_listed(port, &[job]);
+    let killed_at = counted(&out_file).len();
+    wait_until("the restored counter to count on", || {
+        counted(&out_file).len() > killed_at + 10
+    });
     touch(&stop);
     assert!(r.wait().success(), "the restart script after kc");
+    let nums = counted(&out_file);
+    for (i, n) in nums.iter().enumerate() {
+        assert_eq!(
+            *n,
+            i as u64 + 1,
+            "after kc and the restore, number {} in the counter's file is {n}: a number written \
+             after the checkpoint was written again (killed at {killed_at}); all: {nums:?}",
+            i + 1
+        );
+    }
+}
+
+/// The numbers of the complete lines "<n> <pid>" a counter wrote to `path`.
+fn counted(path: &Path) -> Vec<u64> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    complete
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// `ckpt run --restart-if-checkpoint` (issue 12, the Slurm requeue job): with no
+/// checkpoint in the checkpoint directory it runs the program; with one job's
+/// checkpoint there it restores that instead (the program given is not run) and the
+/// job registers with the coordinator; with two jobs' checkpoints it refuses, running
+/// nothing.
+#[test]
+fn run_restart_if_checkpoint() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(19);
+    let port_s = port.to_string();
+    let ck_dir = d.join("ckpts");
+    let (out_file, stop) = (d.join("out"), d.join("stop"));
+    let _coord = start_coordinator(port, &ck_dir, &[]);
+    let counter = testdata("counter");
+    let run_args = [
+        os("--coord-port"),
+        os(&port_s),
+        os("--ckpt-dir"),
+        ck_dir.as_os_str(),
+        os("--restart-if-checkpoint"),
+    ];
+
+    // no checkpoint yet: the program runs
+    let mut agent = start_agent(
+        &run_args,
+        &[counter.as_os_str(), out_file.as_os_str(), stop.as_os_str()],
+        &d.path().to_string_lossy(),
+    );
+    agent.stdout.expect_line("ready");
+    let job = job_of(&agent);
+    wait_listed(port, &[job]);
+    let out = command_at(port, &["kc"]);
+    assert!(out.status.success(), "ckpt command kc: {}", stderr(&out));
+    agent.wait();
+    wait_gone(job);
+    let killed_at = counted(&out_file).len();
+
+    // a checkpoint: it is restored, and the program given is not run
+    let other = d.join("other");
+    let mut agent = start_agent(
+        &run_args,
+        &[counter.as_os_str(), other.as_os_str(), stop.as_os_str()],
+        &d.path().to_string_lossy(),
+    );
+    agent
+        .stderr
+        .expect("ckpt: restoring ... (--restart-if-checkpoint)", |l| {
+            l.starts_with("ckpt: restoring ") && l.contains("(--restart-if-checkpoint)")
+        });
+    wait_listed(port, &[job]);
+    wait_until("the restored counter to count on", || {
+        counted(&out_file).len() > killed_at + 3
+    });
+    touch(&stop);
+    assert!(agent.wait().success(), "the restored counter's exit");
+    assert!(
+        !other.exists(),
+        "--restart-if-checkpoint ran the program although a checkpoint was there"
+    );
+
+    // checkpoints of two jobs: which one is meant cannot be told
+    let job_dirs: Vec<PathBuf> = fs::read_dir(&ck_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("job_"))
+        .collect();
+    assert_eq!(job_dirs.len(), 1, "one job directory: {job_dirs:?}");
+    let copy = ck_dir.join("job_copy");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(&job_dirs[0])
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = ck_run(
+        [os("run")]
+            .into_iter()
+            .chain(run_args.iter().copied())
+            .chain([
+                os("--"),
+                counter.as_os_str(),
+                other.as_os_str(),
+                stop.as_os_str(),
+            ]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 jobs have checkpoints"),
+        "the refusal names the cause: {}",
+        stderr(&out)
+    );
+    assert!(!other.exists(), "the refused run started the program");
 }
 
 /// Something that is not a coordinator listens at the port (a silent server, and one
