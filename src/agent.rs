@@ -161,6 +161,19 @@ pub fn connect(opts: &AgentOptions) -> Result<Option<Conn>> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(c) = Conn::connect(&opts.host, opts.port) {
+            crate::logging::notice(&format!(
+                "started a coordinator at {}:{} (checkpoints in {}{}, its log {}); `ckpt command --coord-port {} c` checkpoints",
+                opts.host,
+                opts.port,
+                opts.ckpt_dir.display(),
+                if opts.interval > 0 {
+                    format!(", every {} s", opts.interval)
+                } else {
+                    String::new()
+                },
+                opts.ckpt_dir.join("ckpt_coordinator.log").display(),
+                opts.port
+            ));
             return Ok(Some(c));
         }
         std::thread::sleep(Duration::from_millis(50));

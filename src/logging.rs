@@ -102,3 +102,19 @@ pub fn init(verbose: u8, log_file: Option<&Path>) -> Result<()> {
     log::set_max_level(max);
     Ok(())
 }
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `--quiet`: no [`notice`] lines.
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Tell the user, on stderr, what a command started (a coordinator, a restored job),
+/// unless `--quiet`; logged too.
+pub fn notice(msg: &str) {
+    log::info!("{msg}");
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("ckpt: {msg}");
+    }
+}

@@ -32,6 +32,10 @@ struct Cli {
     /// coordinator, its own log goes there too.
     #[arg(long, global = true, value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Do not say what `run` and `restore` started (the coordinator, the restored
+    /// processes); warnings and errors are still shown.
+    #[arg(short = 'q', long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -335,6 +339,7 @@ fn main() {
         eprintln!("ckpt: error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
+    logging::set_quiet(cli.quiet);
     log::info!(
         "ckpt {} ({}): {}",
         env!("CARGO_PKG_VERSION"),

@@ -85,3 +85,54 @@ fn a_failed_restore_is_in_the_log_and_stderr_keeps_one_line() {
     let line = assert_error(&o, "an unopenable log file");
     assert!(line.contains("log file"), "{line}");
 }
+
+/// `ckpt run` says which coordinator it started (address, directory, log) and `ckpt
+/// restore` what it restored; `--quiet` keeps both quiet (issue 12: they used to say
+/// nothing).
+#[test]
+fn run_and_restore_say_what_they_started_unless_quiet() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    for quiet in [false, true] {
+        let port = free_port().to_string();
+        let ck_dir = d.join(format!("ck-{quiet}"));
+        let mut c = ck();
+        if quiet {
+            c.arg("-q");
+        }
+        c.args(["run", "--coord-port", &port, "--ckpt-dir"])
+            .arg(&ck_dir)
+            .args(["--", "true"]);
+        let o = run(&mut c);
+        assert_success(&o, "ckpt run -- true");
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        let said = stderr.contains(&format!("ckpt: started a coordinator at localhost:{port}"))
+            && stderr.contains(&*ck_dir.join("ckpt_coordinator.log").to_string_lossy());
+        assert_eq!(said, !quiet, "quiet {quiet}: stderr of ckpt run:\n{stderr}");
+        if quiet {
+            assert!(stderr.is_empty(), "ckpt -q run said: {stderr}");
+        }
+
+        let (out, stop, ck) = (
+            d.join(format!("out-{quiet}")),
+            d.join(format!("stop-{quiet}")),
+            d.join(format!("img-{quiet}")),
+        );
+        let mut t = Target::start("counter", &[out.as_os_str(), stop.as_os_str(), os("20")]);
+        t.stdout.expect_line("ready");
+        t.dump_kill(&ck);
+        let extra: &[&str] = if quiet { &["-q"] } else { &[] };
+        let mut r = Restored::start_with(&ck, t.pid, &t.marker, extra);
+        r.assert_same_pid();
+        touch(&stop);
+        r.wait_success();
+        r.stderr.read_to_end();
+        let said = r.stderr.seen().iter().any(|l| {
+            l == &format!(
+                "ckpt: restored 1 process, root PID {}, with the original PIDs",
+                t.pid
+            )
+        });
+        assert_eq!(said, !quiet, "quiet {quiet}: {:?}", r.stderr.seen());
+    }
+}

@@ -625,6 +625,7 @@ impl Prepared {
             Then::HandOver(f) => Some(f),
         };
         let root_pid = manifest.root_pid;
+        let manifest_len = manifest.processes.len();
         let tree = Tree {
             images: &images,
             manifest: &manifest,
@@ -653,7 +654,13 @@ impl Prepared {
             }
         };
         if !new_ns {
-            return go(&|| {});
+            let n = manifest_len;
+            return go(&|| {
+                crate::logging::notice(&format!(
+                    "restored {n} process{}, root PID {root_pid}, with the original PIDs",
+                    if n == 1 { "" } else { "es" }
+                ))
+            });
         }
         let why = ns_reason.unwrap_or_else(|| "--pidns always".into());
         let ipc = if new_ipc {
@@ -662,10 +669,10 @@ impl Prepared {
             ""
         };
         job::run_in_new_pidns_then(detach, new_ipc, go, move |init| {
-            eprintln!(
-                "ckpt: restored in a new PID namespace{ipc} ({why}); outside it the processes are {}",
+            crate::logging::notice(&format!(
+                "restored in a new PID namespace{ipc} ({why}); outside it the processes are {}",
                 outer_pids(init)
-            );
+            ));
         })
     }
 }
