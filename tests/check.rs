@@ -154,3 +154,77 @@ fn restore_while_the_original_runs_is_refused() {
     second.wait_success();
     assert!(t.wait().success(), "the original after the second copy");
 }
+
+/// `ckpt info`: readable times, every generation with its size, memory totals per kind
+/// of region, and the files the restore depends on with whether each still matches;
+/// `--json` with the same and structured descriptors (issue 12).
+#[test]
+fn info_tells_generations_memory_and_files() {
+    let d = tempdir();
+    let exe = d.join("counter");
+    copy_program(&testdata("counter"), &exe);
+    let (out, stop, ck) = (d.join("out"), d.join("stop"), d.join("ckpt"));
+    let mut t = Target::start_path(&exe, &[out.as_os_str(), stop.as_os_str(), os("20")]);
+    t.stdout.expect_line("ready");
+    dump(t.pid, &ck, false);
+    t.dump_kill(&ck);
+    let o = ckpt([os("info"), ck.as_os_str()]);
+    assert_success(&o, "ckpt info");
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    for want in [
+        "generations 2 in",
+        &format!("ckpt_counter_{}_1 ", t.pid),
+        &format!("ckpt_counter_{}_2 (this one)", t.pid),
+        " UTC (",
+        "anon ",
+        "file(s) the restore depends on, all as at the checkpoint",
+        &format!("ok       {} (executable)", exe.display()),
+    ] {
+        assert!(text.contains(want), "ckpt info lacks {want:?}:\n{text}");
+    }
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&exe)
+        .unwrap()
+        .write_all(b"\0")
+        .unwrap();
+    let v = info_json(&ck);
+    let p = &v["processes"][0];
+    let file = p["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == *exe.to_string_lossy())
+        .expect("the executable among the files");
+    assert_eq!(file["matches"], false, "{file}");
+    assert!(
+        file["problem"].as_str().unwrap().contains("changed"),
+        "{file}"
+    );
+    assert!(
+        p["memory"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["kind"] == "anon" && m["stored_bytes"].as_u64().unwrap() > 0),
+        "{}",
+        p["memory"]
+    );
+    assert!(
+        p["fds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["type"] == "File" && f["fd"] == 3),
+        "{}",
+        p["fds"]
+    );
+    assert_eq!(v["generation_list"].as_array().unwrap().len(), 2);
+    assert!(v["created"].as_str().unwrap().contains(" UTC ("));
+    let o = ckpt([os("info"), ck.as_os_str()]);
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        text.contains("1 changed") && text.contains("CHANGED"),
+        "{text}"
+    );
+}

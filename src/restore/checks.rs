@@ -65,29 +65,55 @@ fn writable_unchanged(saved: &FileIdentity, pos: u64, what: &str) -> Result<()> 
 }
 
 pub fn files_unchanged(state: &ProcessState) -> Result<()> {
+    for (_, _, r) in file_checks(state) {
+        r?;
+    }
+    Ok(())
+}
+
+/// Every file the restore of `state` depends on, once each: (path, what it is to the
+/// process, whether it is as the restore needs it). `ckpt info` lists them all.
+pub fn file_checks(state: &ProcessState) -> Vec<(String, String, Result<()>)> {
+    let mut out = Vec::new();
     // Files of a memory file system: recreated from the image when gone (a reboot),
     // else used as they are, like files the job writes.
     let mut volatile = HashSet::new();
     for v in &state.volatile_files {
         volatile.insert(v.name.as_str());
-        if let Ok(md) = std::fs::metadata(&v.name) {
-            use std::os::unix::fs::MetadataExt;
-            if md.ino() != v.ino {
-                bail!(
-                    "{} was replaced since the checkpoint (inode differs); remove it to restore the saved one",
-                    v.name
-                );
+        let r = (|| {
+            if let Ok(md) = std::fs::metadata(&v.name) {
+                use std::os::unix::fs::MetadataExt;
+                if md.ino() != v.ino {
+                    bail!(
+                        "{} was replaced since the checkpoint (inode differs); remove it to restore the saved one",
+                        v.name
+                    );
+                }
             }
-        }
+            Ok(())
+        })();
+        out.push((
+            v.name.clone(),
+            "file of a memory file system (content in the image)".to_string(),
+            r,
+        ));
     }
     let mut seen: HashSet<&str> = volatile.clone();
     if seen.insert(&state.exe.path) {
-        check_identity(&state.exe, "executable")?;
+        out.push((
+            state.exe.path.clone(),
+            "executable".into(),
+            check_identity(&state.exe, "executable"),
+        ));
     }
     for v in &state.vmas {
         if let VmaKind::File { id } = &v.kind {
             if seen.insert(&id.path) {
-                check_identity(id, "mapped file")?;
+                out.push((
+                    id.path.clone(),
+                    "mapped file".into(),
+                    check_identity(id, "mapped file"),
+                ));
             }
         }
     }
@@ -101,13 +127,15 @@ pub fn files_unchanged(state: &ProcessState) -> Result<()> {
                 // The job itself writes this file (a log, its output): it is expected to
                 // have grown since the checkpoint. It must still be the same file, and
                 // must not have been cut below the saved offset.
-                writable_unchanged(id, *pos, &what)?;
+                let r = writable_unchanged(id, *pos, &what);
+                out.push((id.path.clone(), format!("{what}, written by the job"), r));
             } else if seen.insert(&id.path) {
-                check_identity(id, &what)?;
+                let r = check_identity(id, &what);
+                out.push((id.path.clone(), what, r));
             }
         }
     }
-    Ok(())
+    out
 }
 
 pub fn pids_free(state: &ProcessState) -> Result<()> {

@@ -2,7 +2,7 @@
 //! original PID, exec the loader in it, finish from the outside, and (in the
 //! foreground) wait for it. Any failure after the process exists kills it.
 
-mod checks;
+pub mod checks;
 mod fds;
 mod finish;
 mod forked;
