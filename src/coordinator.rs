@@ -672,11 +672,34 @@ impl Coordinator {
 
     /// Wait for one reply from each agent in `waiting`; other events are answered or
     /// deferred (see `during_checkpoint`).
+    /// The answers of the `waiting` agents to checkpoint `gen`, each logged as it comes
+    /// (with the time since `since`, the start of the checkpoint), so that whoever
+    /// watches the coordinator sees each job frozen, written or failed.
+    /// One line for an agent's answer during checkpoint `gen`.
+    fn progress(&self, gen: u64, id: u64, m: &Msg, since: Instant) {
+        let pid = self.agents.get(&id).map_or(0, |a| a.job_pid);
+        let at = since.elapsed().as_secs_f64() * 1e3;
+        let what = match m {
+            Msg::Frozen { .. } => "frozen".to_string(),
+            Msg::Done { path, .. } => format!(
+                "written, {:.1} MiB: {}",
+                crate::generation::bytes_on_disk(path) as f64 / (1 << 20) as f64,
+                path.display()
+            ),
+            Msg::Failed { error, .. } => format!("failed: {error}"),
+            _ => return,
+        };
+        log(&format!(
+            "checkpoint {gen}: job {id} (pid {pid}) {what} ({at:.0} ms)"
+        ));
+    }
+
     fn collect(
         &mut self,
         gen: u64,
         mut waiting: Vec<u64>,
         timeout: Duration,
+        since: Instant,
     ) -> BTreeMap<u64, Msg> {
         let deadline = Instant::now() + timeout;
         let mut replies = BTreeMap::new();
@@ -695,6 +718,7 @@ impl Coordinator {
             match ev {
                 Event::FromAgent(id, m) if waiting.contains(&id) && answer(&m) => {
                     waiting.retain(|&w| w != id);
+                    self.progress(gen, id, &m, since);
                     replies.insert(id, m);
                 }
                 Event::Gone(id) if waiting.contains(&id) => {
@@ -797,7 +821,7 @@ impl Coordinator {
             tcp,
             kill,
         });
-        frozen.extend(self.collect(gen, reached, Duration::from_secs(300)));
+        frozen.extend(self.collect(gen, reached, Duration::from_secs(300), t0));
         let failed: Vec<(u64, String)> = frozen
             .iter()
             .filter_map(|(id, m)| match m {
@@ -821,8 +845,12 @@ impl Coordinator {
             bail!("{why}");
         }
         let pause = t0.elapsed();
+        log(&format!(
+            "checkpoint {gen}: every job frozen in {:.0} ms; writing",
+            pause.as_secs_f64() * 1e3
+        ));
         let (reached, mut done) = self.send_all(gen, &ids, |_, _| Msg::Commit { gen });
-        done.extend(self.collect(gen, reached, Duration::from_secs(3600)));
+        done.extend(self.collect(gen, reached, Duration::from_secs(3600), t0));
         let mut paths = Vec::new();
         let mut errors = Vec::new();
         for (id, m) in done {

@@ -54,6 +54,19 @@ fn gen_number(name: &str) -> Option<u64> {
     name.rsplit('_').next()?.parse().ok()
 }
 
+/// The bytes a generation takes on disk (its files).
+pub fn bytes_on_disk(gen: &Path) -> u64 {
+    fs::read_dir(gen)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Complete generations in `ckpt_dir`, oldest first.
 pub fn generations(ckpt_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<(u64, PathBuf)> = Vec::new();

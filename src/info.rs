@@ -43,7 +43,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
             (
                 g.clone(),
                 m.as_ref().map_or(0, |m| m.created_unix_ns),
-                gen_bytes(g),
+                generation::bytes_on_disk(g),
                 m.map_or(0, |m| m.processes.len()),
             )
         })
@@ -303,19 +303,6 @@ fn when(unix_ns: u64) -> String {
         rem % 3600 / 60,
         rem % 60
     )
-}
-
-/// The bytes a generation takes on disk (its files).
-fn gen_bytes(gen: &Path) -> u64 {
-    std::fs::read_dir(gen)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// The variant name of a descriptor kind (`Pipe`, `InetSocket`, ...), for scripts.

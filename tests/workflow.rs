@@ -2055,3 +2055,47 @@ fn run_options_a_running_coordinator_cannot_take_are_errors() {
     );
     assert!(ran.exists(), "the job did not run");
 }
+
+/// The coordinator says how each job's checkpoint goes, as it goes: frozen, all frozen,
+/// written with its size and generation, with times (it used to print nothing between
+/// "freezing" and "complete", for seconds on a large job; issue 12).
+#[test]
+fn coordinator_prints_each_jobs_progress() {
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let (stop, ck_dir) = (d.join("stop"), d.join("ckpts"));
+    let port = test_port(17);
+    let mut coord = start_coordinator(port, &ck_dir, &[]);
+    let port_s = port.to_string();
+    let out = d.join("out");
+    let counter = testdata("counter");
+    let mut agent = start_agent(
+        &[os("--coord-port"), os(&port_s)],
+        &[counter.as_os_str(), out.as_os_str(), stop.as_os_str()],
+        &d.path().to_string_lossy(),
+    );
+    agent.stdout.expect_line("ready");
+    let job = job_of(&agent);
+    wait_listed(port, &[job]);
+    let gens = checkpoint_ok(port);
+    let p = "[ckpt coordinator] checkpoint 1:";
+    let frozen = coord
+        .stdout
+        .expect_prefix(&format!("{p} job 1 (pid {job}) frozen ("));
+    assert!(frozen.ends_with(" ms)"), "{frozen}");
+    coord
+        .stdout
+        .expect_prefix(&format!("{p} every job frozen in "));
+    let written = coord
+        .stdout
+        .expect_prefix(&format!("{p} job 1 (pid {job}) written, "));
+    assert!(
+        written.contains(" MiB: ") && written.contains(&*gens[0].to_string_lossy()),
+        "{written}"
+    );
+    coord
+        .stdout
+        .expect_prefix("[ckpt coordinator] checkpoint 1 complete in ");
+    touch(&stop);
+    assert!(agent.wait().success());
+}
