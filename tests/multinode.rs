@@ -5,9 +5,12 @@
 //! token file that agents and `ckpt command` present; a wrong or missing
 //! token is refused and logged. One `ckpt command c` writes one global
 //! checkpoint with both jobs; everything is killed; a new coordinator on the
-//! same address, `ckpt_restart_script.sh` restores both jobs (they register
-//! again and are checkpointed again), and both counters go on from the
-//! checkpoint.
+//! same address, and `ckpt_restart_script.sh` run on each compute host restores
+//! that host's job there (in its network namespace; it says which job it leaves
+//! to the other host); they register again and are checkpointed again, and both
+//! counters go on from the checkpoint. Each compute host has a UTS namespace of
+//! its own with its own host name, which is how the restart script tells the
+//! hosts apart (the namespaces of `ip netns` share the machine's host name).
 //!
 //! Needs root and iproute2 (`ip netns`; .ci/run installs it). The namespaces
 //! exist only inside this machine; they, and every process the test started,
@@ -111,6 +114,26 @@ impl Hosts {
         let mut cmd = command("ip");
         cmd.args(["netns", "exec", ns]).arg(prog);
         cmd
+    }
+
+    /// A command that runs `prog` on compute host `ns` as a host of its own: in its
+    /// network namespace and in a new UTS namespace whose host name is `ns`, so that
+    /// its agent registers as `ns` (the namespaces of `ip netns` share the UTS name
+    /// of the machine).
+    fn exec_node(ns: &str, prog: &Path) -> Command {
+        let mut cmd = command("ip");
+        cmd.args(["netns", "exec", ns, "unshare", "--uts", "sh", "-c"])
+            .arg(r#"printf %s "$0" > /proc/sys/kernel/hostname && exec "$@""#)
+            .arg(ns)
+            .arg(prog);
+        cmd
+    }
+
+    /// The network namespace of host `ns` (device, inode), as /proc/PID/ns/net shows it.
+    fn netns_id(ns: &str) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(format!("/run/netns/{ns}")).unwrap();
+        (m.dev(), m.ino())
     }
 }
 
@@ -248,7 +271,7 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
     // one job on each compute host
     let mut agents = Vec::new();
     for i in 0..2 {
-        let mut cmd = Hosts::exec(&hosts.nodes[i], &ckpt_bin());
+        let mut cmd = Hosts::exec_node(&hosts.nodes[i], &ckpt_bin());
         cmd.args([
             "run",
             "--coord-host",
@@ -272,10 +295,10 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
     wait_jobs_listed(&hosts.coord, &token, 2);
     let list = command_on(&hosts.coord, Some(&token), &["l"]);
     let list = String::from_utf8_lossy(&list.stdout).into_owned();
-    for p in &pids {
+    for (p, node) in pids.iter().zip(&hosts.nodes) {
         assert!(
-            list.contains(&format!("pid {p} ")),
-            "job {p} is not listed:\n{list}"
+            list.contains(&format!("pid {p} on {node}: ")),
+            "job {p} is not listed on its host {node}:\n{list}"
         );
     }
 
@@ -352,25 +375,61 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
     }
     let killed: Vec<Vec<(u64, i32)>> = outs.iter().map(|o| counter_lines(o)).collect();
 
-    // a new coordinator at the same address; every job restored by the restart
-    // script on one host, where they register again (with the token)
+    // a new coordinator at the same address; the restart script run on each
+    // compute host restores that host's job there, which registers again (with the
+    // token), and says that it leaves the other job to the other host
     let mut coord = start_coordinator(&hosts, &token, &ck);
-    let mut restart = Hosts::exec(&hosts.nodes[0], &script);
-    restart.env("CKPT_TOKEN_FILE", &token);
-    let mut restart = Target::spawn(restart, &ck.to_string_lossy());
-    for &p in &pids {
+    let mut restarts: Vec<Target> = hosts
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut cmd = Hosts::exec_node(n, &script);
+            cmd.env("CKPT_TOKEN_FILE", &token);
+            Target::spawn(cmd, &ck.to_string_lossy())
+        })
+        .collect();
+    for (i, &p) in pids.iter().enumerate() {
+        let restart = &mut restarts[i];
         wait_until(&format!("job {p} to run again"), || {
             if let Some(st) = restart.child.try_wait().unwrap() {
                 restart.stderr.read_to_end();
                 panic!(
-                    "ckpt_restart_script.sh exited ({st}) before job {p} ran again; its stderr:\n{}",
+                    "ckpt_restart_script.sh on {} exited ({st}) before job {p} ran again; its stderr:\n{}",
+                    hosts.nodes[i],
                     restart.stderr.seen().join("\n")
                 );
             }
             cmdline(p).is_some_and(|c| c.contains(&*counter.to_string_lossy()))
         });
+        // on its own host: in that host's network namespace
+        let ns = fs::metadata(format!("/proc/{p}/ns/net")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            (ns.dev(), ns.ino()),
+            Hosts::netns_id(&hosts.nodes[i]),
+            "job {p} was restored outside the network namespace of its host {}",
+            hosts.nodes[i]
+        );
+        let other = &hosts.nodes[1 - i];
+        let line = restart.stderr.expect_prefix(&format!(
+            "ckpt_restart_script.sh: on host {}: leaving to other hosts: ",
+            hosts.nodes[i]
+        ));
+        assert!(
+            line.contains(&format!("(pid {}) of {other}", pids[1 - i])),
+            "the restart script on {} should name the job it leaves to {other}: {line}",
+            hosts.nodes[i]
+        );
     }
     wait_jobs_listed(&hosts.coord, &token, 2);
+    let list = command_on(&hosts.coord, Some(&token), &["l"]);
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    for (p, node) in pids.iter().zip(&hosts.nodes) {
+        assert!(
+            list.contains(&format!("pid {p} on {node}: ")),
+            "restored job {p} is not listed on its host {node}:\n{list}"
+        );
+    }
     for (i, o) in outs.iter().enumerate() {
         let n = killed[i].len();
         wait_until("the restored counter to write", || {
@@ -391,10 +450,16 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
     for s in &stops {
         touch(s);
     }
-    let st = restart.wait();
-    restart.stdout.read_to_end();
-    assert!(st.success(), "the restart script exited with {st:?}");
-    restart.stdout.assert_no_fail();
+    for (i, restart) in restarts.iter_mut().enumerate() {
+        let st = restart.wait();
+        restart.stdout.read_to_end();
+        assert!(
+            st.success(),
+            "the restart script on {} exited with {st:?}",
+            hosts.nodes[i]
+        );
+        restart.stdout.assert_no_fail();
+    }
     for i in 0..2 {
         let lines = counter_lines(&outs[i]);
         let what = format!("counter {} (pid {})", i + 1, pids[i]);
@@ -428,7 +493,7 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
         }
         let last = *resumed.last().unwrap();
         assert!(
-            restart.stdout.saw_prefix(&format!("done {last}")),
+            restarts[i].stdout.saw_prefix(&format!("done {last}")),
             "{what}: the restored counter did not finish with `done {last}`"
         );
     }
