@@ -12,7 +12,12 @@
 //! its own with its own host name, which is how the restart script tells the
 //! hosts apart (the namespaces of `ip netns` share the machine's host name).
 //!
-//! Needs root and iproute2 (`ip netns`; .ci/run installs it). The namespaces
+//! The second test runs an Open MPI job over the two compute hosts, its remote
+//! part a job of its own, checkpointed with `--tcp-established` and restarted per
+//! host (see its comment).
+//!
+//! Needs root and iproute2 (`ip netns`; .ci/run installs it); the second test also
+//! openmpi-bin and nftables (.ci/deps). The namespaces
 //! exist only inside this machine; they, and every process the test started,
 //! are removed at the end, also on failure.
 mod common;
