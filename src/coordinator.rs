@@ -852,10 +852,20 @@ impl Coordinator {
         let (reached, mut done) = self.send_all(gen, &ids, |_, _| Msg::Commit { gen });
         done.extend(self.collect(gen, reached, Duration::from_secs(3600), t0));
         let mut paths = Vec::new();
+        let mut jobs = Vec::new();
         let mut errors = Vec::new();
         for (id, m) in done {
             match m {
-                Msg::Done { path, .. } => paths.push(path),
+                Msg::Done { path, .. } => {
+                    if let Some(a) = self.agents.get(&id) {
+                        jobs.push(ScriptJob {
+                            host: a.host.clone(),
+                            pid: a.job_pid,
+                            generation: path.clone(),
+                        });
+                    }
+                    paths.push(path)
+                }
                 Msg::Failed { error, .. } => errors.push(format!("job {id}: {error}")),
                 _ => {}
             }
@@ -865,7 +875,7 @@ impl Coordinator {
             log(&format!("checkpoint {gen} failed while writing: {why}"));
             bail!("{why}");
         }
-        if let Err(e) = write_restart_script(&self.opts.ckpt_dir, &paths) {
+        if let Err(e) = write_restart_script(&self.opts.ckpt_dir, &jobs) {
             log(&format!(
                 "checkpoint {gen} failed writing the restart script: {e:#}"
             ));
@@ -886,34 +896,142 @@ impl Coordinator {
     }
 }
 
-/// `<ckpt-dir>/ckpt_restart_script.sh`: restores every job of the newest global
-/// checkpoint (each job's own `latest`), like dmtcp_restart_script.sh.
-fn write_restart_script(ckpt_dir: &Path, generations: &[PathBuf]) -> Result<()> {
+/// One job of a global checkpoint, as the restart script needs it.
+struct ScriptJob {
+    /// The host it ran on (its agent's host name, as `uname -n` says it).
+    host: String,
+    pid: i32,
+    generation: PathBuf,
+}
+
+/// `s` quoted for sh: in single quotes, each `'` as `'\''`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// `<ckpt-dir>/ckpt_restart_script.sh`: restores the jobs of the newest global
+/// checkpoint (each job's own `latest`), like dmtcp_restart_script.sh, each on the
+/// host it ran on: run on a host, it restores the jobs of that host only (the host
+/// recorded at the checkpoint, by name as `uname -n` gives it, which is what DMTCP
+/// goes by too) and says on stderr which it leaves to other hosts. Its own options
+/// come first, the rest goes to every `ckpt restore`:
+///   --host NAME      restore the jobs of host NAME here (also CKPT_RESTART_HOST)
+///   --host-index N   restore the jobs of the N-th host of the checkpoint (from 0;
+///                    for a new allocation on other nodes: `--host-index $SLURM_NODEID`)
+///   --all-hosts      restore every job here (a single node after a host change)
+///   --list-hosts     print the hosts of the checkpoint, one a line, and exit
+fn write_restart_script(ckpt_dir: &Path, jobs: &[ScriptJob]) -> Result<()> {
     let exe = std::env::current_exe()?;
+    let script = restart_script(&exe.display().to_string(), jobs);
+    crate::generation::write_script(&ckpt_dir.join(crate::generation::RESTART_SCRIPT), &script)
+}
+
+/// The text of the restart script, which runs `exe restore JOB_DIR ARGS`.
+fn restart_script(exe: &str, jobs: &[ScriptJob]) -> String {
+    let exe = sh_quote(exe);
+    let mut hosts: Vec<&str> = Vec::new();
+    for j in jobs {
+        if !hosts.contains(&j.host.as_str()) {
+            hosts.push(&j.host);
+        }
+    }
     let mut script = String::from(
-        "#!/bin/sh\n# Restores every job of the newest checkpoint (written by ckpt coordinator).\n",
+        "#!/bin/sh\n\
+         # Restores the jobs of the newest checkpoint (written by ckpt coordinator), each on\n\
+         # the host it ran on: run it once on every host (under Slurm, in the restart job:\n\
+         # srun --ntasks-per-node=1 ./ckpt_restart_script.sh). Its options come first, the\n\
+         # rest goes to every `ckpt restore`:\n\
+         #   --host NAME     restore the jobs of host NAME here (default: CKPT_RESTART_HOST,\n\
+         #                   else this host's name, `uname -n`)\n\
+         #   --host-index N  restore the jobs of the N-th host below (from 0)\n\
+         #   --all-hosts     restore every job here\n\
+         #   --list-hosts    print the hosts of this checkpoint and exit\n",
     );
-    let jobs: Vec<PathBuf> = generations
-        .iter()
-        .filter_map(|g| g.parent().map(Path::to_path_buf))
-        .collect();
-    if let [one] = jobs.as_slice() {
-        script.push_str(&format!(
-            "exec '{}' restore '{}' \"$@\"\n",
-            exe.display(),
-            one.display()
-        ));
-    } else {
-        for j in &jobs {
+    script.push_str("# Hosts:");
+    for h in &hosts {
+        script.push_str(&format!(" {}", sh_quote(h)));
+    }
+    script.push_str("\n\nme=ckpt_restart_script.sh\n");
+    // The hosts, one a line; the script's own options are taken off "$@".
+    let list: String = hosts.iter().map(|h| format!("{h}\n")).collect();
+    script.push_str(&format!("hosts={}\n", sh_quote(&list)));
+    script.push_str(
+        r#"host=${CKPT_RESTART_HOST:-}
+all=
+while [ $# -gt 0 ]; do
+    case $1 in
+    --all-hosts) all=1; shift ;;
+    --host=*) host=${1#--host=}; shift ;;
+    --host)
+        [ $# -ge 2 ] || { echo "$me: --host needs a host name" >&2; exit 2; }
+        host=$2; shift 2 ;;
+    --host-index=* | --host-index)
+        if [ "$1" = --host-index ]; then
+            [ $# -ge 2 ] || { echo "$me: --host-index needs a number" >&2; exit 2; }
+            i=$2; shift 2
+        else
+            i=${1#--host-index=}; shift
+        fi
+        case $i in '' | *[!0-9]*) echo "$me: --host-index: not a number: $i" >&2; exit 2 ;; esac
+        host=$(printf '%s' "$hosts" | sed -n "$((i + 1))p")
+        if [ -z "$host" ]; then
+            echo "$me: host index $i: this checkpoint has $(printf '%s' "$hosts" | wc -l) host(s), no job to restore here" >&2
+            exit 0
+        fi ;;
+    --list-hosts) printf '%s' "$hosts"; exit 0 ;;
+    --) shift; break ;;
+    *) break ;;
+    esac
+done
+[ -n "$host" ] || host=$(uname -n)
+status=0
+pids=
+here=0
+left=
+"#,
+    );
+    for j in jobs {
+        let Some(dir) = j.generation.parent() else {
+            continue;
+        };
+        let dir = sh_quote(&dir.display().to_string());
+        let host = sh_quote(&j.host);
+        let name = format!(
+            "{} (pid {}) of {}",
+            j.generation
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            j.pid,
+            j.host
+        );
+        let name = sh_quote(&name);
+        if jobs.len() == 1 {
             script.push_str(&format!(
-                "'{}' restore '{}' \"$@\" &\n",
-                exe.display(),
-                j.display()
+                "if [ -n \"$all\" ] || [ \"$host\" = {host} ]; then\n    exec {exe} restore {dir} \"$@\"\nfi\nleft={name}\n"
+            ));
+        } else {
+            script.push_str(&format!(
+                "if [ -n \"$all\" ] || [ \"$host\" = {host} ]; then\n    {exe} restore {dir} \"$@\" &\n    pids=\"$pids $!\"; here=$((here + 1))\nelse\n    left=\"$left${{left:+, }}\"{name}\nfi\n"
             ));
         }
-        script.push_str("wait\n");
     }
-    crate::generation::write_script(&ckpt_dir.join(crate::generation::RESTART_SCRIPT), &script)
+    script.push_str(
+        r#"if [ -n "$left" ]; then
+    echo "$me: on host $host: leaving to other hosts: $left" >&2
+fi
+if [ "$here" = 0 ]; then
+    echo "$me: no job of host $host in this checkpoint (its hosts: $(printf '%s' "$hosts" | tr '\n' ' ')); run it on those hosts, or give --host NAME, --host-index N or --all-hosts" >&2
+    exit 1
+fi
+for p in $pids; do
+    wait "$p" || status=$?
+done
+exit $status
+"#,
+    );
+    script
 }
 
 /// Make sure `ckpt_dir` exists (0700).
@@ -924,4 +1042,90 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the restart script of `jobs`, with `echo` for ckpt: (status, stdout
+    /// lines sorted, stderr).
+    fn run_script(
+        jobs: &[ScriptJob],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (i32, Vec<String>, String) {
+        let script = restart_script("echo", jobs);
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(&script)
+            .arg("ckpt_restart_script.sh")
+            .args(args);
+        cmd.env_remove("CKPT_RESTART_HOST");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        (
+            out.status.code().unwrap_or(-1),
+            lines,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn job(host: &str, pid: i32, dir: &str) -> ScriptJob {
+        ScriptJob {
+            host: host.into(),
+            pid,
+            generation: PathBuf::from(format!("/ck/{dir}/gen_1")),
+        }
+    }
+
+    #[test]
+    fn restart_script_restores_the_jobs_of_its_host() {
+        let jobs = [
+            job("node1", 10, "job_a"),
+            job("it's node2", 20, "job_b"),
+            job("node1", 30, "job_c"),
+        ];
+        let (st, out, err) = run_script(&jobs, &["--host", "node1", "-i", "5"], &[]);
+        assert_eq!(st, 0, "{err}");
+        assert_eq!(out, ["restore /ck/job_a -i 5", "restore /ck/job_c -i 5"]);
+        assert!(
+            err.contains("on host node1: leaving to other hosts: job_b (pid 20) of it's node2"),
+            "{err}"
+        );
+        let (st, out, _) = run_script(&jobs, &[], &[("CKPT_RESTART_HOST", "it's node2")]);
+        assert_eq!((st, out), (0, vec!["restore /ck/job_b".to_string()]));
+        let (st, out, _) = run_script(&jobs, &["--host-index=1"], &[]);
+        assert_eq!((st, out), (0, vec!["restore /ck/job_b".to_string()]));
+        let (st, out, err) = run_script(&jobs, &["--host-index", "2"], &[]);
+        assert_eq!((st, out.len()), (0, 0), "{err}");
+        let (st, out, err) = run_script(&jobs, &["--all-hosts", "--", "--x"], &[]);
+        assert_eq!(st, 0, "{err}");
+        assert_eq!(out.len(), 3, "{out:?}");
+        assert!(err.is_empty(), "{err}");
+        let (st, out, _) = run_script(&jobs, &["--list-hosts"], &[]);
+        assert_eq!(
+            (st, out),
+            (0, vec!["it's node2".to_string(), "node1".to_string()])
+        );
+        let (st, out, err) = run_script(&jobs, &["--host", "elsewhere"], &[]);
+        assert_eq!((st, out.len()), (1, 0));
+        assert!(err.contains("no job of host elsewhere"), "{err}");
+        // one job: exec, as before
+        let (st, out, _) = run_script(&jobs[1..2], &["--host=it's node2", "x"], &[]);
+        assert_eq!((st, out), (0, vec!["restore /ck/job_b x".to_string()]));
+        let (st, _, err) = run_script(&jobs[1..2], &["--host=node1"], &[]);
+        assert_eq!(st, 1);
+        assert!(
+            err.contains("leaving to other hosts: job_b (pid 20)"),
+            "{err}"
+        );
+    }
 }

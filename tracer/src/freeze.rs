@@ -462,14 +462,18 @@ impl Frozen {
         self.release_all();
     }
 
-    /// Kill the process (SIGKILL) while we still hold it, then let go.
-    pub fn kill(mut self) {
+    /// Kill the process (SIGKILL) while we still hold it, then let go. Returns the
+    /// threads that could not be let go (they were dying already): they stay traced
+    /// by us until we collect them (see `FrozenTree::kill`).
+    pub fn kill(mut self) -> Vec<i32> {
         // SAFETY: plain kill(2).
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
         self.released = true;
-        for t in &self.threads {
-            let _ = ptrace::detach(t.tid, 0);
-        }
+        self.threads
+            .iter()
+            .filter(|t| ptrace::detach(t.tid, 0).is_err())
+            .map(|t| t.tid)
+            .collect()
     }
 
     fn release_all(&mut self) {

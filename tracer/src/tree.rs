@@ -159,6 +159,19 @@ fn reap_in(parent: &mut Frozen, kid: i32) -> Result<()> {
     Ok(())
 }
 
+/// Wait (at most 5 s) for the end of thread `tid`, killed while we traced it.
+fn collect_traced(tid: i32) {
+    for _ in 0..500 {
+        let mut st = 0;
+        // SAFETY: waitpid(2) on one thread we trace; writes only `st`.
+        let r = unsafe { libc::waitpid(tid, &mut st, libc::WNOHANG | libc::__WALL) };
+        if r != 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 impl FrozenTree {
     /// Let every process run on.
     pub fn release(self) {
@@ -168,9 +181,27 @@ impl FrozenTree {
     }
 
     /// Kill every process of the tree (SIGKILL) while it is still frozen.
+    ///
+    /// A thread that dies before we let go of it stays traced by us, a zombie that
+    /// only we can release: its process's end is not reported to its parent (and a
+    /// pidfd of it does not wake) until then, and an agent waiting for its job would
+    /// wait forever (a multi-threaded MPI tree killed by `kc`). So those are collected
+    /// here, threads before their leaders (a leader's end comes once its threads are
+    /// gone); a leader that is our own child is left to us to reap, with its status.
     pub fn kill(self) {
+        // SAFETY: getpid(2) cannot fail.
+        let me = unsafe { libc::getpid() };
+        let mut traced = Vec::new();
         for f in self.procs.into_iter().rev() {
-            f.kill();
+            let pid = f.pid;
+            let ours = stat_brief(pid).ok().flatten().is_some_and(|b| b.1 == me);
+            traced.extend(f.kill().into_iter().map(|tid| (pid, tid, ours)));
+        }
+        traced.sort_by_key(|&(pid, tid, _)| pid == tid);
+        for (pid, tid, ours) in traced {
+            if !(tid == pid && ours) {
+                collect_traced(tid);
+            }
         }
     }
 }
