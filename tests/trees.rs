@@ -228,13 +228,11 @@ fn start_tree(d: &TestDir) -> (Target, PathBuf, PathBuf) {
     (t, stop, rec)
 }
 
+/// The whole records written so far. A write in progress may show part of a record
+/// (the size grows page by page as write(2) copies: 8192 bytes was seen under load);
+/// the program checks every record itself at the end.
 fn records(rec: &Path) -> usize {
     let len = fs::metadata(rec).map(|m| m.len()).unwrap_or(0) as usize;
-    assert_eq!(
-        len % 40,
-        0,
-        "the record file has {len} bytes, not whole records"
-    );
     len / 40
 }
 

@@ -176,7 +176,33 @@ fn spawn_zombie(z: &Zombie) -> Result<()> {
             }
             libc::_exit(libc::WEXITSTATUS(st))
         },
-        Ok(_) => Ok(()),
+        Ok(child) => {
+            // Wait until it has exited, not reaping it (WNOWAIT: it stays the zombie its
+            // restored parent reaps): its group and session are checked later
+            // (checks::groups_as_saved), and a child that has not run its setsid yet —
+            // seen on a loaded machine — shows its parent's.
+            loop {
+                // SAFETY: siginfo_t is plain data; all-zero bytes are a valid value.
+                let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: waitid(2) on our own child, writing into the local `info`.
+                let r = unsafe {
+                    libc::waitid(
+                        libc::P_PID,
+                        child as libc::id_t,
+                        &mut info,
+                        libc::WEXITED | libc::WNOWAIT,
+                    )
+                };
+                if r == 0 {
+                    break;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    bail!("waiting for zombie process {} to exit: {e}", z.pid);
+                }
+            }
+            Ok(())
+        }
         Err(e) => bail!("creating zombie process {}: {e}", z.pid),
     }
 }

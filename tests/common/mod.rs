@@ -282,6 +282,22 @@ impl Lines {
         self.seen.iter().any(|l| l.starts_with(prefix))
     }
 
+    /// Waits until a line starting with `prefix` has come, consuming nothing: the
+    /// lines stay for `expect` and `next_line`.
+    pub fn wait_seen(&mut self, prefix: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.saw_prefix(prefix) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.receive(left) {
+                panic!(
+                    "{}: no line starting with {prefix:?}; lines so far:\n{}",
+                    self.name,
+                    self.seen.join("\n")
+                );
+            }
+        }
+    }
+
     /// Panics if any line seen so far starts with "FAIL".
     pub fn assert_no_fail(&self) {
         if let Some(l) = self.seen.iter().find(|l| l.starts_with("FAIL")) {
@@ -584,6 +600,10 @@ pub struct Restored {
     pub stdout: Lines,
     pub stderr: Lines,
     done: bool,
+    /// Started with -q/--quiet: no "ckpt: restored ..." line to wait for.
+    quiet: bool,
+    /// Its "ckpt: restored ..." line was seen.
+    announced: bool,
 }
 
 impl Restored {
@@ -618,6 +638,8 @@ impl Restored {
             stdout,
             stderr,
             done: false,
+            quiet: extra.iter().any(|a| *a == "-q" || *a == "--quiet"),
+            announced: false,
         }
     }
 
@@ -634,6 +656,13 @@ impl Restored {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if cmdline(pid).is_some_and(|c| c.contains(&marker)) {
+                // Its memory is back; the rest (descriptors' last steps, attributes,
+                // the resume) is done once the restorer says so: a test that reads
+                // kernel state next must not race with it.
+                if !self.quiet && !self.announced {
+                    self.stderr.wait_seen("ckpt: restored ");
+                    self.announced = true;
+                }
                 return;
             }
             if let Some(status) = self.child.try_wait().unwrap() {
