@@ -19,7 +19,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::thread;
@@ -39,21 +39,6 @@ fn command_ok(port: u16, words: &[&str]) -> String {
     let out = command_at(port, words);
     assert_success(&out, &format!("ckpt command {}", words.join(" ")));
     text(&out)
-}
-
-/// A port for test number `n` of this file (see tests/workflow.rs): below the
-/// ephemeral range, different per test and per run, checked free.
-fn test_port(n: u16) -> u16 {
-    let base = (std::process::id() % 500) * 20;
-    for k in 0..10u32 {
-        let p = (20000 + (base + 10 + n as u32 + k * 997) % 12000) as u16;
-        let any = TcpListener::bind(("0.0.0.0", p)).is_ok();
-        let lo = TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if any && lo {
-            return p;
-        }
-    }
-    panic!("no free port found for test {n}");
 }
 
 /// Starts a coordinator (a child of the test, its log on the stdout pipe) and
@@ -247,7 +232,7 @@ fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
     const JOBS: usize = 16;
     let d = tempdir();
     let _sweep = Sweep::new(&d);
-    let port = test_port(1);
+    let port = test_port(10 + 1);
     let ck_dir = d.join("ckpt");
     let mut coord = start_coordinator(port, &ck_dir, &["-i", "2", "--keep", "2"], &[]);
 
@@ -457,7 +442,7 @@ fn still_open(s: &mut TcpStream) -> Result<(), String> {
 fn idle_client_does_not_stall_the_coordinator() {
     let d = tempdir();
     let _sweep = Sweep::new(&d);
-    let port = test_port(2);
+    let port = test_port(10 + 2);
     let ck_dir = d.join("ckpt");
     let mut coord = start_coordinator(
         port,
@@ -497,7 +482,7 @@ fn idle_client_does_not_stall_the_coordinator() {
 fn idle_connection_is_closed_and_logged() {
     let d = tempdir();
     let _sweep = Sweep::new(&d);
-    let port = test_port(3);
+    let port = test_port(10 + 3);
     let ck_dir = d.join("ckpt");
     let mut coord = start_coordinator(port, &ck_dir, &[], &[]);
     let mut idle = idle_client(port);
@@ -549,7 +534,7 @@ fn idle_connection_is_closed_and_logged() {
 fn other_protocol_version_is_refused_by_name() {
     let d = tempdir();
     let _sweep = Sweep::new(&d);
-    let port = test_port(4);
+    let port = test_port(10 + 4);
     let ck_dir = d.join("ckpt");
     let mut coord = start_coordinator(port, &ck_dir, &[], &[]);
     for line in [

@@ -195,19 +195,6 @@ impl Drop for Sweep {
 
 // ---------------------------------------------------------------- coordinator
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `ckpt command --coord-port PORT WORDS...` (as `ckpttest` if `user`).
 fn command_at(user: bool, port: u16, words: &[&str]) -> Output {
     let mut c = cmd_as(user, ckpt_bin());

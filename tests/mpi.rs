@@ -74,27 +74,6 @@ impl Mpi {
     }
 }
 
-/// What an uninterrupted run writes to its progress file: one line per round, then
-/// the result (the same FNV-style fold as the program's).
-fn expected_progress() -> (String, u64) {
-    let mut hash: u64 = 1469598103934665603;
-    let mut text = String::new();
-    for i in 0..ROUNDS {
-        let sum = RANKS * (RANKS + 1) / 2 * (i + 1);
-        hash = (hash ^ sum).wrapping_mul(1099511628211);
-        text.push_str(&format!("{i:06} {hash:020}\n"));
-    }
-    text.push_str(&format!("result {hash}\n"));
-    (text, hash)
-}
-
-/// The rounds done so far, by the lines of the progress file.
-fn rounds_done(progress: &Path) -> usize {
-    fs::read_to_string(progress)
-        .map(|t| t.lines().filter(|l| !l.starts_with("result")).count())
-        .unwrap_or(0)
-}
-
 /// Every process of the tree under `pid` (pid included).
 fn tree(pid: i32) -> Vec<i32> {
     let mut all = vec![pid];
@@ -146,10 +125,10 @@ fn command_as(
 /// the computation, not in MPI_Init), and that it has not finished.
 fn wait_mid_run(progress: &Path) {
     wait_until("the MPI job to do 10 rounds", || {
-        rounds_done(progress) >= 10
+        mpi_rounds_done(progress) >= 10
     });
     assert!(
-        (rounds_done(progress) as u64) < ROUNDS,
+        (mpi_rounds_done(progress) as u64) < ROUNDS,
         "the MPI job ended before the test could checkpoint it"
     );
 }
@@ -157,7 +136,7 @@ fn wait_mid_run(progress: &Path) {
 /// The restored job's end: `result HASH` on its output, and the progress file exactly
 /// as an uninterrupted run leaves it.
 fn check_result(out: &mut Lines, progress: &Path) {
-    let (text, hash) = expected_progress();
+    let (text, hash) = mpi_expected_progress(RANKS, ROUNDS);
     out.expect_line(&format!("result {hash}"));
     let got = fs::read_to_string(progress).unwrap();
     assert!(
@@ -209,7 +188,7 @@ fn dump_and_restore(mpi: Mpi, user: bool) {
     for p in &pids {
         wait_pid_free(*p);
     }
-    let done = rounds_done(&progress);
+    let done = mpi_rounds_done(&progress);
     let mut r = match ids {
         Some(ids) => restore_as(&ck, ids),
         None => {
@@ -260,9 +239,9 @@ fn coordinator_workflow(mpi: Mpi, user: bool) {
     };
     let out = command("c");
     assert_success(&out, "ckpt command c");
-    let at = rounds_done(&progress);
+    let at = mpi_rounds_done(&progress);
     wait_until("the job to run on after the checkpoint", || {
-        rounds_done(&progress) >= at + 3
+        mpi_rounds_done(&progress) >= at + 3
     });
     let out = command("k");
     assert_success(&out, "ckpt command k");

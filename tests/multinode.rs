@@ -540,26 +540,6 @@ fn two_hosts_one_global_checkpoint_token_and_restart() {
 const MPI_RANKS: u64 = 4;
 const MPI_ROUNDS: u64 = 150;
 
-/// What an uninterrupted run of testdata/mpi_allreduce.c writes to its progress
-/// file (as tests/mpi.rs computes it), and its result.
-fn mpi_expected() -> (String, u64) {
-    let mut hash: u64 = 1469598103934665603;
-    let mut text = String::new();
-    for i in 0..MPI_ROUNDS {
-        let sum = MPI_RANKS * (MPI_RANKS + 1) / 2 * (i + 1);
-        hash = (hash ^ sum).wrapping_mul(1099511628211);
-        text.push_str(&format!("{i:06} {hash:020}\n"));
-    }
-    text.push_str(&format!("result {hash}\n"));
-    (text, hash)
-}
-
-fn mpi_rounds(progress: &Path) -> usize {
-    fs::read_to_string(progress)
-        .map(|t| t.lines().filter(|l| !l.starts_with("result")).count())
-        .unwrap_or(0)
-}
-
 /// The ranks running `prog` (the processes whose command line has `progress`),
 /// each with its network namespace.
 fn mpi_ranks(prog: &Path, progress: &Path) -> Vec<(i32, (u64, u64))> {
@@ -659,7 +639,7 @@ fn open_mpi_job_over_two_hosts_restarted_per_host() {
     let mut agent = Target::spawn(job, &progress.to_string_lossy());
 
     wait_until("the MPI job to do 10 rounds", || {
-        mpi_rounds(&progress) >= 10
+        mpi_rounds_done(&progress) >= 10
     });
     wait_jobs_listed(&hosts.coord, &token, 2);
     let list = command_on(&hosts.coord, Some(&token), &["l"]);
@@ -703,7 +683,7 @@ fn open_mpi_job_over_two_hosts_restarted_per_host() {
     for &(p, _) in &ranks {
         wait_pid_free(p);
     }
-    let at_kill = mpi_rounds(&progress);
+    let at_kill = mpi_rounds_done(&progress);
     assert!(
         (at_kill as u64) < MPI_ROUNDS,
         "the MPI job ended before the checkpoint ({at_kill} rounds)"
@@ -773,7 +753,7 @@ fn open_mpi_job_over_two_hosts_restarted_per_host() {
         "each restored job should be registered from its own host:\n{list}"
     );
     let mut out = restarts.remove(0);
-    let (text, hash) = mpi_expected();
+    let (text, hash) = mpi_expected_progress(MPI_RANKS, MPI_ROUNDS);
     out.stdout.expect_line(&format!("result {hash}"));
     for (i, r) in std::iter::once(&mut out)
         .chain(restarts.iter_mut())

@@ -30,7 +30,7 @@ use common::*;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::thread;
@@ -46,35 +46,6 @@ fn need(program: &str) {
         found,
         "{program} is not installed (this test needs it; .ci/deps installs it)"
     );
-}
-
-/// A port for test number `n` of this file (as tests/workflow.rs does: below the
-/// ephemeral range, different for each test and, through the PID, for concurrent runs;
-/// checked free on every address).
-fn test_port(n: u16) -> u16 {
-    let base = (std::process::id() % 500) * 20;
-    for k in 0..10u32 {
-        let p = (20000 + (base + n as u32 + k * 997) % 12000) as u16;
-        let any = TcpListener::bind(("0.0.0.0", p)).is_ok();
-        let lo = TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if any && lo {
-            return p;
-        }
-    }
-    panic!("no free port found for test {n}");
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        stdout(out),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Every process below `root` (not `root` itself).

@@ -47,23 +47,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A port for test number `n` of this file: below the ephemeral range (so no
-/// outgoing connection holds it), different for each test and, through the
-/// PID, for concurrent runs of the suite; checked free on every address.
-fn test_port(n: u16) -> u16 {
-    let base = (std::process::id() % 500) * 20;
-    for k in 0..10u32 {
-        let p = (20000 + (base + n as u32 + k * 997) % 12000) as u16;
-        // one after the other: each listener is closed before the next bind
-        let any = TcpListener::bind(("0.0.0.0", p)).is_ok();
-        let lo = TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if any && lo {
-            return p;
-        }
-    }
-    panic!("no free port found for test {n}");
-}
-
 /// PIDs of the jobs in `ckpt command l` output ("  job N: pid P on HOST: CMD").
 fn listed_pids(text: &str) -> Vec<i32> {
     text.lines()

@@ -499,7 +499,8 @@ where
     run(ckpt_cmd().args(args))
 }
 
-fn describe(out: &Output) -> String {
+/// An output's status, stdout and stderr, for an assertion message.
+pub fn describe(out: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         out.status,
@@ -1027,6 +1028,50 @@ pub fn command_at(port: u16, words: &[&str]) -> Output {
         .arg(port.to_string())
         .args(words);
     run(&mut c)
+}
+
+/// An output's stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A port for test number `n` of a test file: below the ephemeral range (so no
+/// outgoing connection holds it), different for each test of the file and, through the
+/// PID, for concurrent runs of the suite; checked free on every address.
+pub fn test_port(n: u16) -> u16 {
+    let base = (std::process::id() % 500) * 20;
+    for k in 0..10u32 {
+        let p = (20000 + (base + n as u32 + k * 997) % 12000) as u16;
+        // one after the other: each listener is closed before the next bind
+        let any = std::net::TcpListener::bind(("0.0.0.0", p)).is_ok();
+        let lo = std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if any && lo {
+            return p;
+        }
+    }
+    panic!("no free port found for test {n}");
+}
+
+/// What an uninterrupted run of testdata/mpi_allreduce.c with `ranks` ranks and
+/// `rounds` rounds writes to its progress file (one line per round with the program's
+/// FNV-style hash of every sum so far, then the result), and the result.
+pub fn mpi_expected_progress(ranks: u64, rounds: u64) -> (String, u64) {
+    let mut hash: u64 = 1469598103934665603;
+    let mut text = String::new();
+    for i in 0..rounds {
+        let sum = ranks * (ranks + 1) / 2 * (i + 1);
+        hash = (hash ^ sum).wrapping_mul(1099511628211);
+        text.push_str(&format!("{i:06} {hash:020}\n"));
+    }
+    text.push_str(&format!("result {hash}\n"));
+    (text, hash)
+}
+
+/// The rounds an mpi_allreduce progress file shows so far.
+pub fn mpi_rounds_done(progress: &Path) -> usize {
+    fs::read_to_string(progress)
+        .map(|t| t.lines().filter(|l| !l.starts_with("result")).count())
+        .unwrap_or(0)
 }
 
 /// A free TCP port on loopback (the kernel's choice; free again once the probe socket is
