@@ -19,7 +19,9 @@
 //!   from outside before and after the restore, the count goes on;
 //! - a python3 http.server (a thread per connection) with a forked client holding one
 //!   keep-alive connection, under `ckpt run` as `ckpttest`, checkpointed and killed
-//!   with `kc`.
+//!   with `kc`;
+//! - as root, redis-server with a client outside the checkpoint (the test itself):
+//!   `--tcp-established` keeps that connection, which answers GET with the old keys.
 //!
 //! Needs redis-server, redis-cli, node and python3 (.ci/deps); a missing one fails
 //! the test. Every test has its own ports and temporary directory; sweeps kill what it
@@ -690,4 +692,107 @@ fn python_http_server_under_ckpt_run_as_user() {
         r.stderr.seen().join("\n")
     );
     r.stdout.assert_no_fail();
+}
+
+/// One RESP command on `s`, its reply read whole (a simple string, an integer, or a
+/// bulk string), within the stream's read timeout.
+fn resp(s: &mut TcpStream, args: &[&str]) -> String {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    resp_reply(s)
+}
+
+fn resp_reply(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        let n = s
+            .read(&mut b)
+            .unwrap_or_else(|e| panic!("reading a redis reply: {e}"));
+        assert!(n == 1, "redis closed the connection");
+        line.push(b[0]);
+    }
+    let text = String::from_utf8_lossy(&line[..line.len() - 2]).into_owned();
+    if let Some(len) = text.strip_prefix('$') {
+        let len: i64 = len.parse().unwrap();
+        if len < 0 {
+            return "(nil)".into();
+        }
+        let mut body = vec![0u8; len as usize + 2];
+        s.read_exact(&mut body).unwrap();
+        return String::from_utf8_lossy(&body[..len as usize]).into_owned();
+    }
+    text
+}
+
+/// redis-server with a client outside the checkpoint (this test, over one TCP
+/// connection), as root: `ckpt dump --kill --tcp-established` while the client has
+/// keys set, a GET sent while the server is down (the network lock keeps the
+/// connection from being reset), `ckpt restore --tcp-established`: the same
+/// connection answers that GET and every other with the old values (issue 10).
+#[test]
+fn redis_with_an_outside_client_as_root_keeps_its_connection() {
+    need("redis-server");
+    need("redis-cli");
+    assert_root("TCP_REPAIR (--tcp-established)");
+    let d = tempdir();
+    let _sweep = Sweep::new(&d);
+    let port = test_port(30);
+    let title = format!("redis-server 127.0.0.1:{port}");
+    let _redis_sweep = Sweep(title.clone());
+    let ck = d.join("ck");
+    let mut c = command("redis-server");
+    c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .arg("--dir")
+        .arg(d.path());
+    let mut t = Target::spawn(c, &title);
+    wait_redis(port);
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    for i in 0..50 {
+        assert_eq!(
+            resp(&mut client, &["SET", &format!("k{i}"), &format!("v{i}")]),
+            "+OK"
+        );
+    }
+    let id = resp(&mut client, &["CLIENT", "ID"]);
+    let out = run(ckpt_cmd()
+        .args(["dump", &t.pid.to_string(), "--dir"])
+        .arg(&ck)
+        .args(["--kill", "--tcp-established"]));
+    assert_success(&out, "ckpt dump --kill --tcp-established of redis-server");
+    t.reap_killed();
+    // Sent while the server is down: held back by the lock, retransmitted after.
+    client
+        .write_all(b"*2\r\n$3\r\nGET\r\n$2\r\nk7\r\n")
+        .unwrap();
+    let mut r = Restored::start_with(&ck, t.pid, &title, &["--tcp-established"]);
+    r.assert_same_pid();
+    assert_eq!(
+        resp_reply(&mut client),
+        "v7",
+        "the GET sent while it was down"
+    );
+    for i in 0..50 {
+        assert_eq!(
+            resp(&mut client, &["GET", &format!("k{i}")]),
+            format!("v{i}")
+        );
+    }
+    assert_eq!(
+        resp(&mut client, &["CLIENT", "ID"]),
+        id,
+        "the same connection"
+    );
+    assert_eq!(redis_cli(port, &["DBSIZE"]), "50");
+    assert_eq!(resp(&mut client, &["SET", "after", "1"]), "+OK");
+    drop(client);
+    redis_cli(port, &["SHUTDOWN", "NOSAVE"]);
+    r.wait();
 }
