@@ -1924,15 +1924,30 @@ impl Builder<'_> {
                 show(&server.1.s.local)
             )
         })?;
-        let acc = accept(l).context("accepting")?;
-        let got = sock_name(acc.as_raw_fd(), true)?.unwrap_or_default();
-        if norm(&got) != norm(&client.1.s.local) {
-            bail!(
-                "the listener accepted a connection from {} instead of {}",
+        // A client from outside may connect to the restored listener meanwhile (a
+        // program polling for the restored server): its connection is closed (it reads
+        // end of file) and ours is taken after it. This used to fail the restore.
+        let mut strays = 0;
+        let acc = loop {
+            let acc = accept(l).context("accepting")?;
+            let got = sock_name(acc.as_raw_fd(), true)?.unwrap_or_default();
+            if norm(&got) == norm(&client.1.s.local) {
+                break acc;
+            }
+            strays += 1;
+            if strays > 1024 {
+                bail!(
+                    "the listener accepted connections from {} and others instead of {}",
+                    show(&got),
+                    show(&client.1.s.local)
+                );
+            }
+            eprintln!(
+                "ckpt: warning: a connection from {} to {} came while the restore rebuilt its connections; it was closed",
                 show(&got),
-                show(&client.1.s.local)
+                show(&server.1.s.local)
             );
-        }
+        };
         self.made.insert(server.0, acc);
         self.made.insert(client.0, c);
         Ok(())
