@@ -379,6 +379,7 @@ pub fn supervise(
                             keep: opts.keep,
                             job_id: opts.job_id.clone(),
                         }),
+                        full: false,
                     })
                 });
                 match r {

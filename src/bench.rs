@@ -39,6 +39,28 @@ pub fn workload(args: &[String]) -> ! {
     }
     // Each process reports once it is set up; the root prints ready after all.
     let _ = nix::unistd::write(&w, b"x");
+    if is_root && procs == 1 {
+        // A line on stdin rewrites 5% of the pages (spread over all of them), then
+        // the workload answers "w": what changes between incremental checkpoints.
+        let pages = len / 4096;
+        let mut round = 0u64;
+        let ptr = v.as_mut_ptr() as usize;
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                round += 1;
+                for k in 0..pages / 20 {
+                    let page = (k * 20 + (round as usize % 20)) % pages;
+                    // SAFETY: the page lies inside `v`, which lives as long as the
+                    // process; the main thread only reads it through black_box.
+                    unsafe { *((ptr + page * 4096) as *mut u64) = round };
+                }
+                line.clear();
+                println!("w");
+                let _ = std::io::stdout().flush();
+            }
+        });
+    }
     if is_root {
         drop(w);
         let mut got = 0;
@@ -193,6 +215,7 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
         kill: false,
         keep: 1,
         coordinator: None,
+        full: true,
     });
     let pids = ckpt_tracer::tree::kill_descendants(pid);
     child.wait()?;
@@ -255,6 +278,56 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
     }
     let _ = std::fs::remove_dir_all(&ckdir);
     Ok(())
+}
+
+/// Two live dumps of a `mib` MiB workload into one directory, 5% of its pages
+/// rewritten between them: the first stores everything, the second only what changed.
+fn incremental_run(
+    exe: &Path,
+    base: &Path,
+    mib: u64,
+    run: usize,
+) -> Result<[crate::dump::DumpReport; 2]> {
+    let ckdir = base.join(format!("incremental-{run}"));
+    let _ = std::fs::remove_dir_all(&ckdir);
+    let mut child = Command::new(exe)
+        .args(["__bench-workload", &mib.to_string(), "1", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the workload")?;
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead;
+    out.read_line(&mut line)?;
+    let pid = child.id() as i32;
+    let opts = DumpOptions {
+        pid,
+        dir: &ckdir,
+        kill: false,
+        keep: 3,
+        coordinator: None,
+        full: false,
+    };
+    let reps = (|| -> Result<[crate::dump::DumpReport; 2]> {
+        let first = dump(&opts)?;
+        child.stdin.as_mut().unwrap().write_all(b"w\n")?;
+        line.clear();
+        out.read_line(&mut line)?;
+        if line.trim() != "w" {
+            bail!("the workload answered {line:?}");
+        }
+        let second = dump(&opts)?;
+        if second.inherited_bytes == 0 {
+            bail!("the second dump was not incremental");
+        }
+        Ok([first, second])
+    })();
+    let _ = child.kill();
+    child.wait()?;
+    wait_pid_free(pid);
+    let _ = std::fs::remove_dir_all(&ckdir);
+    reps
 }
 
 /// "1 GiB", "256 MiB": the size of a workload's memory.
@@ -348,6 +421,29 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
     println!("rst/raw: restore time / raw read of the images into fresh memory (target <= 1.30),");
     println!(
         "  cold: images evicted from the page cache (POSIX_FADV_DONTNEED) before both; hot: cached"
+    );
+    // Incremental generations: 4x the base size, 5% of the pages rewritten between.
+    let inc_mib = mib * 4;
+    let mut inc = Vec::new();
+    for run in 0..runs.max(1) {
+        inc.push(incremental_run(&exe, &base, inc_mib, run).context("incremental workload")?);
+    }
+    let med =
+        |f: &dyn Fn(&[crate::dump::DumpReport; 2]) -> Duration| median(inc.iter().map(f).collect());
+    let (t1, t2) = (med(&|r| r[0].total), med(&|r| r[1].total));
+    let (p1, p2) = (med(&|r| r[0].pause), med(&|r| r[1].pause));
+    let (b1, b2) = (inc[0][0].image_bytes, inc[0][1].image_bytes);
+    println!(
+        "incremental, {}, 5% of pages rewritten: second dump wrote {:.1} MiB of {:.1} MiB ({:.3}, target <= 0.10), took {:.1} of {:.1} ms ({:.2}, target <= 0.20); pause {:.1} ms (first {:.1} ms)",
+        size_name(inc_mib),
+        b2 as f64 / (1 << 20) as f64,
+        b1 as f64 / (1 << 20) as f64,
+        b2 as f64 / b1 as f64,
+        ms(t2),
+        ms(t1),
+        t2.as_secs_f64() / t1.as_secs_f64(),
+        ms(p2),
+        ms(p1)
     );
     println!("CRIU: not measured (Debian's criu does not run on this kernel, see docs/KERNEL.md)");
     Ok(())

@@ -3,9 +3,10 @@
 
 use crate::generation::{self, CoordRef, Manifest, ManifestProcess, PendingGeneration};
 use crate::image::{kernel_release, ImageWriter, PageBuffer, PAGE};
+use crate::incremental::{self, Delta, Parent};
 use crate::progress;
 use anyhow::{Context, Result};
-use ckpt_format::state::ProcessState;
+use ckpt_format::state::{PageRun, ProcessState};
 use ckpt_tracer::read::{read_process_with, MemReader};
 use ckpt_tracer::snapshot::Snapshot;
 use ckpt_tracer::tree::{dedupe_shared_pages, link_descriptors, FrozenTree, Zombie};
@@ -22,6 +23,9 @@ pub struct DumpOptions<'a> {
     /// The coordinator the job is registered with (recorded so that the restored job
     /// registers again).
     pub coordinator: Option<CoordRef>,
+    /// Store every page, even those the newest generation of `dir` holds already
+    /// (otherwise a dump with `keep` of 2 or more is incremental: src/incremental.rs).
+    pub full: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ pub struct DumpReport {
     pub pause: Duration,
     pub total: Duration,
     pub image_bytes: u64,
+    /// Page bytes not written because the generation this one follows holds them.
+    pub inherited_bytes: u64,
 }
 
 const CHUNK: usize = 16 << 20;
@@ -103,8 +109,12 @@ fn phase(t0: Instant, what: &str) {
 /// Stream the stored page runs of `vmas` that `select` picks from `mem` into `w`.
 /// Runs are gathered in `buf` and written a full buffer at a time: with O_DIRECT each
 /// write goes to the disk, and many small runs written one by one would be slow.
+/// Pages of private regions go through `delta` (src/incremental.rs): each is hashed,
+/// and one the parent generation holds unchanged is left out (the buffer is compacted
+/// over it), so a run may become several.
 fn write_runs(
     state: &mut ProcessState,
+    delta: &mut Delta,
     select: impl Fn(u64, u64) -> bool,
     mem: &MemReader,
     w: &mut ImageWriter,
@@ -112,43 +122,77 @@ fn write_runs(
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
     let pid = state.pid;
+    let page = PAGE as usize;
     let mut fill = 0usize;
     for vma in &mut state.vmas {
         if !select(vma.start, vma.end) {
             continue;
         }
-        for run in &mut vma.pages {
-            run.file_off = w.pos() + fill as u64;
-            let mut h = Xxh3::new();
+        let track = incremental::inheritable(vma);
+        let mut own = Vec::with_capacity(vma.pages.len());
+        for run in std::mem::take(&mut vma.pages) {
+            // The stored run being built: its first page's place in the file, and hash.
+            let mut cur: Option<(PageRun, Xxh3)> = None;
             let len = run.npages * PAGE;
             let mut done = 0u64;
             while done < len {
                 check_interrupted()?;
                 let n = (len - done).min((buf.len() - fill) as u64) as usize;
-                let chunk = &mut buf[fill..fill + n];
-                mem.read(run.addr + done, chunk).with_context(|| {
-                    format!(
-                        "reading memory of process {pid} at {:#x} ({})",
-                        run.addr + done,
-                        vma.name
-                    )
-                })?;
-                h.update(chunk);
-                fill += n;
-                done += n as u64;
+                mem.read(run.addr + done, &mut buf[fill..fill + n])
+                    .with_context(|| {
+                        format!(
+                            "reading memory of process {pid} at {:#x} ({})",
+                            run.addr + done,
+                            vma.name
+                        )
+                    })?;
                 bar.inc(n as u64);
+                let mut kept = 0;
+                for i in 0..n / page {
+                    let addr = run.addr + done + (i * page) as u64;
+                    let at = fill + i * page;
+                    if track && delta.page(addr, &buf[at..at + page]) {
+                        own.extend(cur.take().map(close_run));
+                        continue;
+                    }
+                    if kept != i * page {
+                        buf.copy_within(at..at + page, fill + kept);
+                    }
+                    let (r, h) = cur.get_or_insert_with(|| {
+                        (
+                            PageRun {
+                                addr,
+                                npages: 0,
+                                file_off: w.pos() + (fill + kept) as u64,
+                                hash: 0,
+                            },
+                            Xxh3::new(),
+                        )
+                    });
+                    r.npages += 1;
+                    h.update(&buf[fill + kept..fill + kept + page]);
+                    kept += page;
+                }
+                fill += kept;
+                done += n as u64;
                 if fill == buf.len() {
                     w.write_pages(&buf[..fill])?;
                     fill = 0;
                 }
             }
-            run.hash = h.digest();
+            own.extend(cur.take().map(close_run));
         }
+        vma.pages = own;
     }
     if fill > 0 {
         w.write_pages(&buf[..fill])?;
     }
     Ok(())
+}
+
+fn close_run((mut r, h): (PageRun, Xxh3)) -> PageRun {
+    r.hash = h.digest();
+    r
 }
 
 /// The network locks a dump took for connections saved with `--tcp-established`
@@ -185,6 +229,9 @@ pub struct FrozenDump {
     writers: Vec<ImageWriter>,
     snapshots: Vec<Snapshot>,
     from_parent: Vec<Vec<(u64, u64)>>,
+    /// The generation this one follows, and per process what its pages were against it.
+    parent: Option<Parent>,
+    deltas: Vec<Delta>,
     created_ns: u64,
     buf: PageBuffer,
     bar: indicatif::ProgressBar,
@@ -198,6 +245,12 @@ impl FrozenDump {
         let root = opts.pid;
         ckpt_tracer::proc::warm_up_locks();
         let locks = TcpLocks;
+        // Read before the freeze: the page hashes of the generation this one follows.
+        let mut parent = if opts.full || opts.keep < 2 {
+            None
+        } else {
+            Parent::latest_in(opts.dir)
+        };
         // The pause counts from here: nothing is stopped before the freeze.
         let t0 = Instant::now();
         let mut tree = FrozenTree::freeze(root)?;
@@ -235,6 +288,15 @@ impl FrozenDump {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let deltas = states
+            .iter()
+            .map(|s| {
+                parent
+                    .as_mut()
+                    .map(|p| p.delta_for(s.pid))
+                    .unwrap_or_default()
+            })
+            .collect();
         let gen = PendingGeneration::create(opts.dir, &states[0].comm, root)?;
         let mut writers = Vec::new();
         for s in &states {
@@ -288,6 +350,8 @@ impl FrozenDump {
             writers,
             snapshots,
             from_parent,
+            parent,
+            deltas,
             created_ns,
             buf: PageBuffer::new(CHUNK),
             bar,
@@ -300,13 +364,18 @@ impl FrozenDump {
 
     /// Write the runs that must come from the frozen originals.
     fn write_from_originals(&mut self) -> Result<()> {
-        let procs = self.states.iter_mut().zip(&mut self.writers).enumerate();
-        for (i, (state, w)) in procs {
+        let procs = self
+            .states
+            .iter_mut()
+            .zip(&mut self.writers)
+            .zip(&mut self.deltas);
+        for (i, ((state, w), delta)) in procs.enumerate() {
             let regions = &self.from_parent[i];
             let mem = MemReader::open(state.pid)
                 .with_context(|| format!("opening memory of process {}", state.pid))?;
             write_runs(
                 state,
+                delta,
                 |s, e| regions.iter().any(|&(a, b)| a <= s && e <= b),
                 &mem,
                 w,
@@ -333,6 +402,8 @@ impl FrozenDump {
             mut writers,
             snapshots,
             from_parent,
+            parent,
+            mut deltas,
             created_ns,
             mut buf,
             bar,
@@ -353,6 +424,7 @@ impl FrozenDump {
             writers: &mut writers,
             snapshots: &snapshots,
             from_parent: &from_parent,
+            deltas: &mut deltas,
             buf: &mut buf,
             bar: &bar,
         };
@@ -365,6 +437,16 @@ impl FrozenDump {
                 .with_context(|| format!("removing the snapshot copy of process {pid}"))?;
         }
         phase(t0, "snapshots removed");
+        let mut inherited_bytes = 0;
+        for (state, delta) in states.iter_mut().zip(deltas) {
+            inherited_bytes += delta.inherited_bytes();
+            delta.finish(state, parent.as_ref());
+        }
+        let follows = states
+            .iter()
+            .any(|s| incremental::parent_of(s).is_some())
+            .then(|| parent.as_ref().map(|p| p.name.clone()))
+            .flatten();
         // Metadata, header and fsync of every image, in parallel: with many processes
         // the syncs, not the bytes, take the time.
         let gen_id = gen.id;
@@ -413,6 +495,7 @@ impl FrozenDump {
                 .collect(),
             zombies,
             coordinator,
+            parent: follows,
         };
         let generation = gen.publish(&manifest, keep)?;
         if let Some(t) = kill_after {
@@ -429,6 +512,7 @@ impl FrozenDump {
             pause,
             total: t0.elapsed(),
             image_bytes,
+            inherited_bytes,
         })
     }
 }
@@ -439,6 +523,7 @@ struct FrozenDumpRest<'a> {
     writers: &'a mut [ImageWriter],
     snapshots: &'a [Snapshot],
     from_parent: &'a [Vec<(u64, u64)>],
+    deltas: &'a mut [Delta],
     buf: &'a mut [u8],
     bar: &'a indicatif::ProgressBar,
 }
@@ -452,6 +537,7 @@ impl FrozenDumpRest<'_> {
                 MemReader::open(snap.memory_pid()).context("opening memory of the snapshot")?;
             write_runs(
                 &mut self.states[i],
+                &mut self.deltas[i],
                 |s, e| !in_parent(s, e),
                 &mem,
                 &mut self.writers[i],

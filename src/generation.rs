@@ -237,9 +237,34 @@ fn prune(ckpt_dir: &Path, keep: usize, newest: &Path) -> Result<()> {
     let gens = generations(ckpt_dir)?;
     let keep = keep.max(1);
     if gens.len() > keep {
-        for old in &gens[..gens.len() - keep] {
+        let (dropped, kept) = gens.split_at(gens.len() - keep);
+        // A kept generation that builds on one about to go is made whole first. If that
+        // fails (a full disk), nothing is dropped: every generation still restores.
+        for k in kept {
+            let follows = crate::incremental::follows(k);
+            if follows.is_some_and(|p| {
+                dropped
+                    .iter()
+                    .any(|d| d.file_name().is_some_and(|n| *n == *p))
+            }) {
+                if let Err(e) = crate::incremental::make_whole(k) {
+                    eprintln!(
+                        "ckpt: warning: cannot merge the pages of older generations into {} ({e:#}); keeping them all",
+                        k.display()
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        for old in dropped {
             if old != newest {
-                fs::remove_dir_all(old)
+                // Out of sight first (a hidden name, as an unfinished one), then
+                // removed: nobody lists a generation half removed.
+                let name = old.file_name().unwrap_or_default().to_string_lossy();
+                let hidden = ckpt_dir.join(format!(".{name}.tmp.{}", std::process::id()));
+                fs::rename(old, &hidden)
+                    .with_context(|| format!("removing old generation {}", old.display()))?;
+                fs::remove_dir_all(&hidden)
                     .with_context(|| format!("removing old generation {}", old.display()))?;
             }
         }
@@ -319,6 +344,24 @@ fn through_latest(dir: &Path) -> Result<Option<PathBuf>> {
     let gen = dir.join(target);
     let is_dir = fs::symlink_metadata(&gen).is_ok_and(|m| m.is_dir());
     Ok((is_dir && gen.join(MANIFEST).is_file()).then_some(gen))
+}
+
+/// Replace the manifest of the published generation `gen` atomically (temporary
+/// file, fsync, rename, fsync of the directory).
+pub fn replace_manifest(gen: &Path, m: &Manifest) -> Result<()> {
+    let tmp = gen.join(format!(".{MANIFEST}.tmp.{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&manifest::seal(m)?)?;
+    f.sync_all()?;
+    fs::rename(&tmp, gen.join(MANIFEST))
+        .with_context(|| format!("replacing the manifest of {}", gen.display()))?;
+    sync_dir(gen)
 }
 
 /// Read and check the manifest of generation `gen` (see [`manifest::unseal`]).

@@ -36,7 +36,9 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
     }
     let procs = generation::open_images(&gen, &manifest)?;
     // Every complete generation of the directory: (path, created, bytes, processes).
-    let gens: Vec<(std::path::PathBuf, u64, u64, usize)> = all
+    // and the generation it builds on (an incremental one).
+    type GenRow = (std::path::PathBuf, u64, u64, usize, Option<String>);
+    let gens: Vec<GenRow> = all
         .iter()
         .map(|g| {
             let m = generation::read_manifest(g).ok();
@@ -44,10 +46,17 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 g.clone(),
                 m.as_ref().map_or(0, |m| m.created_unix_ns),
                 generation::bytes_on_disk(g),
-                m.map_or(0, |m| m.processes.len()),
+                m.as_ref().map_or(0, |m| m.processes.len()),
+                m.and_then(|m| m.parent),
             )
         })
         .collect();
+    // Page bytes each process takes from older generations.
+    let inherited = |s: &ckpt_format::state::ProcessState| -> u64 {
+        crate::incremental::parent_of(s).map_or(0, |p| {
+            p.runs.iter().map(|r| r.npages * crate::image::PAGE).sum()
+        })
+    };
     if as_json {
         let v = json!({
             "generation": gen.display().to_string(),
@@ -59,11 +68,13 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
             })).collect::<Vec<_>>(),
             "created_unix_ns": manifest.created_unix_ns,
             "created": when(manifest.created_unix_ns),
-            "generation_list": gens.iter().map(|(p, created, bytes, n)| json!({
+            "parent": manifest.parent,
+            "generation_list": gens.iter().map(|(p, created, bytes, n, parent)| json!({
                 "path": p.display().to_string(),
                 "created_unix_ns": created,
                 "bytes": bytes,
                 "processes": n,
+                "parent": parent,
             })).collect::<Vec<_>>(),
             "kernel": manifest.kernel,
             "tool_version": manifest.tool_version,
@@ -87,6 +98,7 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                     "pages_offset": i.header.pages_offset,
                     "pages_len": i.header.pages_len,
                     "stored_bytes": i.stored_bytes(),
+                    "inherited_bytes": inherited(s),
                     "threads": s.threads.len(),
                     "tids": s.threads.iter().map(|t| t.tid).collect::<Vec<_>>(),
                     "regions": s.vmas.len(),
@@ -125,14 +137,21 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
         all.len(),
         gen.parent().unwrap_or(Path::new(".")).display()
     );
-    for (p, created, bytes, n) in &gens {
+    if let Some(p) = &manifest.parent {
+        println!("builds on   {p} (the pages unchanged since are read from there)");
+    }
+    for (p, created, bytes, n, parent) in &gens {
         println!(
-            "  {}{}  {}  {}, {n} process{}",
+            "  {}{}  {}  {}, {n} process{}{}",
             p.file_name().unwrap_or_default().to_string_lossy(),
             if *p == gen { " (this one)" } else { "" },
             when(*created),
             human(*bytes),
-            if *n == 1 { "" } else { "es" }
+            if *n == 1 { "" } else { "es" },
+            match parent {
+                Some(b) => format!(", incremental: builds on {b}"),
+                None => ", holds all its pages".to_string(),
+            }
         );
     }
     for z in &manifest.zombies {
@@ -159,10 +178,16 @@ pub fn info(dir: &Path, as_json: bool) -> Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+        let older = inherited(s);
         println!(
-            "  {} memory regions, {} stored:",
+            "  {} memory regions, {} stored{}:",
             s.vmas.len(),
-            human(i.stored_bytes())
+            human(i.stored_bytes()),
+            if older > 0 {
+                format!(" here, {} unchanged in older generations", human(older))
+            } else {
+                String::new()
+            }
         );
         for (k, n, mapped, stored) in memory_totals(&s.vmas) {
             println!(

@@ -8,6 +8,7 @@ mod coordinator;
 mod dump;
 mod generation;
 mod image;
+mod incremental;
 mod info;
 mod job;
 mod logging;
@@ -69,6 +70,11 @@ enum Cmd {
         /// restore they read as reset by the peer (ECONNRESET, then end of file).
         #[arg(long)]
         tcp_close: bool,
+        /// Store every page. Without it, a dump into a directory that keeps 2 or more
+        /// generations stores only the pages that differ from its newest one (an
+        /// incremental generation; dropping that one later merges its pages forward).
+        #[arg(long)]
+        full: bool,
     },
     /// Restore the newest complete checkpoint in DIR.
     #[command(disable_help_flag = true)]
@@ -356,6 +362,7 @@ fn main() {
             max_file_size,
             tcp_established,
             tcp_close,
+            full,
         } => {
             dump::stop_on_signals();
             ckpt_tracer::fd::memfd::set_max_stored_file(max_file_size);
@@ -366,10 +373,19 @@ fn main() {
                 kill,
                 keep,
                 coordinator: None,
+                full,
             })
             .map(|rep| {
+                let reused = if rep.inherited_bytes > 0 {
+                    format!(
+                        ", {} MiB unchanged left in the generation before",
+                        rep.inherited_bytes >> 20
+                    )
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "ckpt: checkpoint of {pid} written to {} ({} MiB, process stopped {:.1} ms)",
+                    "ckpt: checkpoint of {pid} written to {} ({} MiB{reused}, process stopped {:.1} ms)",
                     rep.generation.display(),
                     rep.image_bytes >> 20,
                     rep.pause.as_secs_f64() * 1e3

@@ -1047,9 +1047,14 @@ fn agent_killed_in_the_middle_of_a_checkpoint() {
         restorer.pid,
         &job_dir,
         |pending| {
-            pending
-                .iter()
-                .any(|p| fs::metadata(p.join(&img)).is_ok_and(|m| m.len() >= (MIB << 20) / 4))
+            // The job runs on while its copy-on-write snapshot copy is read (and each
+            // page compared with the generation before: this checkpoint may store
+            // little), until the image is written.
+            pending.iter().any(|p| p.join(&img).is_file())
+                && children(job).into_iter().any(|k| {
+                    comm(k).as_deref() == Some("ckpt-snapshot")
+                        && !matches!(proc_state(k), Some('Z' | 'X') | None)
+                })
         },
         "while writing memory",
     );

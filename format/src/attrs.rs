@@ -45,6 +45,32 @@ pub enum Attr {
     /// The SysV message queues, semaphore sets and shared memory segments the process
     /// used, with their keys, ids, permissions and contents.
     SysvIpc(SysvIpc),
+    /// An incremental image (issue 11): the pages of its private regions that were the
+    /// same when it was written as in the generation it followed, and are stored there
+    /// (or further back), not here.
+    Parent(ParentPages),
+    /// The xxh3-128 of every page of its private regions, stored here or in a parent:
+    /// what the next incremental checkpoint compares against.
+    PageHashes(Vec<HashedRun>),
+}
+
+/// Where an incremental image's other pages are: generation `generation` (a directory
+/// beside this one, with this generation id), the same pid. Each run lists pages (its
+/// `file_off` and `hash` are 0) whose content is that generation's at the same address.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ParentPages {
+    pub generation: String,
+    pub generation_id: String,
+    pub runs: Vec<crate::state::PageRun>,
+}
+
+/// The page hashes of `npages` consecutive pages from `addr`: 16 bytes a page
+/// (xxh3-128, little-endian), in address order.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HashedRun {
+    pub addr: u64,
+    #[serde(with = "serde_bytes")]
+    pub hashes: Vec<u8>,
 }
 
 /// Kernel objects a process shares with its parent (kcmp equal at dump time).

@@ -63,6 +63,10 @@ pub struct Manifest {
     pub zombies: Vec<crate::state::Zombie>,
     /// The coordinator the job was registered with, if any.
     pub coordinator: Option<CoordRef>,
+    /// The generation (a directory beside this one) whose pages this incremental one
+    /// does not store again; absent for a generation that holds all its pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 /// The on-disk form of the manifest: the manifest's exact text and its checksum.

@@ -48,7 +48,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// "CKPTPLAN"
 pub const PLAN_MAGIC: u64 = u64::from_le_bytes(*b"CKPTPLAN");
-pub const PLAN_VERSION: u64 = 2;
+pub const PLAN_VERSION: u64 = 3;
 
 /// The page size every address, length and file offset of the plan is a multiple of.
 pub const PAGE_SIZE: u64 = 4096;
@@ -250,8 +250,9 @@ impl PlanVma {
     }
 }
 
-/// `len` bytes at address `addr` are read from `image_fd` at `file_off`.
-/// `addr`, `len` and `file_off` are page-aligned.
+/// `len` bytes at address `addr` are read from `fd` at `file_off` (`fd` -1: the plan's
+/// `image_fd`; another descriptor holds an older generation's image, for pages an
+/// incremental image does not store). `addr`, `len` and `file_off` are page-aligned.
 #[repr(C)]
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
@@ -260,6 +261,7 @@ pub struct PlanRun {
     pub addr: u64,
     pub len: u64,
     pub file_off: u64,
+    pub fd: i64,
 }
 
 #[repr(C)]
@@ -419,7 +421,7 @@ pub fn stage_name(stage: u64) -> &'static str {
 // The sizes the front end, the loader and restore/tests/smoke.py agree on.
 const _: () = assert!(core::mem::size_of::<PlanHeader>() == 360);
 const _: () = assert!(core::mem::size_of::<PlanVma>() == 56);
-const _: () = assert!(core::mem::size_of::<PlanRun>() == 24);
+const _: () = assert!(core::mem::size_of::<PlanRun>() == 32);
 const _: () = assert!(core::mem::size_of::<PlanThread>() == 96);
 const _: () = assert!(core::mem::size_of::<PlanSigaction>() == 40);
 const _: () = assert!(core::mem::size_of::<PlanFork>() == 24);

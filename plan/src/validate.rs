@@ -202,6 +202,15 @@ impl<'a> PlanView<'a> {
         as_fd(self.hdr.image_fd).unwrap_or(-1)
     }
 
+    /// The descriptor `run`'s pages are read from.
+    pub fn run_fd(&self, run: &PlanRun) -> i32 {
+        if run.fd == -1 {
+            self.image_fd()
+        } else {
+            as_fd(run.fd).unwrap_or(-1)
+        }
+    }
+
     pub fn status_fd(&self) -> i32 {
         as_fd(self.hdr.status_fd).unwrap_or(-1)
     }
@@ -538,6 +547,7 @@ fn check_vmas(view: &PlanView<'_>) -> Result<(), PlanError> {
                 || !page_aligned(run.len)
                 || !page_aligned(run.file_off)
                 || run.file_off.checked_add(run.len).is_none()
+                || (run.fd != -1 && as_fd(run.fd).is_none())
             {
                 return err(RunMalformed, run.addr);
             }

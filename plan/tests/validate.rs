@@ -121,6 +121,7 @@ fn sample() -> Plan {
         addr: 0x40_1000,
         len: PAGE,
         file_off: 0,
+        fd: -1,
     });
     p.vmas.push(a);
     let mut heap = vma(0x40_2000, 16, VMA_ANON_PRIVATE, -1);
@@ -130,11 +131,13 @@ fn sample() -> Plan {
         addr: 0x40_2000,
         len: 2 * PAGE,
         file_off: PAGE,
+        fd: -1,
     });
     p.runs.push(PlanRun {
         addr: 0x40_8000,
         len: 3 * PAGE,
         file_off: 3 * PAGE,
+        fd: -1,
     });
     p.vmas.push(heap);
     let mut shm = vma(0x7f00_0000_0000, 4, VMA_FILE_SHARED, 103);
@@ -148,6 +151,7 @@ fn sample() -> Plan {
         addr: 0x7ffc_0000_6000,
         len: 2 * PAGE,
         file_off: 6 * PAGE,
+        fd: -1,
     });
     p.vmas.push(stack);
     for (i, kind) in [VMA_VVAR, VMA_VVAR_VCLOCK, VMA_VDSO]

@@ -222,7 +222,7 @@ fn patch(plan: &Plan, v: &PlanVma) -> Result<()> {
         while done < run.len {
             let n = (run.len - done).min(CMP_SIZE as u64);
             read_exact(
-                plan.image_fd(),
+                plan.run_fd(run),
                 buf,
                 n,
                 run.file_off + done,

@@ -80,7 +80,7 @@ pub fn map_one(plan: &Plan, vma: &PlanVma) -> Result<()> {
         return Ok(());
     }
     for run in runs {
-        fill(plan.image_fd(), run)?;
+        fill(plan.run_fd(run), run)?;
     }
     // SAFETY: `[vma.start, vma.start+len)` is exactly the mapping created above, outside the
     // loader zone (checked with the plan); only its protection changes, no loader data

@@ -14,6 +14,7 @@ mod timers;
 
 use crate::generation;
 use crate::image::Image;
+use crate::incremental::Chain;
 use crate::job::{self, status_code, wait_exit};
 use crate::progress;
 use anyhow::{bail, Context, Result};
@@ -140,7 +141,7 @@ fn map_fds_for(
 }
 
 fn prepare_process(
-    image: &Image,
+    (image, chain): (&Image, Option<&Chain>),
     m: &generation::ManifestProcess,
     root: &generation::ManifestProcess,
     in_tree: &std::collections::HashSet<i32>,
@@ -155,7 +156,31 @@ fn prepare_process(
         OwnedFd::from(image.file.try_clone().context("reopening the image")?),
         base,
     )?;
-    let (map_fds, map_files) = map_fds_for(state, base, shared)?;
+    let (map_fds, mut map_files) = map_fds_for(state, base, shared)?;
+    // The older images an incremental image's other pages are read from; the loader
+    // closes them with the mapping files.
+    let mut inherited = Vec::new();
+    if let Some(c) = chain {
+        let mut fds = Vec::new();
+        for a in &c.ancestors {
+            let fd = sys::above(
+                OwnedFd::from(a.file.try_clone().context("reopening an image")?),
+                base,
+            )?;
+            fds.push(fd.as_raw_fd());
+            map_files.push(fd);
+        }
+        inherited = c
+            .runs
+            .iter()
+            .map(|r| ckpt_plan::PlanRun {
+                addr: r.addr,
+                len: r.npages * crate::image::PAGE,
+                file_off: r.file_off,
+                fd: fds[r.src] as i64,
+            })
+            .collect();
+    }
     let exe = std::fs::File::open(&state.exe.path)
         .with_context(|| format!("opening the executable {}", state.exe.path))?;
     let exe_fd = sys::above(OwnedFd::from(exe), base)?;
@@ -182,6 +207,7 @@ fn prepare_process(
         status_fd: status_w.as_raw_fd(),
         map_fds,
         map_files: map_files.iter().map(|f| f.as_raw_fd()).collect(),
+        inherited,
     };
     // The plan's own descriptor is added by `write_plan`.
     let mut loader_fds = vec![
@@ -339,6 +365,8 @@ pub struct Examined {
     pub gen: PathBuf,
     pub manifest: generation::Manifest,
     images: Vec<Image>,
+    /// Per image: where the pages an incremental image does not store are.
+    chains: Vec<Option<Chain>>,
     /// The restore goes to a new PID namespace.
     pub new_ns: bool,
     /// Why, when it was not asked for.
@@ -350,7 +378,8 @@ pub struct Examined {
 impl Examined {
     /// Image bytes the restore reads.
     pub fn stored_bytes(&self) -> u64 {
-        self.images.iter().map(Image::stored_bytes).sum()
+        self.images.iter().map(Image::stored_bytes).sum::<u64>()
+            + self.chains.iter().flatten().map(Chain::bytes).sum::<u64>()
     }
 }
 
@@ -379,10 +408,19 @@ pub fn examine(opts: &RestoreOptions) -> Result<Examined> {
         manifest.kernel
     );
     let images = generation::open_images(&gen, &manifest)?;
-    let total = images.iter().map(Image::stored_bytes).sum();
+    // An incremental generation: the older images the rest of its pages are in.
+    let chains = images
+        .iter()
+        .map(|i| Chain::of(&gen, i))
+        .collect::<Result<Vec<_>>>()?;
+    let total = images.iter().map(Image::stored_bytes).sum::<u64>()
+        + chains.iter().flatten().map(Chain::bytes).sum::<u64>();
     let bar = progress::bar(total, "verifying");
-    for image in &images {
+    for (image, chain) in images.iter().zip(&chains) {
         image.verify_pages(|n| bar.inc(n))?;
+        if let Some(c) = chain {
+            c.verify(image, |n| bar.inc(n))?;
+        }
     }
     bar.finish_and_clear();
     for image in &images {
@@ -451,6 +489,7 @@ pub fn examine(opts: &RestoreOptions) -> Result<Examined> {
         gen,
         manifest,
         images,
+        chains,
         new_ns,
         ns_reason,
         new_ipc,
@@ -464,6 +503,7 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
         gen,
         manifest,
         images,
+        chains,
         new_ns,
         ns_reason,
         new_ipc,
@@ -493,9 +533,9 @@ pub fn prepare(opts: &RestoreOptions) -> Result<Prepared> {
     let loader_fd = sys::above(memfd("ckpt-loader", LOADER)?, base)?;
     let mut shared = fds::Shared::default();
     let mut prepared: Vec<PreparedProcess> = Vec::new();
-    for (image, m) in images.iter().zip(&manifest.processes) {
+    for ((image, m), chain) in images.iter().zip(&manifest.processes).zip(&chains) {
         prepared.push(prepare_process(
-            image,
+            (image, chain.as_ref()),
             m,
             root,
             &in_tree,

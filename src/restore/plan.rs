@@ -14,6 +14,9 @@ pub struct PlanFds {
     pub map_fds: HashMap<String, i32>,
     /// Every descriptor opened for mappings (the loader closes them all).
     pub map_files: Vec<i32>,
+    /// Pages read from older generations' images (an incremental image), sorted by
+    /// address, each with its descriptor (src/incremental.rs).
+    pub inherited: Vec<PlanRun>,
 }
 
 /// What a plan says beyond the process's own image: the children its loader forks, and,
@@ -102,7 +105,14 @@ pub fn build(state: &ProcessState, fds: &PlanFds, extra: &Extra, plan_fd: i32) -
                 addr: r.addr,
                 len: r.npages * PAGE,
                 file_off: r.file_off,
+                fd: -1,
             });
+        }
+        let from = fds.inherited.partition_point(|r| r.addr < v.start);
+        let to = fds.inherited.partition_point(|r| r.addr < v.end);
+        if from < to {
+            runs.extend_from_slice(&fds.inherited[from..to]);
+            runs[first_run as usize..].sort_unstable_by_key(|r| r.addr);
         }
         vmas.push(PlanVma {
             start: v.start,
