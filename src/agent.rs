@@ -261,6 +261,8 @@ pub fn supervise(
         }
     }
     let mut frozen: Option<(u64, FrozenDump)> = None;
+    // Which pages the job wrote since its last checkpoint (src/incremental.rs).
+    let trackers = crate::incremental::SharedTrackers::default();
     let mut last_try = Instant::now();
     loop {
         let conn_fd = conn.as_ref().map(|c| c.stream().as_raw_fd());
@@ -380,6 +382,7 @@ pub fn supervise(
                             job_id: opts.job_id.clone(),
                         }),
                         full: false,
+                        trackers: Some(trackers.clone()),
                     })
                 });
                 match r {

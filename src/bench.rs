@@ -216,6 +216,7 @@ fn one_run(exe: &Path, base: &Path, w: &Workload, run: usize, s: &mut Samples) -
         keep: 1,
         coordinator: None,
         full: true,
+        trackers: None,
     });
     let pids = ckpt_tracer::tree::kill_descendants(pid);
     child.wait()?;
@@ -308,6 +309,7 @@ fn incremental_run(
         keep: 3,
         coordinator: None,
         full: false,
+        trackers: Some(Default::default()),
     };
     let reps = (|| -> Result<[crate::dump::DumpReport; 2]> {
         let first = dump(&opts)?;
@@ -433,8 +435,9 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
     let (t1, t2) = (med(&|r| r[0].total), med(&|r| r[1].total));
     let (p1, p2) = (med(&|r| r[0].pause), med(&|r| r[1].pause));
     let (b1, b2) = (inc[0][0].image_bytes, inc[0][1].image_bytes);
+    let unread = inc[0][1].unread_bytes;
     println!(
-        "incremental, {}, 5% of pages rewritten: second dump wrote {:.1} MiB of {:.1} MiB ({:.3}, target <= 0.10), took {:.1} of {:.1} ms ({:.2}, target <= 0.20); pause {:.1} ms (first {:.1} ms)",
+        "incremental, {}, 5% of pages rewritten: second dump wrote {:.1} MiB of {:.1} MiB ({:.3}, target <= 0.10), took {:.1} of {:.1} ms ({:.2}, target <= 0.20); pause {:.1} ms (first {:.1} ms); {:.1} MiB not even read (written-page tracking)",
         size_name(inc_mib),
         b2 as f64 / (1 << 20) as f64,
         b1 as f64 / (1 << 20) as f64,
@@ -443,7 +446,8 @@ pub fn bench(mib: u64, dir: Option<PathBuf>, runs: usize) -> Result<()> {
         ms(t1),
         t2.as_secs_f64() / t1.as_secs_f64(),
         ms(p2),
-        ms(p1)
+        ms(p1),
+        unread as f64 / (1 << 20) as f64
     );
     println!("CRIU: not measured (Debian's criu does not run on this kernel, see docs/KERNEL.md)");
     Ok(())

@@ -26,6 +26,8 @@ pub struct DumpOptions<'a> {
     /// Store every page, even those the newest generation of `dir` holds already
     /// (otherwise a dump with `keep` of 2 or more is incremental: src/incremental.rs).
     pub full: bool,
+    /// The written-page trackers of the job, kept between its checkpoints by its agent.
+    pub trackers: Option<incremental::SharedTrackers>,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub struct DumpReport {
     pub image_bytes: u64,
     /// Page bytes not written because the generation this one follows holds them.
     pub inherited_bytes: u64,
+    /// Of those, the bytes not even read (written-page tracking knew them unchanged).
+    pub unread_bytes: u64,
 }
 
 const CHUNK: usize = 16 << 20;
@@ -130,57 +134,69 @@ fn write_runs(
         }
         let track = incremental::inheritable(vma);
         let mut own = Vec::with_capacity(vma.pages.len());
-        for run in std::mem::take(&mut vma.pages) {
-            // The stored run being built: its first page's place in the file, and hash.
-            let mut cur: Option<(PageRun, Xxh3)> = None;
-            let len = run.npages * PAGE;
-            let mut done = 0u64;
-            while done < len {
-                check_interrupted()?;
-                let n = (len - done).min((buf.len() - fill) as u64) as usize;
-                mem.read(run.addr + done, &mut buf[fill..fill + n])
-                    .with_context(|| {
-                        format!(
-                            "reading memory of process {pid} at {:#x} ({})",
-                            run.addr + done,
-                            vma.name
-                        )
-                    })?;
-                bar.inc(n as u64);
-                let mut kept = 0;
-                for i in 0..n / page {
-                    let addr = run.addr + done + (i * page) as u64;
-                    let at = fill + i * page;
-                    if track && delta.page(addr, &buf[at..at + page]) {
-                        own.extend(cur.take().map(close_run));
-                        continue;
-                    }
-                    if kept != i * page {
-                        buf.copy_within(at..at + page, fill + kept);
-                    }
-                    let (r, h) = cur.get_or_insert_with(|| {
-                        (
-                            PageRun {
-                                addr,
-                                npages: 0,
-                                file_off: w.pos() + (fill + kept) as u64,
-                                hash: 0,
-                            },
-                            Xxh3::new(),
-                        )
-                    });
-                    r.npages += 1;
-                    h.update(&buf[fill + kept..fill + kept + page]);
-                    kept += page;
+        for whole in std::mem::take(&mut vma.pages) {
+            // Pages written-page tracking knows unchanged are not even read.
+            let mut segments = Vec::new();
+            for i in 0..whole.npages {
+                let addr = whole.addr + i * PAGE;
+                if track && delta.take_unread(addr) {
+                    bar.inc(PAGE);
+                    continue;
                 }
-                fill += kept;
-                done += n as u64;
-                if fill == buf.len() {
-                    w.write_pages(&buf[..fill])?;
-                    fill = 0;
-                }
+                ckpt_tracer::maps::push_page(&mut segments, addr);
             }
-            own.extend(cur.take().map(close_run));
+            for run in segments {
+                // The stored run being built: its first page's place in the file, and hash.
+                let mut cur: Option<(PageRun, Xxh3)> = None;
+                let len = run.npages * PAGE;
+                let mut done = 0u64;
+                while done < len {
+                    check_interrupted()?;
+                    let n = (len - done).min((buf.len() - fill) as u64) as usize;
+                    mem.read(run.addr + done, &mut buf[fill..fill + n])
+                        .with_context(|| {
+                            format!(
+                                "reading memory of process {pid} at {:#x} ({})",
+                                run.addr + done,
+                                vma.name
+                            )
+                        })?;
+                    bar.inc(n as u64);
+                    let mut kept = 0;
+                    for i in 0..n / page {
+                        let addr = run.addr + done + (i * page) as u64;
+                        let at = fill + i * page;
+                        if track && delta.page(addr, &buf[at..at + page]) {
+                            own.extend(cur.take().map(close_run));
+                            continue;
+                        }
+                        if kept != i * page {
+                            buf.copy_within(at..at + page, fill + kept);
+                        }
+                        let (r, h) = cur.get_or_insert_with(|| {
+                            (
+                                PageRun {
+                                    addr,
+                                    npages: 0,
+                                    file_off: w.pos() + (fill + kept) as u64,
+                                    hash: 0,
+                                },
+                                Xxh3::new(),
+                            )
+                        });
+                        r.npages += 1;
+                        h.update(&buf[fill + kept..fill + kept + page]);
+                        kept += page;
+                    }
+                    fill += kept;
+                    done += n as u64;
+                    if fill == buf.len() {
+                        w.write_pages(&buf[..fill])?;
+                        fill = 0;
+                    }
+                }
+                own.extend(cur.take().map(close_run));
+            }
         }
         vma.pages = own;
     }
@@ -232,6 +248,7 @@ pub struct FrozenDump {
     /// The generation this one follows, and per process what its pages were against it.
     parent: Option<Parent>,
     deltas: Vec<Delta>,
+    trackers: Option<incremental::SharedTrackers>,
     created_ns: u64,
     buf: PageBuffer,
     bar: indicatif::ProgressBar,
@@ -288,7 +305,7 @@ impl FrozenDump {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let deltas = states
+        let mut deltas: Vec<Delta> = states
             .iter()
             .map(|s| {
                 parent
@@ -313,6 +330,17 @@ impl FrozenDump {
         // Copy-on-write snapshots let the tree run on while its memory is written; not
         // worth it when the tree is killed afterwards anyway. If one cannot be made,
         // every process stays stopped until its memory is written.
+        // Which pages changed since the last checkpoint, while nothing can write.
+        if let Some(tr) = &opts.trackers {
+            tr.lock().unwrap().scan(
+                &mut tree.procs,
+                &injectors,
+                &states,
+                parent.as_ref(),
+                &mut deltas,
+            );
+            phase(t0, "written pages scanned");
+        }
         let mut snapshots = Vec::new();
         if !opts.kill {
             for (f, inj) in tree.procs.iter_mut().zip(&injectors) {
@@ -352,6 +380,7 @@ impl FrozenDump {
             from_parent,
             parent,
             deltas,
+            trackers: opts.trackers.clone(),
             created_ns,
             buf: PageBuffer::new(CHUNK),
             bar,
@@ -404,6 +433,7 @@ impl FrozenDump {
             from_parent,
             parent,
             mut deltas,
+            trackers,
             created_ns,
             mut buf,
             bar,
@@ -438,9 +468,18 @@ impl FrozenDump {
         }
         phase(t0, "snapshots removed");
         let mut inherited_bytes = 0;
+        let mut unread_bytes = 0;
         for (state, delta) in states.iter_mut().zip(deltas) {
             inherited_bytes += delta.inherited_bytes();
+            unread_bytes += delta.skipped * PAGE;
             delta.finish(state, parent.as_ref());
+        }
+        if std::env::var_os("CKPT_TIMING").is_some() {
+            eprintln!(
+                "ckpt: timing: {} KiB left in the generation before, {} KiB of them not read (written-page tracking)",
+                inherited_bytes >> 10,
+                unread_bytes >> 10
+            );
         }
         let follows = states
             .iter()
@@ -498,6 +537,9 @@ impl FrozenDump {
             parent: follows,
         };
         let generation = gen.publish(&manifest, keep)?;
+        if let Some(tr) = trackers {
+            tr.lock().unwrap().published(&manifest.name);
+        }
         if let Some(t) = kill_after {
             let pids: Vec<i32> = states.iter().map(|s| s.pid).collect();
             ckpt_tracer::fd::before_kill(&pids);
@@ -513,6 +555,7 @@ impl FrozenDump {
             total: t0.elapsed(),
             image_bytes,
             inherited_bytes,
+            unread_bytes,
         })
     }
 }

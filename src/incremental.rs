@@ -26,6 +26,7 @@ use crate::generation::{self, Manifest};
 use crate::image::{Image, ImageWriter, PageBuffer, PAGE};
 use anyhow::{bail, Context, Result};
 use ckpt_format::state::{Attr, HashedRun, PageRun, ParentPages, ProcessState, Vma, VmaKind};
+use ckpt_tracer::dirty::Tracker;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::FileExt;
@@ -127,8 +128,7 @@ impl Parent {
     pub fn delta_for(&mut self, pid: i32) -> Delta {
         Delta {
             parent: self.hashes.remove(&pid),
-            inherited: Vec::new(),
-            hashes: Vec::new(),
+            ..Delta::default()
         }
     }
 }
@@ -139,22 +139,69 @@ pub struct Delta {
     parent: Option<Vec<(u64, PageHash)>>,
     inherited: Vec<PageRun>,
     hashes: Vec<HashedRun>,
+    /// Regions whose written pages since the parent are known (written-page tracking),
+    /// and those pages; both sorted.
+    known: Vec<(u64, u64)>,
+    changed: Vec<(u64, u64)>,
+    /// Pages taken from the parent without being read.
+    pub skipped: u64,
+}
+
+fn in_ranges(r: &[(u64, u64)], addr: u64) -> bool {
+    let i = r.partition_point(|&(s, _)| s <= addr);
+    i > 0 && addr < r[i - 1].1
 }
 
 impl Delta {
-    /// Page `page` at `addr` of a private region was read: records its hash; true when
-    /// the parent holds the same bytes there (the page is then not stored).
-    pub fn page(&mut self, addr: u64, page: &[u8]) -> bool {
-        let h = page_hash(page);
+    /// Written-page tracking says which pages of `known` (regions, `(start, end)`) may
+    /// differ from the parent: `changed`, `(addr, npages)`.
+    pub fn set_known(&mut self, mut known: Vec<(u64, u64)>, changed: Vec<(u64, u64)>) {
+        known.sort_unstable();
+        let mut changed: Vec<(u64, u64)> =
+            changed.iter().map(|&(a, n)| (a, a + n * PAGE)).collect();
+        changed.sort_unstable();
+        self.known = known;
+        self.changed = changed;
+    }
+
+    /// Whether the page at `addr` is known to be the parent's without reading it; if so
+    /// it is recorded as taken from the parent.
+    pub fn take_unread(&mut self, addr: u64) -> bool {
+        if self.known.is_empty() || !in_ranges(&self.known, addr) || in_ranges(&self.changed, addr)
+        {
+            return false;
+        }
+        let Some(h) = self
+            .parent
+            .as_deref()
+            .and_then(|p| lookup(p, addr))
+            .copied()
+        else {
+            return false;
+        };
+        self.push_hash(addr, &h);
+        ckpt_tracer::maps::push_page(&mut self.inherited, addr);
+        self.skipped += 1;
+        true
+    }
+
+    fn push_hash(&mut self, addr: u64, h: &PageHash) {
         match self.hashes.last_mut() {
             Some(r) if r.addr + (r.hashes.len() / HASH_LEN) as u64 * PAGE == addr => {
-                r.hashes.extend_from_slice(&h)
+                r.hashes.extend_from_slice(h)
             }
             _ => self.hashes.push(HashedRun {
                 addr,
                 hashes: h.to_vec(),
             }),
         }
+    }
+
+    /// Page `page` at `addr` of a private region was read: records its hash; true when
+    /// the parent holds the same bytes there (the page is then not stored).
+    pub fn page(&mut self, addr: u64, page: &[u8]) -> bool {
+        let h = page_hash(page);
+        self.push_hash(addr, &h);
         let same = self
             .parent
             .as_deref()
@@ -183,6 +230,87 @@ impl Delta {
         if !self.hashes.is_empty() {
             state.attrs.push(Attr::PageHashes(self.hashes));
         }
+    }
+}
+
+/// The written-page trackers of a job's processes (`ckpt_tracer::dirty`), kept by its
+/// agent from one checkpoint to the next: a `ckpt dump` from the command line has
+/// nobody to keep them and compares every page instead.
+#[derive(Default)]
+pub struct Trackers {
+    by_pid: HashMap<i32, Tracker>,
+    /// The generation published after the trackers' last scan: a page they report
+    /// unchanged holds what that generation stored.
+    scanned_for: Option<String>,
+}
+
+pub type SharedTrackers = std::sync::Arc<std::sync::Mutex<Trackers>>;
+
+impl Trackers {
+    /// With the tree frozen, before its snapshots: tell each process's `Delta` which
+    /// pages changed since the last scan (when the parent is the generation of that
+    /// scan), and protect every page again; start tracking processes and regions not
+    /// tracked yet. Tracking that fails only means reading every page.
+    pub fn scan(
+        &mut self,
+        procs: &mut [ckpt_tracer::freeze::Frozen],
+        injectors: &[ckpt_tracer::inject::Injector],
+        states: &[ProcessState],
+        parent: Option<&Parent>,
+        deltas: &mut [Delta],
+    ) {
+        let valid = parent.is_some_and(|p| self.scanned_for.as_deref() == Some(p.name.as_str()));
+        self.scanned_for = None;
+        self.by_pid
+            .retain(|pid, _| states.iter().any(|s| s.pid == *pid));
+        for (i, f) in procs.iter_mut().enumerate() {
+            let regions: Vec<(u64, u64)> = states[i]
+                .vmas
+                .iter()
+                .filter(|v| inheritable(v))
+                .map(|v| (v.start, v.end))
+                .collect();
+            let mut untracked = regions.is_empty();
+            if let Some(t) = self.by_pid.get(&f.pid) {
+                let Ok(pagemap) = fs::File::open(format!("/proc/{}/pagemap", f.pid)) else {
+                    continue;
+                };
+                let (mut known, mut changed) = (Vec::new(), Vec::new());
+                for &(s, e) in &regions {
+                    let inside = t.regions.iter().any(|&(a, b)| a <= s && e <= b);
+                    match inside.then(|| t.changed(&pagemap, s, e)) {
+                        Some(Ok(Some(c))) => {
+                            known.push((s, e));
+                            changed.extend(c);
+                        }
+                        _ => untracked = true,
+                    }
+                }
+                if valid {
+                    deltas[i].set_known(known, changed);
+                }
+            } else {
+                untracked = true;
+            }
+            if untracked && !regions.is_empty() {
+                // Register again, all regions as they are now (every page protected).
+                self.by_pid.remove(&f.pid);
+                match Tracker::start(f, &injectors[i], &regions) {
+                    Ok(t) => {
+                        self.by_pid.insert(f.pid, t);
+                    }
+                    Err(e) => log::info!(
+                        "process {}: no written-page tracking ({e}); every page is compared",
+                        f.pid
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The checkpoint whose freeze scanned last was published as `name`.
+    pub fn published(&mut self, name: &str) {
+        self.scanned_for = Some(name.to_string());
     }
 }
 

@@ -374,6 +374,7 @@ fn main() {
                 keep,
                 coordinator: None,
                 full,
+                trackers: None,
             })
             .map(|rep| {
                 let reused = if rep.inherited_bytes > 0 {

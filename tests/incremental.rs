@@ -294,7 +294,8 @@ fn periodic_checkpoints_of_a_coordinated_job_are_incremental_and_restore() {
         .args(["-i", "1", "--keep", "2", "--"])
         .arg(&prog)
         .arg(d.path())
-        .arg(MIB);
+        .arg(MIB)
+        .env("CKPT_TIMING", "1");
     let mut agent = Target::spawn(c, &prog.to_string_lossy());
     agent.stdout.expect_line("ready");
     let kids = children(agent.pid);

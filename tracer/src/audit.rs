@@ -1187,6 +1187,10 @@ pub fn check(
             if f == "mg" && merge_any {
                 continue;
             }
+            // ckpt's own written-page tracking (crate::dirty), not the process's.
+            if f == "uw" && crate::dirty::tracks(pid, m.start, m.end) {
+                continue;
+            }
             if let Default(_) = r.verdict {
                 return Err(refuse(
                     pid,

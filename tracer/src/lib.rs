@@ -14,6 +14,7 @@
 pub mod aio;
 pub mod attr;
 pub mod audit;
+pub mod dirty;
 pub mod error;
 pub mod fd;
 pub mod files;
