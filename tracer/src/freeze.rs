@@ -416,8 +416,9 @@ impl Frozen {
                     return Ok(());
                 }
                 Stop::Signal(sig) => {
-                    // Deliver it now; the pending interrupt stops the thread right after.
-                    let _ = ptrace::cont(tid, sig);
+                    // Deliver it now; the interrupt, asked for again (this stop answered
+                    // the first), stops the thread right after.
+                    let _ = ptrace::cont_to_interrupt(tid, sig);
                 }
                 Stop::NewTask(child) => {
                     if tgid_of(child)? == Some(self.pid) && seized.insert(child) {
@@ -434,10 +435,10 @@ impl Frozen {
                         let _ = ptrace::wait(child);
                         let _ = ptrace::detach(child, 0);
                     }
-                    let _ = ptrace::cont(tid, 0);
+                    let _ = ptrace::cont_to_interrupt(tid, 0);
                 }
                 Stop::Syscall | Stop::OtherEvent(_) => {
-                    let _ = ptrace::cont(tid, 0);
+                    let _ = ptrace::cont_to_interrupt(tid, 0);
                 }
                 Stop::Exited(_) | Stop::Killed(_) => {
                     self.threads.retain(|t| t.tid != tid);
