@@ -404,11 +404,30 @@ impl Frozen {
     }
 
     /// Wait until `tid` sits in its interrupt stop, passing real signals on and adopting
-    /// threads cloned meanwhile.
+    /// threads cloned meanwhile. Within [`ptrace::WAIT_LIMIT`] in all: a thread that
+    /// keeps taking other stops (signals, forks) without ever reaching its interrupt
+    /// stop fails the freeze with what it took instead of holding it for ever.
     fn wait_stopped(&mut self, tid: i32, seized: &mut BTreeSet<i32>) -> Result<()> {
+        let deadline = std::time::Instant::now() + ptrace::WAIT_LIMIT;
+        let mut other_stops = 0u64;
         loop {
-            let (_, stop) = ptrace::wait(tid)
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(TraceError::io(
+                    self.pid,
+                    format!("waiting for thread {tid}"),
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "it took {other_stops} other ptrace stops but not its interrupt stop within {} s",
+                            ptrace::WAIT_LIMIT.as_secs()
+                        ),
+                    ),
+                ));
+            }
+            let (_, stop) = ptrace::wait_for(tid, left)
                 .map_err(|e| TraceError::io(self.pid, format!("waiting for thread {tid}"), e))?;
+            other_stops += 1;
             match stop {
                 Stop::Event => return Ok(()),
                 Stop::Group(sig) => {
