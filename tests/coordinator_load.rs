@@ -14,6 +14,11 @@
 //! Every test uses its own port and temporary directory; a [`Sweep`] guard kills
 //! every process whose command line mentions that directory when the test ends.
 //! Timeouts are only a safety net; no test asserts on timing.
+//!
+//! The coordinator's log and the agents' output are not echoed (a minute of rounds of
+//! 16 jobs is hundreds of lines, which pushed the panic message out of a truncated CI
+//! log): every assertion puts what matters into its own message instead (see
+//! [`context`]).
 mod common;
 
 use common::*;
@@ -34,11 +39,73 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `ckpt command ... WORDS`, which must succeed; returns its output.
-fn command_ok(port: u16, words: &[&str]) -> String {
-    let out = command_at(port, words);
-    assert_success(&out, &format!("ckpt command {}", words.join(" ")));
+/// `ckpt command ... WORDS`, which must succeed; returns its output. `ctx` says what
+/// to show with a failure (see [`context`]).
+fn command_ok(port: u16, words: &[&str], ctx: impl FnOnce() -> String) -> String {
+    let out = command_at_quiet(port, words);
+    assert!(
+        out.status.success(),
+        "ckpt command {} failed: {}\n{}",
+        words.join(" "),
+        describe(&out),
+        ctx()
+    );
     text(&out)
+}
+
+/// Whether a coordinator log line tells of something gone wrong.
+fn tells_of_trouble(l: &str) -> bool {
+    [
+        "fail",
+        "error",
+        "warning",
+        "refused",
+        "closed a connection",
+        "disconnected",
+        "exited",
+    ]
+    .iter()
+    .any(|w| l.contains(w))
+}
+
+/// What a failing assertion shows: the last [`TAIL`] lines of the coordinator's log,
+/// every line of it that tells of trouble (the first and last 10), its stderr, and the
+/// last lines each agent wrote (warnings of its checkpoints), if any.
+fn context(coord: &mut Target, agents: &mut [Target]) -> String {
+    let mut out = coord.stdout.tail(TAIL);
+    let trouble: Vec<&String> = coord
+        .stdout
+        .seen()
+        .iter()
+        .filter(|l| tells_of_trouble(l))
+        .collect();
+    if !trouble.is_empty() {
+        out.push_str(&format!(
+            "\n--- {} line(s) of the coordinator's log that tell of trouble:",
+            trouble.len()
+        ));
+        for (i, l) in trouble.iter().enumerate() {
+            if i == 10 && trouble.len() > 20 {
+                out.push_str(&format!("\n[... {} more ...]", trouble.len() - 20));
+            }
+            if i < 10 || i >= trouble.len().saturating_sub(10) {
+                out.push_str(&format!("\n{l}"));
+            }
+        }
+    }
+    coord.stderr.take_in();
+    if !coord.stderr.seen().is_empty() {
+        out.push_str(&format!("\n{}", coord.stderr.tail(10)));
+    }
+    for a in agents {
+        for lines in [&mut a.stdout, &mut a.stderr] {
+            lines.take_in();
+            if !lines.seen().is_empty() {
+                out.push_str(&format!("\n{}", lines.tail(5)));
+            }
+        }
+    }
+    out
 }
 
 /// Starts a coordinator (a child of the test, its log on the stdout pipe) and
@@ -54,7 +121,7 @@ fn start_coordinator(port: u16, ckpt_dir: &Path, extra: &[&str], env: &[(&str, &
     for (k, v) in env {
         c.env(k, v);
     }
-    let mut t = Target::spawn(c, &ckpt_dir.to_string_lossy());
+    let mut t = Target::spawn_quiet(c, &ckpt_dir.to_string_lossy());
     t.stdout.expect_prefix("[ckpt coordinator] listening on");
     t
 }
@@ -73,7 +140,7 @@ fn start_shell_job(port: u16, count: &Path) -> Target {
         .arg("--")
         .args(["bash", "-c", SHELL_LOOP])
         .arg(count);
-    Target::spawn(c, &count.to_string_lossy())
+    Target::spawn_quiet(c, &count.to_string_lossy())
 }
 
 /// The counter a shell job last wrote (None before the first write, or while
@@ -115,7 +182,7 @@ fn listed_pids(text: &str) -> Vec<i32> {
 fn wait_listed(port: u16, pids: &[i32]) {
     let deadline = Instant::now() + LONG;
     loop {
-        let out = command_at(port, &["l"]);
+        let out = command_at_quiet(port, &["l"]);
         let listed = listed_pids(&text(&out));
         if out.status.success() && pids.iter().all(|p| listed.contains(p)) {
             return;
@@ -238,6 +305,12 @@ fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
 
     let counts: Vec<PathBuf> = (0..JOBS).map(|i| d.join(format!("count{i}"))).collect();
     let mut agents: Vec<Target> = counts.iter().map(|c| start_shell_job(port, c)).collect();
+    // What every failing assertion below shows with its message.
+    macro_rules! ctx {
+        () => {
+            context(&mut coord, &mut agents)
+        };
+    }
     let jobs: Vec<i32> = agents.iter().map(job_of).collect();
     wait_listed(port, &jobs);
     for c in &counts {
@@ -252,48 +325,61 @@ fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
     while t0.elapsed() < Duration::from_secs(60) || rounds(coord.stdout.seen()).started < 5 {
         assert!(
             Instant::now() < deadline,
-            "fewer than 5 checkpoint rounds started: {:?}",
-            rounds(coord.stdout.seen())
+            "fewer than 5 checkpoint rounds started: {:?}\n{}",
+            rounds(coord.stdout.seen()),
+            ctx!()
         );
         if coord.stdout.next_line(LONG).is_none() {
-            panic!("the coordinator's log ended");
+            panic!("the coordinator's log ended\n{}", ctx!());
         }
         if asked.elapsed() >= Duration::from_secs(5) {
-            let status = command_ok(port, &["s"]);
+            let status = command_ok(port, &["s"], || ctx!());
             assert_eq!(
                 status_field(&status, "checkpoints failed").as_deref(),
                 Some("0"),
-                "`ckpt command s` during the periodic checkpoints:\n{status}"
+                "`ckpt command s` during the periodic checkpoints:\n{status}\n{}",
+                ctx!()
             );
             asked = Instant::now();
         }
     }
-    for a in &mut agents {
-        assert!(
-            a.child.try_wait().unwrap().is_none(),
-            "agent {} ended under periodic checkpoints",
-            a.pid
-        );
-    }
+    let ended: Vec<String> = agents
+        .iter_mut()
+        .filter_map(|a| {
+            Some(format!(
+                "agent {}: {:?}",
+                a.pid,
+                a.child.try_wait().unwrap()?
+            ))
+        })
+        .collect();
+    assert!(
+        ended.is_empty(),
+        "agents ended under periodic checkpoints: {ended:?}\n{}",
+        ctx!()
+    );
 
     // Stop the timer, then one more checkpoint (the one restored below): once it
     // has answered, no round is running.
-    command_ok(port, &["i", "0"]);
+    command_ok(port, &["i", "0"], || ctx!());
     let before = wait_count(&counts[0]);
-    let paths = command_ok(port, &["c"]);
-    let status = command_ok(port, &["s"]);
+    let paths = command_ok(port, &["c"], || ctx!());
+    let status = command_ok(port, &["s"], || ctx!());
 
     // The log and the status agree on the rounds, and none failed. The last round
     // is the `c` above: wait until the log shows it.
-    let last: u64 = status_field(&status, "last checkpoint")
-        .and_then(|v| {
-            v.strip_prefix("checkpoint ")?
-                .split(':')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("`ckpt command s` names no last checkpoint:\n{status}"));
+    let Some(last) = status_field(&status, "last checkpoint").and_then(|v| {
+        v.strip_prefix("checkpoint ")?
+            .split(':')
+            .next()?
+            .parse::<u64>()
+            .ok()
+    }) else {
+        panic!(
+            "`ckpt command s` names no last checkpoint:\n{status}\n{}",
+            ctx!()
+        )
+    };
     let done = format!("[ckpt coordinator] checkpoint {last} complete in ");
     coord
         .stdout
@@ -301,69 +387,91 @@ fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
     let r = rounds(coord.stdout.seen());
     assert!(
         r.failure_lines.is_empty(),
-        "{} of {} checkpoint rounds failed; failures in the coordinator log:\n{}",
+        "{} of {} checkpoint rounds failed; failures in the coordinator log:\n{}\n{}",
         r.failure_lines.len(),
         r.started,
-        r.failure_lines.join("\n")
+        r.failure_lines.join("\n"),
+        ctx!()
     );
-    let completed: usize = status_field(&status, "checkpoints completed")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            panic!("`ckpt command s` does not count completed checkpoints:\n{status}")
-        });
+    let Some(completed) =
+        status_field(&status, "checkpoints completed").and_then(|v| v.parse::<usize>().ok())
+    else {
+        panic!(
+            "`ckpt command s` does not count completed checkpoints:\n{status}\n{}",
+            ctx!()
+        )
+    };
     assert_eq!(
         (r.started, r.completed),
         (completed, completed),
-        "rounds started and completed in the coordinator log vs {completed} completed in `ckpt command s`:\n{status}"
+        "rounds started and completed in the coordinator log vs {completed} completed in `ckpt command s`:\n{status}\n{}",
+        ctx!()
     );
     assert_eq!(
         status_field(&status, "checkpoints failed").as_deref(),
         Some("0"),
-        "`ckpt command s`:\n{status}"
+        "`ckpt command s`:\n{status}\n{}",
+        ctx!()
     );
-    assert!(completed >= 6, "only {completed} checkpoints completed");
+    assert!(
+        completed >= 6,
+        "only {completed} checkpoints completed\n{}",
+        ctx!()
+    );
 
     // Every snapshot copy is gone: no job is left with a dead `ckpt-snapshot` child.
     for &job in &jobs {
-        let copies: Vec<i32> = children(job)
+        let copies: Vec<String> = children(job)
             .into_iter()
             .filter(|&k| {
                 fs::read_to_string(format!("/proc/{k}/comm"))
                     .is_ok_and(|c| c.trim() == "ckpt-snapshot")
             })
+            .map(|k| {
+                let stat = fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default();
+                format!("{k} ({})", stat.trim())
+            })
             .collect();
         assert!(
             copies.is_empty(),
-            "job {job} keeps snapshot copies {copies:?}"
+            "job {job} keeps snapshot copies {copies:?}\n{}",
+            ctx!()
         );
     }
 
     // --keep 2 for every job; each has a latest generation.
     let dirs = job_dirs(&ck_dir);
-    assert_eq!(dirs.len(), JOBS, "job directories: {dirs:?}");
+    assert_eq!(dirs.len(), JOBS, "job directories: {dirs:?}\n{}", ctx!());
     for dir in &dirs {
         let gens = generations(dir);
         assert!(
             !gens.is_empty() && gens.len() <= 2,
-            "--keep 2: {} holds {gens:?}",
-            dir.display()
+            "--keep 2: {} holds {gens:?}\n{}",
+            dir.display(),
+            ctx!()
         );
     }
     // `c` printed one generation per job, each its job's latest.
     let printed: Vec<PathBuf> = paths.lines().map(|l| PathBuf::from(l.trim())).collect();
-    assert_eq!(printed.len(), JOBS, "`ckpt command c` printed:\n{paths}");
+    assert_eq!(
+        printed.len(),
+        JOBS,
+        "`ckpt command c` printed:\n{paths}\n{}",
+        ctx!()
+    );
     for p in &printed {
         let dir = p.parent().unwrap();
         assert_eq!(
             fs::read_link(dir.join("latest")).ok().as_deref(),
             p.file_name().map(Path::new),
-            "{} is not its job's latest",
-            p.display()
+            "{} is not its job's latest\n{}",
+            p.display(),
+            ctx!()
         );
     }
 
     // Kill every job; the newest generation of the first one restores and counts on.
-    command_ok(port, &["k"]);
+    command_ok(port, &["k"], || ctx!());
     for a in &mut agents {
         a.wait();
     }
@@ -382,12 +490,17 @@ fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
         if let Some(st) = restorer.child.try_wait().unwrap() {
             restorer.stderr.read_to_end();
             panic!(
-                "ckpt restore {} exited with {st:?}: {}",
+                "ckpt restore {} exited with {st:?}: {}\n{}",
                 dir0.display(),
-                restorer.stderr.seen().join("\n")
+                restorer.stderr.seen().join("\n"),
+                ctx!()
             );
         }
-        assert!(Instant::now() < deadline, "the restored job writes nothing");
+        assert!(
+            Instant::now() < deadline,
+            "the restored job writes nothing\n{}",
+            ctx!()
+        );
         first = count(&counts[0]).filter(|&v| v != killed_at);
         thread::sleep(Duration::from_millis(5));
     }
@@ -395,15 +508,25 @@ fn periodic_checkpoints_of_16_forking_jobs_all_complete() {
     assert!(
         first >= before,
         "the restored job wrote {first} first: it did not continue from the checkpoint \
-         (its counter was at {before} when the checkpoint started, {killed_at} when killed)"
+         (its counter was at {before} when the checkpoint started, {killed_at} when killed)\n{}",
+        ctx!()
     );
-    wait_until("the restored job to count on", || {
-        count(&counts[0]).is_some_and(|v| v >= first + 5)
-    });
+    let deadline = Instant::now() + TIMEOUT;
+    while count(&counts[0]).is_none_or(|v| v < first + 5) {
+        assert!(
+            Instant::now() < deadline,
+            "the restored job wrote {first}, then does not count on (now {:?})\n{}\n{}",
+            count(&counts[0]),
+            restorer.stderr.tail(10),
+            ctx!()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
     assert!(
         cmdline(jobs[0]).is_some_and(|c| c.contains(&counts[0].to_string_lossy().into_owned())),
-        "the restored job does not run under its PID {}",
-        jobs[0]
+        "the restored job does not run under its PID {}\n{}",
+        jobs[0],
+        ctx!()
     );
 }
 
@@ -454,24 +577,46 @@ fn idle_client_does_not_stall_the_coordinator() {
 
     // with the idle connection open: a job registers, `s` answers
     let count0 = d.join("count");
-    let mut agent = start_shell_job(port, &count0);
-    let job = job_of(&agent);
+    let mut agent = [start_shell_job(port, &count0)];
+    macro_rules! ctx {
+        () => {
+            context(&mut coord, &mut agent)
+        };
+    }
+    let job = job_of(&agent[0]);
     wait_listed(port, &[job]);
-    let status = command_ok(port, &["s"]);
-    assert!(status.contains("jobs: 1"), "`ckpt command s`:\n{status}");
-    still_open(&mut idle)
-        .unwrap_or_else(|e| panic!("the idle connection, while `s` was answered: {e}"));
+    let status = command_ok(port, &["s"], || ctx!());
+    assert!(
+        status.contains("jobs: 1"),
+        "`ckpt command s`:\n{status}\n{}",
+        ctx!()
+    );
+    if let Err(e) = still_open(&mut idle) {
+        panic!(
+            "the idle connection, while `s` was answered: {e}\n{}",
+            ctx!()
+        );
+    }
 
     // and the timer still checkpoints
     coord.stdout.expect("a completed periodic checkpoint", |l| {
         l.starts_with("[ckpt coordinator] checkpoint ") && l.contains(" complete in ")
     });
     let dir = job_dir_of(&ck_dir, job);
-    assert!(!generations(&dir).is_empty());
-    still_open(&mut idle).unwrap_or_else(|e| {
-        panic!("the idle connection, while a periodic checkpoint completed: {e}")
-    });
-    assert!(agent.child.try_wait().unwrap().is_none(), "the agent ended");
+    assert!(
+        !generations(&dir).is_empty(),
+        "no generation in {}\n{}",
+        dir.display(),
+        ctx!()
+    );
+    if let Err(e) = still_open(&mut idle) {
+        panic!(
+            "the idle connection, while a periodic checkpoint completed: {e}\n{}",
+            ctx!()
+        );
+    }
+    let st = agent[0].child.try_wait().unwrap();
+    assert!(st.is_none(), "the agent ended: {st:?}\n{}", ctx!());
     drop(idle);
 }
 
@@ -498,8 +643,12 @@ fn idle_connection_is_closed_and_logged() {
         }
         false
     });
-    let status = command_ok(port, &["s"]);
-    assert!(status.contains("jobs: 0"), "`ckpt command s`:\n{status}");
+    let status = command_ok(port, &["s"], || context(&mut coord, &mut []));
+    assert!(
+        status.contains("jobs: 0"),
+        "`ckpt command s`:\n{status}\n{}",
+        context(&mut coord, &mut [])
+    );
 
     idle.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut buf = [0u8; 64];
@@ -508,11 +657,13 @@ fn idle_connection_is_closed_and_logged() {
         matches!(n, Ok(0))
             || n.as_ref()
                 .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset),
-        "the idle connection should have been closed by the coordinator: {n:?}"
+        "the idle connection should have been closed by the coordinator: {n:?}\n{}",
+        context(&mut coord, &mut [])
     );
     assert!(
         trickle.join().unwrap(),
-        "a connection that trickles bytes without a newline stays open"
+        "a connection that trickles bytes without a newline stays open\n{}",
+        context(&mut coord, &mut [])
     );
     let mut closed = 0;
     while closed < 2 {
@@ -523,7 +674,7 @@ fn idle_connection_is_closed_and_logged() {
             });
         closed += 1;
     }
-    command_ok(port, &["s"]);
+    command_ok(port, &["s"], || context(&mut coord, &mut []));
 }
 
 // ---------------------------------------------------------------- 3. protocol version
@@ -549,13 +700,18 @@ fn other_protocol_version_is_refused_by_name() {
         let _ = s.read_to_string(&mut reply);
         assert!(
             reply.contains("\"ok\":false") && reply.contains("protocol version"),
-            "reply to {:?}: {reply:?}",
-            String::from_utf8_lossy(line)
+            "reply to {:?}: {reply:?}\n{}",
+            String::from_utf8_lossy(line),
+            context(&mut coord, &mut [])
         );
         coord.stdout.expect("a log line about the protocol", |l| {
             l.contains("protocol version")
         });
     }
-    let status = command_ok(port, &["s"]);
-    assert!(status.contains("jobs: 0"), "`ckpt command s`:\n{status}");
+    let status = command_ok(port, &["s"], || context(&mut coord, &mut []));
+    assert!(
+        status.contains("jobs: 0"),
+        "`ckpt command s`:\n{status}\n{}",
+        context(&mut coord, &mut [])
+    );
 }

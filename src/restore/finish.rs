@@ -39,8 +39,9 @@ fn seize_all(state: &ProcessState) -> Result<Vec<FrozenThread>> {
                 Stop::Exited(_) | Stop::Killed(_) => {
                     bail!("restored thread {} died before it could be resumed", t.tid)
                 }
-                // Signals are blocked in the loader; anything else: keep waiting.
-                _ => ptrace::cont(t.tid, 0)?,
+                // Signals are blocked in the loader; anything else: keep waiting (with
+                // the interrupt asked for again: that stop answered it).
+                _ => ptrace::cont_to_interrupt(t.tid, 0)?,
             }
         }
         threads.push(FrozenThread {

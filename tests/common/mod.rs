@@ -139,6 +139,11 @@ impl Drop for TestDir {
 /// Lines from a child's stdout or stderr, read by a background thread (and
 /// echoed to the test's output with a prefix, which cargo shows on failure).
 /// `expect*` consume lines in order; `seen` holds every line received.
+///
+/// A quiet one ([`Lines::new_quiet`], [`Target::spawn_quiet`]) echoes nothing: for a
+/// chatty program (a coordinator's log over a minute) whose hundreds of lines would
+/// push the panic message out of a truncated CI log. Its panics show only the last
+/// [`TAIL`] lines; a test puts [`Lines::tail`] into its own assertions' messages.
 pub struct Lines {
     name: String,
     rx: Receiver<String>,
@@ -146,10 +151,23 @@ pub struct Lines {
     /// index in `seen` of the next line `next_line` returns
     pos: usize,
     eof: bool,
+    quiet: bool,
 }
+
+/// How many of the last lines a quiet [`Lines`] shows in a panic message.
+pub const TAIL: usize = 30;
 
 impl Lines {
     pub fn new(name: &str, reader: impl Read + Send + 'static) -> Lines {
+        Lines::with_echo(name, reader, true)
+    }
+
+    /// Like [`Lines::new`], without echoing the lines.
+    pub fn new_quiet(name: &str, reader: impl Read + Send + 'static) -> Lines {
+        Lines::with_echo(name, reader, false)
+    }
+
+    fn with_echo(name: &str, reader: impl Read + Send + 'static, echo: bool) -> Lines {
         let (tx, rx) = mpsc::channel();
         let tag = name.to_string();
         thread::spawn(move || {
@@ -163,7 +181,9 @@ impl Lines {
                         let line = String::from_utf8_lossy(&buf)
                             .trim_end_matches('\n')
                             .to_string();
-                        eprintln!("[{tag}] {line}");
+                        if echo {
+                            eprintln!("[{tag}] {line}");
+                        }
                         if tx.send(line).is_err() {
                             break;
                         }
@@ -177,12 +197,57 @@ impl Lines {
             seen: Vec::new(),
             pos: 0,
             eof: false,
+            quiet: !echo,
         }
     }
 
     /// Every line received so far.
     pub fn seen(&self) -> &[String] {
         &self.seen
+    }
+
+    /// Takes in every line that has come so far, without waiting and without
+    /// consuming any (they stay for `expect` and `next_line`).
+    pub fn take_in(&mut self) {
+        while !self.eof {
+            match self.rx.try_recv() {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => self.eof = true,
+            }
+        }
+    }
+
+    /// The last `n` lines received (after [`Lines::take_in`]), for a panic message:
+    /// a header naming the stream and how many lines came before them.
+    pub fn tail(&mut self, n: usize) -> String {
+        self.take_in();
+        self.last(n)
+    }
+
+    fn last(&self, n: usize) -> String {
+        let from = self.seen.len().saturating_sub(n);
+        let mut out = format!(
+            "--- {}: the last {} of {} lines{}:",
+            self.name,
+            self.seen.len() - from,
+            self.seen.len(),
+            if self.eof { ", then end of output" } else { "" }
+        );
+        for l in &self.seen[from..] {
+            out.push('\n');
+            out.push_str(l);
+        }
+        out
+    }
+
+    /// What a panic shows of the lines: all of them, or the tail of a quiet one.
+    fn so_far(&self) -> String {
+        if self.quiet {
+            self.last(TAIL)
+        } else {
+            format!("lines so far:\n{}", self.seen.join("\n"))
+        }
     }
 
     /// Receives one more line into `seen`; false at end of file.
@@ -200,10 +265,10 @@ impl Lines {
                 false
             }
             Err(RecvTimeoutError::Timeout) => panic!(
-                "{}: no line within {:?}; lines so far:\n{}",
+                "{}: no line within {:?}; {}",
                 self.name,
                 timeout,
-                self.seen.join("\n")
+                self.so_far()
             ),
         }
     }
@@ -227,9 +292,9 @@ impl Lines {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 panic!(
-                    "{}: timed out waiting for {what}; lines so far:\n{}",
+                    "{}: timed out waiting for {what}; {}",
                     self.name,
-                    self.seen.join("\n")
+                    self.so_far()
                 );
             }
             match self.next_line(left) {
@@ -242,9 +307,9 @@ impl Lines {
                 Some(line) if pred(&line) => return line,
                 Some(_) => {}
                 None => panic!(
-                    "{}: end of output while waiting for {what}; lines so far:\n{}",
+                    "{}: end of output while waiting for {what}; {}",
                     self.name,
-                    self.seen.join("\n")
+                    self.so_far()
                 ),
             }
         }
@@ -290,9 +355,9 @@ impl Lines {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !self.receive(left) {
                 panic!(
-                    "{}: no line starting with {prefix:?}; lines so far:\n{}",
+                    "{}: no line starting with {prefix:?}; {}",
                     self.name,
-                    self.seen.join("\n")
+                    self.so_far()
                 );
             }
         }
@@ -346,7 +411,16 @@ pub struct Target {
 impl Target {
     /// Spawns `cmd` (built with [`command`]); `marker` must occur in its
     /// command line.
-    pub fn spawn(mut cmd: Command, marker: &str) -> Target {
+    pub fn spawn(cmd: Command, marker: &str) -> Target {
+        Target::spawn_with(cmd, marker, true)
+    }
+
+    /// Like [`Target::spawn`], but its output is not echoed (see [`Lines::new_quiet`]).
+    pub fn spawn_quiet(cmd: Command, marker: &str) -> Target {
+        Target::spawn_with(cmd, marker, false)
+    }
+
+    fn spawn_with(mut cmd: Command, marker: &str, echo: bool) -> Target {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -365,8 +439,8 @@ impl Target {
         };
         let pid = child.id() as i32;
         let stdin = child.stdin.take();
-        let stdout = Lines::new(&format!("{pid} stdout"), child.stdout.take().unwrap());
-        let stderr = Lines::new(&format!("{pid} stderr"), child.stderr.take().unwrap());
+        let stdout = Lines::with_echo(&format!("{pid} stdout"), child.stdout.take().unwrap(), echo);
+        let stderr = Lines::with_echo(&format!("{pid} stderr"), child.stderr.take().unwrap(), echo);
         Target {
             child,
             pid,
@@ -453,6 +527,16 @@ pub fn wait_child(child: &mut Child, what: &str) -> ExitStatus {
 /// Runs a command to completion with the safety-net timeout, stdin null,
 /// stdout and stderr captured.
 pub fn run(cmd: &mut Command) -> Output {
+    run_with(cmd, true)
+}
+
+/// [`run`] without echoing the command and its output (for one a test runs often:
+/// polling `ckpt command l`); an assertion shows it with [`describe`].
+pub fn run_quiet(cmd: &mut Command) -> Output {
+    run_with(cmd, false)
+}
+
+fn run_with(cmd: &mut Command, echo: bool) -> Output {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -477,12 +561,14 @@ pub fn run(cmd: &mut Command) -> Output {
         stdout: t_out.join().unwrap(),
         stderr: t_err.join().unwrap(),
     };
-    eprintln!(
-        "$ {cmd:?}\n  -> {:?}\n  stdout: {}\n  stderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout).trim_end(),
-        String::from_utf8_lossy(&out.stderr).trim_end()
-    );
+    if echo {
+        eprintln!(
+            "$ {cmd:?}\n  -> {:?}\n  stdout: {}\n  stderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
     out
 }
 
@@ -1022,12 +1108,21 @@ pub fn ck() -> Command {
 
 /// `ckpt command --coord-port PORT WORDS...` (clean environment), run to its end.
 pub fn command_at(port: u16, words: &[&str]) -> Output {
+    run(&mut command_cmd(port, words))
+}
+
+/// [`command_at`] without echoing it (see [`run_quiet`]).
+pub fn command_at_quiet(port: u16, words: &[&str]) -> Output {
+    run_quiet(&mut command_cmd(port, words))
+}
+
+fn command_cmd(port: u16, words: &[&str]) -> Command {
     let mut c = ck();
     c.arg("command")
         .arg("--coord-port")
         .arg(port.to_string())
         .args(words);
-    run(&mut c)
+    c
 }
 
 /// An output's stdout as text.

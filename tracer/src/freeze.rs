@@ -404,11 +404,30 @@ impl Frozen {
     }
 
     /// Wait until `tid` sits in its interrupt stop, passing real signals on and adopting
-    /// threads cloned meanwhile.
+    /// threads cloned meanwhile. Within [`ptrace::WAIT_LIMIT`] in all: a thread that
+    /// keeps taking other stops (signals, forks) without ever reaching its interrupt
+    /// stop fails the freeze with what it took instead of holding it for ever.
     fn wait_stopped(&mut self, tid: i32, seized: &mut BTreeSet<i32>) -> Result<()> {
+        let deadline = std::time::Instant::now() + ptrace::WAIT_LIMIT;
+        let mut other_stops = 0u64;
         loop {
-            let (_, stop) = ptrace::wait(tid)
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(TraceError::io(
+                    self.pid,
+                    format!("waiting for thread {tid}"),
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "it took {other_stops} other ptrace stops but not its interrupt stop within {} s",
+                            ptrace::WAIT_LIMIT.as_secs()
+                        ),
+                    ),
+                ));
+            }
+            let (_, stop) = ptrace::wait_for(tid, left)
                 .map_err(|e| TraceError::io(self.pid, format!("waiting for thread {tid}"), e))?;
+            other_stops += 1;
             match stop {
                 Stop::Event => return Ok(()),
                 Stop::Group(sig) => {
@@ -416,8 +435,9 @@ impl Frozen {
                     return Ok(());
                 }
                 Stop::Signal(sig) => {
-                    // Deliver it now; the pending interrupt stops the thread right after.
-                    let _ = ptrace::cont(tid, sig);
+                    // Deliver it now; the interrupt, asked for again (this stop answered
+                    // the first), stops the thread right after.
+                    let _ = ptrace::cont_to_interrupt(tid, sig);
                 }
                 Stop::NewTask(child) => {
                     if tgid_of(child)? == Some(self.pid) && seized.insert(child) {
@@ -434,10 +454,10 @@ impl Frozen {
                         let _ = ptrace::wait(child);
                         let _ = ptrace::detach(child, 0);
                     }
-                    let _ = ptrace::cont(tid, 0);
+                    let _ = ptrace::cont_to_interrupt(tid, 0);
                 }
                 Stop::Syscall | Stop::OtherEvent(_) => {
-                    let _ = ptrace::cont(tid, 0);
+                    let _ = ptrace::cont_to_interrupt(tid, 0);
                 }
                 Stop::Exited(_) | Stop::Killed(_) => {
                     self.threads.retain(|t| t.tid != tid);

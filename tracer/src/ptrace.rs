@@ -70,6 +70,17 @@ pub fn cont(tid: i32, sig: i32) -> io::Result<()> {
     raw(libc::PTRACE_CONT, tid, 0, sig as usize).map(drop)
 }
 
+/// Resume `tid` (with `sig`) from a ptrace stop that is not the interrupt stop its
+/// caller waits for, with the interrupt asked for again first. Any ptrace stop
+/// answers a pending PTRACE_INTERRUPT (the kernel's `ptrace_stop` clears
+/// JOBCTL_TRAP_STOP on every trap): a thread that took a signal-delivery stop or a
+/// fork event before its interrupt stop, and was only continued, runs on and never
+/// stops (a shell that forks and gets SIGCHLD all the time was never frozen).
+pub fn cont_to_interrupt(tid: i32, sig: i32) -> io::Result<()> {
+    interrupt(tid)?;
+    cont(tid, sig)
+}
+
 pub fn syscall(tid: i32, sig: i32) -> io::Result<()> {
     raw(libc::PTRACE_SYSCALL, tid, 0, sig as usize).map(drop)
 }

@@ -54,7 +54,8 @@ impl Snapshot {
                 Stop::Exited(_) | Stop::Killed(_) => {
                     return Err(io::Error::other("the snapshot process died"))
                 }
-                _ => ptrace::cont(child, 0)?,
+                // Its attach stop is a pending trap like an interrupt's.
+                _ => ptrace::cont_to_interrupt(child, 0)?,
             }
         }
         // If ckpt dies now, the copy must not run a single instruction: the kernel kills
@@ -151,9 +152,11 @@ impl Snapshot {
             loop {
                 match ptrace::wait(self.pid)?.1 {
                     Stop::Event | Stop::Group(_) => break,
-                    Stop::Signal(sig) => ptrace::cont(self.pid, sig)?,
+                    // The process runs on meanwhile (SIGCHLD comes often to a shell):
+                    // every other stop answers the interrupt, which is asked for again.
+                    Stop::Signal(sig) => ptrace::cont_to_interrupt(self.pid, sig)?,
                     Stop::Exited(_) | Stop::Killed(_) => return Ok(()),
-                    _ => ptrace::cont(self.pid, 0)?,
+                    _ => ptrace::cont_to_interrupt(self.pid, 0)?,
                 }
             }
             stopped = true;
