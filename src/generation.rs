@@ -176,15 +176,7 @@ impl PendingGeneration {
                 self.name
             );
         }
-        let mpath = self.dir.join(MANIFEST);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&mpath)
-            .with_context(|| format!("creating {}", mpath.display()))?;
-        f.write_all(&manifest::seal(manifest)?)?;
-        f.sync_all()?;
+        write_sealed(&self.dir.join(MANIFEST), manifest)?;
         sync_dir(&self.dir)?;
         let fin = self.ckpt_dir.join(&self.name);
         fs::rename(&self.dir, &fin).with_context(|| format!("publishing {}", fin.display()))?;
@@ -351,17 +343,23 @@ fn through_latest(dir: &Path) -> Result<Option<PathBuf>> {
 pub fn replace_manifest(gen: &Path, m: &Manifest) -> Result<()> {
     let tmp = gen.join(format!(".{MANIFEST}.tmp.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
+    write_sealed(&tmp, m)?;
+    fs::rename(&tmp, gen.join(MANIFEST))
+        .with_context(|| format!("replacing the manifest of {}", gen.display()))?;
+    sync_dir(gen)
+}
+
+/// Write the sealed manifest `m` into the new file `path` (0600) and fsync it.
+fn write_sealed(path: &Path, m: &Manifest) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(&manifest::seal(m)?)?;
     f.sync_all()?;
-    fs::rename(&tmp, gen.join(MANIFEST))
-        .with_context(|| format!("replacing the manifest of {}", gen.display()))?;
-    sync_dir(gen)
+    Ok(())
 }
 
 /// Read and check the manifest of generation `gen` (see [`manifest::unseal`]).

@@ -22,11 +22,11 @@
 
 use crate::freeze::Frozen;
 use crate::inject::Injector;
-use crate::maps::{PageRegion, PmScanArg, PAGEMAP_SCAN};
+use crate::maps::{pagemap_scan, ScanQuery};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 const SYS_USERFAULTFD: i64 = 323;
@@ -178,44 +178,27 @@ impl Tracker {
         start: u64,
         end: u64,
     ) -> io::Result<Option<Vec<(u64, u64)>>> {
+        let q = ScanQuery {
+            flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
+            category_anyof_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+            return_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
+            ..Default::default()
+        };
+        let found = match pagemap_scan(pagemap, start, end, q) {
+            // EPERM: a region in the range is not registered in asynchronous mode.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) => {
+                return Ok(None)
+            }
+            r => r?,
+        };
         let mut out: Vec<(u64, u64)> = Vec::new();
-        let mut regions = vec![PageRegion::default(); 1024];
-        let mut at = start;
-        while at < end {
-            let mut arg = PmScanArg {
-                size: std::mem::size_of::<PmScanArg>() as u64,
-                flags: PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC,
-                start: at,
-                end,
-                vec: regions.as_mut_ptr() as u64,
-                vec_len: regions.len() as u64,
-                category_anyof_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
-                return_mask: PAGE_IS_WRITTEN | PAGE_IS_PFNZERO,
-                ..Default::default()
-            };
-            // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
-            // `regions`, both live for the call, and `arg.walk_end` back into `arg`.
-            let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                // EPERM: a region in the range is not registered in asynchronous mode.
-                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL)) {
-                    return Ok(None);
+        for r in found {
+            match out.last_mut() {
+                Some(last) if last.0 + last.1 * PAGE == r.start => {
+                    last.1 += (r.end - r.start) / PAGE
                 }
-                return Err(e);
+                _ => out.push((r.start, (r.end - r.start) / PAGE)),
             }
-            for r in &regions[..n as usize] {
-                match out.last_mut() {
-                    Some(last) if last.0 + last.1 * PAGE == r.start => {
-                        last.1 += (r.end - r.start) / PAGE
-                    }
-                    _ => out.push((r.start, (r.end - r.start) / PAGE)),
-                }
-            }
-            if arg.walk_end <= at {
-                return Err(io::Error::other("PAGEMAP_SCAN made no progress"));
-            }
-            at = arg.walk_end;
         }
         Ok(Some(out))
     }

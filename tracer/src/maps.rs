@@ -193,14 +193,14 @@ fn pagemap_runs(pagemap: &File, start: u64, end: u64, is_file: bool) -> io::Resu
 }
 
 /// `ioctl(PAGEMAP_SCAN)` (linux/fs.h, Linux 6.7+).
-pub(crate) const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610; // _IOWR('f', 16, struct pm_scan_arg)
+const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610; // _IOWR('f', 16, struct pm_scan_arg)
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;
 
 #[repr(C)]
 #[derive(Default)]
-pub(crate) struct PmScanArg {
+struct PmScanArg {
     pub size: u64,
     pub flags: u64,
     pub start: u64,
@@ -223,6 +223,57 @@ pub(crate) struct PageRegion {
     pub categories: u64,
 }
 
+/// What a PAGEMAP_SCAN asks: its flags and category masks (linux/fs.h).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct ScanQuery {
+    pub flags: u64,
+    pub category_inverted: u64,
+    pub category_mask: u64,
+    pub category_anyof_mask: u64,
+    pub return_mask: u64,
+}
+
+/// Every region of `[start, end)` matching `q`, the kernel's vector refilled until the
+/// walk reaches `end`. The ioctl's error comes back as it is.
+pub(crate) fn pagemap_scan(
+    pagemap: &File,
+    start: u64,
+    end: u64,
+    q: ScanQuery,
+) -> io::Result<Vec<PageRegion>> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut regions = vec![PageRegion::default(); 1024];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: q.flags,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_inverted: q.category_inverted,
+            category_mask: q.category_mask,
+            category_anyof_mask: q.category_anyof_mask,
+            return_mask: q.return_mask,
+            ..Default::default()
+        };
+        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
+        // `regions`, both live for the call, and `arg.walk_end` back into `arg`.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.extend_from_slice(&regions[..n as usize]);
+        if arg.walk_end <= at {
+            return Err(io::Error::other("PAGEMAP_SCAN made no progress"));
+        }
+        at = arg.walk_end;
+    }
+    Ok(out)
+}
+
 /// [`stored_runs`] of a private region with PAGEMAP_SCAN: the kernel returns the ranges
 /// of pages that are present or swapped (and, for a file mapping, not file pages)
 /// instead of 8 bytes a page. `None`: this kernel has no PAGEMAP_SCAN.
@@ -232,51 +283,31 @@ fn scan_runs(
     end: u64,
     is_file: bool,
 ) -> io::Result<Option<Vec<PageRun>>> {
-    use std::os::fd::AsRawFd;
+    let q = ScanQuery {
+        // Not a file page (for a file mapping: one the process wrote, now its own).
+        category_inverted: if is_file { PAGE_IS_FILE } else { 0 },
+        category_mask: if is_file { PAGE_IS_FILE } else { 0 },
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    let found = match pagemap_scan(pagemap, start, end, q) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => return Ok(None),
+        r => r?,
+    };
     let mut runs: Vec<PageRun> = Vec::new();
-    let mut regions = vec![PageRegion::default(); 1024];
-    let mut at = start;
-    while at < end {
-        let mut arg = PmScanArg {
-            size: std::mem::size_of::<PmScanArg>() as u64,
-            start: at,
-            end,
-            vec: regions.as_mut_ptr() as u64,
-            vec_len: regions.len() as u64,
-            // Not a file page (for a file mapping: one the process wrote, now its own).
-            category_inverted: if is_file { PAGE_IS_FILE } else { 0 },
-            category_mask: if is_file { PAGE_IS_FILE } else { 0 },
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            ..Default::default()
-        };
-        // SAFETY: PAGEMAP_SCAN reads `arg` and writes at most `vec_len` regions into
-        // `regions`, both live for the call, and `arg.walk_end` back into `arg`.
-        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if at == start && matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) {
-                return Ok(None);
+    for r in found {
+        match runs.last_mut() {
+            Some(last) if last.addr + last.npages * PAGE == r.start => {
+                last.npages += (r.end - r.start) / PAGE
             }
-            return Err(e);
+            _ => runs.push(PageRun {
+                addr: r.start,
+                npages: (r.end - r.start) / PAGE,
+                file_off: 0,
+                hash: 0,
+            }),
         }
-        for r in &regions[..n as usize] {
-            match runs.last_mut() {
-                Some(last) if last.addr + last.npages * PAGE == r.start => {
-                    last.npages += (r.end - r.start) / PAGE
-                }
-                _ => runs.push(PageRun {
-                    addr: r.start,
-                    npages: (r.end - r.start) / PAGE,
-                    file_off: 0,
-                    hash: 0,
-                }),
-            }
-        }
-        if arg.walk_end <= at {
-            return Err(io::Error::other("PAGEMAP_SCAN made no progress"));
-        }
-        at = arg.walk_end;
     }
     Ok(Some(runs))
 }
