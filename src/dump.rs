@@ -536,7 +536,7 @@ impl FrozenDump {
             coordinator,
             parent: follows,
         };
-        let generation = gen.publish(&manifest, keep)?;
+        let generation = gen.publish(&manifest, keep, incremental::make_whole)?;
         if let Some(tr) = trackers {
             tr.lock().unwrap().published(&manifest.name);
         }

@@ -169,7 +169,14 @@ impl PendingGeneration {
     /// Write the manifest, fsync, rename into place, point `latest` at it, write the
     /// restart script and drop generations beyond `keep`. Returns the final path.
     /// The manifest's name and generation id must be this generation's.
-    pub fn publish(mut self, manifest: &Manifest, keep: usize) -> Result<PathBuf> {
+    /// `make_whole` rewrites a kept generation that builds on one about to be dropped so
+    /// that it holds all its pages (`make_whole` of src/incremental.rs).
+    pub fn publish(
+        mut self,
+        manifest: &Manifest,
+        keep: usize,
+        make_whole: fn(&Path) -> Result<()>,
+    ) -> Result<PathBuf> {
         if manifest.name != self.name || manifest.generation_id != hex(&self.id) {
             bail!(
                 "internal error: the manifest of {} is not its own",
@@ -190,7 +197,7 @@ impl PendingGeneration {
         fs::rename(&tmp_link, self.ckpt_dir.join(LATEST))?;
         write_restart_script(&self.ckpt_dir)?;
         sync_dir(&self.ckpt_dir)?;
-        prune(&self.ckpt_dir, keep, &fin)?;
+        prune(&self.ckpt_dir, keep, &fin, make_whole)?;
         Ok(fin)
     }
 }
@@ -225,7 +232,12 @@ fn remove_abandoned(ckpt_dir: &Path) {
     }
 }
 
-fn prune(ckpt_dir: &Path, keep: usize, newest: &Path) -> Result<()> {
+fn prune(
+    ckpt_dir: &Path,
+    keep: usize,
+    newest: &Path,
+    make_whole: fn(&Path) -> Result<()>,
+) -> Result<()> {
     let gens = generations(ckpt_dir)?;
     let keep = keep.max(1);
     if gens.len() > keep {
@@ -233,13 +245,13 @@ fn prune(ckpt_dir: &Path, keep: usize, newest: &Path) -> Result<()> {
         // A kept generation that builds on one about to go is made whole first. If that
         // fails (a full disk), nothing is dropped: every generation still restores.
         for k in kept {
-            let follows = crate::incremental::follows(k);
+            let follows = read_manifest(k).ok().and_then(|m| m.parent);
             if follows.is_some_and(|p| {
                 dropped
                     .iter()
                     .any(|d| d.file_name().is_some_and(|n| *n == *p))
             }) {
-                if let Err(e) = crate::incremental::make_whole(k) {
+                if let Err(e) = make_whole(k) {
                     eprintln!(
                         "ckpt: warning: cannot merge the pages of older generations into {} ({e:#}); keeping them all",
                         k.display()

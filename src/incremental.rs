@@ -548,11 +548,6 @@ fn open_one(gen: &Path, m: &Manifest, pid: i32) -> Result<Image> {
 
 // ------------------------------------------------------------------ merging
 
-/// Whether generation `gen` builds on another one (its manifest says which).
-pub fn follows(gen: &Path) -> Option<String> {
-    generation::read_manifest(gen).ok()?.parent
-}
-
 /// Rewrite generation `gen` so that it holds all its pages itself: a new image per
 /// incremental process (written and synced), the manifest replaced atomically, the
 /// old images removed. `gen` restores at every step.

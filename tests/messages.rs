@@ -401,9 +401,12 @@ fn bytes_in(dir: &Path) -> u64 {
 }
 
 /// `ckpt dump PID --dir DIR` started in the background.
+/// With `--full`: every page is written, also when an earlier generation holds it
+/// (the tests kill or interrupt the dump while it writes).
 fn spawn_dump(pid: i32, dir: &Path) -> Child {
     let mut cmd = ckpt_cmd();
     cmd.args(dump_args(pid, dir))
+        .arg("--full")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
