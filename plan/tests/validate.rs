@@ -314,7 +314,7 @@ fn misaligned_buffer() {
 fn first_cut_array(h: &PlanHeader, size: u64) -> PlanErrorKind {
     let arrays = [
         (h.vmas_off, h.nr_vmas * 56, VmasOutOfBounds),
-        (h.runs_off, h.nr_runs * 24, RunsOutOfBounds),
+        (h.runs_off, h.nr_runs * 32, RunsOutOfBounds),
         (h.threads_off, h.nr_threads * 96, ThreadsOutOfBounds),
         (
             h.sigactions_off,
@@ -363,7 +363,7 @@ fn truncation_everywhere() {
     let mut ends = vec![];
     for (off, n, sz) in [
         (h.vmas_off, h.nr_vmas, 56),
-        (h.runs_off, h.nr_runs, 24),
+        (h.runs_off, h.nr_runs, 32),
         (h.threads_off, h.nr_threads, 96),
         (h.sigactions_off, h.nr_sigactions, 40),
         (h.auxv_off, h.auxv_words, 8),
